@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Set-up (if needed) then the whole test suite. Extra arguments go to pytest, e.g. `-m "not slow"`.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh || exit 1
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+.venv/bin/python -m pytest -q "$@"
+rc=$?
+# pytest exits 5 when no test was collected: a suite that ran nothing is a failure here, said plainly.
+if [ "$rc" -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi
+exit "$rc"

@@ -1,0 +1,148 @@
+"""Each family on Llama, Qwen3 and GPT-2: causality, gradient routing, save/load, the trainer (hook) path."""
+
+import pytest
+import torch
+
+from trl_mtp import MTPConfig, MTPForCausalLM
+from trl_mtp.tasks.presets import build_model
+
+V = 101
+ARCHS = ["llama", "qwen3", "gpt2"]
+FAMILIES = ["blockwise", "parallel", "sequential", "medusa"]
+
+
+def tiny_model(arch: str, seed: int = 0):
+    if arch == "gpt2":
+        return build_model("tiny-gpt2", V, seed=seed, n_embd=32, n_layer=2, n_head=2)
+    kwargs = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                  intermediate_size=64)
+    if arch == "qwen3":
+        kwargs["head_dim"] = 16
+    return build_model(f"tiny-{arch}", V, seed=seed, **kwargs)
+
+
+def wrap(arch, head_type, **config):
+    torch.manual_seed(0)
+    model = MTPForCausalLM.from_base(tiny_model(arch), MTPConfig(head_type=head_type, **config))
+    with torch.no_grad():  # move off the zero init, so the heads are not all the main head
+        for p in model.heads.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("head_type", FAMILIES)
+def test_causality(arch, head_type):
+    """Changing token s changes no head output at positions t < s, except, for the sequential chain, positions
+    whose teacher-forced tokens x_{t+1..t+i} include s (t >= s - i at depth i)."""
+    model = wrap(arch, head_type, num_mtp_heads=3).eval()
+    ids = torch.randint(0, V, (1, 10), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = model.mtp_logits(ids)
+        for s in (3, 7):
+            changed = ids.clone()
+            changed[0, s] = (changed[0, s] + 1) % V
+            after = model.mtp_logits(changed)
+            for i in range(1, 4):
+                last_unaffected = s - 1 - (i if head_type == "sequential" else 0)
+                if last_unaffected >= 0:
+                    assert torch.allclose(before[i - 1, :, : last_unaffected + 1], after[i - 1, :, : last_unaffected + 1],
+                                          atol=1e-6), (s, i)
+                # and the change is visible right after (the test can fail)
+                assert not torch.allclose(before[i - 1, :, last_unaffected + 1 :], after[i - 1, :, last_unaffected + 1 :])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("head_type", FAMILIES)
+@pytest.mark.parametrize("target", ["tokens", "self_distill"])
+def test_decoupled_leaves_base_without_grad(arch, head_type, target):
+    model = wrap(arch, head_type, num_mtp_heads=2, mode="decoupled", decoupled_target=target, share_lm_head=False)
+    ids = torch.randint(0, V, (2, 9))
+    model(ids, labels=ids).mtp_loss.backward()
+    for name, p in model.base_model.named_parameters():
+        assert p.grad is None or not p.grad.any(), name
+    assert any(p.grad is not None and p.grad.any() for p in model.heads.parameters())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("head_type", FAMILIES)
+def test_coupled_trunk_gets_grad_from_mtp_loss_alone(arch, head_type):
+    model = wrap(arch, head_type, num_mtp_heads=2)
+    ids = torch.randint(0, V, (2, 9))
+    model(ids, labels=ids).mtp_loss.backward()
+    first_layer = next(iter(model.trunk.layers[0].parameters()))
+    assert first_layer.grad is not None and first_layer.grad.abs().sum() > 0
+    assert model.base_model.get_input_embeddings().weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("head_type", FAMILIES)
+def test_save_load_round_trip(arch, head_type, tmp_path):
+    model = wrap(arch, head_type, num_mtp_heads=2, share_lm_head=False).eval()
+    ids = torch.randint(0, V, (2, 7))
+    with torch.no_grad():
+        logits, mtp_logits = model(ids).logits, model.mtp_logits(ids)
+    model.save_pretrained(tmp_path)
+    loaded = MTPForCausalLM.from_pretrained(tmp_path).eval()
+    assert loaded.mtp_config == model.mtp_config
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, logits)
+        assert torch.equal(loaded.mtp_logits(ids), mtp_logits)
+
+
+@pytest.mark.parametrize("head_type", FAMILIES)
+def test_trainer_path_hooks_capture_trl_fused_forward(head_type):
+    """TRL's fused LM head runs the backbone directly: the hooks still capture, and `compute_mtp_loss` on the
+    captured states equals the wrapper's own forward."""
+    from trl.trainer.utils import add_fused_lm_head
+
+    model = wrap("llama", head_type, num_mtp_heads=2)
+    ids = torch.randint(0, V, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    expected = model(ids, attention_mask=mask, labels=ids).mtp_loss
+    add_fused_lm_head(model.base_model)
+    fused = model.base_model(input_ids=ids, attention_mask=mask, labels=ids, fused_lm_head=True)
+    mtp = model.compute_mtp_loss(ids, ids, attention_mask=mask)
+    assert torch.allclose(mtp.loss, expected, atol=1e-6)
+    (fused.loss + mtp.loss).backward()
+    assert all(p.grad is not None for p in model.heads.parameters())
+
+
+def test_num_depths_trains_only_first_heads():
+    model = wrap("llama", "medusa", num_mtp_heads=3)
+    ids = torch.randint(0, V, (2, 9))
+    model.base_model(ids)
+    out = model.compute_mtp_loss(ids, ids, num_depths=2)
+    out.loss.backward()
+    assert out.losses.shape == (2,)
+    assert model.heads.res_blocks[2].weight.grad is None
+    assert model.heads.res_blocks[1].weight.grad is not None
+
+
+@pytest.mark.parametrize("head_type", FAMILIES)
+def test_heads_learn_repetitive_corpus(head_type):
+    """Period-7 sequences with a random phase: each next token is determined, so every depth can reach ~100%;
+    chance is 1/7 at best. The trunk is trained too (coupled)."""
+    torch.manual_seed(0)
+    D, period = 3, 7
+    model = MTPForCausalLM.from_base(tiny_model("llama"), MTPConfig(head_type=head_type, num_mtp_heads=D,
+                                                                    mtp_lambda=1.0))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    pattern = torch.randperm(V)[:period]
+
+    def batch(n=16, length=24):
+        phase = torch.randint(0, period, (n, 1))
+        return pattern[(phase + torch.arange(length)) % period]
+
+    for _ in range(150):
+        ids = batch()
+        loss = model(ids, labels=ids).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        ids = batch()
+        accuracies = model(ids, labels=ids).mtp_accuracies
+    assert (accuracies > 0.9).all(), accuracies

@@ -1,0 +1,36 @@
+"""Fixtures of the trainer tests: a tiny model on the embedded tokenizer, small datasets, a config factory."""
+
+from __future__ import annotations
+
+import pytest
+
+from trl_mtp.tasks.presets import build_model
+from trl_mtp.tasks.registry import get_task
+
+
+@pytest.fixture
+def tiny_model(tokenizer):
+    def make(preset: str = "tiny-llama", seed: int = 0):
+        return build_model(preset, len(tokenizer), tokenizer=tokenizer, seed=seed)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def arithmetic_train():
+    return get_task("arithmetic").train(64)
+
+
+@pytest.fixture
+def sft_args(tmp_path):
+    from trl_mtp import MTPSFTConfig
+
+    def make(**overrides):
+        defaults = dict(
+            output_dir=str(tmp_path / "run"), max_steps=4, per_device_train_batch_size=8, learning_rate=1e-3,
+            logging_steps=1, report_to=[], activation_checkpointing=False, save_strategy="no",
+            dataloader_pin_memory=False, num_mtp_heads=2, seed=0, disable_tqdm=True,
+        )
+        return MTPSFTConfig(**{**defaults, **overrides})
+
+    return make

@@ -1,0 +1,303 @@
+"""PPOTrainer: scoring and padding, metrics, the rollout hook, MTP modes, references, save/resume, learning, DDP."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaForSequenceClassification
+
+from trl_mtp import MTPForCausalLM, PPOConfig, PPOTrainer
+from trl_mtp.tasks.presets import build_config
+from trl_mtp.tasks.registry import get_task
+
+PPO_METRICS = ("objective/kl", "objective/entropy", "objective/rlhf_reward", "objective/scores",
+               "objective/non_score_reward", "policy/approxkl_avg", "policy/clipfrac_avg", "loss/policy_avg",
+               "loss/value_avg", "val/clipfrac_avg", "val/ratio", "val/ratio_var", "val/num_eos_tokens",
+               "policy/entropy_avg", "lr", "episode", "val/explained_variance")
+MTP_METRICS = ("mtp/loss_depth_1", "mtp/acc_depth_1", "mtp/entropy_depth_1", "mtp/loss_depth_2", "mtp/loss",
+               "mtp/lambda", "mtp/window")
+
+
+def zero_reward(prompts, completions, **kwargs):
+    return [0.0] * len(prompts)
+
+
+def first_token_parity(prompts, completions, completion_ids, **kwargs):
+    """A reward a random model gets half the time (so advantages are not all zero)."""
+    return [float(ids[0] % 2) for ids in completion_ids]
+
+
+def digit_fraction(prompts, completions, **kwargs):
+    """Easy to learn from a base that writes digits and commas: the share of digits in the completion."""
+    return [sum(c.isdigit() for c in text) / max(len(text), 1) for text in completions]
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    return get_task("copy", length=3).train(32)
+
+
+@pytest.fixture
+def ppo_args(tmp_path):
+    def make(**overrides):
+        defaults = dict(output_dir=str(tmp_path / "run"), max_steps=2, per_device_train_batch_size=4,
+                        num_mini_batches=2, num_ppo_epochs=2, response_length=6, learning_rate=1e-3,
+                        temperature=1.0, report_to=[], save_strategy="no", disable_tqdm=True, seed=0,
+                        num_mtp_heads=2, dataloader_pin_memory=False)
+        return PPOConfig(**{**defaults, **overrides})
+
+    return make
+
+
+def policy_state(trainer) -> dict[str, torch.Tensor]:
+    """The policy's own weights (no heads, no critic)."""
+    return {k: v.detach().clone() for k, v in trainer.mtp_model.base_model.state_dict().items()
+            if not k.startswith("mtp_heads.")}
+
+
+class ScriptedPPOTrainer(PPOTrainer):
+    """Rollouts replaced by fixed responses: the `generate_rollouts` hook at work."""
+
+    scripted: torch.Tensor
+
+    def generate_rollouts(self, queries, query_mask):
+        return self.scripted[: queries.size(0)].to(queries.device)
+
+
+# -- scoring, padding, penalty --------------------------------------------------------------------------------------
+def test_truncation_penalty_and_score_position(tiny_model, tokenizer, prompts, ppo_args):
+    """The stop token (not the EOS) truncates and decides the missing-EOS penalty; the score sits on the last real
+    token; reward functions see the truncated completion."""
+    stop, eos = tokenizer.convert_tokens_to_ids("7"), tokenizer.eos_token_id
+    seen = []
+
+    def one(prompts, completions, completion_ids, **kwargs):
+        seen.extend(completion_ids)
+        return [1.0] * len(prompts)
+
+    args = ppo_args(stop_token_id=stop, missing_eos_penalty=0.5, kl_coef=0.0, per_device_train_batch_size=2,
+                    num_mini_batches=1)
+    trainer = ScriptedPPOTrainer(tiny_model(), args, train_dataset=prompts, processing_class=tokenizer, reward_funcs=one)
+    a, b = tokenizer.convert_tokens_to_ids("3"), tokenizer.convert_tokens_to_ids(",")
+    trainer.scripted = torch.tensor([[a, stop, b, b], [a, eos, b, a]])
+    rollouts = trainer.make_rollouts(0)
+    assert seen == [[a, stop], [a, eos, b, a]]
+    assert rollouts.responses[0].tolist() == [a, stop, tokenizer.pad_token_id, tokenizer.pad_token_id]
+    assert rollouts.mask.tolist() == [[True, True, False, False], [True, True, True, True]]
+    assert rollouts.scores.tolist() == [1.0, 0.5]  # row 1 has an EOS but no stop token: penalised
+    assert rollouts.rewards.tolist() == [[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.5]]
+    assert (rollouts.advantages[~rollouts.mask] == 0).all() and (rollouts.values[~rollouts.mask] == 0).all()
+
+
+def tiny_classifier(tokenizer, seed: int):
+    config = build_config("tiny-llama", len(tokenizer), tokenizer=tokenizer, num_labels=1, num_hidden_layers=2)
+    torch.manual_seed(seed)
+    return LlamaForSequenceClassification(config).eval()
+
+
+def test_reward_model_score_is_independent_of_padding(tiny_model, tokenizer, ppo_args):
+    """Prompts of different lengths are left-padded, responses right-padded after the stop token: each row's score
+    equals the reward model's own score of that row alone, unpadded."""
+    dataset = get_task("copy", length=1).train(1).select([0] * 2)
+    dataset = dataset.map(lambda row, i: {"prompt": row["prompt"] if i == 0 else "copy:1,2,3,4,5,6="}, with_indices=True)
+    reward_model = tiny_classifier(tokenizer, seed=1)
+    args = ppo_args(per_device_train_batch_size=2, num_mini_batches=1)
+    trainer = ScriptedPPOTrainer(tiny_model(), args, train_dataset=dataset, processing_class=tokenizer,
+                                 reward_model=reward_model)
+    eos, a = tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("3")
+    trainer.scripted = torch.tensor([[a, eos, a, a], [a, a, a, a]])
+    rollouts = trainer.make_rollouts(0)
+    for row in range(2):
+        ids = rollouts.query_responses[row][rollouts.attention_mask[row].bool()].unsqueeze(0)
+        with torch.no_grad():
+            alone = reward_model(input_ids=ids).logits[0, 0]
+        torch.testing.assert_close(rollouts.scores[row], alone, atol=1e-4, rtol=1e-4)
+    assert rollouts.attention_mask[0, 0] == 0  # the short prompt really was left-padded
+
+
+# -- a run: metrics, ratio, MTP ---------------------------------------------------------------------------------------
+def test_logs_every_metric_and_first_ratio_is_one(tiny_model, tokenizer, prompts, ppo_args):
+    """One epoch, one mini-batch: the update runs on the very policy that sampled, so ratio = 1 exactly
+    (the log-probs of rollout and update agree, N+ details' sanity check)."""
+    args = ppo_args(max_steps=2, num_ppo_epochs=1, num_mini_batches=1)
+    trainer = PPOTrainer(tiny_model(), args, train_dataset=prompts, processing_class=tokenizer,
+                         reward_funcs=[zero_reward, digit_fraction])
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "objective/kl" in h]
+    assert len(logs) == 2
+    for name in PPO_METRICS + MTP_METRICS + ("rewards/digit_fraction/mean",):
+        assert name in logs[-1] and isinstance(logs[-1][name], (int, float)), name
+    assert logs[0]["val/ratio"] == pytest.approx(1.0, abs=1e-5)
+    assert logs[0]["policy/approxkl_avg"] == pytest.approx(0.0, abs=1e-7)
+    assert logs[0]["policy/clipfrac_avg"] == 0.0
+    assert logs[0]["objective/kl"] == pytest.approx(0.0, abs=1e-6)  # the reference is a copy of the start
+    assert logs[-1]["episode"] == 2 * 4
+
+
+def test_decoupled_mtp_leaves_the_policy_to_ppo(tiny_model, tokenizer, prompts, ppo_args):
+    """Decoupled (the default): the policy after an update is the same with or without the MTP loss, while the
+    heads learn. Coupled: the MTP loss moves the policy."""
+    results = {}
+    for mode, mtp_lambda in (("decoupled", 0.0), ("decoupled", 1.0), ("coupled", 1.0)):
+        trainer = PPOTrainer(tiny_model(), ppo_args(mode=mode, mtp_lambda=mtp_lambda), train_dataset=prompts,
+                             processing_class=tokenizer, reward_funcs=first_token_parity)
+        heads_before = {k: v.clone() for k, v in trainer.mtp_model.heads.state_dict().items()}
+        trainer.train()
+        heads_after = trainer.mtp_model.heads.state_dict()
+        results[mode, mtp_lambda] = (policy_state(trainer),
+                                     any(not torch.equal(heads_before[k], heads_after[k]) for k in heads_before))
+    base, with_mtp, coupled = results["decoupled", 0.0], results["decoupled", 1.0], results["coupled", 1.0]
+    initial = {k: v for k, v in tiny_model().state_dict().items()}
+    assert any(not torch.equal(base[0][k], initial[k]) for k in base[0])  # PPO did move the policy
+    assert all(torch.equal(base[0][k], with_mtp[0][k]) for k in base[0])
+    assert with_mtp[1] and not base[1]  # heads learn only with lambda > 0
+    assert any(not torch.equal(base[0][k], coupled[0][k]) for k in base[0])
+
+
+@pytest.mark.parametrize("head_type", ["sequential", "parallel"])
+def test_mtp_variants_train_and_log(head_type, tiny_model, tokenizer, prompts, ppo_args):
+    args = ppo_args(head_type=head_type, mode="coupled", mtp_lambda=0.3, mtp_lambda_schedule="linear",
+                    mtp_lambda_end=0.1, mtp_window_schedule="forward", max_steps=2)
+    trainer = PPOTrainer(tiny_model(), args, train_dataset=prompts, processing_class=tokenizer,
+                         reward_funcs=first_token_parity)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "mtp/loss" in h]
+    assert [h["mtp/window"] for h in logs] == [1.0, 2.0]  # forward curriculum over the 2 iterations
+    assert logs[0]["mtp/lambda"] == pytest.approx(0.3) and logs[1]["mtp/lambda"] == pytest.approx(0.2)
+    assert all(math.isfinite(h["mtp/loss_depth_1"]) for h in logs)
+
+
+# -- references, critics, prompts -------------------------------------------------------------------------------------
+def test_lora_reference_is_the_base_with_adapters_disabled(tiny_model, tokenizer, prompts, ppo_args):
+    from peft import LoraConfig
+
+    peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    trainer = PPOTrainer(tiny_model(), ppo_args(max_steps=2), train_dataset=prompts, processing_class=tokenizer,
+                         reward_funcs=first_token_parity, peft_config=peft_config)
+    assert trainer.ref_model is None
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "objective/kl" in h]
+    assert logs[0]["objective/kl"] == pytest.approx(0.0, abs=1e-6)  # LoRA starts as the identity
+    assert logs[1]["objective/kl"] != 0.0
+
+
+def test_value_model_reward_model_and_conversational_prompts(tiny_model, tokenizer, ppo_args, tmp_path):
+    dataset = get_task("copy", length=2).train(8, conversational=True)
+    args = ppo_args(max_steps=1)
+    trainer = PPOTrainer(tiny_model(), args, train_dataset=dataset, processing_class=tokenizer,
+                         reward_model=tiny_classifier(tokenizer, 1), value_model=tiny_classifier(tokenizer, 2))
+    trainer.train()
+    trainer.save_model(str(tmp_path / "out"))
+    assert os.path.isfile(tmp_path / "out" / "value_model" / "config.json")
+    assert math.isfinite(trainer.state.log_history[-1]["loss/value_avg"])
+    assert isinstance(MTPForCausalLM.from_pretrained(str(tmp_path / "out")), MTPForCausalLM)
+
+
+# -- save and resume -----------------------------------------------------------------------------------------------
+def test_resume_equals_uninterrupted(tiny_model, tokenizer, prompts, ppo_args, tmp_path):
+    def run(output_dir, resume=None):
+        args = ppo_args(output_dir=str(output_dir), max_steps=4, save_strategy="steps", save_steps=2)
+        trainer = PPOTrainer(tiny_model(), args, train_dataset=prompts, processing_class=tokenizer,
+                             reward_funcs=first_token_parity)
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer
+
+    full = run(tmp_path / "full")
+    checkpoint = tmp_path / "full" / "checkpoint-2"
+    assert (checkpoint / "mtp_heads.safetensors").is_file() and (checkpoint / "value_head.safetensors").is_file()
+    resumed = run(tmp_path / "resumed", resume=str(checkpoint))
+    assert resumed.state.global_step == 4
+    a, b = policy_state(full), policy_state(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for k, v in full.mtp_model.heads.state_dict().items():
+        assert torch.equal(v, resumed.mtp_model.heads.state_dict()[k])
+    scores = [[h["objective/scores"] for h in t.state.log_history if "objective/scores" in h] for t in (full, resumed)]
+    assert scores[0][2:] == scores[1][-2:]
+    # the final model loads as an MTP model
+    full.save_model(str(tmp_path / "final"))
+    loaded = MTPForCausalLM.from_pretrained(str(tmp_path / "final"))
+    assert torch.equal(loaded.base_model.state_dict()["model.norm.weight"], a["model.norm.weight"])
+
+
+# -- learning ------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_reward_goes_up_on_an_easy_task(tokenizer, ppo_args):
+    """From a briefly pretrained base (digits and commas), PPO raises the share of digits it writes."""
+    from trl_mtp.pretrain import pretrain_base
+
+    base = AutoModelForCausalLM.from_pretrained(pretrain_base("tiny-llama", "copy", steps=60, seq_len=64, batch_size=8))
+    args = ppo_args(max_steps=12, per_device_train_batch_size=16, num_mini_batches=1, response_length=8,
+                    kl_coef=0.01, learning_rate=1e-3)
+    trainer = PPOTrainer(base, args, train_dataset=get_task("copy", length=3).train(64), processing_class=tokenizer,
+                         reward_funcs=digit_fraction)
+    trainer.train()
+    scores = [h["objective/scores"] for h in trainer.state.log_history if "objective/scores" in h]
+    assert sum(scores[-3:]) / 3 > sum(scores[:3]) / 3 + 0.15, scores
+
+
+# -- two processes ---------------------------------------------------------------------------------------------------
+DDP_SCRIPT = """
+import sys
+import torch.distributed as dist
+from trl_mtp import PPOConfig, PPOTrainer
+from trl_mtp.tasks.presets import build_model
+from trl_mtp.tasks.registry import get_task
+from trl_mtp.tasks.tokenizer import get_tokenizer
+
+tokenizer = get_tokenizer()
+def digits(prompts, completions, **kwargs):
+    return [sum(c.isdigit() for c in t) / max(len(t), 1) for t in completions]
+args = PPOConfig(output_dir=sys.argv[1], max_steps=2, per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                 num_mini_batches=1, num_ppo_epochs=1, response_length=4, learning_rate=1e-3, report_to=[],
+                 save_strategy="no", disable_tqdm=True, use_cpu=True, ddp_find_unused_parameters=False,
+                 dataloader_pin_memory=False, num_mtp_heads=2, mtp_every_n_steps=2)
+trainer = PPOTrainer(build_model("tiny-llama", len(tokenizer), tokenizer=tokenizer), args,
+                     train_dataset=get_task("copy", length=2).train(32), processing_class=tokenizer,
+                     reward_funcs=digits)
+trainer.train()
+trainer.save_model()
+norm = trainer.mtp_model.base_model.state_dict()["model.norm.weight"].sum().item()
+print(f"RANK {trainer.accelerator.process_index} OF {trainer.accelerator.num_processes} "
+      f"episode={trainer.state.log_history[-1]['episode']} norm={norm:.6f}", flush=True)
+if dist.is_initialized():
+    dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_two_process_ppo_with_accelerate(tmp_path, tokenizer):
+    script = tmp_path / "ddp_ppo_run.py"
+    script.write_text(textwrap.dedent(DDP_SCRIPT))
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+           "no", "--dynamo_backend", "no", "--main_process_port", "29544", str(script), str(tmp_path / "run")]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RANK")]
+    assert sorted(line.split()[1] for line in lines) == ["0", "1"], done.stdout
+    assert all("episode=16" in line for line in lines)  # 2 iterations x 2 processes x 4 rollouts
+    assert len({line.split("norm=")[1] for line in lines}) == 1  # DDP kept the replicas identical
+    assert MTPForCausalLM.from_pretrained(str(tmp_path / "run")) is not None
+
+
+@pytest.mark.slow
+def test_cli_ppo_with_yaml_config(tmp_path):
+    config = tmp_path / "ppo.yaml"
+    config.write_text(f"output_dir: {tmp_path / 'out'}\nmax_steps: 2\nresponse_length: 6\n"
+                      "per_device_train_batch_size: 4\nreport_to: none\nsave_strategy: 'no'\n"
+                      "pretrain_steps: 20\nnum_eval_examples: 4\nnum_train_examples: 16\n")
+    cli = os.path.join(os.path.dirname(sys.executable), "trl-mtp")
+    done = subprocess.run([cli, "ppo", "--config", str(config)], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "copy eval exact-match" in done.stdout
+    assert (tmp_path / "out" / "mtp_heads.safetensors").is_file()
+    bad = subprocess.run([cli, "ppo", "--kl_estimator", "k9"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1

@@ -1,0 +1,1 @@
+"""One module per `trl-mtp` subcommand, each with `main(argv) -> int`."""

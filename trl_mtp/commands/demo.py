@@ -1,0 +1,134 @@
+"""`trl-mtp demo`: the main job on the embedded default, as a list of stages, ending with one table.
+
+Each stage is a function of a shared context dict: it reads what earlier stages left (`tokenizer`,
+`base_dir`, `base_model`, ...) and appends result rows to `ctx["rows"]`
+({"model", "task", "metric", "value", "ci": (low, high) or None, "n"}). Later issues add stages (e.g. SFT with
+next-token vs MTP) by inserting into `STAGES` before the table.
+"""
+
+from __future__ import annotations
+
+import time
+
+from trl_mtp.commands.common import ArgumentParser, non_negative_int, positive_int
+
+
+def stage_tokenizer(ctx: dict) -> None:
+    """Build (or load from the cache) the offline tokenizer."""
+    from trl_mtp.tasks.tokenizer import get_tokenizer
+
+    ctx["tokenizer"] = get_tokenizer()
+    print(f"tokenizer: vocab {len(ctx['tokenizer'])}, {ctx['tokenizer'].name_or_path}")
+
+
+def stage_pretrain(ctx: dict) -> None:
+    """Pretrain a tiny next-token base on the mix (cached), or load the user's `--model`."""
+    from transformers import AutoModelForCausalLM
+
+    from trl_mtp.commands.common import load_model_and_tokenizer
+
+    args = ctx["args"]
+    if args.model:
+        ctx["base_model"], ctx["tokenizer"] = load_model_and_tokenizer(args.model)
+        ctx["base_name"] = args.model
+        return
+    from trl_mtp.pretrain import pretrain_base
+
+    ctx["base_dir"] = pretrain_base(args.preset, "mix", steps=args.pretrain_steps, seed=args.seed, verbose=True)
+    ctx["base_model"] = AutoModelForCausalLM.from_pretrained(ctx["base_dir"])
+    ctx["base_name"] = f"{args.preset} base"
+    print(f"base model: {ctx['base_dir']}")
+
+
+def stage_evaluate_base(ctx: dict) -> None:
+    """Greedy exact-match accuracy of the base on every task, and its held-out stdlib NLL."""
+    evaluate_into(ctx, ctx["base_model"], ctx["base_name"])
+
+
+def evaluate_into(ctx: dict, model, model_name: str) -> None:
+    """Evaluate `model` on every task (accuracy with a 90% bootstrap CI) and stdlib NLL; append rows to ctx."""
+    from trl_mtp.experiments.bootstrap import bootstrap_ci
+    from trl_mtp.tasks import PROMPT_TASKS, get_task
+    from trl_mtp.tasks.evaluate import evaluate_task, heldout_nll
+
+    args, tokenizer = ctx["args"], ctx["tokenizer"]
+    for name in PROMPT_TASKS:
+        result = evaluate_task(model, tokenizer, get_task(name, seed=args.seed), n=args.eval_n, batch_size=50)
+        ci = bootstrap_ci(result["correct"])[1:] if result["n"] else None
+        ctx["rows"].append({"model": model_name, "task": name, "metric": "accuracy", "value": result["accuracy"],
+                            "ci": ci, "n": result["n"]})
+        prompt, completion, target = result["samples"][0] if result["samples"] else ("", "", "")
+        print(f"  {name}: {prompt}{completion!r} (target {target!r})")
+    texts = get_task("stdlib", seed=args.seed).eval(args.eval_n // 4 or 1)["text"]
+    ctx["rows"].append({"model": model_name, "task": "stdlib", "metric": "nll/token",
+                        "value": heldout_nll(model, tokenizer, texts), "ci": None, "n": len(texts)})
+
+
+def stage_sft(ctx: dict) -> None:
+    """From the same base: next-token SFT vs MTP-SFT on the mixture of the prompt tasks, scored side by side."""
+    from trl_mtp.experiments.bootstrap import bootstrap_ci
+    from trl_mtp.experiments.sft_runs import run_sft
+    from trl_mtp.tasks import PROMPT_TASKS
+    from trl_mtp.tasks.cache import cache_root, stable_hash
+
+    args = ctx["args"]
+    if "base_dir" not in ctx or args.sft_steps == 0:
+        print("   skipped (needs the embedded base and --sft-steps > 0)")
+        return
+    tasks = {name: {"seed": args.seed} for name in PROMPT_TASKS}
+    variants = {"NTP-SFT": None, f"MTP-SFT ({args.mtp_head}, D={args.mtp_heads})":
+                {"head_type": args.mtp_head, "num_mtp_heads": args.mtp_heads}}
+    for label, mtp in variants.items():
+        key = stable_hash({"base": str(ctx["base_dir"]), "mtp": mtp, "seed": args.seed, "steps": args.sft_steps,
+                           "eval_n": args.eval_n, "version": 1})
+        result = run_sft(ctx["base_dir"], cache_root() / "demo-sft" / key, tasks=tasks, mtp=mtp, seed=args.seed,
+                         steps=args.sft_steps, n_train=1000, eval_n=args.eval_n)
+        print(f"   {label}: {result['train_seconds']:.0f}s of training, final loss {result['final_train_loss']:.3f}")
+        for name, score in result["tasks"].items():
+            ctx["rows"].append({"model": label, "task": name, "metric": "accuracy", "value": score["accuracy"],
+                                "ci": bootstrap_ci(score["correct"])[1:], "n": len(score["correct"])})
+
+
+def stage_table(ctx: dict) -> None:
+    """Print every result row as one table."""
+    header = ("model", "task", "metric", "value", "90% CI", "n")
+    lines = [(r["model"], r["task"], r["metric"], f"{r['value']:.3f}",
+              f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]" if r["ci"] else "", str(r["n"])) for r in ctx["rows"]]
+    widths = [max(len(x) for x in col) for col in zip(header, *lines)]
+    for i, line in enumerate([header, *lines]):
+        print("  ".join(x.ljust(w) for x, w in zip(line, widths)).rstrip())
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+STAGES = [
+    ("tokenizer", stage_tokenizer),
+    ("pretrain", stage_pretrain),
+    ("evaluate base", stage_evaluate_base),
+    ("sft: next-token vs MTP", stage_sft),
+    ("table", stage_table),
+]
+
+
+def main(argv: list[str]) -> int:
+    from trl_mtp.tasks.presets import PRESETS
+
+    parser = ArgumentParser(prog="trl-mtp demo", description="Build the tokenizer and a tiny base model, "
+                            "pretrain it briefly (cached), evaluate it on every embedded task, print a table.")
+    parser.add_argument("--preset", default="tiny-llama", choices=list(PRESETS))
+    parser.add_argument("--pretrain-steps", type=non_negative_int, default=600)
+    parser.add_argument("--eval-n", type=positive_int, default=100, help="eval examples per task")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--sft-steps", type=non_negative_int, default=300, help="SFT steps per variant (0: skip)")
+    parser.add_argument("--mtp-head", default="sequential", choices=["blockwise", "parallel", "sequential", "medusa"])
+    parser.add_argument("--mtp-heads", type=positive_int, default=2, help="D, extra tokens predicted")
+    parser.add_argument("--model", default=None, help="evaluate this model (path or hub id) instead of a tiny base")
+    args = parser.parse_args(argv)
+
+    ctx = {"args": args, "rows": []}
+    for name, stage in STAGES:
+        start = time.time()
+        print(f"== {name}", flush=True)
+        stage(ctx)
+        print(f"   ({time.time() - start:.1f}s)", flush=True)
+    return 0

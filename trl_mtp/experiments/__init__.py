@@ -1,0 +1,1 @@
+"""Experiments: runner, bootstrap confidence intervals."""

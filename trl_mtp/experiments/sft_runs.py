@@ -1,0 +1,69 @@
+"""One SFT run from a base model: next-token (TRL's SFTTrainer) or MTP (MTPSFTTrainer), then held-out scores.
+
+Shared by the demo's SFT stage and the SFT experiments, so that both compare NTP and MTP the same way: the same
+base, data, optimizer, steps and seed; only the MTP fields differ. A finished run writes `result.json` in its
+folder and is not run again (resume).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+SFT_DEFAULTS = dict(
+    learning_rate=1e-3, per_device_train_batch_size=16, lr_scheduler_type="cosine", warmup_steps=10,
+    logging_steps=25, report_to="none", activation_checkpointing=False, dataloader_pin_memory=False,
+    save_strategy="no", disable_tqdm=True, bf16=False,
+)
+
+
+def task_mixture(tasks: dict[str, dict], n_train: int, seed: int):
+    """`n_train` training examples of each task (name -> parameters), shuffled together."""
+    from datasets import concatenate_datasets
+
+    from trl_mtp.tasks.registry import get_task
+
+    parts = [get_task(name, **params).train(n_train) for name, params in tasks.items()]
+    return concatenate_datasets(parts).shuffle(seed=seed)
+
+
+def run_sft(base_dir, out_dir, *, tasks: dict[str, dict], mtp: dict | None, seed: int = 0, steps: int = 300,
+            n_train: int = 2000, eval_n: int = 200, **overrides) -> dict:
+    """Fine-tune the base in `base_dir` on `tasks` for `steps` optimizer steps; score greedy exact match on each
+    task's eval split. `mtp=None` trains with TRL's plain `SFTTrainer` (next-token); a dict of MTP fields
+    (`head_type`, `num_mtp_heads`, ...) trains with `MTPSFTTrainer`. Returns (and stores) per-task per-item
+    correctness, so callers can bootstrap confidence intervals."""
+    out_dir = Path(out_dir)
+    result_file = out_dir / "result.json"
+    if result_file.exists():
+        return json.loads(result_file.read_text())
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from trl_mtp.tasks.evaluate import evaluate_task
+    from trl_mtp.tasks.registry import get_task
+    from trl_mtp.trainers import MTPSFTConfig, MTPSFTTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    args = dict(SFT_DEFAULTS, output_dir=str(out_dir), max_steps=steps, seed=seed, **overrides)
+    dataset = task_mixture(tasks, n_train, seed)
+    start = time.time()
+    if mtp is None:
+        trainer = SFTTrainer(model, SFTConfig(**args), train_dataset=dataset, processing_class=tokenizer)
+    else:
+        trainer = MTPSFTTrainer(model, MTPSFTConfig(**args, **mtp), train_dataset=dataset, processing_class=tokenizer)
+    trainer.train()
+    train_seconds = time.time() - start
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    scores = {}
+    for name, params in tasks.items():
+        scored = evaluate_task(model, tokenizer, get_task(name, **params), n=eval_n)
+        scores[name] = {"accuracy": scored["accuracy"], "correct": scored["correct"]}
+    result = {"mtp": mtp, "seed": seed, "steps": steps, "train_seconds": train_seconds,
+              "final_train_loss": logs[-1]["loss"] if logs else None, "tasks": scores,
+              "mtp_metrics": {k: v for k, v in (logs[-1] if logs else {}).items() if k.startswith("mtp/")}}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result_file.write_text(json.dumps(result))
+    return result

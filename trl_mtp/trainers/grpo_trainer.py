@@ -1,0 +1,24 @@
+"""`MTPGRPOTrainer`: TRL's `GRPOTrainer` with an MTP loss on the completions it samples.
+
+loss = L_GRPO (TRL's, untouched) + lambda(step) * sum_i w_i CE_i on completion tokens (prompt and padding masked),
+from the hidden states of GRPO's own grad-enabled forward. Logs `mtp/*` as `MTPSFTTrainer` does.
+"""
+
+from __future__ import annotations
+
+from trl import GRPOTrainer
+
+from trl_mtp.trainers.grpo_config import MTPGRPOConfig
+from trl_mtp.trainers.mtp_mixin import MTPOnPolicyMixin
+
+
+class MTPGRPOTrainer(MTPOnPolicyMixin, GRPOTrainer):
+    """`GRPOTrainer` + MTP heads; `model` as in `MTPSFTTrainer`, other arguments are `GRPOTrainer`'s."""
+
+    def __init__(self, model, reward_funcs, args: MTPGRPOConfig | None = None, *, peft_config=None, **kwargs):
+        args = args if args is not None else MTPGRPOConfig(output_dir="mtp-grpo")
+        if not isinstance(args, MTPGRPOConfig):
+            raise ValueError(f"args={type(args).__name__}: MTPGRPOTrainer needs an MTPGRPOConfig")
+        base = self._prepare_mtp_model(model, args, peft_config)
+        super().__init__(model=base, reward_funcs=reward_funcs, args=args, peft_config=peft_config, **kwargs)
+        self._after_parent_init()

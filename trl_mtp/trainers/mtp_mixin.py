@@ -1,0 +1,203 @@
+"""What every trl-mtp trainer adds to its TRL parent, in one place.
+
+One module tree: the trainer trains the base model with the heads attached as its submodule `mtp_heads`, so the
+optimizer, DDP/FSDP/DeepSpeed (through accelerate), gradient clipping and checkpoint resume see one model. The
+heads read the trunk through the capture hooks of `MTPForCausalLM` (no second trunk forward): the parent trainer
+runs its own forward (TRL's fused LM head included), then `mtp_loss_term` scores the heads on what that forward
+produced.
+
+Saved layout (checkpoints and the final model alike) is the `MTPForCausalLM.save_pretrained` layout: the base
+model's files without the head weights (`_keys_to_ignore_on_save`), `mtp_heads.safetensors` and
+`mtp_config.json`, so `MTPForCausalLM.from_pretrained(output_dir)` loads a trained run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from trl_mtp.losses import depth_weights
+from trl_mtp.model import CONFIG_FILE, HEADS_FILE, MTPForCausalLM
+from trl_mtp.schedules import MTPStepPlan
+
+logger = logging.getLogger(__name__)
+
+HEADS_MODULE = "mtp_heads"  # name of the heads inside the trained module tree
+
+
+def load_mtp_model(model, args) -> MTPForCausalLM:
+    """`model` (an `MTPForCausalLM`, a `PreTrainedModel`, or a path / hub id) as an `MTPForCausalLM`.
+
+    A path holding an MTP checkpoint keeps its trained heads (and their config); anything else gets new heads built
+    from the MTP fields of `args`."""
+    if isinstance(model, MTPForCausalLM):
+        return model
+    if isinstance(model, PreTrainedModel):
+        return MTPForCausalLM.from_base(model, args.mtp_config())
+    if not isinstance(model, (str, os.PathLike)):
+        raise ValueError(f"model={type(model).__name__}: expected a path, a hub id, a PreTrainedModel or an MTPForCausalLM")
+    init_kwargs = dict(args.model_init_kwargs or {})
+    if os.path.isfile(os.path.join(model, CONFIG_FILE)):
+        mtp_model = MTPForCausalLM.from_pretrained(model, **init_kwargs)
+        if mtp_model.mtp_config != args.mtp_config():
+            logger.warning("%s has trained heads: its MTP config %s is used, not the one in the arguments",
+                           model, mtp_model.mtp_config)
+        return mtp_model
+    if not os.path.exists(model) and (os.path.isabs(model) or str(model).startswith(".")):
+        raise FileNotFoundError(f"model={model!r}: no such directory")
+    try:
+        base = AutoModelForCausalLM.from_pretrained(model, **init_kwargs)
+    except OSError as err:  # no such local folder, and the hub can't provide it (offline, or a typo)
+        raise FileNotFoundError(f"model={model!r}: not a local model directory and not loadable from the hub ({err})") from err
+    return MTPForCausalLM.from_base(base, args.mtp_config())
+
+
+class MTPTrainerMixin:
+    """Mixed in before a TRL trainer: `class MTPSFTTrainer(MTPTrainerMixin, SFTTrainer)`."""
+
+    mtp_model: MTPForCausalLM
+
+    # -- set-up ----------------------------------------------------------------------------------------------
+    def _prepare_mtp_model(self, model, args, peft_config=None) -> PreTrainedModel:
+        """Resolve `model`, attach its heads to the base as `mtp_heads`; returns the base for the TRL parent."""
+        self.mtp_model = load_mtp_model(model, args)
+        base = self.mtp_model.base_model
+        base.add_module(HEADS_MODULE, self.mtp_model.heads)
+        # the heads are saved in their own file: keep them out of the base model's weights
+        head_keys = {f"{HEADS_MODULE}.{k}" for k in self.mtp_model.heads.state_dict()}
+        base._keys_to_ignore_on_save = set(base._keys_to_ignore_on_save or ()) | head_keys
+        if args.freeze_base:
+            for name, param in base.named_parameters():
+                param.requires_grad_(name.startswith(f"{HEADS_MODULE}."))
+        if peft_config is not None:
+            # LoRA goes on the trunk only; the heads are trained in full (their layers share the trunk's names)
+            exclude = getattr(peft_config, "exclude_modules", None)
+            pattern = rf".*\b{HEADS_MODULE}\b.*"
+            if exclude is None:
+                peft_config.exclude_modules = pattern
+            elif isinstance(exclude, str):
+                peft_config.exclude_modules = f"(?:{exclude})|(?:{pattern})"
+            else:
+                raise ValueError(
+                    f"peft_config.exclude_modules={exclude!r}: give a regex string (trl-mtp adds the heads to it)"
+                )
+        return base
+
+    def _after_parent_init(self) -> None:
+        """PEFT freezes every non-adapter parameter: the heads stay trainable."""
+        for param in self.mtp_model.heads.parameters():
+            param.requires_grad_(True)
+
+    # -- the loss ---------------------------------------------------------------------------------------------
+    def _current_plan(self, training: bool) -> MTPStepPlan:
+        if not training:  # evaluation scores every head with the configured weight
+            return MTPStepPlan(mtp_lambda=self.args.mtp_lambda, window=self.args.num_mtp_heads, apply=True)
+        return self.args.mtp_step_plan(self.state.global_step, self.state.max_steps)
+
+    def _touch_heads(self) -> torch.Tensor:
+        """0 * (sum of the head parameters): under DDP every parameter must receive a gradient each step, also on
+        steps where the frequency or the window curriculum leaves some heads out. On one process it is 0."""
+        if self.accelerator.num_processes == 1:
+            return torch.zeros((), device=self.mtp_model.device)
+        return 0.0 * sum(p.sum() for p in self.mtp_model.heads.parameters() if p.requires_grad)
+
+    def add_mtp_loss(self, loss: torch.Tensor, inputs: dict, num_items_in_batch=None, divisor: float = 1.0) -> torch.Tensor:
+        """The parent's loss plus the MTP term in training; in evaluation the parent's loss, MTP metrics logged.
+
+        `inputs` needs `input_ids`, `labels` (unshifted, -100 ignored) and optionally `attention_mask` /
+        `position_ids`. `divisor`: the parent's own loss scaling for gradient accumulation when it does not pass
+        `num_items_in_batch` (GRPO/RLOO divide each micro-batch mean by the accumulation steps)."""
+        training = self.model.training
+        term = self.mtp_loss_term(inputs, num_items_in_batch, training=training) / divisor
+        if not training:
+            return loss
+        loss = loss + term
+        if not loss.requires_grad:
+            # nothing trainable in this step's loss (frozen base on a step the MTP frequency skips): an empty
+            # backward, so that no parameter moves (a zero gradient would still move Adam's momentum)
+            loss = loss.detach().requires_grad_()
+        return loss
+
+    def mtp_loss_term(self, inputs: dict, num_items_in_batch=None, training: bool = True) -> torch.Tensor:
+        """lambda * MTP loss for the batch the parent trainer just ran forward, and its metrics.
+
+        Scaled like TRL scales its own loss: divided by `num_items_in_batch` (gradient accumulation) and multiplied
+        by the number of processes when tokens are averaged across devices."""
+        mode = "train" if training else "eval"
+        plan = self._current_plan(training)
+        metrics = self._metrics[mode]
+        metrics["mtp/lambda"].append(plan.mtp_lambda)
+        metrics["mtp/window"].append(float(plan.window))
+        metrics["mtp/applied"].append(float(plan.apply))
+        touch = self._touch_heads()
+        if not plan.apply:
+            return touch
+        out = self.mtp_model.compute_mtp_loss(
+            inputs["input_ids"], inputs["labels"], inputs.get("attention_mask"), inputs.get("position_ids"),
+            num_depths=plan.window, num_items_in_batch=num_items_in_batch,
+        )
+        self._log_mtp_metrics(mode, out, plan.window)
+        term = plan.mtp_lambda * out.loss
+        if num_items_in_batch is not None and getattr(self.args, "average_tokens_across_devices", False):
+            term = term * self.accelerator.num_processes
+        return (term if training else term.detach()) + touch
+
+    @staticmethod
+    def completion_mtp_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask) -> dict:
+        """MTP inputs of a rollout batch (TRL's on-policy layout: left-padded prompts, right-padded completions):
+        the heads learn the completion tokens only."""
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        labels = torch.cat([torch.full_like(prompt_ids, -100), completion_ids.masked_fill(completion_mask == 0, -100)], 1)
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": torch.cat([prompt_mask, completion_mask], 1)}
+
+    def _log_mtp_metrics(self, mode: str, out, window: int) -> None:
+        """Token-weighted per-depth means over all processes, appended to TRL's metric lists (logged by `log`)."""
+        counts = out.num_tokens.float()
+        sums = torch.stack([out.losses * counts, out.accuracies * counts, out.entropies * counts, counts])
+        sums = self.accelerator.gather_for_metrics(sums.unsqueeze(0)).sum(0)  # [4, window]
+        n = sums[3].clamp(min=1)
+        loss, acc, entropy = sums[0] / n, sums[1] / n, sums[2] / n
+        metrics = self._metrics[mode]
+        for i in range(window):
+            metrics[f"mtp/loss_depth_{i + 1}"].append(loss[i].item())
+            metrics[f"mtp/acc_depth_{i + 1}"].append(acc[i].item())
+            metrics[f"mtp/entropy_depth_{i + 1}"].append(entropy[i].item())
+        weights = depth_weights(window, self.args.mtp_depth_decay, self.args.mtp_normalize_depth_weights)
+        metrics["mtp/loss"].append((weights.to(loss.device) * loss).sum().item())
+
+    # -- save and resume ------------------------------------------------------------------------------------------
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if state_dict is not None:  # gathered by FSDP / DeepSpeed: drop the heads, saved below
+            state_dict = {k: v for k, v in state_dict.items() if f"{HEADS_MODULE}." not in k}
+        super()._save(output_dir, state_dict=state_dict)
+        if self.args.should_save:
+            heads = {k: v.detach().contiguous().cpu() for k, v in self.mtp_model.heads.state_dict().items()}
+            save_file(heads, os.path.join(output_dir, HEADS_FILE), metadata={"format": "pt"})
+            with open(os.path.join(output_dir, CONFIG_FILE), "w") as f:
+                json.dump(self.mtp_model.mtp_config.to_dict(), f, indent=2)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model=model)
+        path = os.path.join(resume_from_checkpoint, HEADS_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: checkpoint has no MTP heads; it was not written by a trl-mtp trainer")
+        self.mtp_model.heads.load_state_dict(load_file(path, device=str(self.mtp_model.device)), strict=True)
+
+
+class MTPOnPolicyMixin(MTPTrainerMixin):
+    """For TRL's GRPO and RLOO trainers: their `_compute_loss` runs one grad-enabled forward of the policy over
+    prompt + completion; the MTP term is added to its (accumulation-scaled) loss."""
+
+    def _compute_loss(self, model, inputs):
+        loss = super()._compute_loss(model, inputs)
+        mtp_inputs = self.completion_mtp_inputs(
+            inputs["prompt_ids"], inputs["prompt_mask"], inputs["completion_ids"], inputs["completion_mask"]
+        )
+        divisor = self.current_gradient_accumulation_steps if self.model.training else 1.0
+        return self.add_mtp_loss(loss, mtp_inputs, divisor=divisor)

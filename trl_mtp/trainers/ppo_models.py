@@ -1,0 +1,98 @@
+"""The modules PPO trains and queries: the policy-and-critic module tree, the value head, per-token scores of a
+sequence-classification model (reward model or separate value model).
+
+Scores are read per token from the classification head and indexed with our own attention mask, never with the
+model's pad-token search, so left padding, right padding and a pad id the policy sampled all score the same
+(the former implementation assumed right padding in `get_reward`).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+from transformers import AutoModelForSequenceClassification, PreTrainedModel
+
+from trl_mtp.heads import Trunk
+from trl_mtp.trainers.ppo_core import position_ids_from_mask
+
+
+class ValueHead(nn.Module):
+    """V(s_t) = w . norm(h_t) + b on the policy's own last hidden state; zero-initialised, so V = 0 at the start
+    and the first updates do not chase a random critic."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.summary = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.summary.weight)
+        nn.init.zeros_(self.summary.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.summary(hidden.to(self.summary.weight.dtype)).squeeze(-1).float()
+
+
+def classification_head(model: nn.Module) -> nn.Module:
+    """The linear layer that maps hidden states to the labels of a sequence-classification model (`score` in Llama,
+    Qwen and GPT-2 style models): the last `nn.Linear` with `num_labels` outputs."""
+    num_labels = model.config.num_labels
+    heads = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_labels]
+    if not heads:
+        raise ValueError(f"{type(model).__name__}: no linear layer with num_labels={num_labels} outputs to read scores from")
+    return heads[-1]
+
+
+def per_token_scores(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, T] float: the first label's score at every position (what the model would output were the sequence to
+    end there), from one forward of `model` with a hook on its classification head."""
+    captured = {}
+    head = classification_head(model)
+    handle = head.register_forward_hook(lambda module, args, output: captured.__setitem__("scores", output))
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
+              use_cache=False)
+    finally:
+        handle.remove()
+    return captured["scores"][..., 0].float()
+
+
+def load_sequence_classifier(model, init_kwargs: dict | None, pad_token_id: int | None) -> PreTrainedModel:
+    """A sequence-classification model with one label from a path / hub id, or the model given."""
+    if isinstance(model, (str, os.PathLike)):
+        model = AutoModelForSequenceClassification.from_pretrained(model, num_labels=1, **(init_kwargs or {}))
+    if model.config.pad_token_id is None:  # HF's pooling refuses batches > 1 without one (we index ourselves)
+        model.config.pad_token_id = pad_token_id
+    return model
+
+
+class PolicyAndValue(nn.Module):
+    """One module tree for the optimizer, DDP and checkpoints: the policy (the causal LM with its MTP heads attached
+    as `mtp_heads`, possibly a PEFT model) and its critic: a `ValueHead` on the policy's own hidden state (read from
+    the trunk capture of the same forward, no extra pass) or a separate sequence-classification `value_model`."""
+
+    def __init__(self, policy: nn.Module, trunk: Trunk, value_model: nn.Module | None = None):
+        super().__init__()
+        self.policy = policy
+        self.trunk = trunk  # a plain object (hooks into the policy), not a submodule
+        if value_model is None:
+            self.value_head = ValueHead(trunk.model.config.get_text_config().hidden_size)
+            self.value_model = None
+        else:
+            self.value_head = None
+            self.value_model = value_model
+
+    @property
+    def _keys_to_ignore_on_save(self):
+        # read by Trainer when it loads the policy's weights: the heads are saved in their own file
+        return getattr(self.policy, "_keys_to_ignore_on_save", None)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits [B, T, V], values [B, T]); the trunk keeps this forward's hidden state for the MTP loss."""
+        position_ids = position_ids_from_mask(attention_mask)
+        logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             use_cache=False).logits
+        if self.value_head is not None:
+            values = self.value_head(self.trunk.norm(self.trunk.hidden))  # V(s_t) from the policy's h_t
+        else:
+            values = per_token_scores(self.value_model, input_ids, attention_mask)
+        return logits, values

@@ -1,0 +1,24 @@
+"""`MTPRLOOTrainer`: TRL's `RLOOTrainer` with an MTP loss on the completions it samples.
+
+loss = L_RLOO (TRL's, untouched) + lambda(step) * sum_i w_i CE_i on completion tokens (prompt and padding masked),
+from the hidden states of RLOO's own grad-enabled forward. Logs `mtp/*` as `MTPSFTTrainer` does.
+"""
+
+from __future__ import annotations
+
+from trl import RLOOTrainer
+
+from trl_mtp.trainers.rloo_config import MTPRLOOConfig
+from trl_mtp.trainers.mtp_mixin import MTPOnPolicyMixin
+
+
+class MTPRLOOTrainer(MTPOnPolicyMixin, RLOOTrainer):
+    """`RLOOTrainer` + MTP heads; `model` as in `MTPSFTTrainer`, other arguments are `RLOOTrainer`'s."""
+
+    def __init__(self, model, reward_funcs, args: MTPRLOOConfig | None = None, *, peft_config=None, **kwargs):
+        args = args if args is not None else MTPRLOOConfig(output_dir="mtp-rloo")
+        if not isinstance(args, MTPRLOOConfig):
+            raise ValueError(f"args={type(args).__name__}: MTPRLOOTrainer needs an MTPRLOOConfig")
+        base = self._prepare_mtp_model(model, args, peft_config)
+        super().__init__(model=base, reward_funcs=reward_funcs, args=args, peft_config=peft_config, **kwargs)
+        self._after_parent_init()
