@@ -245,7 +245,7 @@ def test_sampling_matches_plain_sampling(family, warp):
     sampler = Sampler(True, **{"temperature": 1.0, **WARPS[warp]})
     joint12, marginal3 = exact_first_tokens(model, prompt, sampler.probs)
     counts12, counts3, stats = sample_first_tokens(model, prompt, 4000, seed=0, **WARPS[warp])
-    assert 0.05 < stats["acceptance_by_position"][0] < 0.95  # drafts both kept and rejected
+    assert 0.02 < stats["acceptance_by_position"][0] < 0.95  # drafts both kept and rejected
     assert chi_square_pvalue(counts12, joint12) > 1e-3
     assert chi_square_pvalue(counts3, marginal3) > 1e-3
 

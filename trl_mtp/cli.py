@@ -18,8 +18,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("trl_mtp.commands.pretrain", "train a plain next-token base model on embedded data"),
     "sft": ("trl_mtp.commands.sft", "MTP supervised fine-tuning (TRL SFTTrainer + MTP heads)"),
     "ppo": ("trl_mtp.commands.ppo", "PPO with a critic (TRL's former PPOTrainer) + MTP heads on the rollouts"),
+    "grpo": ("trl_mtp.commands.grpo", "GRPO (TRL's GRPOTrainer) + MTP heads on the sampled completions"),
+    "rloo": ("trl_mtp.commands.rloo", "RLOO (TRL's RLOOTrainer) + MTP heads on the sampled completions"),
+    "dpo": ("trl_mtp.commands.dpo", "DPO (TRL's DPOTrainer) + MTP heads on the chosen responses"),
     "generate": ("trl_mtp.commands.generate", "generate text with self-speculative decoding, print stats"),
     "bench": ("trl_mtp.commands.bench", "benchmarks: train-step, decode (JSON output)"),
+    "probe": ("trl_mtp.commands.probe", "world-model consistency: each head vs the policy's own future"),
+    "report": ("trl_mtp.commands.report", "plots and HTML pages of what the heads learned, from run folders"),
 }
 
 

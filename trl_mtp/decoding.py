@@ -399,7 +399,8 @@ def update_cache(model, state: DecodeState, drafter: Drafter, new_start: int, n_
     state.n_valid = state.n_valid + state.mask[:, new_start:].sum(1)  # padding (prefill) and holes are no positions
     state.last_slot = new_start + kept - 1
     # the next input of each row is its last committed token (position n_valid); scratch room holds its drafts
-    state.tokens[rows, state.column(state.n_valid)] = next_token
+    live = ~state.done  # a finished row's last committed token sits there: leave it
+    state.tokens[rows[live], state.column(state.n_valid)[live]] = next_token[live]
     drafter.observe(state, model.trunk.hidden, model.trunk.layer_call_kwargs(), new_start, keep)
     state.done |= finished
     return length, k

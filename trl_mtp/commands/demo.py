@@ -89,6 +89,34 @@ def stage_sft(ctx: dict) -> None:
                                 "ci": bootstrap_ci(score["correct"])[1:], "n": len(score["correct"])})
 
 
+def stage_diagnostics(ctx: dict) -> None:
+    """A recorded MTP-SFT run from the same base (MTPRecorder on) and its world-model consistency probe."""
+    from trl_mtp.diagnostics.embedded import recorded_sft_run
+    from trl_mtp.tasks.cache import cache_root, stable_hash
+
+    args = ctx["args"]
+    if "base_dir" not in ctx or args.sft_steps == 0:
+        print("   skipped (needs the embedded base and --sft-steps > 0)")
+        return
+    key = stable_hash({"base": str(ctx["base_dir"]), "head": args.mtp_head, "D": args.mtp_heads, "seed": args.seed,
+                       "steps": args.sft_steps, "version": 1})
+    run = recorded_sft_run(ctx["base_dir"], cache_root() / "demo-diagnostics" / key, head_type=args.mtp_head,
+                           num_mtp_heads=args.mtp_heads, steps=args.sft_steps, seed=args.seed)
+    ctx.setdefault("recorded_runs", []).append(run)
+    print(f"   recorded run: {run}")
+
+
+def stage_report(ctx: dict) -> None:
+    """Plots and HTML pages of the recorded runs (`trl-mtp report`); prints the page's path."""
+    from trl_mtp.diagnostics.report import write_report
+
+    runs = ctx.get("recorded_runs")
+    if not runs:
+        print("   skipped (no recorded run)")
+        return
+    print(f"report: {write_report(runs, ctx['args'].report_dir)}")
+
+
 def stage_table(ctx: dict) -> None:
     """Print every result row as one table."""
     header = ("model", "task", "metric", "value", "90% CI", "n")
@@ -106,7 +134,9 @@ STAGES = [
     ("pretrain", stage_pretrain),
     ("evaluate base", stage_evaluate_base),
     ("sft: next-token vs MTP", stage_sft),
+    ("diagnostics: recorded MTP-SFT + consistency probe", stage_diagnostics),
     ("table", stage_table),
+    ("report", stage_report),
 ]
 
 
@@ -122,6 +152,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--sft-steps", type=non_negative_int, default=300, help="SFT steps per variant (0: skip)")
     parser.add_argument("--mtp-head", default="sequential", choices=["blockwise", "parallel", "sequential", "medusa"])
     parser.add_argument("--mtp-heads", type=positive_int, default=2, help="D, extra tokens predicted")
+    parser.add_argument("--report-dir", default="mtp-report", help="where the demo writes its report")
     parser.add_argument("--model", default=None, help="evaluate this model (path or hub id) instead of a tiny base")
     args = parser.parse_args(argv)
 

@@ -9,6 +9,11 @@ from transformers import TrainingArguments
 from trl_mtp.trainers.mtp_args import MTPArguments
 
 KL_ESTIMATORS = ("k1", "k3")
+WM_DYNAMICS = ("auto", "sequential", "mlp")
+WM_LATENT_LOSSES = ("cosine", "mse", "none")
+WM_CRITICS = ("twohot", "scalar")
+WM_RETURN_NORMS = ("percentile", "whiten")
+WM_GRADIENTS = ("decoupled", "coupled")
 
 
 @dataclass
@@ -68,6 +73,66 @@ class PPOConfig(MTPArguments, TrainingArguments):
         model_init_kwargs (`dict` or `None`, defaults to `None`):
             Keyword arguments of `from_pretrained` when `model` (or `ref_model`, `value_model`, `reward_model`) is a
             path or hub id.
+
+    World model (`trl_mtp/world_model.py`; every `wm_*` field acts only with `world_model=True`; the defaults switch
+    every part on, DreamerV3's values; set one off to ablate it):
+
+        world_model (`bool`, defaults to `False`):
+            Train a latent world model on the rollouts (prior h^_{t+1} = f(h_t, emb(a_t)), posterior = the trunk's h_{t+1}).
+        wm_dynamics (`str`, defaults to `"auto"`):
+            The prior f: `"sequential"` (the sequential MTP heads' chain; needs `head_type="sequential"`), `"mlp"` (a
+            small residual MLP of the world model's own), `"auto"` (sequential when the heads are, else mlp).
+        wm_unroll_steps (`int`, defaults to `2`):
+            K: steps the prior is unrolled on real tokens (depths beyond `num_mtp_heads` reuse the last head's block).
+        wm_latent_loss (`str`, defaults to `"cosine"`):
+            Distance of predicted to stop-gradient real latents: `"cosine"`, `"mse"`, or `"none"` (off).
+        wm_latent_coef (`float`, defaults to `1.0`):
+            Weight of the latent loss.
+        wm_token_kl_coef (`float`, defaults to `0.1`):
+            Weight of KL(p(.|h_{t+i}) || p(.|h^_{t+i})) between the token distributions of real and predicted latents
+            (NextLat); 0: off.
+        wm_free_bits (`float`, defaults to `1.0`):
+            Free nats of the discrete latent's KL terms: max(free_bits, KL) per position (DreamerV3); 0: off.
+        wm_token_kl_free_bits (`float`, defaults to `0.0`):
+            Free nats of the token-distribution KL (its per-position values are far below DreamerV3's 1 nat, which
+            would switch it off); 0: off.
+        wm_discrete_latent (`bool`, defaults to `False`):
+            Add a discrete latent of `wm_latent_groups` x `wm_latent_classes` categoricals, posterior from the real
+            latent, prior from the predicted one, trained with KL balancing and unimix (DreamerV3).
+        wm_latent_groups (`int`, defaults to `32`), wm_latent_classes (`int`, defaults to `32`):
+            Shape of the discrete latent.
+        wm_kl_dyn (`float`, defaults to `0.5`), wm_kl_rep (`float`, defaults to `0.1`):
+            KL balancing weights: the dynamics term (moves the prior) and the representation term (moves the posterior).
+        wm_unimix (`float`, defaults to `0.01`):
+            Uniform mixture of the discrete latent's categoricals.
+        wm_reward_head (`bool`, defaults to `True`), wm_reward_coef (`float`, defaults to `1.0`):
+            A symlog two-hot head predicting the per-token reward from the latent after each token, and its weight.
+        wm_continue_head (`bool`, defaults to `True`), wm_continue_coef (`float`, defaults to `1.0`):
+            A head predicting whether the response continues after each token (0 on its last token), and its weight.
+        wm_critic (`str`, defaults to `"twohot"`):
+            The critic: `"twohot"` (symlog two-hot over `wm_num_bins` bins, zero-initialised output; its loss is the
+            two-hot cross-entropy, unclipped) or `"scalar"` (the PPO value head and its clipped MSE loss).
+        wm_num_bins (`int`, defaults to `255`):
+            Bins of the two-hot heads (critic and reward), over [-20, 20] in symlog space.
+        wm_slow_critic_coef (`float`, defaults to `1.0`), wm_slow_critic_decay (`float`, defaults to `0.98`):
+            Weight of the regulariser of the critic toward an EMA copy of itself, and the EMA decay; 0: off.
+        wm_imagination_horizon (`int`, defaults to `4`):
+            H: imagined steps from each real prefix (prior rolled with head-sampled tokens); 0: no imagination.
+        wm_imagination_lambda (`float`, defaults to `0.95`):
+            Lambda of the imagined lambda-returns.
+        wm_imagination_coef (`float`, defaults to `1.0`):
+            Weight (times `vf_coef`) of the critic loss toward the imagined lambda-returns (critic targets only: the
+            policy never gets a gradient from imagined tokens).
+        wm_return_norm (`str`, defaults to `"percentile"`):
+            Advantage normalisation: `"percentile"` (A / max(1, EMA(P95) - EMA(P5)) of the returns, DreamerV3) or
+            `"whiten"` (PPO's batch whitening).
+        wm_return_norm_decay (`float`, defaults to `0.99`):
+            EMA decay of the return percentiles.
+        wm_gradient (`str`, defaults to `"decoupled"`):
+            `"decoupled"`: the world model reads a detached trunk (the trunk gets the PPO loss only). `"coupled"`: its
+            losses reach the trunk, scaled by `wm_repr_coef`.
+        wm_repr_coef (`float`, defaults to `0.1`):
+            Gradient scale of the world-model losses into the trunk with `wm_gradient="coupled"`.
     """
 
     # -- overridden defaults (PPO's, not Trainer's) --
@@ -111,6 +176,55 @@ class PPOConfig(MTPArguments, TrainingArguments):
     model_init_kwargs: dict | str | None = field(default=None, metadata={
         "help": "Keyword arguments of `from_pretrained` for models given as paths or hub ids."})
 
+    # -- world model (trl_mtp/world_model.py); wm_* fields act only with world_model=True --
+    world_model: bool = field(default=False, metadata={
+        "help": "Train a latent world model on the rollouts (prior f(h_t, emb(a_t)), posterior = the trunk's h_{t+1})."})
+    wm_dynamics: str = field(default="auto", metadata={
+        "help": "Prior: `sequential` (the sequential MTP heads' chain), `mlp` (own residual MLP), `auto`.",
+        "choices": list(WM_DYNAMICS)})
+    wm_unroll_steps: int = field(default=2, metadata={"help": "K: steps of the prior unrolled on real tokens."})
+    wm_latent_loss: str = field(default="cosine", metadata={
+        "help": "Distance of predicted to stop-gradient real latents: `cosine`, `mse` or `none`.",
+        "choices": list(WM_LATENT_LOSSES)})
+    wm_latent_coef: float = field(default=1.0, metadata={"help": "Weight of the latent loss."})
+    wm_token_kl_coef: float = field(default=0.1, metadata={
+        "help": "Weight of the KL between token distributions of real and predicted latents (NextLat); 0: off."})
+    wm_free_bits: float = field(default=1.0, metadata={
+        "help": "Free nats of the discrete latent's KL terms (DreamerV3); 0: off."})
+    wm_token_kl_free_bits: float = field(default=0.0, metadata={"help": "Free nats of the token KL; 0: off."})
+    wm_discrete_latent: bool = field(default=False, metadata={
+        "help": "Add a discrete groups x classes latent with KL balancing and unimix (DreamerV3)."})
+    wm_latent_groups: int = field(default=32, metadata={"help": "Categoricals of the discrete latent."})
+    wm_latent_classes: int = field(default=32, metadata={"help": "Classes per categorical of the discrete latent."})
+    wm_kl_dyn: float = field(default=0.5, metadata={"help": "KL balancing: weight of the dynamics term (prior)."})
+    wm_kl_rep: float = field(default=0.1, metadata={"help": "KL balancing: weight of the representation term."})
+    wm_unimix: float = field(default=0.01, metadata={"help": "Uniform mixture of the discrete categoricals."})
+    wm_reward_head: bool = field(default=True, metadata={"help": "Symlog two-hot reward head on latents."})
+    wm_reward_coef: float = field(default=1.0, metadata={"help": "Weight of the reward head's loss."})
+    wm_continue_head: bool = field(default=True, metadata={"help": "Continue (EOS) head on latents."})
+    wm_continue_coef: float = field(default=1.0, metadata={"help": "Weight of the continue head's loss."})
+    wm_critic: str = field(default="twohot", metadata={
+        "help": "Critic: `twohot` (symlog two-hot, zero-init output) or `scalar` (PPO's value head).",
+        "choices": list(WM_CRITICS)})
+    wm_num_bins: int = field(default=255, metadata={"help": "Bins of the two-hot heads, over [-20, 20] in symlog."})
+    wm_slow_critic_coef: float = field(default=1.0, metadata={
+        "help": "Weight of the critic's regulariser toward its EMA copy; 0: off."})
+    wm_slow_critic_decay: float = field(default=0.98, metadata={"help": "EMA decay of the slow critic."})
+    wm_imagination_horizon: int = field(default=4, metadata={
+        "help": "H: imagined steps from each real prefix; 0: no imagination."})
+    wm_imagination_lambda: float = field(default=0.95, metadata={"help": "Lambda of the imagined lambda-returns."})
+    wm_imagination_coef: float = field(default=1.0, metadata={
+        "help": "Weight (times vf_coef) of the critic loss toward imagined lambda-returns."})
+    wm_return_norm: str = field(default="percentile", metadata={
+        "help": "Advantage normalisation: `percentile` (A / max(1, EMA(P95) - EMA(P5)), DreamerV3) or `whiten`.",
+        "choices": list(WM_RETURN_NORMS)})
+    wm_return_norm_decay: float = field(default=0.99, metadata={"help": "EMA decay of the return percentiles."})
+    wm_gradient: str = field(default="decoupled", metadata={
+        "help": "`decoupled`: the trunk gets the PPO loss only; `coupled`: world-model losses reach the trunk, scaled "
+                "by wm_repr_coef.", "choices": list(WM_GRADIENTS)})
+    wm_repr_coef: float = field(default=0.1, metadata={
+        "help": "Gradient scale of the world-model losses into the trunk when coupled."})
+
     def __post_init__(self):
         def bad(name: str, why: str):
             raise ValueError(f"PPOConfig.{name}={getattr(self, name)!r}: {why}")
@@ -134,4 +248,32 @@ class PPOConfig(MTPArguments, TrainingArguments):
             bad("gamma", "must be in [0, 1]")
         if not 0 <= self.lam <= 1:
             bad("lam", "must be in [0, 1]")
+        self._check_world_model(bad)
         super().__post_init__()
+
+    def _check_world_model(self, bad) -> None:
+        for name, choices in (("wm_dynamics", WM_DYNAMICS), ("wm_latent_loss", WM_LATENT_LOSSES),
+                              ("wm_critic", WM_CRITICS), ("wm_return_norm", WM_RETURN_NORMS),
+                              ("wm_gradient", WM_GRADIENTS)):
+            if getattr(self, name) not in choices:
+                bad(name, f"choose from {', '.join(choices)}")
+        for name in ("wm_unroll_steps", "wm_latent_groups", "wm_latent_classes"):
+            if getattr(self, name) < 1:
+                bad(name, "must be >= 1")
+        if self.wm_num_bins < 3 or self.wm_num_bins % 2 == 0:
+            bad("wm_num_bins", "must be odd and >= 3 (symmetric bins, one at 0)")
+        if self.wm_imagination_horizon < 0:
+            bad("wm_imagination_horizon", "must be >= 0 (0: no imagination)")
+        for name in ("wm_latent_coef", "wm_token_kl_coef", "wm_free_bits", "wm_token_kl_free_bits", "wm_kl_dyn", "wm_kl_rep", "wm_reward_coef",
+                     "wm_continue_coef", "wm_slow_critic_coef", "wm_imagination_coef", "wm_repr_coef"):
+            if not getattr(self, name) >= 0:
+                bad(name, "must be >= 0")
+        for name in ("wm_unimix", "wm_slow_critic_decay", "wm_imagination_lambda", "wm_return_norm_decay"):
+            if not 0 <= getattr(self, name) <= 1:
+                bad(name, "must be in [0, 1]")
+        if self.world_model:
+            if self.wm_dynamics == "sequential" and self.head_type != "sequential":
+                bad("wm_dynamics", "'sequential' needs head_type='sequential' (or use 'mlp' / 'auto')")
+            if self.wm_imagination_horizon > 0 and self.wm_imagination_coef > 0 and not (
+                    self.wm_reward_head and self.wm_continue_head):
+                bad("wm_imagination_horizon", "imagination needs the reward and continue heads (or set it to 0)")

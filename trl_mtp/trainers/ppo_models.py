@@ -70,16 +70,21 @@ class PolicyAndValue(nn.Module):
     as `mtp_heads`, possibly a PEFT model) and its critic: a `ValueHead` on the policy's own hidden state (read from
     the trunk capture of the same forward, no extra pass) or a separate sequence-classification `value_model`."""
 
-    def __init__(self, policy: nn.Module, trunk: Trunk, value_model: nn.Module | None = None):
+    def __init__(self, policy: nn.Module, trunk: Trunk, value_model: nn.Module | None = None,
+                 value_head: nn.Module | None = None):
         super().__init__()
         self.policy = policy
         self.trunk = trunk  # a plain object (hooks into the policy), not a submodule
         if value_model is None:
-            self.value_head = ValueHead(trunk.model.config.get_text_config().hidden_size)
+            # `value_head`: another head on norm(h_t) returning V [B, T] (the world model's two-hot critic)
+            self.value_head = value_head or ValueHead(trunk.model.config.get_text_config().hidden_size)
             self.value_model = None
         else:
             self.value_head = None
             self.value_model = value_model
+        # set by PPOTrainer with `world_model=True` (trl_mtp/world_model.py); None otherwise
+        self.world_model: nn.Module | None = None
+        self.return_normalizer: nn.Module | None = None
 
     @property
     def _keys_to_ignore_on_save(self):

@@ -44,9 +44,12 @@ from trl_mtp.trainers import ppo_core as core
 from trl_mtp.trainers.mtp_mixin import HEADS_MODULE, MTPTrainerMixin
 from trl_mtp.trainers.ppo_config import PPOConfig
 from trl_mtp.trainers.ppo_models import PolicyAndValue, load_sequence_classifier, per_token_scores
+from trl_mtp.world_model import PercentileNormalizer, TwoHotHead, TwoHotValueHead, WorldModel, capture_preserved
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 VALUE_MODEL_DIR = "value_model"
+WORLD_MODEL_FILE = "world_model.safetensors"
+WORLD_MODEL_MODULES = ("world_model", "return_normalizer")  # PolicyAndValue children saved in WORLD_MODEL_FILE
 
 
 @dataclass
@@ -162,7 +165,8 @@ class PPOTrainer(MTPTrainerMixin, Trainer):
         self.reward_model = None if reward_model is None else load_sequence_classifier(
             reward_model, init_kwargs, processing_class.pad_token_id)
 
-        super().__init__(model=PolicyAndValue(base, self.mtp_model.trunk, value_model), args=args,
+        policy_and_value = self._build_policy_and_value(base, value_model, args)
+        super().__init__(model=policy_and_value, args=args,
                          train_dataset=train_dataset, processing_class=processing_class, callbacks=callbacks,
                          optimizers=optimizers)
         self._after_parent_init()
@@ -176,6 +180,26 @@ class PPOTrainer(MTPTrainerMixin, Trainer):
         self.local_batch_size = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.num_mini_batches
         self.local_mini_batch_size = self.local_batch_size // args.num_mini_batches
         self.batch_size = self.local_batch_size * self.accelerator.num_processes  # rollouts per iteration, all processes
+
+    def _build_policy_and_value(self, base, value_model, args: PPOConfig) -> PolicyAndValue:
+        """The trained module tree; with `world_model`, the two-hot critic, the `WorldModel` and the return normaliser
+        are children of it (one optimizer, one device move)."""
+        trunk = self.mtp_model.trunk
+        if not args.world_model:
+            return PolicyAndValue(base, trunk, value_model)
+        if value_model is not None:
+            raise ValueError("world_model=True needs the value head on the policy (value_model=None): the critic reads "
+                             "the world model's latents")
+        hidden_size = trunk.model.config.get_text_config().hidden_size
+        value_head = TwoHotValueHead(hidden_size, args.wm_num_bins) if args.wm_critic == "twohot" else None
+        policy_and_value = PolicyAndValue(base, trunk, None, value_head)
+        policy_and_value.world_model = WorldModel(trunk, self.mtp_model.heads, args, policy_and_value.value_head)
+        if args.wm_return_norm == "percentile":
+            policy_and_value.return_normalizer = PercentileNormalizer(args.wm_return_norm_decay)
+        return policy_and_value
+
+    def _unwrapped(self) -> PolicyAndValue:
+        return self.accelerator.unwrap_model(self.model_wrapped if self.model_wrapped is not None else self.model)
 
     # == the training loop ==========================================================================================
     def num_iterations(self) -> int:
@@ -363,10 +387,17 @@ class PPOTrainer(MTPTrainerMixin, Trainer):
         return (per_func.nan_to_num(0.0) * weights).sum(dim=1)  # None (not applicable) counts as 0
 
     def compute_advantages(self, rollouts: Rollouts) -> tuple[torch.Tensor, torch.Tensor]:
-        """GAE advantages (whitened over the batch, N+ details #21) and returns (A + V, the critic's target)."""
+        """GAE advantages and returns (A + V, the critic's target). Advantages are whitened over the batch (N+ details
+        #21), or with the world model's `wm_return_norm="percentile"` divided by max(1, EMA(P95) - EMA(P5)) of the
+        returns (DreamerV3 return normalisation: no mean shift, small returns never scaled up)."""
         advantages, returns = core.gae_advantages(rollouts.rewards, rollouts.values, rollouts.mask,
                                                   self.args.gamma, self.args.lam)
-        return core.masked_whiten(advantages, rollouts.mask), returns
+        normalizer = getattr(self._unwrapped(), "return_normalizer", None)
+        if normalizer is None or not rollouts.mask.any():
+            return core.masked_whiten(advantages, rollouts.mask), returns
+        scale = normalizer.update(returns[rollouts.mask])
+        self._metrics["train"]["wm/return_scale"].append(scale.item())
+        return (advantages / scale).masked_fill(~rollouts.mask, 0.0), returns
 
     # == 6: the update ===============================================================================================
     def update(self, rollouts: Rollouts) -> None:
@@ -396,12 +427,18 @@ class PPOTrainer(MTPTrainerMixin, Trainer):
                         self.accelerator.clip_grad_norm_(group, args.max_grad_norm)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
+                unwrapped = self._unwrapped()
+                if getattr(unwrapped, "world_model", None) is not None:
+                    unwrapped.world_model.update_slow_critic(unwrapped.value_head)
         self._log_update_metrics(stats)
 
     def _clip_groups(self) -> tuple[list, list]:
-        """(MTP head parameters, every other trainable parameter): clipped separately."""
+        """(MTP head and world-model parameters, every other trainable parameter): clipped separately."""
         if not hasattr(self, "_clip_groups_cache"):
             heads = {id(p) for p in self.mtp_model.heads.parameters()}
+            world_model = getattr(self.model, "world_model", None)
+            if world_model is not None:
+                heads |= {id(p) for p in world_model.parameters()}
             params = [p for p in self.model.parameters() if p.requires_grad]
             self._clip_groups_cache = ([p for p in params if id(p) in heads], [p for p in params if id(p) not in heads])
         return self._clip_groups_cache
@@ -410,25 +447,41 @@ class PPOTrainer(MTPTrainerMixin, Trainer):
         """The loss terms of one micro-batch, by name (the total is their sum), and detached statistics.
         Add a term here (or in an override) to train something more: it is summed, backpropagated and logged."""
         args, C = self.args, batch.context_length
-        logits, values = model(batch.query_responses, batch.attention_mask)
-        logits = logits[:, C - 1 : -1] / args.temperature  # position C-1+j predicts response token j
+        full_logits, values = model(batch.query_responses, batch.attention_mask)
+        hidden = self.mtp_model.trunk.hidden  # this forward's h [B, L, d], graph attached
+        logits = full_logits[:, C - 1 : -1] / args.temperature  # position C-1+j predicts response token j
         new_logprobs = core.logprobs_of(logits, batch.responses)
         policy_loss, policy_stats = core.clipped_policy_loss(
             new_logprobs, batch.logprobs, batch.advantages, batch.mask, args.cliprange)
-        value_loss, value_stats = core.clipped_value_loss(
-            values[:, C - 1 : -1], batch.values, batch.returns, batch.mask, args.cliprange_value)
+        unwrapped = self.accelerator.unwrap_model(model)
+        if isinstance(unwrapped.value_head, TwoHotHead):
+            # symlog two-hot critic: cross-entropy to twohot(symlog(R)), no clipping  (DreamerV3, eq. 10-11)
+            with capture_preserved(self.mtp_model.trunk):  # the norm's hook would overwrite the capture
+                features = self.mtp_model.trunk.norm(hidden[:, C - 1 : -1])
+            value_loss = core.masked_mean(unwrapped.value_head.loss(features, batch.returns), batch.mask)
+            value_stats = {"clipfrac": torch.zeros((), device=value_loss.device)}
+        else:
+            value_loss, value_stats = core.clipped_value_loss(
+                values[:, C - 1 : -1], batch.values, batch.returns, batch.mask, args.cliprange_value)
         # MTP on the rollout tokens, from the hidden states of the forward above: labels = the response only
         labels = batch.query_responses.masked_fill(batch.attention_mask == 0, IGNORE_INDEX)
         labels[:, :C] = IGNORE_INDEX
         mtp_term = self.mtp_loss_term({"input_ids": batch.query_responses, "labels": labels,
                                        "attention_mask": batch.attention_mask})
         terms = {"policy": policy_loss, "value": args.vf_coef * value_loss, "mtp": mtp_term}
+        wm_stats = {}
+        if getattr(unwrapped, "world_model", None) is not None:
+            wm_terms, wm_stats = unwrapped.world_model.losses(
+                hidden, batch.query_responses, batch.attention_mask, C, full_logits.detach(), batch.rewards,
+                batch.mask, unwrapped.value_head)
+            terms.update(wm_terms)
         with torch.no_grad():
             stats = {
                 "policy/approxkl": policy_stats["approxkl"], "policy/clipfrac": policy_stats["clipfrac"],
                 "policy/entropy": core.masked_mean(core.entropy_from_logits(logits), batch.mask),  # real tokens only
                 "val/ratio": policy_stats["ratio"], "val/clipfrac": value_stats["clipfrac"],
                 "loss/policy_raw": policy_loss.detach(), "loss/value_raw": value_loss.detach(),
+                **{k: v.detach() for k, v in wm_stats.items()},
             }
         return terms, stats
 
@@ -452,6 +505,8 @@ class PPOTrainer(MTPTrainerMixin, Trainer):
 
     def _log_update_metrics(self, stats: dict[str, list]) -> None:
         metrics = self._metrics["train"]
+        for name in [n for n in stats if n.startswith("wm/")]:
+            metrics[name].append(self._mean_all(torch.stack(stats[name])))
         for name in [n for n in stats if n.startswith("loss/") and not n.endswith("_raw")]:
             if name not in ("loss/policy", "loss/value"):  # logged below as TRL's loss/policy_avg, loss/value_avg
                 metrics[name].append(self._mean_all(torch.stack(stats[name])))
@@ -490,6 +545,11 @@ class PPOTrainer(MTPTrainerMixin, Trainer):
             save_file(state, os.path.join(output_dir, VALUE_HEAD_FILE), metadata={"format": "pt"})
         else:
             unwrapped.value_model.save_pretrained(os.path.join(output_dir, VALUE_MODEL_DIR))
+        world_state = {f"{name}.{k}": v.detach().contiguous().cpu() for name in WORLD_MODEL_MODULES
+                       if getattr(unwrapped, name, None) is not None
+                       for k, v in getattr(unwrapped, name).state_dict().items()}
+        if world_state:
+            save_file(world_state, os.path.join(output_dir, WORLD_MODEL_FILE), metadata={"format": "pt"})
         self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
@@ -505,3 +565,11 @@ class PPOTrainer(MTPTrainerMixin, Trainer):
         else:
             Trainer._load_from_checkpoint(self, os.path.join(resume_from_checkpoint, VALUE_MODEL_DIR),
                                           model=unwrapped.value_model)
+        world_file = os.path.join(resume_from_checkpoint, WORLD_MODEL_FILE)
+        if os.path.isfile(world_file):
+            state = load_file(world_file, device=device)
+            for name in WORLD_MODEL_MODULES:
+                module = getattr(unwrapped, name, None)
+                if module is not None:
+                    prefix = f"{name}."
+                    module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})

@@ -30,6 +30,7 @@ class MTPSFTTrainer(MTPTrainerMixin, SFTTrainer):
         elif not isinstance(args, MTPSFTConfig):
             raise ValueError(f"args={type(args).__name__}: MTPSFTTrainer needs an MTPSFTConfig")
         base = self._prepare_mtp_model(model, args, peft_config)
+        args.model_init_kwargs = None  # they served loading `model` (if a path); SFTTrainer gets an instance
         super().__init__(model=base, args=args, peft_config=peft_config, **kwargs)
         self._after_parent_init()
 

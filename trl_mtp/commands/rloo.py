@@ -1,0 +1,7 @@
+"""`trl-mtp rloo`: see `trl_mtp.commands.rl_variants`."""
+
+from trl_mtp.commands.rl_variants import run
+
+
+def main(argv: list[str]) -> int:
+    return run("rloo", argv)
