@@ -189,3 +189,15 @@ def test_bad_config_value_names_the_field(field, value, tmp_path):
 
 def test_cpu_default_is_not_bf16(tmp_path):
     assert MTPSFTConfig(output_dir=str(tmp_path)).bf16 is (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+def test_decoupled_heads_never_rescale_the_policy_update(tiny_model, sft_args, arithmetic_train, tokenizer):
+    """Decoupled mode with clipping on: the trunk ends the same whatever the MTP weight (separate clip norms)."""
+    trunks = []
+    for mtp_lambda in (0.0, 50.0):
+        args = sft_args(mode="decoupled", mtp_lambda=mtp_lambda, max_grad_norm=0.5, max_steps=3)
+        trainer = MTPSFTTrainer(tiny_model(), args, train_dataset=arithmetic_train, processing_class=tokenizer)
+        trainer.train()
+        trunks.append({k: v.clone() for k, v in trainer.mtp_model.base_model.state_dict().items() if "mtp_heads" not in k})
+    for k in trunks[0]:
+        torch.testing.assert_close(trunks[0][k], trunks[1][k], rtol=0, atol=1e-6, msg=k)

@@ -41,11 +41,23 @@ def left_pad(sequences: list[list[int]], pad: int, device) -> tuple[torch.Tensor
 
 
 def head_distributions(mtp_model, ids, mask, temperature: float) -> torch.Tensor:
-    """[B, D+1, V] log-probabilities of every depth at the last position of each left-padded context."""
-    position_ids = (mask.cumsum(1) - 1).clamp(min=0)
-    with evaluating(mtp_model):
-        out = [torch.log_softmax(logits[:, -1].float() / temperature, -1)
-               for _, logits, _ in iter_depth_logits(mtp_model, ids, mask, position_ids)]
+    """[B, D+1, V] log-probabilities of every depth at the last position t of each left-padded context.
+
+    Families that read the tokens x_{t+1..t+i} (sequential) cannot see them past the context: they are fed their own
+    greedy drafts, as in greedy self-speculative decoding (x_{t+1} = argmax of the main head, x_{t+i+1} = argmax of
+    depth i), so their q_i is conditional on that path."""
+    D, t = mtp_model.heads.num_depths, ids.size(1) - 1
+    needs_tokens = mtp_model.heads.head_type == "sequential"
+    drafts = ids[:, :0]
+    for step in range(D + 1 if needs_tokens else 1):
+        full = torch.cat([ids, drafts], 1)
+        full_mask = torch.cat([mask, torch.ones_like(drafts)], 1)
+        position_ids = (full_mask.cumsum(1) - 1).clamp(min=0)
+        with evaluating(mtp_model):
+            out = [torch.log_softmax(logits[:, t].float() / temperature, -1)
+                   for _, logits, _ in iter_depth_logits(mtp_model, full, full_mask, position_ids)]
+        if step < D:  # the next draft comes from the depth that just saw all the drafts it needs
+            drafts = torch.cat([drafts, out[step].argmax(-1, keepdim=True)], 1)
     mtp_model.trunk.clear()
     return torch.stack(out, 1)
 
@@ -65,12 +77,14 @@ def policy_marginals(base_model, ids, mask, steps: int, n_samples: int, temperat
 def consistency_probe(mtp_model, contexts: list[list[int]], *, targets: list[list[int]] | None = None,
                       positions: list[int] | None = None, n_samples: int = 64, temperature: float = 1.0,
                       batch_size: int = 8, seed: int = 0, sequences: list[list[int]] | None = None,
-                      world_model: Callable | None = None) -> dict:
+                      world_model: Callable | None = None, beyond_targets: bool = False) -> dict:
     """Head distributions vs the policy's own future on `contexts` (token id lists).
 
     `targets[c]` (optional): the true next tokens after context c (at least D+1 of them, or fewer: missing depths
     have no accuracy). `positions[c]`: the position label of context c (e.g. its offset in the answer) for the
-    by-position table. `sequences`: ground-truth sequences for the latent cosine and `world_model`.
+    by-position table. `sequences`: ground-truth sequences for the latent cosine and `world_model`. With `targets`,
+    (context, depth) pairs whose future lies past the end of the targets (after EOS: no head was trained there, and
+    the policy's continuation past its own stop token is noise) are left out unless `beyond_targets`.
     Returns a JSON-ready dict: `by_depth`, `by_position`, `latent`, `world_model`, `settings`."""
     model, D = mtp_model, mtp_model.heads.num_depths
     pad = model.trunk.pad_token_id
@@ -86,6 +100,8 @@ def consistency_probe(mtp_model, contexts: list[list[int]], *, targets: list[lis
         for b in range(len(chunk)):
             c = start + b
             for depth in range(D + 1):
+                if targets is not None and depth >= len(targets[c]) and not beyond_targets:
+                    continue
                 row = {"context": c, "depth": depth, "position": positions[c] if positions else 0,
                        "kl": kl[b, depth].item(), "agree": float(p_top[b, depth] == q_top[b, depth]),
                        "p_entropy": -(p[b, depth].exp() * p[b, depth]).sum().item(),

@@ -31,8 +31,8 @@ def variants(depths=(1, 2, 4)) -> dict[str, dict | None]:
 
 def run_grid(out: Path, base_dir, seeds, steps: int, eval_n: int, depths) -> dict:
     results = {}
-    for label, mtp in variants(depths).items():
-        for seed in seeds:
+    for seed in seeds:  # seed-major: a grid cut short still compares every variant on the seeds it finished
+        for label, mtp in variants(depths).items():
             run_dir = out / label.replace(" ", "_").replace("=", "") / f"seed{seed}"
             print(f"[{label} seed {seed}]", flush=True)
             results[(label, seed)] = run_sft(base_dir, run_dir, tasks=TASKS, mtp=mtp, seed=seed, steps=steps,
@@ -53,11 +53,35 @@ def table(results: dict, seeds) -> str:
             if label == "NTP":
                 cells.append("")
                 continue
-            ntp = [x for s in seeds for x in results[("NTP", s)]["tasks"][task]["correct"]]
-            ours = [x for s in seeds for x in results[(label, s)]["tasks"][task]["correct"]]
+            done = [s for s in seeds if (label, s) in results and ("NTP", s) in results]
+            ntp = [x for s in done for x in results[("NTP", s)]["tasks"][task]["correct"]]
+            ours = [x for s in done for x in results[(label, s)]["tasks"][task]["correct"]]
             d, dl, dh = bootstrap_diff_ci(ours, ntp)
             cells.append(f"{d:+.3f} [{dl:+.3f}, {dh:+.3f}]")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def lm_table(out: Path, base_dir, seeds, steps: int, eval_n: int) -> str:
+    """Held-out next-token loss on the stdlib corpus after SFT on stdlib text: NTP vs each family at D=2."""
+    import numpy as np
+
+    grid = {"NTP": None, **{f"{f} D=2": {"head_type": f, "num_mtp_heads": 2} for f in FAMILIES}}
+    lines = ["| variant | held-out NLL (nats/token), mean over seeds [min, max] | diff vs NTP, same seed (mean) |",
+             "| --- | --- | --- |"]
+    nll = {}
+    for seed in seeds:
+        for label, mtp in grid.items():
+            run_dir = out / "stdlib" / label.replace(" ", "_").replace("=", "") / f"seed{seed}"
+            print(f"[stdlib {label} seed {seed}]", flush=True)
+            result = run_sft(base_dir, run_dir, tasks={"stdlib": {"chunk_chars": 1000}}, mtp=mtp, seed=seed,
+                             steps=steps, eval_n=eval_n, max_length=256)
+            nll[(label, seed)] = result["tasks"]["stdlib"]["nll"]
+    for label in grid:
+        values = np.array([nll[(label, s)] for s in seeds])
+        diffs = np.array([nll[(label, s)] - nll[("NTP", s)] for s in seeds])
+        lines.append(f"| {label} | {values.mean():.4f} [{values.min():.4f}, {values.max():.4f}] | "
+                     + ("" if label == "NTP" else f"{diffs.mean():+.4f}") + " |")
     return "\n".join(lines)
 
 
@@ -70,12 +94,18 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--depths", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--eval-n", type=int, default=200)
+    parser.add_argument("--lm", action="store_true", help="the stdlib language-modelling comparison instead")
     args = parser.parse_args(argv)
 
     from trl_mtp.pretrain import pretrain_base
 
     base_dir = pretrain_base(args.preset, "mix", steps=args.pretrain_steps, seed=0)
     out = Path(args.out)
+    if args.lm:
+        text = lm_table(out, base_dir, args.seeds, args.steps, eval_n=50)
+        (out / "lm_table.md").write_text(text + "\n")
+        print(text)
+        return 0
     results = run_grid(out, base_dir, args.seeds, args.steps, args.eval_n, args.depths)
     text = table(results, args.seeds)
     (out / "table.md").write_text(text + "\n")

@@ -41,7 +41,7 @@ def run_sft(base_dir, out_dir, *, tasks: dict[str, dict], mtp: dict | None, seed
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from trl_mtp.tasks.evaluate import evaluate_task
+    from trl_mtp.tasks.evaluate import evaluate_task, heldout_nll
     from trl_mtp.tasks.registry import get_task
     from trl_mtp.trainers import MTPSFTConfig, MTPSFTTrainer
 
@@ -59,7 +59,11 @@ def run_sft(base_dir, out_dir, *, tasks: dict[str, dict], mtp: dict | None, seed
     logs = [h for h in trainer.state.log_history if "loss" in h]
     scores = {}
     for name, params in tasks.items():
-        scored = evaluate_task(model, tokenizer, get_task(name, **params), n=eval_n)
+        task = get_task(name, **params)
+        if name == "stdlib":  # language modelling: held-out next-token loss (nats/token) on held-out files
+            scores[name] = {"nll": heldout_nll(model, tokenizer, task.eval(eval_n)["text"], max_length=256)}
+            continue
+        scored = evaluate_task(model, tokenizer, task, n=eval_n)
         scores[name] = {"accuracy": scored["accuracy"], "correct": scored["correct"]}
     result = {"mtp": mtp, "seed": seed, "steps": steps, "train_seconds": train_seconds,
               "final_train_loss": logs[-1]["loss"] if logs else None, "tasks": scores,

@@ -79,12 +79,17 @@ def run_ppo(base_dir, out_dir, *, task_name: str, task_params: dict, variant: di
                            max_new_tokens=PPO_DEFAULTS["response_length"]) if eval_n else {"accuracy": None,
                                                                                             "correct": []}
     result = {"variant": variant, "seed": seed, "steps": steps, "train_seconds": train_seconds, "parameters": params,
-              "scores": scores, "reward_last_third": sum(scores[-max(1, len(scores) // 3):]) / max(1, len(scores[-max(1, len(scores) // 3):])),
+              "scores": scores, "reward_last_third": mean(scores[-max(1, len(scores) // 3):]),
+              "reward_mean": mean(scores),
               "accuracy": scored["accuracy"], "correct": scored["correct"],
               "metrics": {k: v for k, v in last.items() if k.startswith(("wm/", "val/explained", "loss/"))}}
     out_dir.mkdir(parents=True, exist_ok=True)
     result_file.write_text(json.dumps(result))
     return result
+
+
+def mean(xs) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
 
 
 def run_grid(out: Path, base_dir, variants, seeds, **kwargs) -> dict:
@@ -101,13 +106,15 @@ def table(results: dict, seeds, reference: str = "PPO") -> str:
     from trl_mtp.experiments.bootstrap import bootstrap_ci, bootstrap_ci_seeds, bootstrap_diff_ci
 
     labels = list(dict.fromkeys(label for label, _ in results))
-    lines = ["| variant | train reward, last third [90% CI] | held-out acc [90% CI] | acc diff vs PPO [90% CI] | "
-             "expl. var. (last) | params | s/run |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| variant | train reward, all iterations [90% CI] | train reward, last third [90% CI] | held-out acc "
+             "[90% CI] | acc diff vs PPO [90% CI] | expl. var. (last) | params | s/run |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for label in labels:
         runs = [results[(label, s)] for s in seeds if (label, s) in results]
-        rewards = [r["reward_last_third"] for r in runs]
-        m, lo, hi = bootstrap_ci(rewards)
-        cells = [f"{m:.3f} [{lo:.3f}, {hi:.3f}]"]
+        cells = []
+        for key in ("reward_mean", "reward_last_third"):
+            m, lo, hi = bootstrap_ci([r[key] for r in runs])
+            cells.append(f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]")
         if runs[0]["correct"]:
             m, lo, hi = bootstrap_ci_seeds([r["correct"] for r in runs])
             cells.append(f"{m:.3f} [{lo:.3f}, {hi:.3f}]")

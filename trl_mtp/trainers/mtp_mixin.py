@@ -170,6 +170,29 @@ class MTPTrainerMixin:
         weights = depth_weights(window, self.args.mtp_depth_decay, self.args.mtp_normalize_depth_weights)
         metrics["mtp/loss"].append((weights.to(loss.device) * loss).sum().item())
 
+    # -- gradient clipping ---------------------------------------------------------------------------------------
+    def _auxiliary_modules(self) -> list:
+        """Modules trained beside the policy (the heads; PPO adds its world model): clipped on their own norm."""
+        return [self.mtp_model.heads]
+
+    def _clip_groups(self) -> tuple[list, list]:
+        """(auxiliary parameters, every other trainable parameter), for clipping each group on its own norm."""
+        if not hasattr(self, "_clip_groups_cache"):
+            aux = {id(p) for module in self._auxiliary_modules() for p in module.parameters()}
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            self._clip_groups_cache = ([p for p in params if id(p) in aux], [p for p in params if id(p) not in aux])
+        return self._clip_groups_cache
+
+    def _clip_grad_norm(self, model):
+        """Decoupled mode: the heads' and the policy's gradients are clipped on separate norms, so the heads never
+        rescale the policy's update (with one global norm they would). Returns the norm over both groups."""
+        from accelerate.utils import DistributedType
+
+        if self.args.mode != "decoupled" or self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            return super()._clip_grad_norm(model)
+        norms = [self.accelerator.clip_grad_norm_(group, self.args.max_grad_norm) for group in self._clip_groups() if group]
+        return torch.stack([torch.as_tensor(n, dtype=torch.float32) for n in norms]).norm()
+
     # -- save and resume ------------------------------------------------------------------------------------------
     def _save(self, output_dir: str | None = None, state_dict=None):
         output_dir = output_dir if output_dir is not None else self.args.output_dir

@@ -73,6 +73,8 @@ class PPOConfig(MTPArguments, TrainingArguments):
         model_init_kwargs (`dict` or `None`, defaults to `None`):
             Keyword arguments of `from_pretrained` when `model` (or `ref_model`, `value_model`, `reward_model`) is a
             path or hub id.
+        trust_remote_code (`bool`, defaults to `False`):
+            Allow custom model code from the hub when loading models by name (the field of TRL's configs).
 
     World model (`trl_mtp/world_model.py`; every `wm_*` field acts only with `world_model=True`; the defaults switch
     every part on, DreamerV3's values; set one off to ablate it):
@@ -175,6 +177,8 @@ class PPOConfig(MTPArguments, TrainingArguments):
         "help": "Weights of the reward functions (score = weighted sum); None: all 1.0."})
     model_init_kwargs: dict | str | None = field(default=None, metadata={
         "help": "Keyword arguments of `from_pretrained` for models given as paths or hub ids."})
+    trust_remote_code: bool = field(default=False, metadata={
+        "help": "Allow custom model code from the hub when loading models by name (as TRL's configs)."})
 
     # -- world model (trl_mtp/world_model.py); wm_* fields act only with world_model=True --
     world_model: bool = field(default=False, metadata={
@@ -264,8 +268,8 @@ class PPOConfig(MTPArguments, TrainingArguments):
             bad("wm_num_bins", "must be odd and >= 3 (symmetric bins, one at 0)")
         if self.wm_imagination_horizon < 0:
             bad("wm_imagination_horizon", "must be >= 0 (0: no imagination)")
-        for name in ("wm_latent_coef", "wm_token_kl_coef", "wm_free_bits", "wm_token_kl_free_bits", "wm_kl_dyn", "wm_kl_rep", "wm_reward_coef",
-                     "wm_continue_coef", "wm_slow_critic_coef", "wm_imagination_coef", "wm_repr_coef"):
+        for name in ("wm_latent_coef", "wm_token_kl_coef", "wm_free_bits", "wm_token_kl_free_bits", "wm_kl_dyn",
+                     "wm_kl_rep", "wm_reward_coef", "wm_continue_coef", "wm_slow_critic_coef", "wm_imagination_coef", "wm_repr_coef"):
             if not getattr(self, name) >= 0:
                 bad(name, "must be >= 0")
         for name in ("wm_unimix", "wm_slow_critic_decay", "wm_imagination_lambda", "wm_return_norm_decay"):
