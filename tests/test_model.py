@@ -9,12 +9,6 @@ from trl_mtp.tasks.presets import build_model
 V = 89
 
 
-@pytest.fixture(autouse=True)
-def one_cpu_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_gpt2():

@@ -173,6 +173,20 @@ def test_mtp_variants_train_and_log(head_type, tiny_model, tokenizer, prompts, p
     assert all(math.isfinite(h["mtp/loss_depth_1"]) for h in logs)
 
 
+def test_speculative_rollouts_train_and_log_acceptance(tiny_model, tokenizer, prompts, ppo_args):
+    args = ppo_args(speculative_rollouts=True, head_type="blockwise", num_mtp_heads=3, mode="decoupled")
+    trainer = PPOTrainer(tiny_model(), args, train_dataset=prompts, processing_class=tokenizer,
+                         reward_funcs=first_token_parity)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "spec/mean_accepted_length" in h]
+    assert len(logs) == 2
+    for h in logs:
+        assert 1.0 <= h["spec/mean_accepted_length"] <= 4.0
+        rates = [h[f"spec/acceptance_pos_{i}"] for i in (1, 2, 3)]
+        assert all(0.0 <= r <= 1.0 for r in rates) and rates == sorted(rates, reverse=True)
+        assert math.isfinite(h["objective/scores"])
+
+
 # -- references, critics, prompts -------------------------------------------------------------------------------------
 def test_lora_reference_is_the_base_with_adapters_disabled(tiny_model, tokenizer, prompts, ppo_args):
     from peft import LoraConfig

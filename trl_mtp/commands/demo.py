@@ -66,6 +66,7 @@ def evaluate_into(ctx: dict, model, model_name: str) -> None:
 
 def stage_sft(ctx: dict) -> None:
     """From the same base: next-token SFT vs MTP-SFT on the mixture of the prompt tasks, scored side by side."""
+    from trl_mtp.diagnostics.recorder import DEFAULT_EVERY
     from trl_mtp.experiments.bootstrap import bootstrap_ci
     from trl_mtp.experiments.sft_runs import run_sft
     from trl_mtp.tasks import PROMPT_TASKS
@@ -80,9 +81,13 @@ def stage_sft(ctx: dict) -> None:
                 {"head_type": args.mtp_head, "num_mtp_heads": args.mtp_heads}}
     for label, mtp in variants.items():
         key = stable_hash({"base": str(ctx["base_dir"]), "mtp": mtp, "seed": args.seed, "steps": args.sft_steps,
-                           "eval_n": args.eval_n, "version": 1})
-        result = run_sft(ctx["base_dir"], cache_root() / "demo-sft" / key, tasks=tasks, mtp=mtp, seed=args.seed,
-                         steps=args.sft_steps, n_train=1000, eval_n=args.eval_n)
+                           "eval_n": args.eval_n, "version": 2})
+        run_dir = cache_root() / "demo-sft" / key
+        # the MTP run records its heads (MTPRecorder) for the diagnostics stage and the report
+        result = run_sft(ctx["base_dir"], run_dir, tasks=tasks, mtp=mtp, seed=args.seed, steps=args.sft_steps,
+                         n_train=1000, eval_n=args.eval_n, record_every=None if mtp is None else DEFAULT_EVERY)
+        if mtp is not None:
+            ctx["recorded_runs"] = [run_dir]
         print(f"   {label}: {result['train_seconds']:.0f}s of training, final loss {result['final_train_loss']:.3f}")
         for name, score in result["tasks"].items():
             ctx["rows"].append({"model": label, "task": name, "metric": "accuracy", "value": score["accuracy"],
@@ -90,20 +95,16 @@ def stage_sft(ctx: dict) -> None:
 
 
 def stage_diagnostics(ctx: dict) -> None:
-    """A recorded MTP-SFT run from the same base (MTPRecorder on) and its world-model consistency probe."""
-    from trl_mtp.diagnostics.embedded import recorded_sft_run
-    from trl_mtp.tasks.cache import cache_root, stable_hash
+    """World-model consistency probe of the recorded MTP-SFT run: does head i match the policy's own i-step future?"""
+    from trl_mtp.diagnostics.embedded import probe_task
 
-    args = ctx["args"]
-    if "base_dir" not in ctx or args.sft_steps == 0:
-        print("   skipped (needs the embedded base and --sft-steps > 0)")
+    runs = ctx.get("recorded_runs")
+    if not runs:
+        print("   skipped (no recorded MTP run)")
         return
-    key = stable_hash({"base": str(ctx["base_dir"]), "head": args.mtp_head, "D": args.mtp_heads, "seed": args.seed,
-                       "steps": args.sft_steps, "version": 1})
-    run = recorded_sft_run(ctx["base_dir"], cache_root() / "demo-diagnostics" / key, head_type=args.mtp_head,
-                           num_mtp_heads=args.mtp_heads, steps=args.sft_steps, seed=args.seed)
-    ctx.setdefault("recorded_runs", []).append(run)
-    print(f"   recorded run: {run}")
+    if not (runs[0] / "diagnostics" / "consistency.json").is_file():
+        probe_task(runs[0], "arithmetic", seed=ctx["args"].seed)
+    print(f"   probed: {runs[0] / 'diagnostics' / 'consistency.json'}")
 
 
 def stage_report(ctx: dict) -> None:
@@ -134,7 +135,7 @@ STAGES = [
     ("pretrain", stage_pretrain),
     ("evaluate base", stage_evaluate_base),
     ("sft: next-token vs MTP", stage_sft),
-    ("diagnostics: recorded MTP-SFT + consistency probe", stage_diagnostics),
+    ("diagnostics: consistency probe of the MTP run", stage_diagnostics),
     ("table", stage_table),
     ("report", stage_report),
 ]

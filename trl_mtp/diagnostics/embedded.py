@@ -36,28 +36,16 @@ def probe_task(model_dir, task_name: str = "arithmetic", n: int = 16, positions:
 
 def recorded_sft_run(base_dir, out_dir, *, head_type: str = "parallel", num_mtp_heads: int = 2, steps: int = 300,
                      seed: int = 0, every: int = DEFAULT_EVERY, probe: str | None = "arithmetic") -> Path:
-    """MTP-SFT of the base in `base_dir` with the recorder on; saved into `out_dir`; consistency-probed on `probe`."""
-    out_dir = Path(out_dir)
-    if (out_dir / "diagnostics" / "summary.json").is_file():
-        return out_dir
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from trl_mtp.experiments.sft_runs import SFT_DEFAULTS, task_mixture
+    """MTP-SFT of the base in `base_dir` with the recorder on (`run_sft(record_every=...)` on the prompt-task
+    mixture); saved into `out_dir`; consistency-probed on `probe`."""
+    from trl_mtp.experiments.sft_runs import run_sft
     from trl_mtp.tasks import PROMPT_TASKS
-    from trl_mtp.tasks.registry import get_task
-    from trl_mtp.trainers import MTPSFTConfig, MTPSFTTrainer
 
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    model = AutoModelForCausalLM.from_pretrained(base_dir)
-    args = MTPSFTConfig(**dict(SFT_DEFAULTS, logging_steps=10), output_dir=str(out_dir), max_steps=steps, seed=seed,
-                        head_type=head_type, num_mtp_heads=num_mtp_heads)
-    dataset = task_mixture({name: {"seed": seed} for name in PROMPT_TASKS}, 1000, seed)
-    trainer = MTPSFTTrainer(model, args, train_dataset=dataset, processing_class=tokenizer)
-    probe_batch = make_probe_batch(tokenizer, get_task("arithmetic", seed=seed).eval(8))
-    trainer.add_callback(MTPRecorder(trainer.mtp_model, probe_batch, every=every, tokenizer=tokenizer))
-    trainer.train()
-    trainer.save_model(str(out_dir))
-    if probe:
+    out_dir = Path(out_dir)
+    tasks = {name: {"seed": seed} for name in sorted(PROMPT_TASKS, key=lambda name: name != "arithmetic")}
+    run_sft(base_dir, out_dir, tasks=tasks, mtp={"head_type": head_type, "num_mtp_heads": num_mtp_heads}, seed=seed,
+            steps=steps, n_train=1000, record_every=every, logging_steps=10)
+    if probe and not (out_dir / "diagnostics" / "consistency.json").is_file():
         probe_task(out_dir, probe, seed=seed)
     return out_dir
 

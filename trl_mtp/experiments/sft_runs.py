@@ -29,11 +29,14 @@ def task_mixture(tasks: dict[str, dict], n_train: int, seed: int):
 
 
 def run_sft(base_dir, out_dir, *, tasks: dict[str, dict], mtp: dict | None, seed: int = 0, steps: int = 300,
-            n_train: int = 2000, eval_n: int = 200, **overrides) -> dict:
+            n_train: int = 2000, eval_n: int = 200, record_every: int | None = None, **overrides) -> dict:
     """Fine-tune the base in `base_dir` on `tasks` for `steps` optimizer steps; score greedy exact match on each
     task's eval split. `mtp=None` trains with TRL's plain `SFTTrainer` (next-token); a dict of MTP fields
     (`head_type`, `num_mtp_heads`, ...) trains with `MTPSFTTrainer`. Returns (and stores) per-task per-item
-    correctness, so callers can bootstrap confidence intervals."""
+    correctness, so callers can bootstrap confidence intervals.
+
+    `record_every` (MTP only): `MTPRecorder` records the heads every that many steps into `out_dir/diagnostics`
+    (probe batch: the first task's eval split) and the model is saved in `out_dir`, for `trl-mtp report`."""
     out_dir = Path(out_dir)
     result_file = out_dir / "result.json"
     if result_file.exists():
@@ -54,7 +57,15 @@ def run_sft(base_dir, out_dir, *, tasks: dict[str, dict], mtp: dict | None, seed
         trainer = SFTTrainer(model, SFTConfig(**args), train_dataset=dataset, processing_class=tokenizer)
     else:
         trainer = MTPSFTTrainer(model, MTPSFTConfig(**args, **mtp), train_dataset=dataset, processing_class=tokenizer)
+        if record_every:
+            from trl_mtp.diagnostics.recorder import MTPRecorder, make_probe_batch
+
+            first = next(iter(tasks.items()))
+            probe_batch = make_probe_batch(tokenizer, get_task(first[0], **first[1]).eval(8))
+            trainer.add_callback(MTPRecorder(trainer.mtp_model, probe_batch, every=record_every, tokenizer=tokenizer))
     trainer.train()
+    if mtp is not None and record_every:
+        trainer.save_model(str(out_dir))
     train_seconds = time.time() - start
     logs = [h for h in trainer.state.log_history if "loss" in h]
     scores = {}

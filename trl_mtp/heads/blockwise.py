@@ -8,7 +8,6 @@ still gets gradient at step 0 (act(W1 h) is non-zero), and W1 from step 1 on.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from trl_mtp.config import MTPConfig

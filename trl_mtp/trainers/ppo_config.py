@@ -48,6 +48,10 @@ class PPOConfig(MTPArguments, TrainingArguments):
         temperature (`float`, defaults to `0.7`):
             Sampling temperature of the rollouts; the log-probabilities of the policy and the reference are computed
             from logits divided by it, so they are those of the sampling distribution.
+        speculative_rollouts (`bool`, defaults to `False`):
+            Sample the rollouts with self-speculative decoding from the MTP heads
+            (`MTPForCausalLM.speculative_generate`): lossless in distribution (speculative rejection sampling), so
+            PPO sees the same rollout distribution; logs `spec/mean_accepted_length` and `spec/acceptance_pos_{i}`.
         missing_eos_penalty (`float` or `None`, defaults to `None`):
             Subtracted from the score of each response that does not contain the stop token (the EOS when there is
             no stop token). `None`: no penalty.
@@ -160,6 +164,8 @@ class PPOConfig(MTPArguments, TrainingArguments):
     stop_token_id: int | None = field(default=None, metadata={
         "help": "Token id that ends a response; overrides `stop_token`."})
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of the rollouts."})
+    speculative_rollouts: bool = field(default=False, metadata={
+        "help": "Sample rollouts with self-speculative decoding from the MTP heads (lossless in distribution)."})
     missing_eos_penalty: float | None = field(default=None, metadata={
         "help": "Subtracted from the score of responses without the stop token. None: no penalty."})
     kl_coef: float = field(default=0.05, metadata={"help": "Weight of the per-token KL penalty in the reward."})
