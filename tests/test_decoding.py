@@ -263,3 +263,13 @@ def test_wrong_acceptance_rule_fails_the_same_check(monkeypatch):
     monkeypatch.setattr(decoding, "accept_sampled", always_accept)
     counts12, counts3, _ = sample_first_tokens(model, prompt, 4000, seed=0)
     assert chi_square_pvalue(counts12, joint12) < 1e-6
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rows_finishing_mid_block_while_others_run(family):
+    """A row that reaches max_new_tokens inside an accepted block stops while the other rows go on drafting: its
+    scratch columns must stay inside the token buffer (a batch-8 benchmark once indexed past it)."""
+    model = make_model(family, depths=4, perturb=0.1, perturb_from=2)
+    for seed, max_new_tokens in ((21, 14), (22, 13), (23, 14), (25, 17)):  # seen to finish rows mid-block early
+        ids, mask = random_batch(seed, 6)
+        check_identity(model, ids, mask, max_new_tokens)

@@ -326,7 +326,9 @@ class SequentialDrafter(Drafter):
                                            layer_kwargs=self._window_kwargs(state, self.caches[depth - 1], start))
             logits = self.heads.depth_logits(depth, prev[rows, (state.last_slot - start).clamp(min=0)])
             token, prob = sampler.pick(logits)
-            state.tokens[rows, draft_col + depth] = token  # the next depth reads it as x_{t+depth+1}
+            # the next depth reads it as x_{t+depth+1}; a row that finished mid-block may sit past its budget, its
+            # drafts are never used: clamp them into the last scratch column, which no output includes
+            state.tokens[rows, (draft_col + depth).clamp(max=state.tokens.size(1) - 1)] = token
             drafts.append(token)
             probs.append(prob)
         # entries at positions <= n - D are final for every depth: the next window starts at the first slot past them

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 SFT_DEFAULTS = dict(
-    learning_rate=1e-3, per_device_train_batch_size=16, lr_scheduler_type="cosine", warmup_steps=10,
+    learning_rate=2e-3, per_device_train_batch_size=16, lr_scheduler_type="cosine", warmup_steps=10,
     logging_steps=25, report_to="none", activation_checkpointing=False, dataloader_pin_memory=False,
     save_strategy="no", disable_tqdm=True, bf16=False,
 )
