@@ -22,6 +22,7 @@ import time
 
 import torch
 
+from trl_mtp.benchmarks import parse_families
 from trl_mtp.benchmarks.decode_models import FAMILIES, trained_models
 
 
@@ -37,11 +38,8 @@ def parse_args(argv):
     parser.add_argument("--quick", action="store_true", help="tiny training and run (tests, smoke checks)")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
-    args.families = [f for f in args.families.split(",") if f]
+    args.families = parse_families(args.families)
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
-    bad = [f for f in args.families if f not in FAMILIES]
-    if bad:
-        raise ValueError(f"--families: unknown {', '.join(bad)}; choose from {', '.join(FAMILIES)}")
     if args.quick:
         args.prompts, args.max_new_tokens, args.repeats, args.prompt_tokens = 2, 16, 1, 32
         args.batch_sizes = [b for b in args.batch_sizes if b <= 2] or [1]

@@ -24,6 +24,8 @@ import subprocess
 import sys
 import time
 
+from trl_mtp.benchmarks import parse_families
+
 FAMILIES = ("blockwise", "parallel", "sequential", "medusa")
 TARGET_TIME = {"blockwise": 1.3, "medusa": 1.3, "parallel": 1.6, "sequential": 1.6}  # at D = 4
 TARGET_MEMORY = 1.15
@@ -47,11 +49,8 @@ def parse_args(argv):
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)  # internal: one variant's memory
     args = parser.parse_args(argv)
-    args.families = [f for f in args.families.split(",") if f]
+    args.families = parse_families(args.families)
     args.depths = [int(d) for d in args.depths.split(",") if d]
-    bad = [f for f in args.families if f not in FAMILIES]
-    if bad:
-        raise ValueError(f"--families: unknown {', '.join(bad)}; choose from {', '.join(FAMILIES)}")
     if any(d < 1 for d in args.depths):
         raise ValueError(f"--depths: each must be >= 1, got {args.depths}")
     for name in ("vocab", "seq_len", "batch", "repeats", "threads"):

@@ -81,7 +81,7 @@ def stage_sft(ctx: dict) -> None:
                 {"head_type": args.mtp_head, "num_mtp_heads": args.mtp_heads}}
     for label, mtp in variants.items():
         key = stable_hash({"base": str(ctx["base_dir"]), "mtp": mtp, "seed": args.seed, "steps": args.sft_steps,
-                           "eval_n": args.eval_n, "version": 2})
+                           "eval_n": args.eval_n, "version": 3})
         run_dir = cache_root() / "demo-sft" / key
         # the MTP run records its heads (MTPRecorder) for the diagnostics stage and the report
         result = run_sft(ctx["base_dir"], run_dir, tasks=tasks, mtp=mtp, seed=args.seed, steps=args.sft_steps,
@@ -92,6 +92,14 @@ def stage_sft(ctx: dict) -> None:
         for name, score in result["tasks"].items():
             ctx["rows"].append({"model": label, "task": name, "metric": "accuracy", "value": score["accuracy"],
                                 "ci": bootstrap_ci(score["correct"])[1:], "n": len(score["correct"])})
+        # exact match needs every token right; the per-token view shows what the heads learned on the way
+        train_rows = {"next-token acc": result["final_token_accuracy"]}
+        train_rows.update({f"head acc depth {k.rsplit('_', 1)[1]}": v
+                           for k, v in result["mtp_metrics"].items() if k.startswith("mtp/acc_depth_")})
+        for metric, value in train_rows.items():
+            if value is not None:
+                ctx["rows"].append({"model": label, "task": "train mix", "metric": metric, "value": value,
+                                    "ci": None, "n": "last log"})
 
 
 def stage_diagnostics(ctx: dict) -> None:

@@ -78,6 +78,7 @@ def run_sft(base_dir, out_dir, *, tasks: dict[str, dict], mtp: dict | None, seed
         scores[name] = {"accuracy": scored["accuracy"], "correct": scored["correct"]}
     result = {"mtp": mtp, "seed": seed, "steps": steps, "train_seconds": train_seconds,
               "final_train_loss": logs[-1]["loss"] if logs else None, "tasks": scores,
+              "final_token_accuracy": logs[-1].get("mean_token_accuracy") if logs else None,
               "mtp_metrics": {k: v for k, v in (logs[-1] if logs else {}).items() if k.startswith("mtp/")}}
     out_dir.mkdir(parents=True, exist_ok=True)
     result_file.write_text(json.dumps(result))
