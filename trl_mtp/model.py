@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -89,7 +90,11 @@ class MTPForCausalLM(nn.Module):
             with open(adapter_config) as f:
                 base_path = json.load(f)["base_model_name_or_path"]
             model = cls(AutoModelForCausalLM.from_pretrained(base_path, **load_kwargs), mtp_config)
-            model.base_model.load_adapter(directory)
+            with warnings.catch_warnings():
+                # the adapter was trained with the heads attached and excluded from LoRA; here they are not
+                # attached, so PEFT finds nothing to exclude and would say so
+                warnings.filterwarnings("ignore", message=".*no modules were excluded.*")
+                model.base_model.load_adapter(directory)
         else:
             model = cls(AutoModelForCausalLM.from_pretrained(directory, **load_kwargs), mtp_config)
         state = load_file(os.path.join(directory, HEADS_FILE), device=str(model.device))

@@ -74,7 +74,7 @@ class MTPTrainerMixin:
         if args.freeze_base:
             for name, param in base.named_parameters():
                 param.requires_grad_(name.startswith(f"{HEADS_MODULE}."))
-        if peft_config is not None:
+        if peft_config is not None and self._lora_would_reach_heads(peft_config):
             # LoRA goes on the trunk only; the heads are trained in full (their layers share the trunk's names)
             exclude = getattr(peft_config, "exclude_modules", None)
             pattern = rf".*\b{HEADS_MODULE}\b.*"
@@ -87,6 +87,15 @@ class MTPTrainerMixin:
                     f"peft_config.exclude_modules={exclude!r}: give a regex string (trl-mtp adds the heads to it)"
                 )
         return base
+
+    def _lora_would_reach_heads(self, peft_config) -> bool:
+        """Whether `peft_config`'s target modules match a module of the heads (PEFT's own matching)."""
+        from peft.tuners.tuners_utils import check_target_module_exists
+
+        if getattr(peft_config, "target_modules", None) == "all-linear":
+            return True
+        return any(check_target_module_exists(peft_config, f"{HEADS_MODULE}.{name}")
+                   for name, _ in self.mtp_model.heads.named_modules() if name)
 
     def _after_parent_init(self) -> None:
         """PEFT freezes every non-adapter parameter: the heads stay trainable."""
