@@ -15,6 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
+from trl_mtp.experiments import run_dir_name
 from trl_mtp.experiments.bootstrap import bootstrap_ci_seeds, bootstrap_diff_ci
 from trl_mtp.experiments.sft_runs import run_sft
 
@@ -37,7 +38,7 @@ def run_grid(out: Path, base_dir, seeds, steps: int, eval_n: int, depths) -> dic
     results = {}
     for seed in seeds:  # seed-major: a grid cut short still compares every variant on the seeds it finished
         for label, mtp in variants(depths).items():
-            run_dir = out / label.replace(" ", "_").replace("=", "") / f"seed{seed}"
+            run_dir = out / run_dir_name(label) / f"seed{seed}"
             print(f"[{label} seed {seed}]", flush=True)
             results[(label, seed)] = run_sft(base_dir, run_dir, tasks=TASKS, mtp=mtp, seed=seed, steps=steps,
                                              eval_n=eval_n)
@@ -76,7 +77,7 @@ def lm_table(out: Path, base_dir, seeds, steps: int, eval_n: int) -> str:
     nll = {}
     for seed in seeds:
         for label, mtp in grid.items():
-            run_dir = out / "stdlib" / label.replace(" ", "_").replace("=", "") / f"seed{seed}"
+            run_dir = out / "stdlib" / run_dir_name(label) / f"seed{seed}"
             print(f"[stdlib {label} seed {seed}]", flush=True)
             result = run_sft(base_dir, run_dir, tasks={"stdlib": {"chunk_chars": 1000}}, mtp=mtp, seed=seed,
                              steps=steps, eval_n=eval_n, max_length=256)

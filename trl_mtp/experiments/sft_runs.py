@@ -7,9 +7,9 @@ folder and is not run again (resume).
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
+
+from trl_mtp.experiments import resumable
 
 SFT_DEFAULTS = dict(
     learning_rate=2e-3, per_device_train_batch_size=16, lr_scheduler_type="cosine", warmup_steps=10,
@@ -28,19 +28,16 @@ def task_mixture(tasks: dict[str, dict], n_train: int, seed: int):
     return concatenate_datasets(parts).shuffle(seed=seed)
 
 
+@resumable
 def run_sft(base_dir, out_dir, *, tasks: dict[str, dict], mtp: dict | None, seed: int = 0, steps: int = 300,
             n_train: int = 2000, eval_n: int = 200, record_every: int | None = None, **overrides) -> dict:
     """Fine-tune the base in `base_dir` on `tasks` for `steps` optimizer steps; score greedy exact match on each
     task's eval split. `mtp=None` trains with TRL's plain `SFTTrainer` (next-token); a dict of MTP fields
     (`head_type`, `num_mtp_heads`, ...) trains with `MTPSFTTrainer`. Returns (and stores) per-task per-item
-    correctness, so callers can bootstrap confidence intervals.
+    correctness, so callers can bootstrap confidence intervals; a finished run is read back (`resumable`).
 
     `record_every` (MTP only): `MTPRecorder` records the heads every that many steps into `out_dir/diagnostics`
     (probe batch: the first task's eval split) and the model is saved in `out_dir`, for `trl-mtp report`."""
-    out_dir = Path(out_dir)
-    result_file = out_dir / "result.json"
-    if result_file.exists():
-        return json.loads(result_file.read_text())
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
@@ -63,7 +60,7 @@ def run_sft(base_dir, out_dir, *, tasks: dict[str, dict], mtp: dict | None, seed
             first = next(iter(tasks.items()))
             probe_batch = make_probe_batch(tokenizer, get_task(first[0], **first[1]).eval(8))
             trainer.add_callback(MTPRecorder(trainer.mtp_model, probe_batch, every=record_every, tokenizer=tokenizer))
-    trainer.train()
+    train_output = trainer.train()
     if mtp is not None and record_every:
         trainer.save_model(str(out_dir))
     train_seconds = time.time() - start
@@ -77,9 +74,7 @@ def run_sft(base_dir, out_dir, *, tasks: dict[str, dict], mtp: dict | None, seed
         scored = evaluate_task(model, tokenizer, task, n=eval_n)
         scores[name] = {"accuracy": scored["accuracy"], "correct": scored["correct"]}
     result = {"mtp": mtp, "seed": seed, "steps": steps, "train_seconds": train_seconds,
-              "final_train_loss": logs[-1]["loss"] if logs else None, "tasks": scores,
+              "final_train_loss": logs[-1]["loss"] if logs else train_output.training_loss, "tasks": scores,
               "final_token_accuracy": logs[-1].get("mean_token_accuracy") if logs else None,
               "mtp_metrics": {k: v for k, v in (logs[-1] if logs else {}).items() if k.startswith("mtp/")}}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    result_file.write_text(json.dumps(result))
     return result

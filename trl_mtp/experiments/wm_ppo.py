@@ -23,6 +23,8 @@ import json
 import time
 from pathlib import Path
 
+from trl_mtp.experiments import resumable, run_dir_name
+
 PPO_DEFAULTS = dict(learning_rate=3e-4, per_device_train_batch_size=16, response_length=12, num_ppo_epochs=2,
                     temperature=1.0, kl_coef=0.02, missing_eos_penalty=1.0, head_type="sequential", num_mtp_heads=2,
                     mtp_lambda=0.3, logging_steps=1, save_strategy="no", report_to="none", dataloader_pin_memory=False,
@@ -48,14 +50,11 @@ VARIANTS: dict[str, dict] = {
 }
 
 
+@resumable
 def run_ppo(base_dir, out_dir, *, task_name: str, task_params: dict, variant: dict, seed: int, steps: int,
             n_train: int, eval_n: int) -> dict:
     """One PPO run of `steps` iterations from `base_dir`; returns (and stores) the reward curve, the held-out
     per-item correctness and the last logged world-model metrics."""
-    out_dir = Path(out_dir)
-    result_file = out_dir / "result.json"
-    if result_file.exists():
-        return json.loads(result_file.read_text())
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trl_mtp.tasks.evaluate import evaluate_task
@@ -83,8 +82,6 @@ def run_ppo(base_dir, out_dir, *, task_name: str, task_params: dict, variant: di
               "reward_mean": mean(scores),
               "accuracy": scored["accuracy"], "correct": scored["correct"],
               "metrics": {k: v for k, v in last.items() if k.startswith(("wm/", "val/explained", "loss/"))}}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    result_file.write_text(json.dumps(result))
     return result
 
 
@@ -96,7 +93,7 @@ def run_grid(out: Path, base_dir, variants, seeds, **kwargs) -> dict:
     results = {}
     for label in variants:
         for seed in seeds:
-            run_dir = out / label.replace(" ", "_").replace("/", "-").replace("=", "").replace("+", "plus") / f"seed{seed}"
+            run_dir = out / run_dir_name(label) / f"seed{seed}"
             print(f"[{label} seed {seed}]", flush=True)
             results[(label, seed)] = run_ppo(base_dir, run_dir, variant=VARIANTS[label], seed=seed, **kwargs)
     return results

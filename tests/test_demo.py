@@ -1,0 +1,40 @@
+"""The demo end to end (tiny settings), and the resumable-run helper its stages rely on."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trl_mtp.experiments import resumable, run_dir_name
+
+
+def test_resumable_runs_once_and_reads_back(tmp_path):
+    calls = []
+
+    @resumable
+    def run(base_dir, out_dir, *, x):
+        calls.append(x)
+        return {"x": x, "out": str(out_dir)}
+
+    first = run("base", tmp_path / "a", x=1)
+    again = run("base", tmp_path / "a", x=2)  # a finished folder is read back, not run again
+    assert calls == [1] and first == again == {"x": 1, "out": str(tmp_path / "a")}
+    assert run_dir_name("WM +discrete 32x32") == "WM_plusdiscrete_32x32"
+
+
+@pytest.mark.slow
+def test_demo_prints_the_table_and_writes_the_report(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "trl_mtp.cli", "demo", "--pretrain-steps", "5", "--sft-steps", "30", "--eval-n", "4",
+           "--report-dir", str(tmp_path / "report")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    for row in ("tiny-llama base", "NTP-SFT", "MTP-SFT (sequential, D=2)", "head acc depth 2", "90% CI"):
+        assert row in out, row
+    assert (tmp_path / "report" / "index.html").is_file()
+    assert f"report: {tmp_path / 'report' / 'index.html'}" in out or "index.html" in out.splitlines()[-1]
