@@ -49,10 +49,8 @@ def main(argv: list[str]) -> int:
     if parsed is None:
         return 0
     script_args, training_args, model_args = parsed
+    task = embedded_task(script_args, needs_prompts="ppo")  # before loading: bad input fails fast
     mtp_model, tokenizer, _ = load_model(script_args, model_args, training_args)
-    task = embedded_task(script_args)
-    if task is not None and task.name == "stdlib":
-        raise ValueError("dataset_name='stdlib': PPO needs prompts with a reward (arithmetic, star_graph, sort, copy)")
     if task is None:
         train_dataset, _ = hub_splits(script_args)
         if script_args.reward_model_path is None:

@@ -55,9 +55,7 @@ def run(method: str, argv: list[str]) -> int:
     if parsed is None:
         return 0
     script_args, training_args, model_args = parsed
-    task = embedded_task(script_args)
-    if task is not None and task.name == "stdlib":
-        raise ValueError(f"dataset_name='stdlib': {method} needs prompts with answers (arithmetic, star_graph, sort, copy)")
+    task = embedded_task(script_args, needs_prompts=method)
     # TRL builds a reference model (when one is needed) from the path the model was loaded from
     mtp_model, tokenizer, _ = load_model(script_args, model_args, training_args)
     peft_config = get_peft_config(model_args)

@@ -70,12 +70,16 @@ def load_model(script_args, model_args, training_args):
     return mtp_model, AutoTokenizer.from_pretrained(model_path), model_path
 
 
-def embedded_task(script_args):
-    """The embedded task named by `--dataset_name`, or None for a `datasets` name."""
-    from trl_mtp.tasks.registry import TASKS, get_task
+def embedded_task(script_args, needs_prompts: str | None = None):
+    """The embedded task named by `--dataset_name`, or None for a `datasets` name. `needs_prompts` (the command's
+    name): the task must have prompts and answers (not the `stdlib` text corpus)."""
+    from trl_mtp.tasks.registry import PROMPT_TASKS, TASKS, get_task
 
     if script_args.dataset_name not in TASKS:
         return None
+    if needs_prompts and script_args.dataset_name not in PROMPT_TASKS:
+        raise ValueError(f"dataset_name={script_args.dataset_name!r}: {needs_prompts} needs prompts with answers "
+                         f"({', '.join(PROMPT_TASKS)})")
     params = json.loads(script_args.task_params) if script_args.task_params else {}
     if not isinstance(params, dict):
         raise ValueError(f"task_params={script_args.task_params!r}: expected a JSON object")
