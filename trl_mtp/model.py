@@ -61,10 +61,15 @@ class MTPForCausalLM(nn.Module):
     # -- construction, save, load --------------------------------------------------------------------
     @classmethod
     def from_base(cls, model_or_path, mtp_config: MTPConfig | None = None, **load_kwargs) -> "MTPForCausalLM":
-        """New heads on a base model (a `PreTrainedModel`, or a path / hub id loaded with `AutoModelForCausalLM`)."""
+        """New heads on a base model (a `PreTrainedModel`, or a path / hub id loaded with `AutoModelForCausalLM`).
+        Sequential heads on a checkpoint with native MTP layers start their first depths from those layers."""
+        from trl_mtp.native import init_from_native
+
         if isinstance(model_or_path, (str, os.PathLike)):
             model_or_path = AutoModelForCausalLM.from_pretrained(model_or_path, **load_kwargs)
-        return cls(model_or_path, mtp_config or MTPConfig())
+        model = cls(model_or_path, mtp_config or MTPConfig())
+        init_from_native(model)
+        return model
 
     def save_pretrained(self, save_directory, **kwargs):
         """Base via its own `save_pretrained`; heads in `mtp_heads.safetensors`; config in `mtp_config.json`."""
@@ -77,8 +82,13 @@ class MTPForCausalLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory, **load_kwargs) -> "MTPForCausalLM":
-        """Load what `save_pretrained` wrote; `load_kwargs` go to `AutoModelForCausalLM.from_pretrained`."""
+        """Load what `save_pretrained` wrote, or a checkpoint with transformers-native MTP layers (DeepSeek-V3, GLM-4.5,
+        Mellum: loaded as sequential heads, see `trl_mtp.native`); `load_kwargs` go to `from_pretrained` of the base."""
+        from trl_mtp.native import load_native, native_mtp_layers
+
         config_path = os.path.join(directory, CONFIG_FILE)
+        if not os.path.isfile(config_path) and native_mtp_layers(directory):
+            return load_native(directory, **load_kwargs)
         if not os.path.isfile(config_path):
             raise FileNotFoundError(f"{config_path}: not an MTP checkpoint (no {CONFIG_FILE})")
         with open(config_path) as f:

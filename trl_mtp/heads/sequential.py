@@ -6,6 +6,10 @@
 with the base's embedding and LM head shared, teacher-forced tokens x_{t+i} in training (drafted ones in decoding).
 Sub-module names follow transformers' native MTP layout (DeepSeek-V3 / GLM-4.5 checkpoints): `enorm`, `hnorm`,
 `eh_proj` ([d, 2d], input `cat[enorm(emb), hnorm(h)]`), `shared_head.norm`, and the decoder layer under `mtp_block`.
+
+On an architecture with transformers-native MTP layers (`trl_mtp.native`), the chain is the native one: each depth
+reads the normed state, final_norm(h) at depth 1 and shared_head.norm_{i-1}(h_{i-1}) after, as transformers' `MtpModel`
+does, so native layers import and trained ones export with the same outputs.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from trl_mtp.config import MTPConfig
 from trl_mtp.heads.base import MTPHeads
 from trl_mtp.heads.parallel import new_layer_like_last
 from trl_mtp.heads.trunk import Trunk, call_layer, call_module
+from trl_mtp.native import has_native_layout, mtp_layer_kwargs
 
 
 class SequentialDepth(nn.Module):
@@ -50,6 +55,7 @@ class SequentialHeads(MTPHeads):
             SequentialDepth(trunk, config.sequential_init_from_last_layer) for _ in range(self.num_depths)
         )
         self.frozen_embeddings = config.mode == "decoupled"
+        self.native_chain = has_native_layout(trunk.model.config)
 
     def depth_hidden(self, depth, trunk_hidden, *, prev_hidden=None, tokens=None, layer_kwargs=None):
         if prev_hidden is None or tokens is None:
@@ -57,8 +63,13 @@ class SequentialHeads(MTPHeads):
         if layer_kwargs is None:
             layer_kwargs = self.trunk.layer_call_kwargs()
         module = self.layers[depth - 1]
+        if self.native_chain:
+            prev_hidden = (self.trunk.norm(prev_hidden, frozen=self.frozen_embeddings) if depth == 1
+                           else self.layers[depth - 2].shared_head.norm(prev_hidden))
         emb = self.trunk.embed(tokens, frozen=self.frozen_embeddings)
         x = module.eh_proj(torch.cat([module.enorm(emb), module.hnorm(prev_hidden)], dim=-1))
+        if self.native_chain:
+            layer_kwargs = mtp_layer_kwargs(self.trunk, depth, layer_kwargs, x)
         return call_layer(module.mtp_block, x, layer_kwargs)
 
     def depth_logits(self, depth, hidden, frozen_base=False):
