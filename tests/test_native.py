@@ -10,6 +10,7 @@ from native_models import native_base
 from transformers import AutoModelForCausalLM
 
 from trl_mtp import MTPConfig, MTPForCausalLM
+from trl_mtp.cli import main as cli_main
 from trl_mtp.native import allow_stock_mtp, export_native, stock_mtp_model
 from trl_mtp.tasks.presets import build_model
 
@@ -109,7 +110,8 @@ def test_sft_trained_layer_exports_and_stock_transformers_drafts_with_it(tmp_pat
     trainer.train()
     ours = trainer.mtp_model.eval()
     assert not torch.equal(before, ours.heads.layers[0].eh_proj.weight)  # SFT trained the MTP layer
-    export_native(ours, tmp_path / "native", tokenizer=tokenizer)
+    trainer.save_model(str(tmp_path / "run"))
+    assert cli_main(["export", str(tmp_path / "run"), "--native", str(tmp_path / "native")]) == 0
 
     stock = AutoModelForCausalLM.from_pretrained(tmp_path / "native").eval()
     allow_stock_mtp(stock)  # a 2-layer model keeps its MTP layer at index 2, not DeepSeek/GLM's hard-coded one
@@ -125,3 +127,21 @@ def test_sft_trained_layer_exports_and_stock_transformers_drafts_with_it(tmp_pat
     # and the same drafts as ours (same number of main forwards)
     assert len(calls) < 24 and stats["accepted"] > 0
     assert len(calls) == stats["forwards"], (len(calls), stats)
+
+    # the decode benchmark's comparison on the same checkpoint: every method gives greedy's output
+    report = tmp_path / "bench.json"
+    assert cli_main(["bench", "decode", "--native", str(tmp_path / "native"), "--prompts", "1", "--prompt-tokens",
+                     "16", "--max-new-tokens", "12", "--repeats", "1", "--json", str(report)]) == 0
+    rows = json.loads(report.read_text())["batches"]["1"]
+    assert set(rows) == {"greedy", "prompt_lookup", "transformers-use_mtp", "mtp-sequential"}
+    assert all(row["identical_to_greedy"] for row in rows.values())
+
+
+def test_export_command_errors_are_one_line(tmp_path, capsys):
+    assert cli_main(["export", str(tmp_path / "missing"), "--native", str(tmp_path / "out")]) == 2
+    llama = MTPForCausalLM.from_base(build_model("tiny-llama", 64), MTPConfig(head_type="sequential", num_mtp_heads=1))
+    llama.save_pretrained(tmp_path / "llama")
+    assert cli_main(["export", str(tmp_path / "llama"), "--native", str(tmp_path / "out")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("trl-mtp")]  # not progress bars
+    assert len(err) == 2 and "missing" in err[0] and "model_type='llama'" in err[1]
+    assert not (tmp_path / "out").exists()

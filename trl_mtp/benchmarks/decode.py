@@ -11,6 +11,8 @@ prompt length + half the generation) with the ceiling they imply: mean_accepted_
 
     trl-mtp bench decode                  # trains and caches the heads on first use, then ~ a few minutes
     trl-mtp bench decode --quick          # tiny models, two prompts: a smoke test
+    trl-mtp bench decode --native DIR     # a native-MTP checkpoint (`trl-mtp export --native`): greedy, prompt
+                                          # lookup, transformers' generate(use_mtp=True), ours on the same layers
 """
 
 from __future__ import annotations
@@ -37,12 +39,16 @@ def parse_args(argv):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="tiny training and run (tests, smoke checks)")
     parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--native", default=None, metavar="DIR", help="a checkpoint with native MTP layers: compare "
+                        "transformers' generate(use_mtp=True) with our speculative_generate on them (batch 1)")
     args = parser.parse_args(argv)
     args.families = parse_families(args.families)
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
     if args.quick:
         args.prompts, args.max_new_tokens, args.repeats, args.prompt_tokens = 2, 16, 1, 32
         args.batch_sizes = [b for b in args.batch_sizes if b <= 2] or [1]
+    if args.native:
+        args.batch_sizes = [1]  # transformers' use_mtp decodes one sequence at a time
     return args
 
 
@@ -98,6 +104,9 @@ def run_method(name, models, base, batches, max_new_tokens, pad):
             elif name == "prompt_lookup":
                 out = base.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                                     pad_token_id=pad, prompt_lookup_num_tokens=10)
+            elif name == "transformers-use_mtp":  # reads the MTP tensors from the checkpoint at every call
+                out = base.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                                    pad_token_id=pad, use_mtp=True)
             else:
                 out, st = models[name].speculative_generate(ids, mask, max_new_tokens=max_new_tokens, pad_token_id=pad)
                 stats.append(st)
@@ -115,12 +124,19 @@ def main(argv: list[str]) -> int:
 
     from trl_mtp.model import MTPForCausalLM
 
-    train = dict(pretrain_steps=30, head_steps=10, n_texts=64) if args.quick else {}
-    dirs = trained_models(families=args.families, verbose=not args.quick, **train)
+    if args.native:
+        from trl_mtp.native import allow_stock_mtp
+
+        dirs = {"sequential": args.native}
+    else:
+        train = dict(pretrain_steps=30, head_steps=10, n_texts=64) if args.quick else {}
+        dirs = trained_models(families=args.families, verbose=not args.quick, **train)
     tokenizer = AutoTokenizer.from_pretrained(next(iter(dirs.values())))
     pad = tokenizer.pad_token_id
     models = {f"mtp-{f}": MTPForCausalLM.from_pretrained(d).eval() for f, d in dirs.items()}
     base = next(iter(models.values())).base_model  # every head set sits on the same base weights
+    if args.native:
+        allow_stock_mtp(base)  # stock transformers then finds the MTP tensors whatever the model's depth
     D = next(iter(models.values())).heads.num_depths
     prompts = held_out_prompts(tokenizer, args.prompts, args.prompt_tokens)
     t1, tD = forward_times(base, args.prompt_tokens + args.max_new_tokens // 2, D)
@@ -128,7 +144,8 @@ def main(argv: list[str]) -> int:
                "model_dirs": {k: str(v) for k, v in dirs.items()}, "batches": {}}
     for batch_size in args.batch_sizes:
         batches = [left_pad(prompts[i:i + batch_size], pad) for i in range(0, len(prompts), batch_size)]
-        methods = ["greedy"] + (["prompt_lookup"] if batch_size == 1 else []) + list(models)
+        methods = ["greedy"] + (["prompt_lookup"] if batch_size == 1 else []) + (
+            ["transformers-use_mtp"] if args.native else []) + list(models)
         acc = {m: {"tokens": 0, "seconds": 0.0, "stats": []} for m in methods}
         reference = None
         for _ in range(args.repeats):  # interleaved: every method once per repetition
@@ -166,12 +183,12 @@ def main(argv: list[str]) -> int:
 def print_table(results):
     print(f"t(1) = {results['t1_s'] * 1e3:.2f} ms, t(D+1) = {results['tD1_s'] * 1e3:.2f} ms "
           f"(ratio {results['tD1_s'] / results['t1_s']:.2f}), D = {results['num_depths']}")
-    header = f"{'batch':>5} {'method':<16} {'tok/s':>8} {'speedup':>8} {'acc.len':>8} {'ceiling':>8} {'same':>5}  acceptance by position"
+    header = f"{'batch':>5} {'method':<20} {'tok/s':>8} {'speedup':>8} {'acc.len':>8} {'ceiling':>8} {'same':>5}  acceptance by position"
     print(header)
     for batch, rows in results["batches"].items():
         for m, r in rows.items():
             acc = " ".join(f"{a:.2f}" for a in r.get("acceptance_by_position", []))
             mal = f"{r['mean_accepted_length']:.2f}" if "mean_accepted_length" in r else "-"
             ceil = f"{r['ceiling']:.2f}" if "ceiling" in r else "-"
-            print(f"{batch:>5} {m:<16} {r['tokens_per_s']:>8.1f} {r['speedup']:>8.2f} {mal:>8} {ceil:>8} "
+            print(f"{batch:>5} {m:<20} {r['tokens_per_s']:>8.1f} {r['speedup']:>8.2f} {mal:>8} {ceil:>8} "
                   f"{str(r['identical_to_greedy']):>5}  {acc}")

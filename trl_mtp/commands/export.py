@@ -1,0 +1,41 @@
+"""`trl-mtp export MODEL_DIR --native OUT_DIR`: write an MTP checkpoint (sequential heads on a DeepSeek-V3, GLM-4.5 or
+Mellum architecture) in transformers' native MTP layout, so that stock transformers drafts with the trained layers:
+
+    model = AutoModelForCausalLM.from_pretrained(OUT_DIR)
+    model.generate(input_ids, use_mtp=True, do_sample=False)      # batch size 1 (transformers' limit)
+
+MODEL_DIR is what our trainers save (`mtp_config.json`, `mtp_heads.safetensors`); a LoRA run must be merged first.
+A DeepSeek/GLM model whose depth differs from the released checkpoints' (61, 92 or 46 layers) needs
+`trl_mtp.native.allow_stock_mtp(model)` after loading: stock transformers looks for MTP tensors at those indices only.
+"""
+
+from __future__ import annotations
+
+import os
+
+from trl_mtp.commands.common import ArgumentParser
+
+
+def main(argv: list[str]) -> int:
+    parser = ArgumentParser(prog="trl-mtp export", description=__doc__.split("\n")[0])
+    parser.add_argument("model", help="an MTP checkpoint folder (trainer output_dir)")
+    parser.add_argument("--native", required=True, metavar="OUT_DIR",
+                        help="write a checkpoint in transformers' native MTP layout here")
+    args = parser.parse_args(argv)
+    if not os.path.isdir(args.model):
+        raise FileNotFoundError(f"model {args.model!r}: no such directory")
+    from transformers import AutoTokenizer
+
+    from trl_mtp.model import MTPForCausalLM
+    from trl_mtp.native import export_native, native_layout
+
+    model = MTPForCausalLM.from_pretrained(args.model)
+    native_layout(model.config)  # an unsupported architecture fails before anything is written
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+    except (OSError, ValueError):  # a checkpoint saved without its tokenizer: export the weights alone
+        tokenizer = None
+    keys = export_native(model, args.native, tokenizer=tokenizer)
+    print(f"wrote {args.native}: {model.config.get_text_config().model_type}, num_mtp_layers="
+          f"{model.heads.num_depths}, {len(keys)} MTP tensors")
+    return 0
