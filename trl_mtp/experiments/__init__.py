@@ -26,5 +26,6 @@ def resumable(run):
 
 
 def run_dir_name(label: str) -> str:
-    """A folder name for a variant label ("WM +discrete 32x32" -> "WM_plusdiscrete_32x32")."""
-    return re.sub(r"[^\w.-]", "", label.replace("+", "plus").replace("/", "-").replace(" ", "_"))
+    """A folder name for a variant label ("WM +discrete 32x32" -> "WM_plusdiscrete_32x32"). Parentheses stay: the
+    finished runs in runs/wm_ppo were named so ("WM control (losses off)" -> "WM_control_(losses_off)")."""
+    return re.sub(r"[^\w.()-]", "", label.replace("+", "plus").replace("/", "-").replace(" ", "_"))

@@ -1,0 +1,197 @@
+"""`trl-mtp experiment`: a tiny spec whose run function lives in this module runs end to end through the CLI
+dispatcher (tables, CSV, plots), resumes, survives a failing run, prints its dry run, and refuses bad specs and
+finished runs made with other arguments. The last test runs a real (tiny) SFT spec."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from trl_mtp.cli import main as cli
+from trl_mtp.experiments.bootstrap import bootstrap_ci, bootstrap_ci_seeds, bootstrap_diff_ci
+
+CALLS: list[tuple] = []
+
+
+def fake_run(base_dir, out_dir, *, seed, quality, n_items=40, fail=False):
+    """A stand-in for a training run: per-item correctness drawn at rate `quality`, and a scalar."""
+    CALLS.append((quality, seed))
+    if fail:
+        raise RuntimeError("this variant always breaks")
+    correct = (np.random.default_rng(seed).random(n_items) < quality).astype(int).tolist()
+    return {"seed": seed, "correct": correct, "reward": quality + 0.01 * seed, "train_seconds": 2.0,
+            "base_dir": base_dir}
+
+
+def write_spec(tmp_path, **changes) -> str:
+    spec = {
+        "name": "toy",
+        "description": "two variants of a fake run",
+        "run": f"{__name__}:fake_run",
+        "base": {"path": "some/base"},
+        "out": str(tmp_path / "runs"),
+        "seeds": [0, 1],
+        "common": {"n_items": 40},
+        "variants": {"low": {"quality": 0.3}, "high +x": {"quality": 0.7}},
+        "baseline": "low",
+        "metrics": [{"name": "acc", "items": "correct"}, {"name": "reward", "scalar": "reward"}],
+    }
+    spec.update(changes)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return str(path)
+
+
+@pytest.fixture(autouse=True)
+def no_calls():
+    CALLS.clear()
+
+
+def test_grid_runs_resumes_and_writes_the_table(tmp_path, capsys):
+    spec = write_spec(tmp_path)
+    assert cli(["experiment", spec, "--no-progress"]) == 0
+    assert CALLS == [(0.3, 0), (0.7, 0), (0.3, 1), (0.7, 1)]  # seed-major
+    out = tmp_path / "runs"
+    run_dir = out / "high_plusx" / "seed1"
+    assert json.loads((run_dir / "result.json").read_text())["base_dir"] == "some/base"
+    args = json.loads((run_dir / "run_args.json").read_text())
+    assert args["kwargs"] == {"n_items": 40, "quality": 0.7, "seed": 1}
+
+    # the numbers are the bootstrap's: seeds then items for the mean, pooled pairs for the diff
+    high = [fake_run(None, None, seed=s, quality=0.7)["correct"] for s in (0, 1)]
+    low = [fake_run(None, None, seed=s, quality=0.3)["correct"] for s in (0, 1)]
+    rows = {(r["variant"], r["metric"]): r for r in csv.DictReader(open(out / "table.csv"))}
+    assert float(rows["high +x", "acc"]["ci_low"]) == pytest.approx(bootstrap_ci_seeds(high)[1])
+    assert float(rows["high +x", "acc"]["diff"]) == pytest.approx(bootstrap_diff_ci(high[0] + high[1],
+                                                                                    low[0] + low[1])[0])
+    assert float(rows["high +x", "acc"]["diff_seeds_high"]) == pytest.approx(
+        bootstrap_ci_seeds([np.subtract(h, lo) for h, lo in zip(high, low)])[2])
+    assert float(rows["high +x", "reward"]["ci_high"]) == pytest.approx(bootstrap_ci([0.7, 0.71])[2])
+    assert rows["low", "acc"]["diff"] == ""  # the baseline has no difference to itself
+
+    table = (out / "table.md").read_text()
+    assert "| variant | seeds | acc [90% CI] | diff vs low [90% CI] |" in table
+    assert "| high +x | 2 |" in table and "Finished runs: 4 of 4" in table
+    assert (out / "acc.png").stat().st_size > 1000 and (out / "reward.png").is_file()
+    assert "| low | 2 |" in capsys.readouterr().out
+
+    CALLS.clear()
+    assert cli(["experiment", spec, "--no-progress"]) == 0  # resume: everything is finished
+    assert CALLS == []
+    assert cli(["experiment", spec, "--no-progress", "--seeds", "0", "1", "2", "--only", "high +x"]) == 0
+    assert CALLS == [(0.3, 2), (0.7, 2)]  # --only keeps the baseline: its runs are what the diff needs
+
+
+def test_one_failing_variant_does_not_stop_the_others(tmp_path, capsys):
+    spec = write_spec(tmp_path, variants={"low": {"quality": 0.3}, "broken": {"quality": 0.5, "fail": True},
+                                          "high": {"quality": 0.7}})
+    assert cli(["experiment", spec, "--no-progress"]) == 1
+    assert len(CALLS) == 6  # every run was tried
+    out = tmp_path / "runs"
+    assert "always breaks" in (out / "broken" / "seed0" / "error.txt").read_text()
+    assert not (out / "broken" / "seed0" / "result.json").exists()
+    failures = (out / "failures.txt").read_text().splitlines()
+    assert len(failures) == 2 and failures[0].startswith("broken seed 0: RuntimeError")
+    err = capsys.readouterr().err
+    assert "2 run(s) failed: broken seed 0; broken seed 1" in err
+    table = (out / "table.md").read_text()
+    assert "| high | 2 |" in table and "broken" not in table and "Finished runs: 4 of 6" in table
+
+
+def test_dry_run_lists_the_grid_and_estimates_time(tmp_path, capsys):
+    spec = write_spec(tmp_path, estimate_seconds_per_run=30)
+    assert cli(["experiment", spec, "--no-progress", "--seeds", "0", "--only", "low"]) == 0
+    capsys.readouterr()
+    CALLS.clear()
+    assert cli(["experiment", spec, "--dry-run"]) == 0
+    assert CALLS == []
+    out = capsys.readouterr().out
+    assert "toy: 4 runs (2 variants x 2 seeds), 1 finished, 3 to run" in out
+    lines = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("low", "high"))}
+    assert lines["low"] == ["low", "done", "to", "run", "2"]  # s/run from the finished run's train_seconds
+    assert lines["high"][-2:] == ["30", "(spec)"]  # no finished run of its own: the spec's estimate
+    assert "estimated time for the 3 runs to do: 62 s" in out
+
+
+def test_finished_runs_made_with_other_arguments_are_refused(tmp_path, capsys):
+    spec = write_spec(tmp_path)
+    assert cli(["experiment", spec, "--no-progress"]) == 0
+    capsys.readouterr()
+    changed = write_spec(tmp_path, common={"n_items": 50})
+    assert cli(["experiment", changed, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "low/seed0 was made with other arguments than the spec's (n_items)" in err and len(err.splitlines()) == 1
+    # a run from before run_args.json: the arguments its result echoes (here: seed) are still checked
+    old = tmp_path / "old"
+    (old / "low" / "seed0").mkdir(parents=True)
+    (old / "low" / "seed0" / "result.json").write_text(json.dumps({"seed": 5, "correct": [1], "reward": 1.0}))
+    assert cli(["experiment", spec, "--out", str(old), "--dry-run"]) == 2
+    assert "(seed)" in capsys.readouterr().err
+    (old / "low" / "seed0" / "result.json").write_text(json.dumps({"seed": 0, "correct": [1], "reward": 1.0}))
+    assert cli(["experiment", spec, "--out", str(old), "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    assert "predate run_args.json" in captured.out and "1 finished" in captured.out
+
+
+@pytest.mark.parametrize("changes,bad", [
+    ({"varients": {}}, "'varients'"),
+    ({"run": "tests_nowhere.module:run"}, "tests_nowhere.module"),
+    ({"run": f"{__name__}:no_such_function"}, "no_such_function"),
+    ({"baseline": "NTP"}, "'NTP'"),
+    ({"metrics": [{"name": "acc", "items": "tasks..correct"}]}, "tasks..correct"),
+    ({"metrics": [{"name": "acc", "items": "correct", "scalar": "reward"}]}, "exactly one"),
+    ({"metrics": [{"name": "acc", "items": "correct", "format": "+.3f"}]}, "+.3f"),
+    ({"seeds": [0, 0]}, "[0, 0]"),
+    ({"common": {"seed": 3}}, "'seed'"),
+    ({"base": {"run": "trl_mtp.pretrain:no_such_base"}}, "no_such_base"),
+])
+def test_bad_spec_is_one_line_before_anything_runs(tmp_path, capsys, changes, bad):
+    assert cli(["experiment", write_spec(tmp_path, **changes)]) == 2
+    assert CALLS == []
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and bad in lines[0] and "error" in lines[0], lines
+
+
+def test_metric_path_no_finished_run_has_is_refused(tmp_path, capsys):
+    assert cli(["experiment", write_spec(tmp_path), "--no-progress", "--seeds", "0"]) == 0
+    CALLS.clear()
+    typo = write_spec(tmp_path, metrics=[{"name": "acc", "items": "corect"}])
+    assert cli(["experiment", typo, "--no-progress"]) == 2
+    assert CALLS == [] and "'corect'" in capsys.readouterr().err
+    assert cli(["experiment", write_spec(tmp_path), "--only", "nope"]) == 2
+    assert "'nope'" in capsys.readouterr().err
+
+
+def test_task_axis_folders_and_rows(tmp_path):
+    spec = write_spec(tmp_path, seeds=[0], tasks={"easy": {"n_items": 10}, "hard": {"n_items": 30}},
+                      metrics=[{"name": "acc", "items": "correct"}])
+    assert cli(["experiment", spec, "--no-progress"]) == 0
+    out = tmp_path / "runs"
+    assert len(json.loads((out / "hard" / "high_plusx" / "seed0" / "result.json").read_text())["correct"]) == 30
+    table = (out / "table.md").read_text()
+    assert "| task | variant | seeds |" in table and "| hard | high +x | 1 |" in table
+
+
+def test_a_real_sft_spec_end_to_end(tmp_path, capsys):
+    """run_sft from a (cached, 5-step) pretrained base: NTP vs MTP, a few steps, through the whole pipeline (about
+    10 s), with the progress bar on."""
+    spec = write_spec(
+        tmp_path, run="trl_mtp.experiments.sft_runs:run_sft", seeds=[0],
+        base={"run": "trl_mtp.pretrain:pretrain_base", "args": {"preset": "tiny-llama", "task": "copy", "steps": 5,
+                                                                "seq_len": 32, "batch_size": 4}},
+        common={"steps": 3, "eval_n": 4, "n_train": 16, "tasks": {"copy": {"length": 3}}, "logging_steps": 1,
+                "per_device_train_batch_size": 4},
+        variants={"NTP": {"mtp": None}, "sequential D=2": {"mtp": {"head_type": "sequential", "num_mtp_heads": 2}}},
+        baseline="NTP",
+        metrics=[{"name": "copy acc", "items": "tasks.copy.correct"}, {"name": "train loss", "scalar": "final_train_loss"}])
+    assert cli(["experiment", spec]) == 0
+    assert "2/2" in capsys.readouterr().err  # the progress bar's last state
+    rows = list(csv.DictReader(open(tmp_path / "runs" / "table.csv")))
+    assert [(r["variant"], r["metric"]) for r in rows] == [("NTP", "copy acc"), ("NTP", "train loss"),
+                                                          ("sequential D=2", "copy acc"),
+                                                          ("sequential D=2", "train loss")]
+    assert json.loads((tmp_path / "runs" / "sequential_D2" / "seed0" / "result.json").read_text())["steps"] == 3
