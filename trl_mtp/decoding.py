@@ -201,10 +201,12 @@ class Drafter:
     """Turns the verify forward's hidden states into drafts. `observe` runs in the update stage (extend / crop the
     head's own state with the new slots), `propose` in the propose stage."""
 
-    def __init__(self, model):
+    def __init__(self, model, num_depths: int | None = None):
         self.heads = model.heads
         self.trunk = model.trunk
-        self.num_depths = model.heads.num_depths
+        # drafting with the first `num_depths` heads only (Stern's window k = num_depths + 1): the heads' chain is
+        # causal in depth, so the first depths do not depend on the later ones and stay exactly what they were
+        self.num_depths = model.heads.num_depths if num_depths is None else num_depths
 
     def observe(self, state: DecodeState, hidden: torch.Tensor, layer_kwargs: dict, new_start: int, keep: int):
         """hidden [B, n, d]: trunk hidden states of the slots new_start..new_start+n-1 just verified; the cache now keeps
@@ -233,7 +235,8 @@ class PositionwiseDrafter(Drafter):
 
     def propose(self, state, sampler):
         dummy = torch.zeros(self.h.shape[:2], dtype=torch.long, device=self.h.device)
-        logits = [self.heads.depth_logits(i, z)[:, 0] for i, z in self.heads.iter_depth_hiddens(self.h, dummy)]
+        logits = [self.heads.depth_logits(i, z)[:, 0]
+                  for i, z in self.heads.iter_depth_hiddens(self.h, dummy, num_depths=self.num_depths)]
         return self._chain(lambda depth, drafts: logits[depth - 1], sampler)
 
 
@@ -242,8 +245,8 @@ class ParallelDrafter(Drafter):
     each round it runs over the verified slots with the very kwargs the base's last layer got (mask with holes,
     rotary embeddings), then is cropped with the base's cache."""
 
-    def __init__(self, model):
-        super().__init__(model)
+    def __init__(self, model, num_depths: int | None = None):
+        super().__init__(model, num_depths)
         self.caches = [DynamicCache() for _ in range(self.num_depths)]
         self.names = {p.name for p in self.trunk._layer_params}
 
@@ -271,8 +274,8 @@ class SequentialDrafter(Drafter):
 
     PER_POSITION = ("position_ids", "position_embeddings")
 
-    def __init__(self, model):
-        super().__init__(model)
+    def __init__(self, model, num_depths: int | None = None):
+        super().__init__(model, num_depths)
         self.caches = [DynamicCache() for _ in range(self.num_depths)]
         self.names = {p.name for p in self.trunk._layer_params}
         self.attn_implementation = model.base_model.config._attn_implementation
@@ -341,9 +344,9 @@ DRAFTERS = {"blockwise": PositionwiseDrafter, "medusa": PositionwiseDrafter,
             "parallel": ParallelDrafter, "sequential": SequentialDrafter}
 
 
-def make_drafter(model) -> Drafter:
-    """The drafter of the model's head family."""
-    return DRAFTERS[model.heads.head_type](model)
+def make_drafter(model, num_depths: int | None = None) -> Drafter:
+    """The drafter of the model's head family, drafting with its first `num_depths` heads (default: all)."""
+    return DRAFTERS[model.heads.head_type](model, num_depths)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -425,6 +428,7 @@ def speculative_generate(
     pad_token_id: int | None = None,
     return_stats: bool = True,
     generator: torch.Generator | None = None,
+    num_draft_tokens: int | None = None,
 ):
     """Generate with the model's own MTP heads as drafters: output identical to `model.base_model.generate`
     (greedy: token for token; sampling: in distribution), in fewer base forwards.
@@ -432,7 +436,9 @@ def speculative_generate(
     `model`: an `MTPForCausalLM`. `input_ids` [B, T], left-padded when rows differ in length (`attention_mask` marks
     real tokens). `eos_token_id` / `pad_token_id` default to the base's generation config. Returns `(sequences,
     stats)`: sequences [B, T + longest generation] as `generate` lays them out (prompt included, rows that finished
-    early padded with `pad_token_id`); stats (None unless `return_stats`):
+    early padded with `pad_token_id`). `num_draft_tokens` (0..D, default D) drafts with the first heads only
+    (Stern's window k = num_draft_tokens + 1; 0 is plain decoding); the output is the same for every value.
+    Stats (None unless `return_stats`):
       - `forwards`: base forwards (the prefill counts: it yields the first token);
       - `mean_accepted_length`: tokens committed per base forward per active row (1.0 for plain decoding, at most
         D + 1), before cuts at EOS / max_new_tokens;
@@ -460,7 +466,9 @@ def speculative_generate(
     sampler = Sampler(do_sample, temperature, top_k, top_p, generator)
     accept = accept_sampled if do_sample else accept_greedy
     B, T = input_ids.shape
-    D = model.heads.num_depths
+    D = model.heads.num_depths if num_draft_tokens is None else num_draft_tokens
+    if isinstance(D, bool) or not isinstance(D, int) or not 0 <= D <= model.heads.num_depths:
+        raise ValueError(f"num_draft_tokens must be an integer in 0..{model.heads.num_depths}, got {num_draft_tokens!r}")
     start_time = time.perf_counter()
 
     state = DecodeState(
@@ -469,7 +477,7 @@ def speculative_generate(
         n_valid=torch.zeros(B, dtype=torch.long, device=device), generated=torch.zeros(B, dtype=torch.long, device=device),
         done=torch.zeros(B, dtype=torch.bool, device=device), cache=DynamicCache(),
     )
-    drafter = make_drafter(model)
+    drafter = make_drafter(model, D)
     was_training = model.training
     model.eval()
     no_drafts = input_ids.new_zeros(B, 0)
@@ -485,7 +493,7 @@ def speculative_generate(
         rows = torch.arange(B, device=device)
         while not bool(state.done.all()):
             active = ~state.done
-            drafts, draft_probs = drafter.propose(state, sampler)  # propose
+            drafts, draft_probs = drafter.propose(state, sampler) if D else (no_drafts, None)  # propose
             last = state.tokens[rows, state.column(state.n_valid)]
             new_start = state.mask.size(1)
             logits = verify(model, state, torch.cat([last[:, None], drafts], dim=1))  # verify

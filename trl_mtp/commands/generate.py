@@ -2,6 +2,8 @@
 
     trl-mtp generate --model DIR --prompt "def parse(" --max-new-tokens 64
     trl-mtp generate --model DIR --prompt "import os" --do-sample --temperature 0.8 --top-p 0.95 --seed 0
+    trl-mtp generate --model DIR --prompt "sort:31,7,58=" --lookahead --beam-width 2 --branches 2 \
+        --max-forwards 48 --value-task sort      # MTP-guided search, the task's reward as (oracle) value
 """
 
 from __future__ import annotations
@@ -22,7 +24,36 @@ def _parser() -> ArgumentParser:
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    search = parser.add_argument_group("lookahead search (trl_mtp.lookahead): heads propose, base verifies")
+    search.add_argument("--lookahead", action="store_true", help="search instead of decoding")
+    search.add_argument("--beam-width", type=positive_int, default=2)
+    search.add_argument("--branches", type=positive_int, default=2, help="branches per node per expansion")
+    search.add_argument("--max-forwards", type=positive_int, default=64, help="base row-forwards per prompt")
+    search.add_argument("--value-task", default=None,
+                        help="embedded task whose reward scores complete answers (an oracle verifier); "
+                             "default: rank by the base's log-probability")
     return parser
+
+
+def _lookahead(args, model, tokenizer) -> list[tuple[str, dict]]:
+    """(completion, stats) per prompt from `lookahead_search`."""
+    from trl_mtp.lookahead import lookahead_search
+
+    value_fn = None
+    if args.value_task is not None:
+        from trl_mtp.tasks.registry import get_task
+
+        value_fn = get_task(args.value_task).reward
+    out = []
+    for prompt in args.prompt:
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        result = lookahead_search(
+            model, ids, value_fn, prompt_text=prompt, tokenizer=tokenizer, beam_width=args.beam_width,
+            branches=args.branches, max_forwards=args.max_forwards, max_new_tokens=args.max_new_tokens,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        out.append((tokenizer.decode(result.completion, skip_special_tokens=True),
+                    {**result.stats, "value": result.value, "logprob": result.logprob}))
+    return out
 
 
 def main(argv: list[str]) -> int:
@@ -41,6 +72,18 @@ def main(argv: list[str]) -> int:
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if args.lookahead:
+        results = _lookahead(args, model, tokenizer)
+        if args.json:
+            print(json.dumps({"prompts": args.prompt, "completions": [t for t, _ in results],
+                              "stats": [s for _, s in results]}))
+            return 0
+        for prompt, (text, stats) in zip(args.prompt, results):
+            print(prompt + text)
+            print(f"value {stats['value']}  base forwards {stats['forwards']}  expansions {stats['expansions']}  "
+                  f"head calls {stats['head_calls']}")
+            print("-" * 40)
+        return 0
     batch = tokenizer(args.prompt, return_tensors="pt", padding=True, add_special_tokens=False)
     torch.manual_seed(args.seed)
     sequences, stats = model.speculative_generate(
