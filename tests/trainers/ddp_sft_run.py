@@ -23,5 +23,6 @@ trainer.train()
 trainer.save_model()
 print(f"RANK {trainer.accelerator.process_index} OF {trainer.accelerator.num_processes} DONE "
       f"mtp/loss_depth_1={trainer.state.log_history[0]['mtp/loss_depth_1']:.4f}", flush=True)
+print(f"MODE {trainer.accelerator.distributed_type.value}", flush=True)  # which launcher config took effect
 if dist.is_initialized():
     dist.destroy_process_group()
