@@ -105,8 +105,8 @@ def oracle_drafts(monkeypatch, ref, wrong_every: int = 0):
 
     make = decoding.make_drafter
 
-    def make_oracle(model):
-        drafter = make(model)
+    def make_oracle(model, *args):
+        drafter = make(model, *args)
         propose = drafter.propose
 
         def oracle(state, sampler):
