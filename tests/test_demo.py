@@ -28,12 +28,13 @@ def test_resumable_runs_once_and_reads_back(tmp_path):
 @pytest.mark.slow
 def test_demo_prints_the_table_and_writes_the_report(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "trl_mtp.cli", "demo", "--pretrain-steps", "5", "--sft-steps", "30", "--eval-n", "4",
+    cmd = [sys.executable, "-m", "trl_mtp.cli", "demo", "--pretrain-steps", "5", "--sft-steps", "30", "--rl-steps", "2", "--eval-n", "4",
            "--report-dir", str(tmp_path / "report")]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
-    for row in ("tiny-llama base", "NTP-SFT", "MTP-SFT (sequential, D=2)", "head acc depth 2", "90% CI"):
+    for row in ("tiny-llama base", "NTP-SFT", "MTP-SFT (sequential, D=2)", "head acc depth 2", "90% CI",
+                "MTP-SFT -> PPO+MTP", "accepted length after RL"):
         assert row in out, row
     assert (tmp_path / "report" / "index.html").is_file()
     assert f"report: {tmp_path / 'report' / 'index.html'}" in out or "index.html" in out.splitlines()[-1]

@@ -195,3 +195,12 @@ def test_a_real_sft_spec_end_to_end(tmp_path, capsys):
                                                           ("sequential D=2", "copy acc"),
                                                           ("sequential D=2", "train loss")]
     assert json.loads((tmp_path / "runs" / "sequential_D2" / "seed0" / "result.json").read_text())["steps"] == 3
+
+
+def test_metric_paths_index_lists():
+    from trl_mtp.experiments.tables import lookup
+
+    result = {"accept": [0.9, 0.6], "metrics": {"wm/cos": 0.5}}
+    assert lookup(result, ["accept", "1"]) == 0.6
+    assert lookup(result, ["metrics", "wm/cos"]) == 0.5
+    assert lookup(result, ["accept", "2"]) is None and lookup(result, ["metrics", "0"]) is None

@@ -30,14 +30,15 @@ def task_mixture(tasks: dict[str, dict], n_train: int, seed: int):
 
 @resumable
 def run_sft(base_dir, out_dir, *, tasks: dict[str, dict], mtp: dict | None, seed: int = 0, steps: int = 300,
-            n_train: int = 2000, eval_n: int = 200, record_every: int | None = None, **overrides) -> dict:
+            n_train: int = 2000, eval_n: int = 200, record_every: int | None = None, save: bool = False, **overrides) -> dict:
     """Fine-tune the base in `base_dir` on `tasks` for `steps` optimizer steps; score greedy exact match on each
     task's eval split. `mtp=None` trains with TRL's plain `SFTTrainer` (next-token); a dict of MTP fields
     (`head_type`, `num_mtp_heads`, ...) trains with `MTPSFTTrainer`. Returns (and stores) per-task per-item
     correctness, so callers can bootstrap confidence intervals; a finished run is read back (`resumable`).
 
     `record_every` (MTP only): `MTPRecorder` records the heads every that many steps into `out_dir/diagnostics`
-    (probe batch: the first task's eval split) and the model is saved in `out_dir`, for `trl-mtp report`."""
+    (probe batch: the first task's eval split) and the model is saved in `out_dir`, for `trl-mtp report`.
+    `save`: save the trained model (with its heads, for MTP) in `out_dir`, e.g. as the start of an RL run."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
@@ -61,8 +62,9 @@ def run_sft(base_dir, out_dir, *, tasks: dict[str, dict], mtp: dict | None, seed
             probe_batch = make_probe_batch(tokenizer, get_task(first[0], **first[1]).eval(8))
             trainer.add_callback(MTPRecorder(trainer.mtp_model, probe_batch, every=record_every, tokenizer=tokenizer))
     train_output = trainer.train()
-    if mtp is not None and record_every:
+    if save or (mtp is not None and record_every):
         trainer.save_model(str(out_dir))
+        tokenizer.save_pretrained(str(out_dir))
     train_seconds = time.time() - start
     logs = [h for h in trainer.state.log_history if "loss" in h]
     scores = {}

@@ -38,11 +38,15 @@ class Stat:
 
 
 def lookup(result: dict, keys: list[str]):
-    """result["a"]["b"]... for keys ["a", "b", ...], or None where a key is missing."""
+    """result["a"]["b"]... for keys ["a", "b", ...] (a digit key indexes a list: "by_position.1"), or None where a key
+    is missing."""
     for key in keys:
-        if not isinstance(result, dict) or key not in result:
+        if isinstance(result, list) and key.isdigit() and int(key) < len(result):
+            result = result[int(key)]
+        elif isinstance(result, dict) and key in result:
+            result = result[key]
+        else:
             return None
-        result = result[key]
     return result
 
 

@@ -1,0 +1,125 @@
+"""One RL run from an MTP checkpoint: our PPO or TRL's GRPO (both with MTP heads), then held-out scores and the heads'
+speculative acceptance before and after.
+
+Shared by the RL experiment (issue 5: PPO vs PPO+MTP vs GRPO vs GRPO+MTP) and the world-model experiment (issue 6:
+PPO variants), so both score runs the same way. A finished run writes `result.json` and is not run again (resume).
+"""
+
+from __future__ import annotations
+
+import time
+
+from trl_mtp.experiments import resumable
+
+COMMON_RL = dict(logging_steps=1, save_strategy="no", report_to="none", dataloader_pin_memory=False,
+                 disable_tqdm=True, bf16=False, activation_checkpointing=False)
+PPO_DEFAULTS = dict(learning_rate=3e-4, per_device_train_batch_size=16, response_length=12, num_ppo_epochs=2,
+                    temperature=1.0, kl_coef=0.02, missing_eos_penalty=1.0)
+# 16 completions per step as PPO's 16 rollouts per iteration: 2 prompts x 8 generations
+GRPO_DEFAULTS = dict(learning_rate=3e-4, per_device_train_batch_size=16, num_generations=8, generation_batch_size=16,
+                     max_completion_length=12, temperature=1.0, beta=0.02)
+REWARD_KEYS = {"ppo": "objective/scores", "grpo": "reward"}
+
+
+def mean(xs) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def start_model(preset: str = "tiny-llama", *, pretrain_steps: int = 600, task_name: str, task_params: dict,
+                sft_steps: int, head_type: str = "sequential", num_mtp_heads: int = 2, seed: int = 0):
+    """The RL runs' common start: the cached pretrained base, MTP-SFT'd on the task for `sft_steps` (heads trained,
+    saved with the model). Cached in the trl-mtp cache by its arguments."""
+    from trl_mtp.experiments.sft_runs import run_sft
+    from trl_mtp.pretrain import pretrain_base
+    from trl_mtp.tasks.cache import cache_root, stable_hash
+
+    base = pretrain_base(preset, "mix", steps=pretrain_steps, seed=0)
+    mtp = {"head_type": head_type, "num_mtp_heads": num_mtp_heads}
+    key = stable_hash({"base": str(base), "task": task_name, "params": task_params, "steps": sft_steps, "mtp": mtp,
+                       "seed": seed})
+    out = cache_root() / "rl-start" / key
+    run_sft(base, out, tasks={task_name: task_params}, mtp=mtp, seed=seed, steps=sft_steps, eval_n=200, save=True)
+    return out
+
+
+def task_acceptance(mtp_model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int = 32) -> dict:
+    """Greedy self-speculative decoding of `prompts` with the model's heads, statistics pooled over every verify
+    round of every prompt: mean accepted length (tokens per base forward, prefill included, as
+    `speculative_generate` counts it) and the acceptance rate of draft position i."""
+    import torch
+
+    was_training, padding_side = mtp_model.training, tokenizer.padding_side
+    mtp_model.eval()
+    tokenizer.padding_side = "left"
+    accepted: list[int] = []  # drafts kept in each verify round of each active row
+    try:
+        for start in range(0, len(prompts), batch_size):
+            enc = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True,
+                            add_special_tokens=False).to(mtp_model.device)
+            with torch.no_grad():
+                _, stats = mtp_model.speculative_generate(enc["input_ids"], enc["attention_mask"],
+                                                          max_new_tokens=max_new_tokens,
+                                                          eos_token_id=tokenizer.eos_token_id,
+                                                          pad_token_id=tokenizer.pad_token_id)
+            accepted += [k for round_ in stats["accepted_per_round"] for k in round_ if k >= 0]
+    finally:
+        tokenizer.padding_side = padding_side
+        mtp_model.train(was_training)
+    depth = mtp_model.mtp_config.num_mtp_heads
+    rounds = len(accepted) + len(prompts)  # each prompt's prefill commits one token
+    return {"mean_accepted_length": (sum(k + 1 for k in accepted) + len(prompts)) / rounds,
+            "acceptance_by_position": [mean([k > i for k in accepted]) for i in range(depth)]}
+
+
+def score(mtp_model, tokenizer, task, eval_n: int, max_new_tokens: int) -> dict:
+    """Held-out greedy exact match of the base, and its heads' speculative acceptance on the same prompts."""
+    from trl_mtp.tasks.evaluate import evaluate_task
+
+    scored = evaluate_task(mtp_model.base_model, tokenizer, task, n=eval_n, max_new_tokens=max_new_tokens)
+    prompts = list(task.eval(eval_n)["prompt"])
+    return {"accuracy": scored["accuracy"], "correct": scored["correct"],
+            **task_acceptance(mtp_model, tokenizer, prompts, max_new_tokens=max_new_tokens)}
+
+
+@resumable
+def run_rl(base_dir, out_dir, *, algorithm: str = "ppo", task_name: str, task_params: dict, seed: int, steps: int,
+           n_train: int = 1000, eval_n: int = 200, max_new_tokens: int = 12, **config_fields) -> dict:
+    """`steps` iterations of `algorithm` ("ppo": our PPOTrainer; "grpo": `MTPGRPOTrainer`) from the MTP checkpoint
+    (or plain model) in `base_dir`, with `config_fields` (PPOConfig / MTPGRPOConfig fields) over the defaults above.
+    Returns (and stores) the training reward curve, held-out per-item correctness and the heads' acceptance, before
+    and after."""
+    from transformers import AutoTokenizer
+
+    from trl_mtp.model import MTPForCausalLM
+    from trl_mtp.tasks.registry import get_task
+    from trl_mtp.trainers import MTPGRPOConfig, MTPGRPOTrainer, PPOConfig, PPOTrainer
+
+    if algorithm not in REWARD_KEYS:
+        raise ValueError(f"algorithm={algorithm!r}: choose from {sorted(REWARD_KEYS)}")
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    task = get_task(task_name, **task_params)
+    before = score(MTPForCausalLM.from_pretrained(base_dir), tokenizer, task, eval_n, max_new_tokens)
+    fields = {**COMMON_RL, **(PPO_DEFAULTS if algorithm == "ppo" else GRPO_DEFAULTS), **config_fields,
+              "output_dir": str(out_dir), "max_steps": steps, "seed": seed}
+    if algorithm == "ppo":
+        trainer = PPOTrainer(str(base_dir), PPOConfig(**fields), train_dataset=task.train(n_train),
+                             processing_class=tokenizer, reward_funcs=[task.reward])
+    else:
+        trainer = MTPGRPOTrainer(str(base_dir), reward_funcs=[task.reward], args=MTPGRPOConfig(**fields),
+                                 train_dataset=task.train(n_train), processing_class=tokenizer)
+    parameters = sum(p.numel() for p in trainer.model.parameters())
+    start = time.time()
+    trainer.train()
+    train_seconds = time.time() - start
+    history = [h for h in trainer.state.log_history if REWARD_KEYS[algorithm] in h]
+    rewards = [h[REWARD_KEYS[algorithm]] for h in history]
+    after = score(trainer.mtp_model, tokenizer, task, eval_n, max_new_tokens)
+    last = history[-1] if history else {}
+    return {"algorithm": algorithm, "variant": config_fields, "seed": seed, "steps": steps, "train_seconds": train_seconds,
+            "parameters": parameters, "scores": rewards, "reward_mean": mean(rewards),
+            "reward_last_third": mean(rewards[-max(1, len(rewards) // 3):]),
+            "accuracy": after["accuracy"], "correct": after["correct"], "accuracy_before": before["accuracy"],
+            "accept_before": before["mean_accepted_length"], "accept_after": after["mean_accepted_length"],
+            "accept_by_position_before": before["acceptance_by_position"],
+            "accept_by_position_after": after["acceptance_by_position"],
+            "metrics": {k: v for k, v in last.items() if k.startswith(("wm/", "val/", "loss/", "mtp/", "spec/"))}}
