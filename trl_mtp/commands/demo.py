@@ -12,11 +12,11 @@ import time
 
 from trl_mtp.commands.common import ArgumentParser, non_negative_int, positive_int
 
-# Smaller than the tasks' defaults, so that a 1.1M-parameter model trained for a few hundred steps scores above 0
-# (on the defaults every model of the demo scores 0 and the table compares nothing). As in docs/results.md.
-DEMO_TASKS = {"copy": {"length": 3, "max_value": 30}, "sort": {"length": 3, "max_value": 30},
-              "arithmetic": {"digits": 2}, "star_graph": {"degree": 2, "path_length": 3, "nodes": 20}}
-RL_TASK = "copy"
+# Two small tasks instead of every task at its default size: a 1.1M-parameter model trained for a few hundred steps
+# scores 0 on every default task (and on a four-task mixture), which compares nothing. RL starts where SFT left the
+# model half-way (sort), so that PPO has room. As in docs/results.md.
+DEMO_TASKS = {"copy": {"length": 3, "max_value": 30}, "sort": {"length": 3, "max_value": 30}}
+RL_TASK = "sort"
 
 
 def stage_tokenizer(ctx: dict) -> None:
@@ -150,7 +150,7 @@ def stage_diagnostics(ctx: dict) -> None:
         print("   skipped (no recorded MTP run)")
         return
     if not (runs[0] / "diagnostics" / "consistency.json").is_file():
-        probe_task(runs[0], "arithmetic", seed=ctx["args"].seed)
+        probe_task(runs[0], RL_TASK, seed=ctx["args"].seed, task_params=DEMO_TASKS[RL_TASK])
     print(f"   probed: {runs[0] / 'diagnostics' / 'consistency.json'}")
 
 
@@ -198,7 +198,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--pretrain-steps", type=non_negative_int, default=600)
     parser.add_argument("--eval-n", type=positive_int, default=100, help="eval examples per task")
     parser.add_argument("--seed", type=non_negative_int, default=0)
-    parser.add_argument("--sft-steps", type=non_negative_int, default=300, help="SFT steps per variant (0: skip)")
+    parser.add_argument("--sft-steps", type=non_negative_int, default=600, help="SFT steps per variant (0: skip)")
     parser.add_argument("--rl-steps", type=non_negative_int, default=20,
                         help=f"PPO iterations of the RL stage on {RL_TASK} (0: skip)")
     parser.add_argument("--mtp-head", default="sequential", choices=["blockwise", "parallel", "sequential", "medusa"])

@@ -14,8 +14,9 @@ from trl_mtp.diagnostics.recorder import DEFAULT_EVERY, MTPRecorder, make_probe_
 
 
 def probe_task(model_dir, task_name: str = "arithmetic", n: int = 16, positions: int = 8, samples: int = 64,
-               seed: int = 0) -> dict:
-    """`trl-mtp probe` as a function: writes `model_dir/diagnostics/consistency.json` and returns it."""
+               seed: int = 0, task_params: dict | None = None) -> dict:
+    """`trl-mtp probe` as a function: writes `model_dir/diagnostics/consistency.json` and returns it. `task_params`:
+    the task's parameters (`length`, ...) when not its defaults."""
     from transformers import AutoTokenizer
 
     from trl_mtp.diagnostics.consistency import consistency_probe, task_contexts
@@ -24,10 +25,10 @@ def probe_task(model_dir, task_name: str = "arithmetic", n: int = 16, positions:
 
     model = MTPForCausalLM.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    data = task_contexts(get_task(task_name, seed=seed), tokenizer, n, positions)
+    data = task_contexts(get_task(task_name, seed=seed, **(task_params or {})), tokenizer, n, positions)
     result = consistency_probe(model, data["contexts"], targets=data["targets"], positions=data["positions"],
                                sequences=data["sequences"], n_samples=samples, seed=seed)
-    result["settings"].update(task=task_name, model=str(model_dir))
+    result["settings"].update(task=task_name, task_params=task_params or {}, model=str(model_dir))
     out = Path(model_dir) / "diagnostics" / "consistency.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
