@@ -58,6 +58,12 @@ class MTPForCausalLM(nn.Module):
         self.trunk = Trunk(base_model)  # installs the capture hooks for the wrapper's lifetime
         self.heads: MTPHeads = build_heads(self.trunk, mtp_config)
 
+    def set_loss_config(self, config: MTPConfig) -> None:
+        """Train these heads with `config`'s loss fields (mode, targets, weights: `LOSS_FIELDS`); what the heads are
+        (family, depth, sizes) stays. A run that starts from trained heads sets its own loss this way."""
+        self.mtp_config = self.mtp_config.with_loss_of(config)
+        self.heads.configure_loss(self.mtp_config)
+
     # -- construction, save, load --------------------------------------------------------------------
     @classmethod
     def from_base(cls, model_or_path, mtp_config: MTPConfig | None = None, **load_kwargs) -> "MTPForCausalLM":

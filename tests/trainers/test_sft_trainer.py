@@ -147,6 +147,30 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tiny_model, sft_args, 
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
 
 
+def test_trained_heads_are_kept_but_trained_the_runs_way(tiny_model, sft_args, arithmetic_train, tokenizer,
+                                                          tmp_path):
+    """A run from an MTP checkpoint (SFT: coupled, lambda 0.3) keeps the heads but takes its own loss fields: a
+    decoupled follow-up must leave the trunk to its own loss (this once leaked the SFT run's coupled mode into RL)."""
+    from trl_mtp import MTPConfig
+
+    coupled = MTPForCausalLM.from_base(tiny_model(), MTPConfig(head_type="sequential", num_mtp_heads=2, mode="coupled"))
+    coupled.save_pretrained(tmp_path / "sft")
+    tokenizer.save_pretrained(tmp_path / "sft")
+    args = sft_args(head_type="blockwise", num_mtp_heads=3, mode="decoupled", decoupled_target="self_distill",
+                    mtp_lambda=0.1)
+    trainer = MTPSFTTrainer(str(tmp_path / "sft"), args, train_dataset=arithmetic_train, processing_class=tokenizer)
+    config = trainer.mtp_model.mtp_config
+    assert (config.head_type, config.num_mtp_heads) == ("sequential", 2)  # what the heads are: the checkpoint's
+    assert (config.mode, config.decoupled_target, config.mtp_lambda) == ("decoupled", "self_distill", 0.1)
+    assert trainer.mtp_model.heads.frozen_embeddings  # the chain's embeddings are detached in decoupled mode
+    ids = torch.tensor([tokenizer("12+34=56")["input_ids"]])
+    trainer.mtp_model.train()
+    trainer.mtp_model(ids, labels=ids).mtp_loss.backward()
+    assert all(p.grad is None or not p.grad.any() for p in trainer.mtp_model.base_model.parameters()
+               if p.requires_grad and not any(p is q for q in trainer.mtp_model.heads.parameters()))
+    assert any(p.grad is not None and p.grad.any() for p in trainer.mtp_model.heads.parameters())
+
+
 def test_lora_on_trunk_with_trainable_heads(tiny_model, sft_args, arithmetic_train, tokenizer, tmp_path):
     from peft import LoraConfig
 

@@ -120,7 +120,7 @@ def stage_rl(ctx: dict) -> None:
         return
     task_params = {"seed": args.seed, **DEMO_TASKS[RL_TASK]}
     key = stable_hash({"start": str(runs[0]), "steps": args.rl_steps, "eval_n": args.eval_n, "seed": args.seed,
-                       "task": task_params, "version": 1})
+                       "task": task_params, "version": 2})
     result = run_rl(runs[0], cache_root() / "demo-rl" / key, algorithm="ppo", task_name=RL_TASK,
                     task_params=task_params, mtp_lambda=0.3, seed=args.seed, steps=args.rl_steps,
                     eval_n=args.eval_n)

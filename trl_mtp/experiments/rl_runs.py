@@ -115,7 +115,8 @@ def run_rl(base_dir, out_dir, *, algorithm: str = "ppo", task_name: str, task_pa
     rewards = [h[REWARD_KEYS[algorithm]] for h in history]
     after = score(trainer.mtp_model, tokenizer, task, eval_n, max_new_tokens)
     last = history[-1] if history else {}
-    return {"algorithm": algorithm, "variant": config_fields, "seed": seed, "steps": steps, "train_seconds": train_seconds,
+    return {"algorithm": algorithm, "variant": config_fields, "mtp_config": trainer.mtp_model.mtp_config.to_dict(),
+            "seed": seed, "steps": steps, "train_seconds": train_seconds,
             "parameters": parameters, "scores": rewards, "reward_mean": mean(rewards),
             "reward_last_third": mean(rewards[-max(1, len(rewards) // 3):]),
             "accuracy": after["accuracy"], "correct": after["correct"], "accuracy_before": before["accuracy"],

@@ -46,6 +46,10 @@ class MTPHeads(nn.Module):
         self.num_depths = config.num_mtp_heads
         self.hidden_size = trunk.model.config.get_text_config().hidden_size
 
+    def configure_loss(self, config: MTPConfig) -> None:
+        """Take the loss fields a family needs in its forward (e.g. the sequential chain's detached embeddings in
+        decoupled mode); called at construction and whenever a run changes them (`MTPForCausalLM.set_loss_config`)."""
+
     def depth_hidden(
         self,
         depth: int,

@@ -54,8 +54,11 @@ class SequentialHeads(MTPHeads):
         self.layers = nn.ModuleList(
             SequentialDepth(trunk, config.sequential_init_from_last_layer) for _ in range(self.num_depths)
         )
-        self.frozen_embeddings = config.mode == "decoupled"
         self.native_chain = has_native_layout(trunk.model.config)
+        self.configure_loss(config)
+
+    def configure_loss(self, config: MTPConfig) -> None:
+        self.frozen_embeddings = config.mode == "decoupled"
 
     def depth_hidden(self, depth, trunk_hidden, *, prev_hidden=None, tokens=None, layer_kwargs=None):
         if prev_hidden is None or tokens is None:

@@ -33,21 +33,18 @@ HEADS_MODULE = "mtp_heads"  # name of the heads inside the trained module tree
 def load_mtp_model(model, args) -> MTPForCausalLM:
     """`model` (an `MTPForCausalLM`, a `PreTrainedModel`, or a path / hub id) as an `MTPForCausalLM`.
 
-    A path holding an MTP checkpoint keeps its trained heads (and their config); anything else gets new heads built
-    from the MTP fields of `args`."""
+    A path holding an MTP checkpoint, or an `MTPForCausalLM`, keeps its trained heads (their architecture fields);
+    how they are trained (`mode`, targets, weights: `LOSS_FIELDS`) always comes from `args`. Anything else gets new
+    heads built from the MTP fields of `args`."""
     if isinstance(model, MTPForCausalLM):
-        return model
+        return _train_with(model, args)
     if isinstance(model, PreTrainedModel):
         return MTPForCausalLM.from_base(model, args.mtp_config())
     if not isinstance(model, (str, os.PathLike)):
         raise ValueError(f"model={type(model).__name__}: expected a path, a hub id, a PreTrainedModel or an MTPForCausalLM")
     init_kwargs = dict(args.model_init_kwargs or {})
     if os.path.isfile(os.path.join(model, CONFIG_FILE)):
-        mtp_model = MTPForCausalLM.from_pretrained(model, **init_kwargs)
-        if mtp_model.mtp_config != args.mtp_config():
-            logger.warning("%s has trained heads: its MTP config %s is used, not the one in the arguments",
-                           model, mtp_model.mtp_config)
-        return mtp_model
+        return _train_with(MTPForCausalLM.from_pretrained(model, **init_kwargs), args, source=model)
     if not os.path.exists(model) and (os.path.isabs(model) or str(model).startswith(".")):
         raise FileNotFoundError(f"model={model!r}: no such directory")
     try:
@@ -55,6 +52,16 @@ def load_mtp_model(model, args) -> MTPForCausalLM:
     except OSError as err:  # no such local folder, and the hub can't provide it (offline, or a typo)
         raise FileNotFoundError(f"model={model!r}: not a local model directory and not loadable from the hub ({err})") from err
     return MTPForCausalLM.from_base(base, args.mtp_config())
+
+
+def _train_with(mtp_model: MTPForCausalLM, args, source=None) -> MTPForCausalLM:
+    """Trained heads keep what they are; the run's arguments say how they are trained."""
+    wanted = args.mtp_config()
+    mtp_model.set_loss_config(wanted)
+    if mtp_model.mtp_config != wanted:
+        logger.warning("%s has trained heads (%s, D=%d): they are kept, not rebuilt from the arguments' head fields",
+                       source or "the model", mtp_model.mtp_config.head_type, mtp_model.mtp_config.num_mtp_heads)
+    return mtp_model
 
 
 class MTPTrainerMixin:
