@@ -25,4 +25,5 @@ print(f"RANK {trainer.accelerator.process_index} OF {trainer.accelerator.num_pro
       f"mtp/loss_depth_1={trainer.state.log_history[0]['mtp/loss_depth_1']:.4f}", flush=True)
 print(f"MODE {trainer.accelerator.distributed_type.value}", flush=True)  # which launcher config took effect
 if dist.is_initialized():
+    dist.barrier()  # rank 0 may still be saving: tearing gloo down under it aborted rank 1 at exit (seen under load)
     dist.destroy_process_group()

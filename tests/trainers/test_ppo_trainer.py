@@ -280,6 +280,7 @@ norm = trainer.mtp_model.base_model.state_dict()["model.norm.weight"].sum().item
 print(f"RANK {trainer.accelerator.process_index} OF {trainer.accelerator.num_processes} "
       f"episode={trainer.state.log_history[-1]['episode']} norm={norm:.6f}", flush=True)
 if dist.is_initialized():
+    dist.barrier()  # rank 0 may still be saving: tearing gloo down under it can abort the other rank at exit
     dist.destroy_process_group()
 """
 
