@@ -166,6 +166,26 @@ def test_metric_path_no_finished_run_has_is_refused(tmp_path, capsys):
     assert "'nope'" in capsys.readouterr().err
 
 
+def fake_run_with_extra(base_dir, out_dir, *, seed, quality, extra=False, n_items=40):
+    """`fake_run`, plus a metric that only the `extra` variants report (as a world model's metrics)."""
+    result = fake_run(base_dir, out_dir, seed=seed, quality=quality, n_items=n_items)
+    return {**result, "extra_metric": 0.5} if extra else result
+
+
+def test_metric_of_variants_not_run_yet_is_not_a_typo(tmp_path):
+    run = f"{__name__}:fake_run_with_extra"
+    metrics = [{"name": "acc", "items": "correct"}, {"name": "extra", "scalar": "extra_metric"}]
+    first = write_spec(tmp_path, run=run, metrics=metrics)
+    assert cli(["experiment", first, "--no-progress"]) == 0  # the grid before the variant with the extra metric
+    CALLS.clear()
+    grown = write_spec(tmp_path, run=run, metrics=metrics,
+                       variants={"low": {"quality": 0.3}, "high +x": {"quality": 0.7},
+                                 "with extra": {"quality": 0.5, "extra": True}})
+    assert cli(["experiment", grown, "--no-progress"]) == 0  # only the new variant's runs are missing: they run
+    assert CALLS == [(0.5, 0), (0.5, 1)]
+    assert "0.500" in (tmp_path / "runs" / "table.md").read_text()
+
+
 def test_task_axis_folders_and_rows(tmp_path):
     spec = write_spec(tmp_path, seeds=[0], tasks={"easy": {"n_items": 10}, "hard": {"n_items": 30}},
                       metrics=[{"name": "acc", "items": "correct"}])

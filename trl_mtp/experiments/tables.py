@@ -66,8 +66,9 @@ def metric_values(metric: Metric, run: Run, result: dict):
 
 
 def check_metric_paths(spec: Spec, results: dict[Run, dict]):
-    """A metric that no finished run has is a typo in its path: say so before the grid runs, not after."""
-    if not results:
+    """A metric that no finished run has is a typo in its path: say so before the grid runs, not after. Checked only
+    once every variant has a finished run: a metric of some variants only (a world model's) may be absent so far."""
+    if not results or {run.variant for run in results} != set(spec.variants):
         return
     for metric in spec.metrics:
         if all(metric_values(metric, run, result) is None for run, result in results.items()):
