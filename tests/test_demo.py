@@ -28,8 +28,8 @@ def test_resumable_runs_once_and_reads_back(tmp_path):
 @pytest.mark.slow
 def test_demo_prints_the_table_and_writes_the_report(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "trl_mtp.cli", "demo", "--pretrain-steps", "5", "--sft-steps", "30", "--rl-steps", "2", "--eval-n", "4",
-           "--report-dir", str(tmp_path / "report")]
+    cmd = [sys.executable, "-m", "trl_mtp.cli", "demo", "--pretrain-steps", "5", "--sft-steps", "30", "--rl-steps", "2",
+           "--eval-n", "4", "--report-dir", str(tmp_path / "report")]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
