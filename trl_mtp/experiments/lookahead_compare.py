@@ -23,16 +23,10 @@ METHODS = ("greedy", "sample", "best_of_n", "lookahead", "lookahead_noverifier")
 
 def task_model(task_name: str = "copy", steps: int = 300, preset: str = "tiny-llama", num_mtp_heads: int = 3):
     """The MTP-SFT'd model every method decodes with (cached by its arguments)."""
-    from trl_mtp.experiments.sft_runs import run_sft
-    from trl_mtp.pretrain import pretrain_base
-    from trl_mtp.tasks.cache import cache_root, stable_hash
+    from trl_mtp.experiments.sft_runs import cached_sft_model
 
-    base = pretrain_base(preset, "mix", steps=600, seed=0)
-    mtp = {"head_type": "sequential", "num_mtp_heads": num_mtp_heads}
-    run_dir = cache_root() / "lookahead-model" / stable_hash({"base": str(base), "task": task_name, "steps": steps,
-                                                               "mtp": mtp})
-    run_sft(base, run_dir, tasks={task_name: {}}, mtp=mtp, steps=steps, eval_n=200, save=True)
-    return run_dir
+    return cached_sft_model("lookahead-model", preset=preset, tasks={task_name: {}},
+                            mtp={"head_type": "sequential", "num_mtp_heads": num_mtp_heads}, steps=steps)
 
 
 @resumable

@@ -28,18 +28,11 @@ def mean(xs) -> float:
 def start_model(preset: str = "tiny-llama", *, pretrain_steps: int = 600, task_name: str, task_params: dict,
                 sft_steps: int, head_type: str = "sequential", num_mtp_heads: int = 2, seed: int = 0):
     """The RL runs' common start: the cached pretrained base, MTP-SFT'd on the task for `sft_steps` (heads trained,
-    saved with the model). Cached in the trl-mtp cache by its arguments."""
-    from trl_mtp.experiments.sft_runs import run_sft
-    from trl_mtp.pretrain import pretrain_base
-    from trl_mtp.tasks.cache import cache_root, stable_hash
+    saved with the model), cached."""
+    from trl_mtp.experiments.sft_runs import cached_sft_model
 
-    base = pretrain_base(preset, "mix", steps=pretrain_steps, seed=0)
-    mtp = {"head_type": head_type, "num_mtp_heads": num_mtp_heads}
-    key = stable_hash({"base": str(base), "task": task_name, "params": task_params, "steps": sft_steps, "mtp": mtp,
-                       "seed": seed})
-    out = cache_root() / "rl-start" / key
-    run_sft(base, out, tasks={task_name: task_params}, mtp=mtp, seed=seed, steps=sft_steps, eval_n=200, save=True)
-    return out
+    return cached_sft_model("rl-start", preset=preset, pretrain_steps=pretrain_steps, tasks={task_name: task_params},
+                            mtp={"head_type": head_type, "num_mtp_heads": num_mtp_heads}, steps=sft_steps, seed=seed)
 
 
 def task_acceptance(mtp_model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int = 32) -> dict:
@@ -48,23 +41,16 @@ def task_acceptance(mtp_model, tokenizer, prompts: list[str], *, max_new_tokens:
     `speculative_generate` counts it) and the acceptance rate of draft position i."""
     import torch
 
-    was_training, padding_side = mtp_model.training, tokenizer.padding_side
-    mtp_model.eval()
-    tokenizer.padding_side = "left"
+    from trl_mtp.tasks.evaluate import left_padded_batches
+
     accepted: list[int] = []  # drafts kept in each verify round of each active row
-    try:
-        for start in range(0, len(prompts), batch_size):
-            enc = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True,
-                            add_special_tokens=False).to(mtp_model.device)
-            with torch.no_grad():
-                _, stats = mtp_model.speculative_generate(enc["input_ids"], enc["attention_mask"],
-                                                          max_new_tokens=max_new_tokens,
-                                                          eos_token_id=tokenizer.eos_token_id,
-                                                          pad_token_id=tokenizer.pad_token_id)
-            accepted += [k for round_ in stats["accepted_per_round"] for k in round_ if k >= 0]
-    finally:
-        tokenizer.padding_side = padding_side
-        mtp_model.train(was_training)
+    for enc in left_padded_batches(mtp_model, tokenizer, prompts, batch_size):
+        with torch.no_grad():
+            _, stats = mtp_model.speculative_generate(enc["input_ids"], enc["attention_mask"],
+                                                      max_new_tokens=max_new_tokens,
+                                                      eos_token_id=tokenizer.eos_token_id,
+                                                      pad_token_id=tokenizer.pad_token_id)
+        accepted += [k for round_ in stats["accepted_per_round"] for k in round_ if k >= 0]
     depth = mtp_model.mtp_config.num_mtp_heads
     rounds = len(accepted) + len(prompts)  # each prompt's prefill commits one token
     return {"mean_accepted_length": (sum(k + 1 for k in accepted) + len(prompts)) / rounds,

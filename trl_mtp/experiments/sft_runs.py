@@ -80,3 +80,18 @@ def run_sft(base_dir, out_dir, *, tasks: dict[str, dict], mtp: dict | None, seed
               "final_token_accuracy": logs[-1].get("mean_token_accuracy") if logs else None,
               "mtp_metrics": {k: v for k, v in (logs[-1] if logs else {}).items() if k.startswith("mtp/")}}
     return result
+
+
+def cached_sft_model(name: str, *, preset: str = "tiny-llama", pretrain_steps: int = 600, tasks: dict[str, dict],
+                     mtp: dict | None, steps: int, seed: int = 0):
+    """A model SFT'd (with `mtp` heads, or next-token when None) from the cached pretrained base and saved with its
+    heads: the common start of experiments that decode or do RL from it. Trained once, then read from the trl-mtp
+    cache (`name/<hash of the arguments>`)."""
+    from trl_mtp.pretrain import pretrain_base
+    from trl_mtp.tasks.cache import cache_root, stable_hash
+
+    base = pretrain_base(preset, "mix", steps=pretrain_steps, seed=0)
+    out = cache_root() / name / stable_hash({"base": str(base), "tasks": tasks, "mtp": mtp, "steps": steps,
+                                             "seed": seed})
+    run_sft(base, out, tasks=tasks, mtp=mtp, seed=seed, steps=steps, eval_n=200, save=True)
+    return out

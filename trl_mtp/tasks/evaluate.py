@@ -13,27 +13,33 @@ import torch
 from trl_mtp.tasks.base import PromptTask, check_count
 
 
+def left_padded_batches(model, tokenizer, texts: list[str], batch_size: int):
+    """`texts` encoded in batches, left-padded (generation appends on the right), with `model` in eval mode; the
+    tokenizer's padding side and the model's mode are restored when the iteration ends."""
+    was_training, padding_side = model.training, tokenizer.padding_side
+    model.eval()
+    tokenizer.padding_side = "left"
+    try:
+        for start in range(0, len(texts), batch_size):
+            yield tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
+                            add_special_tokens=False).to(model.device)
+    finally:
+        tokenizer.padding_side = padding_side
+        model.train(was_training)
+
+
 @torch.no_grad()
 def generate_completions(model, tokenizer, prompts: list, *, batch_size: int = 32, max_new_tokens: int = 32,
                          conversational: bool = False) -> list[str]:
     """Greedy completions of `prompts` (plain strings, or chat messages when `conversational`), batched with
     left padding, decoded without special tokens."""
-    was_training, padding_side = model.training, tokenizer.padding_side
-    model.eval()
-    tokenizer.padding_side = "left"  # generation appends on the right: pad on the left
+    if conversational:
+        prompts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
     completions = []
-    try:
-        for start in range(0, len(prompts), batch_size):
-            batch = prompts[start:start + batch_size]
-            if conversational:
-                batch = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in batch]
-            enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-            out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
-                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-            completions += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    finally:
-        tokenizer.padding_side = padding_side
-        model.train(was_training)
+    for enc in left_padded_batches(model, tokenizer, prompts, batch_size):
+        out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
+                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        completions += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     return completions
 
 
