@@ -1,5 +1,6 @@
 """Run by test_multiprocess.py under torchrun (2 CPU processes, gloo): MTP-SFT with DDP through accelerate."""
 
+import os
 import sys
 
 import torch.distributed as dist
@@ -25,5 +26,9 @@ print(f"RANK {trainer.accelerator.process_index} OF {trainer.accelerator.num_pro
       f"mtp/loss_depth_1={trainer.state.log_history[0]['mtp/loss_depth_1']:.4f}", flush=True)
 print(f"MODE {trainer.accelerator.distributed_type.value}", flush=True)  # which launcher config took effect
 if dist.is_initialized():
-    dist.barrier()  # rank 0 may still be saving: tearing gloo down under it aborted rank 1 at exit (seen under load)
+    dist.barrier()  # rank 0 may still be saving
     dist.destroy_process_group()
+# Every result is printed: leave without interpreter teardown, where torch's gloo threads sometimes abort a rank
+# ("terminate called without an active exception", seen under load even after the barrier and destroy above).
+sys.stdout.flush()
+os._exit(0)

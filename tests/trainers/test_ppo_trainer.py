@@ -257,6 +257,7 @@ def test_reward_goes_up_on_an_easy_task(tokenizer, ppo_args):
 
 # -- two processes ---------------------------------------------------------------------------------------------------
 DDP_SCRIPT = """
+import os
 import sys
 import torch.distributed as dist
 from trl_mtp import PPOConfig, PPOTrainer
@@ -280,8 +281,12 @@ norm = trainer.mtp_model.base_model.state_dict()["model.norm.weight"].sum().item
 print(f"RANK {trainer.accelerator.process_index} OF {trainer.accelerator.num_processes} "
       f"episode={trainer.state.log_history[-1]['episode']} norm={norm:.6f}", flush=True)
 if dist.is_initialized():
-    dist.barrier()  # rank 0 may still be saving: tearing gloo down under it can abort the other rank at exit
+    dist.barrier()  # rank 0 may still be saving
     dist.destroy_process_group()
+# Every result is printed: leave without interpreter teardown, where torch's gloo threads sometimes abort a rank
+# ("terminate called without an active exception", seen under load even after the barrier and destroy above).
+sys.stdout.flush()
+os._exit(0)
 """
 
 
