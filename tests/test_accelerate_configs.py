@@ -4,14 +4,12 @@ and DeepSpeed is not installed, so they are only checked to parse."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from two_process import launch
 
 from trl_mtp import MTPForCausalLM
 
@@ -21,17 +19,9 @@ RUN = Path(__file__).resolve().parent / "trainers" / "ddp_sft_run.py"  # the 2-p
 
 @pytest.mark.slow
 def test_two_process_sft_with_the_ddp_config(tmp_path, tokenizer):
-    name, mode, port = "ddp", "MULTI_CPU", 29571  # on CPU accelerate names MULTI_GPU's DDP MULTI_CPU (gloo)
-    accelerate = Path(sys.executable).with_name("accelerate")
-    cmd = [str(accelerate), "launch", "--config_file", str(EXAMPLES / f"{name}.yaml"), "--mixed_precision", "no",
-           "--main_process_port", str(port), str(RUN), str(tmp_path / "run")]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}  # the configs' GPU run, on CPU
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    lines = done.stdout.splitlines()
-    assert sorted(line.split()[1] for line in lines if line.startswith("RANK")) == ["0", "1"], done.stdout
-    assert {line.split()[1] for line in lines if line.startswith("MODE")} == {mode}
-    model = MTPForCausalLM.from_pretrained(str(tmp_path / "run"))  # the sharded run saved full tensors
+    reports = launch(RUN, str(tmp_path / "run"), port=29571, config_file=EXAMPLES / "ddp.yaml")
+    assert {report["mode"] for report in reports} == {"MULTI_CPU"}  # on CPU accelerate names MULTI_GPU's DDP so
+    model = MTPForCausalLM.from_pretrained(str(tmp_path / "run"))
     assert torch.isfinite(model.mtp_logits(torch.tensor([[1, 2, 3]]))).all()
 
 

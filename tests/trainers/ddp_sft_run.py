@@ -1,14 +1,15 @@
-"""Run by test_multiprocess.py under torchrun (2 CPU processes, gloo): MTP-SFT with DDP through accelerate."""
+"""Run by test_multiprocess.py under `accelerate launch` (2 CPU processes, gloo): MTP-SFT with DDP through accelerate."""
 
-import os
 import sys
-
-import torch.distributed as dist
+from pathlib import Path
 
 from trl_mtp import MTPSFTConfig, MTPSFTTrainer
 from trl_mtp.tasks.presets import build_model
 from trl_mtp.tasks.registry import get_task
 from trl_mtp.tasks.tokenizer import get_tokenizer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the report helper
+from two_process import report_and_exit  # noqa: E402
 
 out_dir = sys.argv[1]
 tokenizer = get_tokenizer()
@@ -22,13 +23,5 @@ trainer = MTPSFTTrainer(build_model("tiny-llama", len(tokenizer), tokenizer=toke
                         train_dataset=get_task("arithmetic").train(64), processing_class=tokenizer)
 trainer.train()
 trainer.save_model()
-print(f"RANK {trainer.accelerator.process_index} OF {trainer.accelerator.num_processes} DONE "
-      f"mtp/loss_depth_1={trainer.state.log_history[0]['mtp/loss_depth_1']:.4f}", flush=True)
-print(f"MODE {trainer.accelerator.distributed_type.value}", flush=True)  # which launcher config took effect
-if dist.is_initialized():
-    dist.barrier()  # rank 0 may still be saving
-    dist.destroy_process_group()
-# Every result is printed: leave without interpreter teardown, where torch's gloo threads sometimes abort a rank
-# ("terminate called without an active exception", seen under load even after the barrier and destroy above).
-sys.stdout.flush()
-os._exit(0)
+report_and_exit(trainer.accelerator, loss_depth_1=f"{trainer.state.log_history[0]['mtp/loss_depth_1']:.4f}",
+                mode=trainer.accelerator.distributed_type.value)  # which launcher config took effect

@@ -6,11 +6,12 @@ import math
 import os
 import subprocess
 import sys
-import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaForSequenceClassification
+from two_process import launch
 
 from trl_mtp import MTPForCausalLM, PPOConfig, PPOTrainer
 from trl_mtp.tasks.presets import build_config
@@ -256,54 +257,11 @@ def test_reward_goes_up_on_an_easy_task(tokenizer, ppo_args):
 
 
 # -- two processes ---------------------------------------------------------------------------------------------------
-DDP_SCRIPT = """
-import os
-import sys
-import torch.distributed as dist
-from trl_mtp import PPOConfig, PPOTrainer
-from trl_mtp.tasks.presets import build_model
-from trl_mtp.tasks.registry import get_task
-from trl_mtp.tasks.tokenizer import get_tokenizer
-
-tokenizer = get_tokenizer()
-def digits(prompts, completions, **kwargs):
-    return [sum(c.isdigit() for c in t) / max(len(t), 1) for t in completions]
-args = PPOConfig(output_dir=sys.argv[1], max_steps=2, per_device_train_batch_size=2, gradient_accumulation_steps=2,
-                 num_mini_batches=1, num_ppo_epochs=1, response_length=4, learning_rate=1e-3, report_to=[],
-                 save_strategy="no", disable_tqdm=True, use_cpu=True, ddp_find_unused_parameters=False,
-                 dataloader_pin_memory=False, num_mtp_heads=2, mtp_every_n_steps=2)
-trainer = PPOTrainer(build_model("tiny-llama", len(tokenizer), tokenizer=tokenizer), args,
-                     train_dataset=get_task("copy", length=2).train(32), processing_class=tokenizer,
-                     reward_funcs=digits)
-trainer.train()
-trainer.save_model()
-norm = trainer.mtp_model.base_model.state_dict()["model.norm.weight"].sum().item()
-print(f"RANK {trainer.accelerator.process_index} OF {trainer.accelerator.num_processes} "
-      f"episode={trainer.state.log_history[-1]['episode']} norm={norm:.6f}", flush=True)
-if dist.is_initialized():
-    dist.barrier()  # rank 0 may still be saving
-    dist.destroy_process_group()
-# Every result is printed: leave without interpreter teardown, where torch's gloo threads sometimes abort a rank
-# ("terminate called without an active exception", seen under load even after the barrier and destroy above).
-sys.stdout.flush()
-os._exit(0)
-"""
-
-
 @pytest.mark.slow
 def test_two_process_ppo_with_accelerate(tmp_path, tokenizer):
-    script = tmp_path / "ddp_ppo_run.py"
-    script.write_text(textwrap.dedent(DDP_SCRIPT))
-    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
-           "no", "--dynamo_backend", "no", "--main_process_port", "29544", str(script), str(tmp_path / "run")]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RANK")]
-    assert sorted(line.split()[1] for line in lines) == ["0", "1"], done.stdout
-    assert all("episode=16" in line for line in lines)  # 2 iterations x 2 processes x 4 rollouts
-    assert len({line.split("norm=")[1] for line in lines}) == 1  # DDP kept the replicas identical
+    reports = launch(Path(__file__).with_name("ddp_ppo_run.py"), str(tmp_path / "run"), port=29544)
+    assert all(report["episode"] == "16" for report in reports)  # 2 iterations x 2 processes x 4 rollouts
+    assert len({report["norm"] for report in reports}) == 1  # DDP kept the replicas identical
     assert MTPForCausalLM.from_pretrained(str(tmp_path / "run")) is not None
 
 

@@ -1,0 +1,54 @@
+"""Two-process runs on CPU (DDP over gloo through `accelerate launch`), as they would run on 2 GPUs.
+
+Both halves live here: `launch` (the test's side) starts a script in 2 processes and parses what each rank
+reported; `report_and_exit` (the script's side) reports one rank's results and leaves. Both ranks share one stdout
+pipe, so a report is written as one short `os.write` that starts on a fresh line: a rank's log printing can never
+split it (a plain `print` was once glued onto the other rank's last log line, and the rank went unseen).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPORT = re.compile(r"^RANK (\d+) OF (\d+)((?: \S+=\S+)*)$", re.MULTILINE)
+
+
+def report_and_exit(accelerator, **fields) -> None:
+    """Write `RANK i OF n key=value ...` for this rank, wait for the other rank, and leave."""
+    import torch.distributed as dist
+
+    sys.stdout.flush()
+    pairs = "".join(f" {key}={value}" for key, value in fields.items())
+    os.write(1, f"\nRANK {accelerator.process_index} OF {accelerator.num_processes}{pairs}\n".encode())
+    if dist.is_initialized():
+        dist.barrier()  # rank 0 may still be saving
+        dist.destroy_process_group()
+    # Every result is written: leave without interpreter teardown, where torch's gloo threads sometimes abort a
+    # rank ("terminate called without an active exception", seen under load even after the barrier and destroy).
+    os._exit(0)
+
+
+def parse_reports(stdout: str) -> list[dict[str, str]]:
+    return [{"rank": rank, "world": world, **dict(pair.split("=", 1) for pair in pairs.split())}
+            for rank, world, pairs in REPORT.findall(stdout)]
+
+
+def launch(script: Path, *args: str, port: int, config_file: Path | None = None) -> list[dict[str, str]]:
+    """Run `script` in 2 CPU processes; return each rank's report (`rank`, `world` and its fields), by rank."""
+    accelerate = Path(sys.executable).with_name("accelerate")
+    # `accelerate launch --cpu --num_processes 2` starts one process; these forms start two (STACK_NOTES)
+    layout = ["--config_file", str(config_file)] if config_file else [
+        "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--dynamo_backend", "no"]
+    cmd = [str(accelerate), "launch", *layout, "--mixed_precision", "no", "--main_process_port", str(port),
+           str(script), *args]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    reports = parse_reports(done.stdout)
+    assert sorted(report["rank"] for report in reports) == ["0", "1"], done.stdout
+    assert all(report["world"] == "2" for report in reports), done.stdout
+    return sorted(reports, key=lambda report: report["rank"])
