@@ -84,7 +84,7 @@ def gloeckle(model, prompts, max_new_tokens: int, pad: int, heads=(1, 2, 4), rep
              "identical_to_k0": last[k]["outputs"] == last[0]["outputs"]} for k in ks]
 
 
-def task_acceptance(model_dir: Path, task_name: str, task_params: dict, n: int) -> dict:
+def second_token_acceptance_on_task(model_dir: Path, task_name: str, task_params: dict, n: int) -> dict:
     """DeepSeek's second-token acceptance on an embedded task: greedy answers to `n` eval prompts, one draft."""
     from transformers import AutoTokenizer
 
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         results["deepseek"][name] = {"acceptance_second_token": r["acceptance_by_position"][0],
                                      "mean_accepted_length": r["mean_accepted_length"]}
     if Path(args.task_model, "mtp_config.json").exists():
-        results["deepseek"]["task"] = task_acceptance(Path(args.task_model), args.task, {}, 200)
+        results["deepseek"]["task"] = second_token_acceptance_on_task(Path(args.task_model), args.task, {}, 200)
     results["seconds"] = time.time() - start
     (out / "results.json").write_text(json.dumps(results, indent=1))
     print(json.dumps({k: v for k, v in results.items() if k != "config"}, indent=1))
