@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from trl_mtp.config import MTPConfig
-from trl_mtp.decoding import speculative_generate
+from trl_mtp.decoding import pool_acceptance, speculative_generate
 from trl_mtp.model import MTPForCausalLM
 from trl_mtp.tasks.presets import build_model
 
@@ -170,6 +170,24 @@ def test_stats_fields_and_method():
     assert stats["forwards"] < 10  # accept-heavy: fewer base forwards than tokens
     assert stats["mean_accepted_length"] == pytest.approx(1 + sum(stats["acceptance_by_position"]) *
                                                           (stats["forwards"] - 1) / stats["forwards"])
+
+
+def test_pooled_acceptance_weighs_every_round_of_every_row_alike():
+    model = make_model("sequential", perturb=0.5)  # depth 1 good, deeper heads noisy: rounds keep 0..3 drafts
+    ids, mask = random_batch(3, 4)
+    calls = [model.speculative_generate(ids[i:i + 1], mask[i:i + 1, :], max_new_tokens=12, eos_token_id=None,
+                                        pad_token_id=PAD)[1] for i in range(4)]
+    kept = [k for st in calls for round_ in st["accepted_per_round"] for k in round_ if k >= 0]
+    pooled = pool_acceptance(calls)
+    assert pooled["mean_accepted_length"] == pytest.approx((sum(k + 1 for k in kept) + 4) / (len(kept) + 4))
+    assert pooled["acceptance_by_position"] == pytest.approx([sum(k > i for k in kept) / len(kept) for i in range(3)])
+    assert len(set(kept)) > 1  # rounds differ, so pooling differs from a mean of per-call means in general
+    assert pool_acceptance(calls[:1]) == {key: calls[0][key] for key in ("mean_accepted_length",
+                                                                          "acceptance_by_position")}
+    fewer = model.speculative_generate(ids[:1], mask[:1], max_new_tokens=4, eos_token_id=None, pad_token_id=PAD,
+                                       num_draft_tokens=1)[1]
+    with pytest.raises(ValueError, match=r"same number of tokens, got \[1, 3\]"):
+        pool_acceptance([calls[0], fewer])
 
 
 def test_float32_trained_like_model_matches():

@@ -412,6 +412,28 @@ def update_cache(model, state: DecodeState, drafter: Drafter, new_start: int, n_
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# acceptance statistics
+# ----------------------------------------------------------------------------------------------------------------------
+def acceptance_summary(counts: dict) -> dict:
+    """Mean accepted length and acceptance by position from a decode's raw `counts` (`speculative_generate`'s
+    `stats["counts"]`): every verify round of every active row weighs the same."""
+    verify_rounds = counts["verify_rounds"]
+    return {"mean_accepted_length": counts["tokens_uncut"] / counts["row_rounds"],
+            "acceptance_by_position": [c / verify_rounds if verify_rounds else 0.0 for c in counts["kept_by_position"]]}
+
+
+def pool_acceptance(stats: list[dict]) -> dict:
+    """`acceptance_summary` of several `speculative_generate` calls at once (their counts summed): the pooled figure
+    over prompts and batches, not a mean of per-call means."""
+    depths = {len(s["counts"]["kept_by_position"]) for s in stats}
+    if len(depths) != 1:
+        raise ValueError(f"pool_acceptance needs calls that drafted the same number of tokens, got {sorted(depths)}")
+    total = {key: sum(s["counts"][key] for s in stats) for key in ("row_rounds", "tokens_uncut", "verify_rounds")}
+    total["kept_by_position"] = [sum(column) for column in zip(*(s["counts"]["kept_by_position"] for s in stats))]
+    return acceptance_summary(total)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # the loop
 # ----------------------------------------------------------------------------------------------------------------------
 @torch.no_grad()
@@ -445,7 +467,8 @@ def speculative_generate(
       - `acceptance_by_position`: [D], fraction of verify rounds (of active rows) in which drafts 1..i were all kept;
       - `drafted`, `accepted`: draft tokens verified / kept (active rows); `new_tokens`: tokens returned (no padding);
       - `wall_time_s`, `tokens_per_s` (new tokens of all rows per second), `accepted_per_round` (per round, per row,
-        -1 for finished rows).
+        -1 for finished rows);
+      - `counts`: the raw counts behind the two acceptance figures; `pool_acceptance` pools several calls' stats.
     """
     base = model.base_model
     gen_config = base.generation_config
@@ -482,14 +505,15 @@ def speculative_generate(
     model.eval()
     no_drafts = input_ids.new_zeros(B, 0)
     forwards, accepted_rounds = 0, []
-    accepted_counts = [0] * D
-    row_rounds, tokens_uncut, verify_rounds = 0, 0, 0
+    # row_rounds: (row, round) pairs, prefill included; tokens_uncut: tokens they committed before cuts at EOS /
+    # max_new_tokens; verify_rounds: those after the prefill; kept_by_position[i]: those that kept drafts 1..i+1
+    counts = {"row_rounds": 0, "tokens_uncut": 0, "verify_rounds": 0, "kept_by_position": [0] * D}
     try:
         # prefill: a verify of the prompt with no drafts, whose slots are all kept
         logits = verify(model, state, input_ids, attention_mask)[:, -1:]
         k, next_token = accept(logits, no_drafts, sampler, None)
         update_cache(model, state, drafter, 0, T, k, next_token, no_drafts, max_new_tokens, eos)
-        forwards, row_rounds, tokens_uncut = 1, B, B
+        forwards, counts["row_rounds"], counts["tokens_uncut"] = 1, B, B
         rows = torch.arange(B, device=device)
         while not bool(state.done.all()):
             active = ~state.done
@@ -502,11 +526,11 @@ def speculative_generate(
             forwards += 1
             k_active = k[active]
             accepted_rounds.append(torch.where(active, k, -1).tolist())
-            row_rounds += len(k_active)
-            verify_rounds += len(k_active)
-            tokens_uncut += int((k_active + 1).sum())
+            counts["row_rounds"] += len(k_active)
+            counts["verify_rounds"] += len(k_active)
+            counts["tokens_uncut"] += int((k_active + 1).sum())
             for i in range(D):
-                accepted_counts[i] += int((k_active > i).sum())
+                counts["kept_by_position"][i] += int((k_active > i).sum())
     finally:
         model.train(was_training)
         model.trunk.clear()
@@ -520,13 +544,13 @@ def speculative_generate(
     new_tokens = int(state.generated.sum())
     stats = {
         "forwards": forwards,
-        "mean_accepted_length": tokens_uncut / row_rounds,
-        "acceptance_by_position": [c / verify_rounds if verify_rounds else 0.0 for c in accepted_counts],
-        "drafted": verify_rounds * D,
-        "accepted": sum(accepted_counts),
+        **acceptance_summary(counts),
+        "drafted": counts["verify_rounds"] * D,
+        "accepted": sum(counts["kept_by_position"]),
         "new_tokens": new_tokens,
         "wall_time_s": wall,
         "tokens_per_s": new_tokens / wall if wall > 0 else float("inf"),
         "accepted_per_round": accepted_rounds,
+        "counts": counts,
     }
     return sequences, stats

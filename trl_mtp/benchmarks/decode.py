@@ -26,6 +26,7 @@ import torch
 
 from trl_mtp.benchmarks import parse_families
 from trl_mtp.benchmarks.decode_models import FAMILIES, trained_models
+from trl_mtp.decoding import pool_acceptance
 
 
 def parse_args(argv):
@@ -163,13 +164,8 @@ def main(argv: list[str]) -> int:
             tps = acc[m]["tokens"] / acc[m]["seconds"]
             row = {"tokens_per_s": tps, "speedup": tps / greedy_tps, "identical_to_greedy": acc[m]["identical"]}
             if acc[m]["stats"]:
-                st = acc[m]["stats"]
-                forwards = sum(s["forwards"] for s in st)
-                mal = sum(s["mean_accepted_length"] * s["forwards"] for s in st) / forwards
-                row["mean_accepted_length"] = mal
-                row["acceptance_by_position"] = [sum(s["acceptance_by_position"][i] * s["forwards"] for s in st) / forwards
-                                                 for i in range(D)]
-                row["ceiling"] = mal * t1 / tD
+                row.update(pool_acceptance(acc[m]["stats"]))
+                row["ceiling"] = row["mean_accepted_length"] * t1 / tD
                 row["fraction_of_ceiling"] = row["speedup"] / row["ceiling"]
             rows[m] = row
         results["batches"][str(batch_size)] = rows

@@ -30,27 +30,20 @@ import torch
 
 from trl_mtp.benchmarks.decode import held_out_prompts
 from trl_mtp.benchmarks.decode_models import trained_models
+from trl_mtp.decoding import pool_acceptance
 
 
 def decode_all(model, prompts, max_new_tokens: int, pad: int, num_draft_tokens: int | None = None) -> dict:
-    """Greedy decoding of each prompt alone (batch 1): summed forwards / tokens / seconds, and the outputs."""
-    forwards = tokens = accepted_rounds = 0
-    seconds, outputs, accepted_counts = 0.0, [], None
+    """Greedy decoding of each prompt alone (batch 1): summed forwards / tokens / seconds, the outputs, and the
+    acceptance statistics pooled over every verify round (`decoding.pool_acceptance`)."""
+    stats, outputs = [], []
     for prompt in prompts:
-        ids = torch.tensor([prompt])
-        out, st = model.speculative_generate(ids, max_new_tokens=max_new_tokens, pad_token_id=pad,
+        out, st = model.speculative_generate(torch.tensor([prompt]), max_new_tokens=max_new_tokens, pad_token_id=pad,
                                              num_draft_tokens=num_draft_tokens)
-        forwards += st["forwards"]
-        tokens += st["new_tokens"]
-        seconds += st["wall_time_s"]
-        rounds = st["forwards"] - 1  # verify rounds (the prefill verifies nothing)
-        accepted_rounds += rounds
-        counts = [a * rounds for a in st["acceptance_by_position"]]
-        accepted_counts = counts if accepted_counts is None else [x + y for x, y in zip(accepted_counts, counts)]
+        stats.append(st)
         outputs.append(out[0].tolist())
-    return {"forwards": forwards, "tokens": tokens, "seconds": seconds, "outputs": outputs,
-            "mean_accepted_length": tokens / forwards,
-            "acceptance_by_position": [c / accepted_rounds for c in accepted_counts or []]}
+    return {"forwards": sum(st["forwards"] for st in stats), "tokens": sum(st["new_tokens"] for st in stats),
+            "seconds": sum(st["wall_time_s"] for st in stats), "outputs": outputs, **pool_acceptance(stats)}
 
 
 def stern(model, prompts, max_new_tokens: int, pad: int) -> list[dict]:

@@ -37,24 +37,21 @@ def start_model(preset: str = "tiny-llama", *, pretrain_steps: int = 600, task_n
 
 def task_acceptance(mtp_model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int = 32) -> dict:
     """Greedy self-speculative decoding of `prompts` with the model's heads, statistics pooled over every verify
-    round of every prompt: mean accepted length (tokens per base forward, prefill included, as
-    `speculative_generate` counts it) and the acceptance rate of draft position i."""
+    round of every prompt (`decoding.pool_acceptance`): mean accepted length (tokens per base forward, prefill
+    included) and the acceptance rate of draft position i."""
     import torch
 
+    from trl_mtp.decoding import pool_acceptance
     from trl_mtp.tasks.evaluate import left_padded_batches
 
-    accepted: list[int] = []  # drafts kept in each verify round of each active row
+    stats = []
     for enc in left_padded_batches(mtp_model, tokenizer, prompts, batch_size):
         with torch.no_grad():
-            _, stats = mtp_model.speculative_generate(enc["input_ids"], enc["attention_mask"],
-                                                      max_new_tokens=max_new_tokens,
-                                                      eos_token_id=tokenizer.eos_token_id,
-                                                      pad_token_id=tokenizer.pad_token_id)
-        accepted += [k for round_ in stats["accepted_per_round"] for k in round_ if k >= 0]
-    depth = mtp_model.mtp_config.num_mtp_heads
-    rounds = len(accepted) + len(prompts)  # each prompt's prefill commits one token
-    return {"mean_accepted_length": (sum(k + 1 for k in accepted) + len(prompts)) / rounds,
-            "acceptance_by_position": [mean([k > i for k in accepted]) for i in range(depth)]}
+            stats.append(mtp_model.speculative_generate(enc["input_ids"], enc["attention_mask"],
+                                                        max_new_tokens=max_new_tokens,
+                                                        eos_token_id=tokenizer.eos_token_id,
+                                                        pad_token_id=tokenizer.pad_token_id)[1])
+    return pool_acceptance(stats)
 
 
 def score(mtp_model, tokenizer, task, eval_n: int, max_new_tokens: int) -> dict:
