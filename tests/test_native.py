@@ -95,17 +95,23 @@ def count_forwards(module):
     return calls, handle
 
 
-def test_sft_trained_layer_exports_and_stock_transformers_drafts_with_it(tmp_path, tokenizer):
-    from trl_mtp import MTPSFTConfig, MTPSFTTrainer
-    from trl_mtp.tasks.registry import get_task
+def short_sft(tmp_path, max_steps):
+    from trl_mtp import MTPSFTConfig
 
-    base = native_base("glm4_moe", vocab_size=len(tokenizer), tokenizer=tokenizer)
-    args = MTPSFTConfig(
-        output_dir=str(tmp_path / "run"), max_steps=30, per_device_train_batch_size=8, learning_rate=3e-3,
+    return MTPSFTConfig(
+        output_dir=str(tmp_path / "run"), max_steps=max_steps, per_device_train_batch_size=8, learning_rate=3e-3,
         logging_steps=10, report_to=[], activation_checkpointing=False, save_strategy="no", bf16=False,
         dataloader_pin_memory=False, disable_tqdm=True, seed=0, head_type="sequential", num_mtp_heads=1,
     )
-    trainer = MTPSFTTrainer(base, args, train_dataset=get_task("copy").train(64), processing_class=tokenizer)
+
+
+def test_sft_trained_layer_exports_and_stock_transformers_drafts_with_it(tmp_path, tokenizer):
+    from trl_mtp import MTPSFTTrainer
+    from trl_mtp.tasks.registry import get_task
+
+    base = native_base("glm4_moe", vocab_size=len(tokenizer), tokenizer=tokenizer)
+    trainer = MTPSFTTrainer(base, short_sft(tmp_path, max_steps=30), train_dataset=get_task("copy").train(64),
+                            processing_class=tokenizer)
     before = trainer.mtp_model.heads.layers[0].eh_proj.weight.detach().clone()
     trainer.train()
     ours = trainer.mtp_model.eval()
@@ -135,6 +141,40 @@ def test_sft_trained_layer_exports_and_stock_transformers_drafts_with_it(tmp_pat
     rows = json.loads(report.read_text())["batches"]["1"]
     assert set(rows) == {"greedy", "prompt_lookup", "transformers-use_mtp", "mtp-sequential"}
     assert all(row["identical_to_greedy"] for row in rows.values())
+
+
+def test_lora_run_exports_with_its_adapter_merged(tmp_path, tokenizer):
+    from peft import LoraConfig
+
+    from trl_mtp import MTPSFTTrainer
+    from trl_mtp.tasks.registry import get_task
+
+    native_base("glm4_moe", vocab_size=len(tokenizer), tokenizer=tokenizer).save_pretrained(tmp_path / "base")
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "base")  # loaded from a folder: the adapter names it
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    trainer = MTPSFTTrainer(base, short_sft(tmp_path, max_steps=10), train_dataset=get_task("copy").train(64),
+                            processing_class=tokenizer, peft_config=lora)
+    trainer.train()
+    trainer.save_model(str(tmp_path / "run"))
+    assert (tmp_path / "run" / "adapter_config.json").is_file()
+    assert cli_main(["export", str(tmp_path / "run"), "--native", str(tmp_path / "native")]) == 0
+
+    adapted = MTPForCausalLM.from_pretrained(tmp_path / "run").eval()  # the base with the adapter attached
+    stock = AutoModelForCausalLM.from_pretrained(tmp_path / "native").eval()
+    allow_stock_mtp(stock)
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "base").eval()
+    prompt = torch.tensor([tokenizer(get_task("copy").eval(1)[0]["prompt"])["input_ids"]])
+    with torch.no_grad():
+        want, got = adapted(input_ids=prompt).logits, stock(prompt).logits
+        assert not torch.allclose(plain(prompt).logits, want, atol=1e-4)  # the adapter changes the model
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)  # the export carries base + adapter, merged
+    kwargs = dict(max_new_tokens=16, do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=None)
+    drafted = stock.generate(prompt, use_mtp=True, **kwargs)
+    spec, _ = adapted.speculative_generate(prompt, max_new_tokens=16, eos_token_id=[],
+                                           pad_token_id=tokenizer.pad_token_id)
+    assert torch.equal(drafted, spec)
+    with pytest.raises(ValueError, match="LoRA adapters: merge them first"):
+        export_native(adapted, tmp_path / "unmerged")
 
 
 def test_export_command_errors_are_one_line(tmp_path, capsys):

@@ -87,9 +87,11 @@ class MTPForCausalLM(nn.Module):
             json.dump(self.mtp_config.to_dict(), f, indent=2)
 
     @classmethod
-    def from_pretrained(cls, directory, **load_kwargs) -> "MTPForCausalLM":
+    def from_pretrained(cls, directory, merge_lora: bool = False, **load_kwargs) -> "MTPForCausalLM":
         """Load what `save_pretrained` wrote, or a checkpoint with transformers-native MTP layers (DeepSeek-V3, GLM-4.5,
-        Mellum: loaded as sequential heads, see `trl_mtp.native`); `load_kwargs` go to `from_pretrained` of the base."""
+        Mellum: loaded as sequential heads, see `trl_mtp.native`); `load_kwargs` go to `from_pretrained` of the base.
+        A LoRA run loads as its base with the adapter attached, or, with `merge_lora=True`, with the adapter merged
+        into the base's weights (a plain model again, e.g. for `trl-mtp export`)."""
         from trl_mtp.native import load_native, native_mtp_layers
 
         config_path = os.path.join(directory, CONFIG_FILE)
@@ -105,12 +107,22 @@ class MTPForCausalLM(nn.Module):
             # add the adapter to the trunk in place
             with open(adapter_config) as f:
                 base_path = json.load(f)["base_model_name_or_path"]
-            model = cls(AutoModelForCausalLM.from_pretrained(base_path, **load_kwargs), mtp_config)
+            if not base_path:  # a base built in memory has no name: the adapter cannot say where its base is
+                raise ValueError(f"{adapter_config}: base_model_name_or_path={base_path!r}; set it to the folder or "
+                                 "hub id of the base the adapter was trained on")
+            base = AutoModelForCausalLM.from_pretrained(base_path, **load_kwargs)
             with warnings.catch_warnings():
                 # the adapter was trained with the heads attached and excluded from LoRA; here they are not
                 # attached, so PEFT finds nothing to exclude and would say so
                 warnings.filterwarnings("ignore", message=".*no modules were excluded.*")
-                model.base_model.load_adapter(directory)
+                if merge_lora:
+                    from peft import PeftModel
+
+                    base = PeftModel.from_pretrained(base, directory).merge_and_unload()
+                    model = cls(base, mtp_config)
+                else:
+                    model = cls(base, mtp_config)
+                    model.base_model.load_adapter(directory)
         else:
             model = cls(AutoModelForCausalLM.from_pretrained(directory, **load_kwargs), mtp_config)
         state = load_file(os.path.join(directory, HEADS_FILE), device=str(model.device))

@@ -219,8 +219,8 @@ def export_native(model, directory, tokenizer=None) -> list[str]:
 
     base = model.base_model
     if getattr(base, "_hf_peft_config_loaded", False) or hasattr(base, "peft_config"):
-        raise ValueError("the model has LoRA adapters: merge them first (peft's merge_and_unload) and export the "
-                         "merged model")
+        raise ValueError("the model has LoRA adapters: merge them first (MTPForCausalLM.from_pretrained(run, "
+                         "merge_lora=True), or peft's merge_and_unload) and export the merged model")
     state = native_state_dict(model)
     # the block's tensors go through the base's own save-time conversions (e.g. fused experts -> one per expert)
     state = {k: v.contiguous() for k, v in revert_weight_conversion(base, state).items()}

@@ -4,7 +4,8 @@ Mellum architecture) in transformers' native MTP layout, so that stock transform
     model = AutoModelForCausalLM.from_pretrained(OUT_DIR)
     model.generate(input_ids, use_mtp=True, do_sample=False)      # batch size 1 (transformers' limit)
 
-MODEL_DIR is what our trainers save (`mtp_config.json`, `mtp_heads.safetensors`); a LoRA run must be merged first.
+MODEL_DIR is what our trainers save (`mtp_config.json`, `mtp_heads.safetensors`); a LoRA run's adapter is merged into
+its base on the way (the adapter's `base_model_name_or_path` must point at that base).
 A DeepSeek/GLM model whose depth differs from the released checkpoints' (61, 92 or 46 layers) needs
 `trl_mtp.native.allow_stock_mtp(model)` after loading: stock transformers looks for MTP tensors at those indices only.
 """
@@ -29,7 +30,8 @@ def main(argv: list[str]) -> int:
     from trl_mtp.model import MTPForCausalLM
     from trl_mtp.native import export_native, native_layout
 
-    model = MTPForCausalLM.from_pretrained(args.model)
+    lora = os.path.isfile(os.path.join(args.model, "adapter_config.json"))
+    model = MTPForCausalLM.from_pretrained(args.model, merge_lora=lora)
     native_layout(model.config)  # an unsupported architecture fails before anything is written
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.model)
@@ -37,5 +39,5 @@ def main(argv: list[str]) -> int:
         tokenizer = None
     keys = export_native(model, args.native, tokenizer=tokenizer)
     print(f"wrote {args.native}: {model.config.get_text_config().model_type}, num_mtp_layers="
-          f"{model.heads.num_depths}, {len(keys)} MTP tensors")
+          f"{model.heads.num_depths}, {len(keys)} MTP tensors" + (", LoRA adapter merged" if lora else ""))
     return 0
