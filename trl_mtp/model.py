@@ -103,8 +103,8 @@ class MTPForCausalLM(nn.Module):
             mtp_config = MTPConfig.from_dict(json.load(f))
         adapter_config = os.path.join(directory, "adapter_config.json")
         if os.path.isfile(adapter_config):
-            # a LoRA run: build the heads on the clean base first (parallel/sequential copy its last layer), then
-            # add the adapter to the trunk in place
+            # a LoRA run: the heads are built on a base without adapter modules (parallel/sequential copy its last
+            # layer before their saved weights load), then the adapter is merged into the base or added in place
             with open(adapter_config) as f:
                 base_path = json.load(f)["base_model_name_or_path"]
             if not base_path:  # a base built in memory has no name: the adapter cannot say where its base is
@@ -119,9 +119,8 @@ class MTPForCausalLM(nn.Module):
                     from peft import PeftModel
 
                     base = PeftModel.from_pretrained(base, directory).merge_and_unload()
-                    model = cls(base, mtp_config)
-                else:
-                    model = cls(base, mtp_config)
+                model = cls(base, mtp_config)
+                if not merge_lora:
                     model.base_model.load_adapter(directory)
         else:
             model = cls(AutoModelForCausalLM.from_pretrained(directory, **load_kwargs), mtp_config)
