@@ -20,7 +20,7 @@ RUN = Path(__file__).resolve().parent / "trainers" / "ddp_sft_run.py"  # the 2-p
 @pytest.mark.slow
 def test_two_process_sft_with_the_ddp_config(tmp_path, tokenizer):
     reports = launch(RUN, str(tmp_path / "run"), port=29571, config_file=EXAMPLES / "ddp.yaml")
-    assert {report["mode"] for report in reports} == {"MULTI_CPU"}  # on CPU accelerate names MULTI_GPU's DDP so
+    assert {report["mode"] for report in reports} == {"MULTI_CPU"}  # the config's MULTI_GPU DDP, on CPU (gloo)
     model = MTPForCausalLM.from_pretrained(str(tmp_path / "run"))
     assert torch.isfinite(model.mtp_logits(torch.tensor([[1, 2, 3]]))).all()
 
