@@ -45,6 +45,14 @@ from transformers.generation.logits_process import (
 from trl_mtp.heads.trunk import _CACHE_ARGS
 
 
+def left_pad(rows: list[list[int]], pad: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id rows of different lengths as one left-padded batch (generation appends on the right): (ids, mask)."""
+    width = max(map(len, rows))
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+    return ids, mask
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # token choice: the same warping (temperature, top-k, top-p, as `generate` orders them) for p and for q
 # ----------------------------------------------------------------------------------------------------------------------

@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from trl_mtp.decoding import accept_greedy, left_pad
+
 
 @dataclass
 class Node:
@@ -66,10 +68,7 @@ class _Batch:
     """Left-padded rows through the base: logits, trunk hidden states and the last layer's kwargs (for the heads)."""
 
     def __init__(self, model, rows: list[list[int]], pad: int):
-        width = max(map(len, rows))
-        device = model.device
-        self.ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+        self.ids, mask = left_pad(rows, pad, model.device)
         position_ids = (mask.cumsum(1) - 1).clamp(min=0)
         self.logits = model.base_model(input_ids=self.ids, attention_mask=mask, position_ids=position_ids,
                                        use_cache=False).logits.float()
@@ -136,6 +135,7 @@ def lookahead_search(model, prompt_ids: list[int], value_fn=None, *, prompt_text
         stats["head_calls"] += calls
         root.proposals = [(int(tokens[0, j]), float(lps[0, j]), drafts[0, j].tolist()) for j in range(branches)]
         beam, complete = [root], []
+        D = model.heads.num_depths
         while beam and stats["forwards"] < max_forwards:
             # expand: branch-major, cut to the budget left
             budget = max_forwards - stats["forwards"]
@@ -146,14 +146,14 @@ def lookahead_search(model, prompt_ids: list[int], value_fn=None, *, prompt_text
             stats["forwards"] += len(rows)
             stats["base_calls"] += 1
             stats["expansions"] += 1
-            stats["scored_tokens"] += len(rows) * (model.heads.num_depths + 1)
+            stats["scored_tokens"] += len(rows) * (D + 1)
             children, last = [], []
-            D = model.heads.num_depths
             start = batch.ids.size(1) - D - 1  # every row ends with its block [b, d_1..d_D]: right-aligned
             logprobs = torch.log_softmax(batch.logits[:, start:], dim=-1)  # [R, D+1, V]: p before d_1..d_D, after
+            drafts = torch.tensor([d for _, (_, _, d) in pairs], device=logprobs.device).view(len(pairs), D)
+            accepted, _ = accept_greedy(logprobs, drafts, sampler=None)  # the decoder's rule: longest agreeing prefix
             for r, (node, (b, lp_b, d)) in enumerate(pairs):
-                agree = (logprobs[r, :D].argmax(-1) == torch.tensor(d, device=logprobs.device)).long()
-                k = int(agree.cumprod(0).sum())
+                k = int(accepted[r])
                 block = [b] + d[:k]
                 lp = node.logprob + lp_b + sum(float(logprobs[r, j, d[j]]) for j in range(k))
                 cut = len(block)

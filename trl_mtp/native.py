@@ -40,24 +40,30 @@ _MELLUM_NAMES = {"enorm": "pre_fc_norm_embedding", "hnorm": "pre_fc_norm_hidden"
 
 @dataclass(frozen=True)
 class NativeLayout:
-    """Where an architecture's checkpoints keep MTP layer i (0-based) of a model with L decoder layers."""
+    """Where an architecture's checkpoints keep MTP layer i (0-based) of a model with L decoder layers: `own` and
+    `block` are the key prefixes of the layer's own modules and of its decoder block, `{i}` and `{layer}` (= L + i)
+    filled in."""
 
     names: dict
     max_layers: int | None  # None: any number
+    own: str
+    block: str
 
     def prefix(self, num_hidden_layers: int, i: int) -> str:
         """Checkpoint prefix of layer i's own modules."""
-        return f"model.layers.{num_hidden_layers + i}." if self.names is _DEEPSEEK_NAMES else "mtp."
+        return self.own.format(i=i, layer=num_hidden_layers + i)
 
     def block_prefix(self, num_hidden_layers: int, i: int) -> str:
         """Checkpoint prefix of layer i's decoder block."""
-        return self.prefix(num_hidden_layers, i) + ("" if self.names is _DEEPSEEK_NAMES else f"layers.{i}.")
+        return self.block.format(i=i, layer=num_hidden_layers + i)
 
 
+# DeepSeek-V3 / GLM-4.5: MTP layer i is decoder layer L + i (its block's keys beside its own); Mellum: under `mtp.`
+_DEEPSEEK_LAYOUT = NativeLayout(_DEEPSEEK_NAMES, None, own="model.layers.{layer}.", block="model.layers.{layer}.")
 ARCHITECTURES: dict[str, NativeLayout] = {
-    "deepseek_v3": NativeLayout(_DEEPSEEK_NAMES, None),
-    "glm4_moe": NativeLayout(_DEEPSEEK_NAMES, None),
-    "mellum": NativeLayout(_MELLUM_NAMES, 1),
+    "deepseek_v3": _DEEPSEEK_LAYOUT,
+    "glm4_moe": _DEEPSEEK_LAYOUT,
+    "mellum": NativeLayout(_MELLUM_NAMES, 1, own="mtp.", block="mtp.layers.{i}."),
 }
 
 

@@ -26,7 +26,7 @@ import torch
 
 from trl_mtp.benchmarks import parse_families
 from trl_mtp.benchmarks.decode_models import FAMILIES, trained_models
-from trl_mtp.decoding import pool_acceptance
+from trl_mtp.decoding import left_pad, pool_acceptance
 
 
 def parse_args(argv):
@@ -64,13 +64,6 @@ def held_out_prompts(tokenizer, n: int, length: int) -> list[list[int]]:
         if len(prompts) == n:
             break
     return prompts
-
-
-def left_pad(prompts: list[list[int]], pad: int):
-    width = max(map(len, prompts))
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    return ids, mask
 
 
 def forward_times(base, context: int, depth: int, repeats: int = 15) -> tuple[float, float]:

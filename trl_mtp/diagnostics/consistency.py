@@ -29,15 +29,9 @@ import numpy as np
 import torch
 from transformers import GenerationConfig
 
+from trl_mtp.decoding import left_pad
 from trl_mtp.diagnostics.predictions import evaluating, iter_depth_logits, predict_batch
 from trl_mtp.experiments.bootstrap import bootstrap_ci
-
-
-def left_pad(sequences: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, sequences))
-    ids = torch.tensor([[pad] * (width - len(s)) + s for s in sequences], device=device)
-    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences], device=device)
-    return ids, mask
 
 
 def head_distributions(mtp_model, ids, mask, temperature: float) -> torch.Tensor:

@@ -30,7 +30,8 @@ def task_mixture(tasks: dict[str, dict], n_train: int, seed: int):
 
 @resumable
 def run_sft(base_dir, out_dir, *, tasks: dict[str, dict], mtp: dict | None, seed: int = 0, steps: int = 300,
-            n_train: int = 2000, eval_n: int = 200, record_every: int | None = None, save: bool = False, **overrides) -> dict:
+            n_train: int = 2000, eval_n: int = 200, record_every: int | None = None, save: bool = False,
+            **overrides) -> dict:
     """Fine-tune the base in `base_dir` on `tasks` for `steps` optimizer steps; score greedy exact match on each
     task's eval split. `mtp=None` trains with TRL's plain `SFTTrainer` (next-token); a dict of MTP fields
     (`head_type`, `num_mtp_heads`, ...) trains with `MTPSFTTrainer`. Returns (and stores) per-task per-item

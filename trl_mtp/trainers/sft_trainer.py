@@ -21,8 +21,8 @@ from trl_mtp.trainers.sft_config import MTPSFTConfig
 
 class MTPSFTTrainer(MTPTrainerMixin, SFTTrainer):
     """`SFTTrainer` + MTP heads. `model`: a path or hub id, a `PreTrainedModel` (heads built from `args`), or an
-    `MTPForCausalLM` (its heads kept, trained with the loss fields of `args`). `peft_config`: LoRA on the trunk, heads trained in full. Other arguments are
-    `SFTTrainer`'s."""
+    `MTPForCausalLM` (its heads kept, trained with the loss fields of `args`). `peft_config`: LoRA on the trunk, heads
+    trained in full. Other arguments are `SFTTrainer`'s."""
 
     def __init__(self, model, args: MTPSFTConfig | None = None, *, peft_config=None, **kwargs):
         if args is None:
