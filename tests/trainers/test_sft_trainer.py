@@ -225,3 +225,31 @@ def test_decoupled_heads_never_rescale_the_policy_update(tiny_model, sft_args, a
         trunks.append({k: v.clone() for k, v in trainer.mtp_model.base_model.state_dict().items() if "mtp_heads" not in k})
     for k in trunks[0]:
         torch.testing.assert_close(trunks[0][k], trunks[1][k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_fp16_decoupled_clipping_unscales_once(tiny_model, sft_args, arithmetic_train, tokenizer, fp16_scaler,
+                                               monkeypatch):
+    """fp16 (a GradScaler; emulated, accelerate has none on CPU) in decoupled mode: the gradients are unscaled once,
+    then heads and policy are clipped on their own norms: the same weights, bit for bit, as without the scaler.
+    Clipping each group through `accelerator.clip_grad_norm_` (the former code, restored below) unscaled twice and
+    raised "unscale_() has already been called on this optimizer since the last update()"."""
+    def run(scaled: bool):
+        args = sft_args(mode="decoupled", mtp_lambda=1.0, max_grad_norm=0.1, max_steps=2)
+        torch.manual_seed(0)  # new heads draw from the global generator
+        trainer = MTPSFTTrainer(tiny_model(), args, train_dataset=arithmetic_train, processing_class=tokenizer)
+        if scaled:
+            fp16_scaler(trainer.accelerator)
+        trainer.train()
+        return trainer.mtp_model.state_dict(), trainer
+
+    (plain, _), (scaled, trainer) = run(False), run(True)
+    assert trainer.accelerator.scaler.get_scale() == 2.0**16  # the scaler ran, no step skipped
+    assert all(torch.equal(plain[k], scaled[k]) for k in plain)
+
+    def per_group(self, max_norm):
+        return torch.stack([torch.as_tensor(self.accelerator.clip_grad_norm_(group, max_norm))
+                            for group in self._clip_groups() if group]).norm()
+
+    monkeypatch.setattr(MTPSFTTrainer, "clip_each_group", per_group)
+    with pytest.raises(RuntimeError, match="unscale_"):
+        run(True)
