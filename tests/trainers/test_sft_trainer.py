@@ -134,17 +134,42 @@ def test_save_and_load_round_trip(tiny_model, sft_args, arithmetic_train, tokeni
                                                   loaded.heads.state_dict().values()))
 
 
+def weights(mtp_model: MTPForCausalLM) -> dict[str, torch.Tensor]:
+    """Trunk and heads, each once (a trainer also lists the heads under the base, where it attaches them)."""
+    return {k: v for k, v in mtp_model.state_dict().items() if not k.startswith("base_model.mtp_heads.")}
+
+
 def test_resume_from_checkpoint_matches_uninterrupted_run(tiny_model, sft_args, arithmetic_train, tokenizer, tmp_path):
+    """A run resumed from its step-3 checkpoint takes exactly the 3 remaining steps and ends equal to the uninterrupted
+    run, although the resumed trainer was built from another initialisation (trunk seed 1, other heads): a resume
+    that loaded nothing, or restarted from step 0, fails it (the former version built both from the same seed)."""
+    from transformers import TrainerCallback
+
     common = dict(max_steps=6, mtp_lambda_schedule="linear", mtp_window_schedule="forward", num_mtp_heads=3,
                   head_type="sequential", save_strategy="steps", save_steps=3)
-    full = MTPSFTTrainer(tiny_model(), sft_args(output_dir=str(tmp_path / "a"), **common),
+    full = MTPSFTTrainer(tiny_model(seed=0), sft_args(output_dir=str(tmp_path / "a"), **common),
                          train_dataset=arithmetic_train, processing_class=tokenizer)
     full.train()
-    resumed = MTPSFTTrainer(tiny_model(), sft_args(output_dir=str(tmp_path / "a"), **common),
+    torch.manual_seed(1)  # other heads too
+    resumed = MTPSFTTrainer(tiny_model(seed=1), sft_args(output_dir=str(tmp_path / "b"), **common),
                             train_dataset=arithmetic_train, processing_class=tokenizer)
+    checkpoint = weights(MTPForCausalLM.from_pretrained(str(tmp_path / "a" / "checkpoint-3")))
+    assert checkpoint.keys() == weights(resumed.mtp_model).keys()
+    elsewhere = {k for k, v in weights(resumed.mtp_model).items() if not torch.equal(checkpoint[k], v)}
+    assert "base_model.model.embed_tokens.weight" in elsewhere and any(k.startswith("heads.") for k in elsewhere)
+
+    steps = []
+
+    class CountSteps(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            steps.append(state.global_step)
+
+    resumed.add_callback(CountSteps())
     resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-3"))
-    for (name, a), b in zip(full.mtp_model.state_dict().items(), resumed.mtp_model.state_dict().values()):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+    assert steps == [4, 5, 6]
+    ended = weights(resumed.mtp_model)
+    for name, a in weights(full.mtp_model).items():
+        torch.testing.assert_close(ended[name], a, rtol=0, atol=1e-6, msg=name)
 
 
 def test_trained_heads_are_kept_but_trained_the_runs_way(tiny_model, sft_args, arithmetic_train, tokenizer,
