@@ -250,7 +250,7 @@ def test_rollout_sampler_is_a_temperature_and_nothing_else(tiny_model):
     model.generation_config.repetition_penalty, model.generation_config.suppress_tokens = 1.3, [5]
     rollout = GenerationConfig(max_new_tokens=2, do_sample=True, temperature=0.7, top_k=0, top_p=1.0, eos_token_id=[])
     prepared, _ = model._prepare_generation_config(rollout)
-    leaked = [type(p).__name__ for p in model._get_logits_processor(prepared, device=model.device)]
+    leaked = [type(p).__name__ for p in model._get_logits_processor(prepared, input_ids_seq_length=1)]
     assert "RepetitionPenaltyLogitsProcessor" in leaked and "SuppressTokensLogitsProcessor" in leaked  # the premise
     with ppo_trainer.sampling_only_from(model, rollout):
         prepared, _ = model._prepare_generation_config(rollout)
