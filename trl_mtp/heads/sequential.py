@@ -14,8 +14,6 @@ does, so native layers import and trained ones export with the same outputs.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 
@@ -33,8 +31,8 @@ class SequentialDepth(nn.Module):
         super().__init__()
         d = trunk.model.config.get_text_config().hidden_size
         # norms of the base's own norm class (copies of the final norm: same class, eps and scale)
-        self.enorm = copy.deepcopy(trunk.final_norm)
-        self.hnorm = copy.deepcopy(trunk.final_norm)
+        self.enorm = trunk.copy_final_norm()
+        self.hnorm = trunk.copy_final_norm()
         # [0 | I]: the chain starts by passing hnorm(h_{i-1}) through; the embedding half learns from zero
         self.eh_proj = nn.Linear(2 * d, d, bias=False)
         with torch.no_grad():
@@ -42,7 +40,7 @@ class SequentialDepth(nn.Module):
             self.eh_proj.weight[:, d:].copy_(torch.eye(d))
         self.mtp_block = new_layer_like_last(trunk, init_from_last_layer)
         self.shared_head = nn.Module()
-        self.shared_head.norm = copy.deepcopy(trunk.final_norm)  # own post-norm, starts as the final norm
+        self.shared_head.norm = trunk.copy_final_norm()  # own post-norm, starts as the final norm
 
 
 class SequentialHeads(MTPHeads):
