@@ -93,18 +93,45 @@ def native_mtp_layers(directory) -> int:
 
 
 def mtp_layer_kwargs(trunk, depth: int, layer_kwargs: dict, hidden: torch.Tensor) -> dict:
-    """The trunk's last-layer kwargs, with rotary embeddings of depth `depth`'s own layer type where the config gives
-    MTP layers one with its own rotary parameters (Mellum: sliding attention, another rope theta). The attention
-    mask stays the trunk's: a sliding window is not applied, so such layers match transformers' up to that window."""
+    """The trunk's last-layer kwargs made right for depth `depth`'s own layer type, where the config gives MTP layers
+    one (Mellum: sliding attention with another rope theta): that type's rotary embeddings, and its sliding window
+    applied to the attention mask. `hidden` [B, Q, d] is the layer's input (its queries)."""
     text = trunk.model.config.get_text_config()
     types = getattr(text, "mtp_layer_types", None)
+    if not types:
+        return layer_kwargs
+    layer_type = types[min(depth, len(types)) - 1]  # depths past the checkpoint's MTP layers: the last one's type
+    kwargs = dict(layer_kwargs)
     rotary = getattr(trunk.decoder, "rotary_emb", None)
-    if not types or rotary is None or layer_kwargs.get("position_ids") is None:
-        return layer_kwargs
-    if not text.nested_rope_parameter_keys(text.rope_parameters):  # one set of rotary parameters for all layers
-        return layer_kwargs
-    embeddings = rotary(hidden, position_ids=layer_kwargs["position_ids"], layer_type=types[depth - 1])
-    return {**layer_kwargs, "position_embeddings": embeddings}
+    per_type_rope = rotary is not None and text.nested_rope_parameter_keys(text.rope_parameters)
+    if per_type_rope and kwargs.get("position_ids") is not None:
+        kwargs["position_embeddings"] = rotary(hidden, position_ids=kwargs["position_ids"], layer_type=layer_type)
+    if layer_type == "sliding_attention":
+        kwargs["attention_mask"] = sliding_window_mask(kwargs.get("attention_mask"), hidden, text.sliding_window,
+                                                       text._attn_implementation)
+    return kwargs
+
+
+def sliding_window_mask(mask, hidden: torch.Tensor, window: int, attn_implementation: str):
+    """A layer's 4-D attention mask [B, 1, Q, K] restricted to a sliding window: query q sees key k only if
+    q - window < k (transformers' window), the queries being the last Q of the K keys (a training sequence, or the
+    drafting slots after a cache); `hidden` [B, Q, d] holds the queries. `None` (sdpa's implicit causal mask over the
+    queries alone) becomes an explicit one. Unchanged while no query sees more than `window` keys."""
+    num_queries = hidden.size(1)
+    num_keys = num_queries if mask is None else mask.size(-1)
+    if num_keys <= window:
+        return mask
+    if attn_implementation not in ("sdpa", "eager") or not (mask is None or torch.is_tensor(mask)):
+        raise ValueError(f"attn_implementation={attn_implementation!r}: a sliding-window MTP layer over {num_keys} "
+                         f"positions (window {window}) needs sdpa or eager attention")
+    queries = torch.arange(num_keys - num_queries, num_keys, device=hidden.device)[:, None]
+    keys = torch.arange(num_keys, device=hidden.device)[None, :]
+    in_window = keys > queries - window
+    if mask is None:
+        return (in_window & (keys <= queries))[None, None]
+    if mask.dtype == torch.bool:
+        return mask & in_window
+    return mask.masked_fill(~in_window, torch.finfo(mask.dtype).min)  # eager: an additive mask
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -227,6 +254,7 @@ def export_native(model, directory, tokenizer=None) -> list[str]:
     if getattr(base, "_hf_peft_config_loaded", False) or hasattr(base, "peft_config"):
         raise ValueError("the model has LoRA adapters: merge them first (MTPForCausalLM.from_pretrained(run, "
                          "merge_lora=True), or peft's merge_and_unload) and export the merged model")
+    _check_stock_attention(base.config)
     state = native_state_dict(model)
     # the block's tensors go through the base's own save-time conversions (e.g. fused experts -> one per expert)
     state = {k: v.contiguous() for k, v in revert_weight_conversion(base, state).items()}
@@ -241,6 +269,18 @@ def export_native(model, directory, tokenizer=None) -> list[str]:
         tokenizer.save_pretrained(directory)
     _add_tensors(str(directory), state)
     return sorted(state)
+
+
+def _check_stock_attention(config) -> None:
+    """Refuse a checkpoint stock transformers cannot draft with: its latent (MLA) attention (DeepSeek-V3) expands the
+    latent KV to num_attention_heads heads, yet repeats them num_attention_heads // num_key_value_heads times, so with
+    fewer KV heads a forward of several tokens after a cached prefix (use_mtp's verify step) fails inside sdpa.
+    No weight depends on num_key_value_heads there; released checkpoints set it equal."""
+    text = config.get_text_config()
+    if getattr(text, "kv_lora_rank", None) and text.num_key_value_heads != text.num_attention_heads:
+        raise ValueError(f"num_key_value_heads={text.num_key_value_heads} with num_attention_heads="
+                         f"{text.num_attention_heads}: transformers' latent attention fails on a cache unless they are "
+                         "equal; set config.num_key_value_heads = config.num_attention_heads (no weight depends on it)")
 
 
 def _add_tensors(directory: str, state: dict) -> None:
