@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from trl_mtp import MTPConfig, MTPForCausalLM
 from trl_mtp.cli import main as cli_main
-from trl_mtp.native import allow_stock_mtp, export_native, sliding_window_mask, stock_mtp_model
+from trl_mtp.native import allow_stock_mtp, export_native, stock_mtp_model
 from trl_mtp.tasks.presets import build_model
 
 DEPTHS = {"glm4_moe": 2, "deepseek_v3": 2, "mellum": 1}
@@ -90,25 +90,6 @@ def test_upstream_latent_attention_with_fewer_kv_heads_fails_over_a_cache():
     ids = torch.randint(0, 128, (1, 9), generator=torch.Generator().manual_seed(0))
     cache = base(ids[:, :6], use_cache=True).past_key_values
     base(ids[:, 6:], past_key_values=cache)
-
-
-def test_sliding_window_mask_by_hand():
-    """Queries are the last Q of the K keys; query q sees keys q - window < k <= q (transformers' window)."""
-    hidden = torch.zeros(1, 2, 4)  # Q = 2 queries, at key positions 3 and 4 of K = 5
-    causal = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)[None, None]
-    window = torch.tensor([[0, 1, 1, 1, 0], [0, 0, 1, 1, 1]], dtype=torch.bool)[None, None]
-    assert torch.equal(sliding_window_mask(causal, hidden, 3, "sdpa"), window)
-    additive = torch.zeros(1, 1, 2, 5).masked_fill(~causal, -1e9)
-    got = sliding_window_mask(additive, hidden, 3, "eager")
-    assert torch.equal(got == 0, window) and (got[~window] < -1e9 / 2).all()
-    # sdpa's implicit causal mask (None) over 5 queries becomes an explicit band
-    band = sliding_window_mask(None, torch.zeros(1, 5, 4), 2, "sdpa")[0, 0]
-    assert torch.equal(band, torch.tensor([[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [0, 1, 1, 0, 0], [0, 0, 1, 1, 0],
-                                           [0, 0, 0, 1, 1]], dtype=torch.bool))
-    assert sliding_window_mask(causal, hidden, 5, "sdpa") is causal  # the window does not bite: untouched
-    assert sliding_window_mask(None, hidden, 3, "flash_attention_2") is None
-    with pytest.raises(ValueError, match="attn_implementation='flash_attention_2'"):
-        sliding_window_mask(causal, hidden, 3, "flash_attention_2")
 
 
 def test_from_base_starts_sequential_heads_from_native_layers(tmp_path):

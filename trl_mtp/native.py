@@ -1,4 +1,4 @@
-"""transformers' native MTP layers <-> our `sequential` family: import, export, and the layout of each architecture.
+"""transformers' native MTP layers <-> our `sequential` family: import and export.
 
 transformers 5 drafts with a checkpoint's own MTP layers (`generate(..., use_mtp=True)`, `MtpModel`, `num_mtp_layers`
 in the config). Each native layer is one DeepSeek-V3 MTP module, the same computation as a `sequential` depth:
@@ -6,13 +6,14 @@ in the config). Each native layer is one DeepSeek-V3 MTP module, the same comput
     z_i = Block_i(eh_proj_i([enorm_i(emb(x_{t+i})); hnorm_i(s_{i-1})])),   logits_i = lm_head(post_norm_i(z_i)),
 
 where the native chain feeds each depth the *normed* state: s_0 = final_norm(h) (the main model's last hidden state,
-as `output_hidden_states` returns it) and s_i = post_norm_i(z_i). On an architecture listed here the sequential family
-follows that chain (`SequentialHeads.native_chain`), so imported layers give MtpModel's outputs and trained layers
-export unchanged.
+as `output_hidden_states` returns it) and s_i = post_norm_i(z_i). On an architecture with a native layout
+(`trl_mtp.heads.native_layouts`) the sequential family follows that chain (`SequentialHeads.native_chain`), so
+imported layers give MtpModel's outputs and trained layers export unchanged.
 
-- import: `load_native(dir)` (what `MTPForCausalLM.from_pretrained` does on a checkpoint without `mtp_config.json`)
-  reads the layers with transformers' own `MtpModel.from_pretrained`, so the key conversions are transformers';
-  `init_from_native(model)` (what `from_base` does for sequential heads) starts the first depths from them.
+- import: `load_native(dir)` reads the base and its layers with transformers' own `MtpModel.from_pretrained`, so the
+  key conversions are transformers'; `MTPForCausalLM.from_pretrained` (on a checkpoint without `mtp_config.json`)
+  puts them into sequential heads with `copy_native_layers`; `init_from_native(model)` (what `from_base` does for
+  sequential heads) starts the first depths from them.
 - export: `export_native(model, dir)` writes the base with `num_mtp_layers = D` and the layers under the keys the
   architecture's checkpoints use (reverted through the base's own weight conversions, e.g. fused MoE experts back to
   one tensor per expert), so stock `generate(use_mtp=True)` drafts with them.
@@ -21,63 +22,16 @@ Stock transformers finds MTP tensors through the class's `_keys_to_ignore_on_loa
 checkpoints' layer index (DeepSeek-V3: 61; GLM-4.5: 92 or 46; Mellum: `mtp.`). A DeepSeek/GLM model with another
 depth needs `allow_stock_mtp(model)` on the loaded model before `generate(use_mtp=True)`.
 """
-
 from __future__ import annotations
 
 import json
 import os
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 
-# names of a sequential depth's own modules -> checkpoint names (the decoder block's keys follow `block`)
-_DEEPSEEK_NAMES = {"enorm": "enorm", "hnorm": "hnorm", "eh_proj": "eh_proj", "shared_head.norm": "shared_head.norm"}
-_MELLUM_NAMES = {"enorm": "pre_fc_norm_embedding", "hnorm": "pre_fc_norm_hidden", "eh_proj": "fc",
-                 "shared_head.norm": "norm"}
-
-
-@dataclass(frozen=True)
-class NativeLayout:
-    """Where an architecture's checkpoints keep MTP layer i (0-based) of a model with L decoder layers: `own` and
-    `block` are the key prefixes of the layer's own modules and of its decoder block, `{i}` and `{layer}` (= L + i)
-    filled in."""
-
-    names: dict
-    max_layers: int | None  # None: any number
-    own: str
-    block: str
-
-    def prefix(self, num_hidden_layers: int, i: int) -> str:
-        """Checkpoint prefix of layer i's own modules."""
-        return self.own.format(i=i, layer=num_hidden_layers + i)
-
-    def block_prefix(self, num_hidden_layers: int, i: int) -> str:
-        """Checkpoint prefix of layer i's decoder block."""
-        return self.block.format(i=i, layer=num_hidden_layers + i)
-
-
-# DeepSeek-V3 / GLM-4.5: MTP layer i is decoder layer L + i (its block's keys beside its own); Mellum: under `mtp.`
-_DEEPSEEK_LAYOUT = NativeLayout(_DEEPSEEK_NAMES, None, own="model.layers.{layer}.", block="model.layers.{layer}.")
-ARCHITECTURES: dict[str, NativeLayout] = {
-    "deepseek_v3": _DEEPSEEK_LAYOUT,
-    "glm4_moe": _DEEPSEEK_LAYOUT,
-    "mellum": NativeLayout(_MELLUM_NAMES, 1, own="mtp.", block="mtp.layers.{i}."),
-}
-
-
-def has_native_layout(config) -> bool:
-    """Whether transformers has native MTP layers for this model's architecture (and we map them)."""
-    return config.get_text_config().model_type in ARCHITECTURES
-
-
-def native_layout(config) -> NativeLayout:
-    model_type = config.get_text_config().model_type
-    if model_type not in ARCHITECTURES:
-        raise ValueError(f"model_type={model_type!r}: no native MTP layout; supported: {', '.join(ARCHITECTURES)}")
-    return ARCHITECTURES[model_type]
-
+from trl_mtp.heads.native_layouts import ARCHITECTURES, native_layout
 
 def native_mtp_layers(directory) -> int:
     """`num_mtp_layers` of a local checkpoint of a supported architecture (0 when it has none or is not one)."""
@@ -90,48 +44,6 @@ def native_mtp_layers(directory) -> int:
     if config.get("model_type") not in ARCHITECTURES:
         return 0
     return int(config.get("num_mtp_layers") or config.get("num_nextn_predict_layers") or 0)
-
-
-def mtp_layer_kwargs(trunk, depth: int, layer_kwargs: dict, hidden: torch.Tensor) -> dict:
-    """The trunk's last-layer kwargs made right for depth `depth`'s own layer type, where the config gives MTP layers
-    one (Mellum: sliding attention with another rope theta): that type's rotary embeddings, and its sliding window
-    applied to the attention mask. `hidden` [B, Q, d] is the layer's input (its queries)."""
-    text = trunk.model.config.get_text_config()
-    types = getattr(text, "mtp_layer_types", None)
-    if not types:
-        return layer_kwargs
-    layer_type = types[min(depth, len(types)) - 1]  # depths past the checkpoint's MTP layers: the last one's type
-    kwargs = dict(layer_kwargs)
-    rotary = getattr(trunk.decoder, "rotary_emb", None)
-    per_type_rope = rotary is not None and text.nested_rope_parameter_keys(text.rope_parameters)
-    if per_type_rope and kwargs.get("position_ids") is not None:
-        kwargs["position_embeddings"] = rotary(hidden, position_ids=kwargs["position_ids"], layer_type=layer_type)
-    if layer_type == "sliding_attention":
-        kwargs["attention_mask"] = sliding_window_mask(kwargs.get("attention_mask"), hidden, text.sliding_window,
-                                                       text._attn_implementation)
-    return kwargs
-
-
-def sliding_window_mask(mask, hidden: torch.Tensor, window: int, attn_implementation: str):
-    """A layer's 4-D attention mask [B, 1, Q, K] restricted to a sliding window: query q sees key k only if
-    q - window < k (transformers' window), the queries being the last Q of the K keys (a training sequence, or the
-    drafting slots after a cache); `hidden` [B, Q, d] holds the queries. `None` (sdpa's implicit causal mask over the
-    queries alone) becomes an explicit one. Unchanged while no query sees more than `window` keys."""
-    num_queries = hidden.size(1)
-    num_keys = num_queries if mask is None else mask.size(-1)
-    if num_keys <= window:
-        return mask
-    if attn_implementation not in ("sdpa", "eager") or not (mask is None or torch.is_tensor(mask)):
-        raise ValueError(f"attn_implementation={attn_implementation!r}: a sliding-window MTP layer over {num_keys} "
-                         f"positions (window {window}) needs sdpa or eager attention")
-    queries = torch.arange(num_keys - num_queries, num_keys, device=hidden.device)[:, None]
-    keys = torch.arange(num_keys, device=hidden.device)[None, :]
-    in_window = keys > queries - window
-    if mask is None:
-        return (in_window & (keys <= queries))[None, None]
-    if mask.dtype == torch.bool:
-        return mask & in_window
-    return mask.masked_fill(~in_window, torch.finfo(mask.dtype).min)  # eager: an additive mask
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -175,12 +87,13 @@ def stock_mtp_model(base):
 # ----------------------------------------------------------------------------------------------------------------------
 # import
 # ----------------------------------------------------------------------------------------------------------------------
-def _copy_native_layers(model, mtp) -> int:
-    """Put MtpModel's layers into the first depths of `model`'s sequential heads (modules moved, not copied)."""
+def copy_native_layers(heads, mtp) -> int:
+    """Put MtpModel's layers into the first depths of sequential `heads` (modules moved, not copied); returns how many."""
     if getattr(mtp, "use_shared_post_norm", False) or not mtp.use_post_norm:
-        raise ValueError(f"{type(model.base_model).__name__}: a shared chain norm is not supported by the sequential family")
-    n = min(len(mtp.layers), model.heads.num_depths)
-    for depth, layer in zip(model.heads.layers[:n], mtp.layers[:n]):
+        raise ValueError(f"{type(heads.trunk.model).__name__}: a shared chain norm is not supported by the sequential "
+                         "family")
+    n = min(len(mtp.layers), heads.num_depths)
+    for depth, layer in zip(heads.layers[:n], mtp.layers[:n]):
         depth.enorm, depth.hnorm, depth.eh_proj = layer.enorm, layer.hnorm, layer.eh_proj
         depth.mtp_block = layer.mtp_block
         depth.shared_head.norm = layer.post_norm
@@ -188,21 +101,15 @@ def _copy_native_layers(model, mtp) -> int:
 
 
 def load_native(directory, **load_kwargs):
-    """`MTPForCausalLM` (sequential, D = num_mtp_layers) from a checkpoint with native MTP layers."""
+    """What a checkpoint with native MTP layers holds: its base model (`load_kwargs` go to `from_pretrained`) and
+    transformers' `MtpModel` with its layers. `MTPForCausalLM.from_pretrained` builds sequential heads from them."""
     from transformers import AutoModelForCausalLM
 
-    from trl_mtp.config import MTPConfig
-    from trl_mtp.model import MTPForCausalLM
-
-    num_layers = native_mtp_layers(directory)
-    if num_layers < 1:
+    if native_mtp_layers(directory) < 1:
         raise ValueError(f"{directory}: not a checkpoint with native MTP layers (no num_mtp_layers for a supported "
                          f"architecture: {', '.join(ARCHITECTURES)})")
     base = AutoModelForCausalLM.from_pretrained(directory, **load_kwargs)
-    mtp = stock_mtp_model(base)
-    model = MTPForCausalLM(base, MTPConfig(head_type="sequential", num_mtp_heads=num_layers))
-    _copy_native_layers(model, mtp)
-    return model.to(base.device)
+    return base, stock_mtp_model(base)
 
 
 def init_from_native(model) -> int:
@@ -215,7 +122,7 @@ def init_from_native(model) -> int:
         mtp = stock_mtp_model(model.base_model)
     except ValueError:  # the config names MTP layers (DeepSeek's default is 1) but the checkpoint has none
         return 0
-    return _copy_native_layers(model, mtp)
+    return copy_native_layers(model.heads, mtp)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ with the base's embedding and LM head shared, teacher-forced tokens x_{t+i} in t
 Sub-module names follow transformers' native MTP layout (DeepSeek-V3 / GLM-4.5 checkpoints): `enorm`, `hnorm`,
 `eh_proj` ([d, 2d], input `cat[enorm(emb), hnorm(h)]`), `shared_head.norm`, and the decoder layer under `mtp_block`.
 
-On an architecture with transformers-native MTP layers (`trl_mtp.native`), the chain is the native one: each depth
+On an architecture with transformers-native MTP layers (`native_layouts`), the chain is the native one: each depth
 reads the normed state, final_norm(h) at depth 1 and shared_head.norm_{i-1}(h_{i-1}) after, as transformers' `MtpModel`
 does, so native layers import and trained ones export with the same outputs.
 """
@@ -19,9 +19,9 @@ from torch import nn
 
 from trl_mtp.config import MTPConfig
 from trl_mtp.heads.base import MTPHeads
+from trl_mtp.heads.native_layouts import has_native_layout, mtp_layer_kwargs
 from trl_mtp.heads.parallel import new_layer_like_last
 from trl_mtp.heads.trunk import Trunk, call_layer, call_module
-from trl_mtp.native import has_native_layout, mtp_layer_kwargs
 
 
 class SequentialDepth(nn.Module):
