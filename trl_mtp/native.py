@@ -88,7 +88,7 @@ def stock_mtp_model(base):
 # import
 # ----------------------------------------------------------------------------------------------------------------------
 def copy_native_layers(heads, mtp) -> int:
-    """Put MtpModel's layers into the first depths of sequential `heads` (modules moved, not copied); returns how many."""
+    """Put MtpModel's layers into the first depths of sequential `heads` (modules moved, not copied); -> how many."""
     if getattr(mtp, "use_shared_post_norm", False) or not mtp.use_post_norm:
         raise ValueError(f"{type(heads.trunk.model).__name__}: a shared chain norm is not supported by the sequential "
                          "family")
