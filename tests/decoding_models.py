@@ -49,12 +49,14 @@ def random_batch(seed: int, batch: int, max_len: int = 14, vocab: int = VOCAB, m
 
 
 def reference(model, ids, mask, max_new_tokens, eos=None, **settings):
+    """Greedy `generate`; eos None: no EOS (not the config's)."""
     return model.base_model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                                     eos_token_id=eos, pad_token_id=PAD, **settings)
+                                     eos_token_id=[] if eos is None else eos, pad_token_id=PAD, **settings)
 
 
 def check_identity(model, ids, mask, max_new_tokens, eos=None, **settings):
-    """Greedy speculative output == `generate`'s, row by row; -> the speculative stats."""
+    """Greedy speculative output == `generate`'s, row by row (eos None: no EOS); -> the speculative stats."""
+    eos = [] if eos is None else eos
     ref = reference(model, ids, mask, max_new_tokens, eos, **settings)
     out, stats = speculative_generate(model, ids, mask, max_new_tokens=max_new_tokens, eos_token_id=eos,
                                       pad_token_id=PAD, do_sample=False, **settings)

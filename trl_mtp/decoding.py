@@ -553,9 +553,10 @@ def make_drafter(model, num_depths: int | None = None) -> Drafter:
 # verify and update
 # ----------------------------------------------------------------------------------------------------------------------
 def verify(model, state: DecodeState, inputs: torch.Tensor, inputs_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """One base forward over `inputs` [B, n] appended to every row's slots (`inputs_mask` marks padding, prefill
-    only); -> main-head logits [B, n, V]. Position ids continue each row's count of valid slots (padding gets 1, as
-    in `generate`). The trunk hooks keep this forward's hidden states and last-layer kwargs for the drafter."""
+    """One base forward over `inputs` [B, n] appended to every row's slots (`inputs_mask` marks padding: the
+    prompt's, and finished rows', whose positions must not grow); -> main-head logits [B, n, V]. Position ids
+    continue each row's count of valid slots (padding gets 1, as in `generate`). The trunk hooks keep this forward's
+    hidden states and last-layer kwargs for the drafter."""
     if inputs_mask is None:
         inputs_mask = torch.ones_like(inputs)
     inputs_mask = inputs_mask.long()
@@ -735,7 +736,8 @@ def speculative_generate(
             drafts, draft_probs = drafts[:, :n], (None if draft_probs is None else draft_probs[:, :n])
             last = state.tokens[rows, state.column(state.n_valid)]
             new_start = state.mask.size(1)
-            logits = verify(model, state, torch.cat([last[:, None], drafts], dim=1))  # verify
+            inputs = torch.cat([last[:, None], drafts], dim=1)
+            logits = verify(model, state, inputs, active[:, None].expand_as(inputs))  # verify
             scores = sampler.scores(state, logits, drafts)  # process
             k, next_token = accept(scores, drafts, sampler, draft_probs)  # accept
             update_cache(model, state, drafter, new_start, n + 1, k, next_token, drafts, max_new_tokens, eos)  # update
