@@ -80,7 +80,7 @@ def test_stock_use_mtp_drafts_with_the_exported_layers(model_type, depth, tmp_pa
 
 @pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
     "transformers: DeepSeek-V3's latent attention expands its KV to num_attention_heads heads, then repeats them "
-    "num_attention_heads // num_key_value_heads times; any masked attention over a cache fails in sdpa. When this "
+    "num_attention_heads // num_key_value_heads times; a multi-token forward after a cache fails in sdpa. When this "
     "passes, the export check `_check_stock_attention` can go."))
 @torch.no_grad()
 def test_upstream_latent_attention_with_fewer_kv_heads_fails_over_a_cache():
