@@ -228,7 +228,8 @@ def one_token_rollouts(trainer, prompt: str, n: int):
 def test_rollouts_sample_the_distribution_ppo_scores(speculative, tiny_model, tokenizer, ppo_args, monkeypatch):
     """2000 one-token rollouts against pi = softmax(logits / T), the distribution of PPO's log-probs: a chi-square
     test passes, although the model's generation config holds a repetition penalty of 1.3. Sampled with that config
-    (the former sampler, restored below), '=' with pi = 0.93 at T = 0.7 came out 28% of the time (p-value 0.0)."""
+    (the former sampler, restored below), '=' with pi = 0.93 at T = 0.7 came out 28% of the time (p-value 0.0);
+    speculative decoding, which now honours the model's generation config as `generate` does, fails the same way."""
     args = ppo_args(temperature=0.7, response_length=1, stop_token=None, local_rollout_forward_batch_size=2000,
                     speculative_rollouts=speculative, head_type="blockwise")
     trainer = PPOTrainer(peaked_model(tiny_model), args, train_dataset=Dataset.from_dict({"prompt": ["copy:1,2,3="]}),
@@ -236,10 +237,10 @@ def test_rollouts_sample_the_distribution_ppo_scores(speculative, tiny_model, to
     tokens, pi = one_token_rollouts(trainer, "copy:1,2,3=", 2000)
     assert pi.max() > 0.5  # peaked on '=', a prompt token
     assert chi_square_p_value(torch.bincount(tokens, minlength=pi.numel()), pi) > 1e-3
-    if not speculative:  # the former sampler: the model's own generation config filled in by `generate`
-        monkeypatch.setattr(ppo_trainer, "sampling_only_from", lambda model, config: contextlib.nullcontext())
-        tokens, pi = one_token_rollouts(trainer, "copy:1,2,3=", 2000)
-        assert chi_square_p_value(torch.bincount(tokens, minlength=pi.numel()), pi) < 1e-9
+    # the former sampler: the rollout config with the model's own config left in place, to fill what it leaves unset
+    monkeypatch.setattr(ppo_trainer, "sampling_only_from", lambda model, config: contextlib.nullcontext())
+    tokens, pi = one_token_rollouts(trainer, "copy:1,2,3=", 2000)
+    assert chi_square_p_value(torch.bincount(tokens, minlength=pi.numel()), pi) < 1e-9
 
 
 def test_rollout_sampler_is_a_temperature_and_nothing_else(tiny_model):
