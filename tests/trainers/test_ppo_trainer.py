@@ -277,14 +277,17 @@ def test_without_a_stop_token_rollouts_never_stop(speculative, tiny_model, token
     assert (rollouts.responses != tokenizer.pad_token_id).float().mean() > 0.9  # sampled tokens, not padding
 
 
+GPT2_DROPOUT = dict(resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)  # GPT-2's own
+
+
 def first_update_stats(trainer) -> dict:
     trainer.train()
     return next(h for h in trainer.state.log_history if "val/ratio" in h)
 
 
 @pytest.mark.parametrize("preset, dropout, temperature", [
-    ("tiny-gpt2", dict(resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1), 1.0),
-    ("tiny-gpt2", dict(resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1), 0.7),
+    ("tiny-gpt2", GPT2_DROPOUT, 1.0),
+    ("tiny-gpt2", GPT2_DROPOUT, 0.7),
     ("tiny-llama", dict(attention_dropout=0.1), 0.7),  # applied functionally, from a float attribute
 ])
 def test_dropout_is_off_so_the_first_ratio_is_exactly_one(preset, dropout, temperature, tokenizer, prompts, ppo_args):
@@ -319,7 +322,7 @@ def test_dropout_is_off_in_reference_reward_and_value_models(tokenizer, prompts,
         return LlamaForSequenceClassification(build_config("tiny-llama", len(tokenizer), tokenizer=tokenizer,
                                                            num_labels=1, num_hidden_layers=1, attention_dropout=0.1))
 
-    policy = build_model("tiny-gpt2", len(tokenizer), tokenizer=tokenizer, resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)
+    policy = build_model("tiny-gpt2", len(tokenizer), tokenizer=tokenizer, **GPT2_DROPOUT)
     reward_model, value_model = classifier(), classifier()
     assert all(max(dropout_rates(m)) == 0.1 for m in (policy, reward_model, value_model))
     trainer = PPOTrainer(policy, ppo_args(), train_dataset=prompts, processing_class=tokenizer,
