@@ -11,18 +11,19 @@ import numpy as np
 import pytest
 
 from trl_mtp.experiments.doc_tables import BLOCK, check_results, render, sync
-from trl_mtp.experiments.spec import Metric, Run, Spec
+from trl_mtp.experiments.spec import RESULTS_ROOT, Metric, Run, Spec
 from trl_mtp.experiments.tables import write_outputs
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_docs_tables_are_their_result_files():
-    docs = sorted((ROOT / "docs").glob("*.md"))
-    stale, broken = sync(docs, ROOT / "docs" / "results")
+def test_the_docs_tables_are_their_result_files(monkeypatch):
+    monkeypatch.chdir(ROOT)  # as `python -m trl_mtp.experiments.doc_tables` runs: the blocks name relative paths
+    docs = sorted(Path("docs").glob("*.md"))
+    stale, broken = sync(docs, RESULTS_ROOT)
     assert stale == [] and broken == []
     used = {m["name"] for path in docs for m in BLOCK.finditer(path.read_text())}
-    committed = {p.parent.name for p in (ROOT / "docs" / "results").glob("*/table.json")}
+    committed = {p.parent.name for p in RESULTS_ROOT.glob("*/table.json")}
     assert committed and committed <= used, f"result folders no doc shows: {committed - used}"
 
 

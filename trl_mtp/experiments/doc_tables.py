@@ -1,7 +1,7 @@
 """The docs' experiment tables, generated from the committed result files and checked against them.
 
-A table in docs/*.md that comes from a spec sits between two markers and is written from the spec's result folder
-(docs/results/<name>/, written by `trl-mtp experiment`):
+A table in docs/*.md that comes from a spec sits between two markers, each at the start of its line, and is written
+from the spec's result folder (docs/results/<name>/, written by `trl-mtp experiment`):
 
     <!-- results:wm_drift -->                                        the spec's whole table
     <!-- results:wm_drift baseline="WM-PPO" metrics="held-out acc" variants="WM-PPO|WM whitening" -->
@@ -32,7 +32,9 @@ from trl_mtp.experiments.spec import RESULTS_ROOT
 from trl_mtp.experiments.tables import (RUNS_FILE, TABLE_FILE, caption, markdown_table, read_runs_csv, spec_of_table,
                                         summarize)
 
-BLOCK = re.compile(r"<!-- results:(?P<name>[\w.-]+)(?P<options>[^>]*?)-->\n(?P<body>.*?)<!-- /results -->", re.S)
+# a marker starts its line: an indented one (an example in a code block) is left alone
+BLOCK = re.compile(r"^<!-- results:(?P<name>[\w.-]+)(?P<options>[^>]*?)-->\n(?P<body>.*?)^<!-- /results -->",
+                   re.S | re.M)
 OPTION = re.compile(r'\s*(\w+)="([^"]*)"')
 OPTIONS = ("metrics", "variants", "baseline")
 

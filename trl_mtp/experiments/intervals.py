@@ -112,7 +112,7 @@ def seeds_items_half_width(matrix: np.ndarray, confidence: float = 0.9) -> np.nd
     return np.sqrt(t_quantile(p, n - 1) ** 2 * seed_part + t_quantile(p, m - 1) ** 2 * item_part)
 
 
-def seeds_items_interval(per_seed_items, *, confidence: float = 0.9) -> tuple[float, float, float]:
+def seeds_items_interval(per_seed_items, *, confidence: float = 0.9) -> tuple[float, float | None, float | None]:
     """(mean, low, high) of the mean over seeds and items of per-item values, one list per seed, the same items in
     the same order for every seed (see the module docstring). One seed: a t-interval over its items."""
     _check_confidence(confidence)
@@ -122,7 +122,7 @@ def seeds_items_interval(per_seed_items, *, confidence: float = 0.9) -> tuple[fl
     if len({r.size for r in rows}) > 1:
         raise ValueError(f"every seed must score the same items, got {sorted({r.size for r in rows})} items")
     if len(rows) == 1:
-        return t_interval(rows[0], confidence=confidence) if rows[0].size > 1 else (float(rows[0][0]),) * 3
+        return t_interval(rows[0], confidence=confidence)
     matrix = np.stack(rows)
     if matrix.shape[1] == 1:  # one item per seed: the seeds' values are all there is
         return t_interval(matrix[:, 0], confidence=confidence)
