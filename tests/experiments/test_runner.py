@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -156,12 +157,23 @@ def test_finished_runs_made_with_other_arguments_are_refused(tmp_path, capsys):
     ({"seeds": [0, 0]}, "[0, 0]"),
     ({"common": {"seed": 3}}, "'seed'"),
     ({"base": {"run": "trl_mtp.pretrain:no_such_base"}}, "no_such_base"),
+    ({"results": 3}, "results: expected a folder, got 3"),
 ])
 def test_bad_spec_is_one_line_before_anything_runs(tmp_path, capsys, changes, bad):
     assert cli(["experiment", write_spec(tmp_path, **changes)]) == 2
     assert CALLS == []
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and bad in lines[0] and "error" in lines[0], lines
+
+
+def test_result_files_go_to_docs_results_unless_the_spec_names_a_folder(tmp_path):
+    from trl_mtp.experiments.spec import load_spec
+
+    assert load_spec(write_spec(tmp_path)).results_dir == tmp_path / "results"
+    spec = yaml.safe_load(open(write_spec(tmp_path)))
+    del spec["results"]
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    assert load_spec(tmp_path / "spec.yaml").results_dir == Path("docs/results/toy")
 
 
 def test_metric_path_no_finished_run_has_is_refused(tmp_path, capsys):
