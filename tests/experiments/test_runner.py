@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import yaml
 
 from trl_mtp.cli import main as cli
 from trl_mtp.experiments.intervals import seeds_items_interval, t_interval
+from trl_mtp.experiments.runner import code_version
 
 CALLS: list[tuple] = []
 
@@ -76,6 +78,7 @@ def test_grid_runs_resumes_and_writes_the_table(tmp_path, capsys):
     assert stats["high +x", "reward"]["diff"] == pytest.approx(t_interval([0.4, 0.4]))
     assert stats["low", "acc"]["diff"] is None  # the baseline has no difference to itself
     assert table["command"].startswith("trl-mtp experiment ") and table["finished_runs"] == 4
+    assert table["commit"] == code_version()
     runs = list(csv.DictReader(open(results / "runs.csv")))
     assert [(r["variant"], r["seed"]) for r in runs] == [("low", "0"), ("low", "1"), ("high +x", "0"),
                                                           ("high +x", "1")]
@@ -237,6 +240,14 @@ def test_a_real_sft_spec_end_to_end(tmp_path, capsys):
                                                            ("sequential D=2", "copy acc"),
                                                            ("sequential D=2", "train loss")]
     assert json.loads((tmp_path / "runs" / "sequential_D2" / "seed0" / "result.json").read_text())["steps"] == 3
+
+
+def test_code_version_is_the_checkout_commit():
+    package = Path(__file__).resolve().parents[2] / "trl_mtp"
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=package, capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("not a git checkout")
+    assert code_version().split()[0] == head.stdout.strip()
 
 
 def test_metric_paths_index_lists():

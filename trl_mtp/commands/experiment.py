@@ -31,7 +31,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
-    from trl_mtp.experiments.runner import check_finished, dry_run, run_grid
+    from trl_mtp.experiments.runner import check_finished, code_version, dry_run, run_grid
     from trl_mtp.experiments.spec import load_spec
     from trl_mtp.experiments.tables import check_metric_paths, write_outputs
 
@@ -67,7 +67,8 @@ def main(argv: list[str]) -> int:
     elif not args.table_only:
         failures.unlink(missing_ok=True)  # this pass ran everything it was asked: older failures are gone
     if results:
-        print(write_outputs(spec, results, results_dir, plots=spec.out, total_runs=len(runs), command=command))
+        print(write_outputs(spec, results, results_dir, plots=spec.out, total_runs=len(runs), command=command,
+                            commit=code_version()))
         print(f"results: {results_dir} (table.md, table.json, runs.csv); plots in {spec.out}")
     else:
         print("no finished runs yet: no table", file=sys.stderr)

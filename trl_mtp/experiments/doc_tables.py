@@ -108,7 +108,8 @@ def render(name: str, options: dict[str, str], results_root: Path = RESULTS_ROOT
     stats.sort(key=lambda s: variants.index(s.variant))
     if not stats:
         raise ValueError(f"{where}: no finished runs in {folder} for these rows")
-    source = f"Per-run values: `{folder / RUNS_FILE}`, made by `{table['command']}`."
+    commit = f" at commit {table['commit']}" if table.get("commit") else ""
+    source = f"Per-run values: `{folder / RUNS_FILE}`, made by `{table['command']}`{commit}."
     return f"\n{markdown_table(spec, stats)}\n\n{caption(stats)} {source}\n\n"
 
 

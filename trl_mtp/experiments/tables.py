@@ -312,17 +312,18 @@ def slug(name: str) -> str:
 
 
 def write_outputs(spec: Spec, results: dict[Run, dict], folder: Path, *, plots: Path, total_runs: int,
-                  command: str) -> str:
+                  command: str, commit: str | None = None) -> str:
     """The result files (runs.csv, table.json, table.md) in `folder` and `<metric>.png` in `plots`; returns the
-    markdown table with its caption."""
+    markdown table with its caption. `commit`: the code's version, recorded with the numbers."""
     values = collect(spec, results)
     stats = summarize(spec, values)
     folder.mkdir(parents=True, exist_ok=True)
     table = markdown_table(spec, stats) + "\n\n" + caption(stats)
-    provenance = {"command": command, "finished_runs": len(results), "total_runs": total_runs}
+    provenance = {"command": command, "commit": commit, "finished_runs": len(results), "total_runs": total_runs}
     write_runs_csv(spec, values, folder / RUNS_FILE)
     (folder / TABLE_FILE).write_text(json.dumps(table_json(spec, stats, **provenance), indent=1) + "\n")
-    notes = f"Finished runs: {len(results)} of {total_runs}; reproduce: `{command}`."
+    notes = (f"Finished runs: {len(results)} of {total_runs}; reproduce: `{command}`"
+             + (f" (code at commit {commit})." if commit else "."))
     text = "\n\n".join(x for x in [f"# {spec.name}", spec.description.strip(), table, notes] if x)
     (folder / TABLE_MD).write_text(text + "\n")
     plots.mkdir(parents=True, exist_ok=True)
