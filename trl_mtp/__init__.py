@@ -18,7 +18,7 @@ _EXPORTS: dict[str, str] = {
     "build_model": "trl_mtp.tasks.presets",
     "evaluate_task": "trl_mtp.tasks.evaluate",
     "pretrain_base": "trl_mtp.pretrain",
-    "bootstrap_ci": "trl_mtp.experiments.bootstrap",
+    "bootstrap_ci": "trl_mtp.bootstrap",
     "MTPHeads": "trl_mtp.heads",
     "BlockwiseHeads": "trl_mtp.heads",
     "ParallelHeads": "trl_mtp.heads",
