@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from trl_mtp import MTPConfig, MTPForCausalLM
+from trl_mtp.config import HEAD_TYPES
 from trl_mtp.losses import depth_weights, shift_labels
 from trl_mtp.tasks.presets import build_model
 
@@ -73,7 +74,7 @@ def naive_mtp_loss(model, ids, labels, mask=None, pos=None):
     return sum(w * l for w, l in zip(weights, losses)), torch.stack(losses)
 
 
-@pytest.mark.parametrize("head_type", ["blockwise", "parallel", "sequential", "medusa"])
+@pytest.mark.parametrize("head_type", HEAD_TYPES)
 @pytest.mark.parametrize("packed", [False, True])
 def test_loss_equals_naive_reference(head_type, packed):
     torch.manual_seed(0)

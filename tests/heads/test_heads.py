@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from trl_mtp import MTPConfig, MTPForCausalLM
+from trl_mtp.config import HEAD_TYPES as FAMILIES
 from trl_mtp.heads import Trunk
 from trl_mtp.tasks.presets import build_model
 
 V = 101
 ARCHS = ["llama", "qwen3", "gpt2"]
-FAMILIES = ["blockwise", "parallel", "sequential", "medusa"]
 
 
 def tiny_model(arch: str, seed: int = 0):
