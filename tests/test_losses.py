@@ -137,3 +137,17 @@ def test_self_distill_equals_naive_soft_ce(topk):
         soft_ce = -(torch.where(p > 0, p * logq, 0.0)).sum(-1)
         reference = reference + 0.5 * soft_ce[valid].mean()
     assert torch.allclose(out.mtp_loss, reference, atol=1e-5)
+
+
+def test_masked_mean_by_hand_and_shared_by_ppo_and_the_world_model():
+    """One masked mean: PPO's math and the world model's losses use this one (a second copy once lacked `dim`)."""
+    from trl_mtp import world_model
+    from trl_mtp.losses import masked_mean
+    from trl_mtp.trainers import ppo_core
+
+    x = torch.tensor([[1.0, 2.0, 9.0], [4.0, 9.0, 9.0]])
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    assert masked_mean(x, mask).item() == pytest.approx(7 / 3)
+    assert masked_mean(x, mask, dim=1).tolist() == [1.5, 4.0]
+    assert masked_mean(x, torch.zeros_like(mask)).item() == 0.0  # no real token: 0, not NaN
+    assert world_model.masked_mean is ppo_core.masked_mean is masked_mean

@@ -1,7 +1,7 @@
 """One RL run from an MTP checkpoint: our PPO or TRL's GRPO (both with MTP heads), then held-out scores and the heads'
 speculative acceptance before and after.
 
-Shared by the RL experiment (issue 5: PPO vs PPO+MTP vs GRPO vs GRPO+MTP) and the world-model experiment (issue 6:
+Shared by the RL comparison (PPO vs PPO+MTP vs GRPO vs GRPO+MTP) and the world-model experiment (world-model
 PPO variants), so both score runs the same way. A finished run writes `result.json` and is not run again (resume).
 """
 
