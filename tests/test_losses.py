@@ -3,20 +3,13 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from native_models import tiny_base
 
 from trl_mtp import MTPConfig, MTPForCausalLM
 from trl_mtp.config import HEAD_TYPES
 from trl_mtp.losses import depth_weights, shift_labels
-from trl_mtp.tasks.presets import build_model
 
 V = 97
-
-
-
-
-def tiny_llama(seed=0):
-    return build_model("tiny-llama", V, seed=seed, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                       num_key_value_heads=2, intermediate_size=64)
 
 
 def naive_target(labels, b, t, offset, attention_mask, position_ids):
@@ -78,8 +71,9 @@ def naive_mtp_loss(model, ids, labels, mask=None, pos=None):
 @pytest.mark.parametrize("packed", [False, True])
 def test_loss_equals_naive_reference(head_type, packed):
     torch.manual_seed(0)
-    model = MTPForCausalLM.from_base(tiny_llama(), MTPConfig(head_type=head_type, num_mtp_heads=3, mtp_loss_chunk_size=5,
-                                                             mtp_depth_decay=0.7, mtp_normalize_depth_weights=False))
+    config = MTPConfig(head_type=head_type, num_mtp_heads=3, mtp_loss_chunk_size=5, mtp_depth_decay=0.7,
+                       mtp_normalize_depth_weights=False)
+    model = MTPForCausalLM.from_base(tiny_base("llama", V), config)
     for p in model.heads.parameters():  # leave the zero init so every depth differs
         p.data.add_(0.05 * torch.randn_like(p))
     ids, mask, labels = batch_with_masks()
@@ -97,7 +91,7 @@ def test_loss_equals_naive_reference(head_type, packed):
 
 
 def test_chunk_size_does_not_change_loss_or_grads():
-    model = MTPForCausalLM.from_base(tiny_llama(), MTPConfig(head_type="medusa", num_mtp_heads=2))
+    model = MTPForCausalLM.from_base(tiny_base("llama", V), MTPConfig(head_type="medusa", num_mtp_heads=2))
     ids, mask, labels = batch_with_masks()
     results = []
     for chunk in (0, 1, 7):
@@ -115,7 +109,7 @@ def test_chunk_size_does_not_change_loss_or_grads():
 def test_self_distill_equals_naive_soft_ce(topk):
     config = MTPConfig(head_type="blockwise", num_mtp_heads=2, mode="decoupled", decoupled_target="self_distill",
                        self_distill_topk=topk, mtp_loss_chunk_size=4)
-    model = MTPForCausalLM.from_base(tiny_llama(), config)
+    model = MTPForCausalLM.from_base(tiny_base("llama", V), config)
     for p in model.heads.parameters():
         p.data.add_(0.05 * torch.randn_like(p))
     ids, mask, labels = batch_with_masks()
