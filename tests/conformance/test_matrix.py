@@ -35,7 +35,7 @@ def known_bug(name: str, path: str, family: str):
         return SAMPLING_CONFIG
     if name == "qwen2.5" and path in ("greedy", "position_limit"):
         return GREEDY_PROCESSORS
-    if name in SLIDING and path == "greedy" or name == "gemma2" and path == "position_limit":
+    if name in SLIDING and path == "greedy":
         return WINDOW_HOLES
     if name == "gpt2" and path == "position_limit":
         return POSITION_LIMIT

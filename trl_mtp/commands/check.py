@@ -3,7 +3,7 @@ pass / refused with the reason / FAIL, first-draft acceptance).
 
     trl-mtp check out/run                         # an MTP checkpoint: its own heads
     trl-mtp check out/native                      # native MTP layers (DeepSeek-V3, GLM-4.5): also stock use_mtp
-    trl-mtp check Qwen/Qwen2.5-0.5B --paths greedy,sampled   # a plain base: new heads of each family
+    trl-mtp check path/to/base --paths greedy,sampled   # a plain base (a folder): new heads of each family
 
 Exit code 1 with one line on stderr when a path fails, when the heads cannot be loaded, or when trained heads draft
 nothing (first-draft acceptance on the greedy path at most --min-acceptance: the 0%-acceptance checkpoints whose heads

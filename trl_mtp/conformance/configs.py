@@ -134,9 +134,9 @@ CHECKPOINTS: dict[str, Checkpoint] = {
         # MLA attention, MoE with a shared expert, yarn rope (context 163840 from 4096: factor 40; here 160 from 4)
         # MLA gives every query head its own key/value head (128 and 128 in the release): with fewer, transformers'
         # attention fails on a padded batch (a shape error inside sdpa)
-        dict(**MOE, num_key_value_heads=4, routed_scaling_factor=2.5, q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=8,
-             qk_nope_head_dim=8, v_head_dim=16, max_position_embeddings=160, num_nextn_predict_layers=1,
-             tie_word_embeddings=False,
+        dict(**MOE, num_key_value_heads=4, routed_scaling_factor=2.5, q_lora_rank=16, kv_lora_rank=16,
+             qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16, max_position_embeddings=160,
+             num_nextn_predict_layers=1, tie_word_embeddings=False,
              rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=40.0, original_max_position_embeddings=4,
                                   beta_fast=32.0, beta_slow=1.0, mscale=1.0, mscale_all_dim=1.0)),
         dict(bos_token_id=0, eos_token_id=1, do_sample=True, temperature=0.6, top_p=0.95),
