@@ -68,6 +68,40 @@ def test_greedy_path_fails_when_a_rejected_draft_is_kept(monkeypatch):
     assert result.status == "fail" and "differs from generate" in result.reason
 
 
+def test_decoding_paths_fail_without_the_generation_configs_processors(monkeypatch):
+    """Dropping the processors generate builds from the generation config: Qwen2.5's repetition penalty changes
+    greedy's tokens, Llama-3's temperature 0.6 / top_p 0.9 its distribution."""
+    from transformers import LogitsProcessorList
+
+    qwen, llama = tiny_subject("qwen2.5"), tiny_subject("llama3")
+    assert run_cell(qwen, "greedy", "blockwise").status == "pass"
+    assert run_cell(llama, "sampled", "blockwise").status == "pass"
+    real = decoding.generation_settings
+    monkeypatch.setattr(decoding, "generation_settings",
+                        lambda *args, **kwargs: (real(*args, **kwargs)[0], LogitsProcessorList()))
+    result = run_cell(qwen, "greedy", "blockwise")
+    assert result.status == "fail" and "differs from generate" in result.reason
+    result = run_cell(llama, "sampled", "blockwise")
+    assert result.status == "fail" and "generate's distribution" in result.reason
+
+
+def test_greedy_path_fails_when_holes_stay_inside_a_sliding_window(monkeypatch):
+    subject = tiny_subject("mistral")
+    assert run_cell(subject, "greedy", "parallel").status == "pass"
+    real = decoding.SlotUpdate.plan
+    monkeypatch.setattr(decoding.SlotUpdate, "plan",
+                        classmethod(lambda cls, new_start, kept, window: real(new_start, kept, None)))
+    assert run_cell(subject, "greedy", "parallel").status == "fail"
+
+
+def test_position_limit_path_fails_when_drafts_pass_the_last_position(monkeypatch):
+    subject = tiny_subject("gpt2")
+    assert run_cell(subject, "position_limit", "blockwise").status == "pass"
+    monkeypatch.setattr(decoding, "drafts_that_fit", lambda state, num_drafts, max_positions: num_drafts)
+    result = run_cell(subject, "position_limit", "blockwise")
+    assert result.status == "fail" and "IndexError" in result.reason
+
+
 @pytest.mark.parametrize("name", ["llama3", "qwen2.5", "mistral"])
 def test_sampling_check_passes_generate_and_fails_wrong_samplers(name):
     """generate's own samples pass; samples at another temperature, or without its top-k / top-p, fail."""

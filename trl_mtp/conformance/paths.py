@@ -322,7 +322,7 @@ def bf16(subject: Subject, family: str) -> dict:
 
 def native_model(subject: Subject):
     """The subject's sequential model on an architecture with native MTP layers, or a refusal saying why not."""
-    from trl_mtp.native import ARCHITECTURES, has_native_layout
+    from trl_mtp.heads.native_layouts import ARCHITECTURES, has_native_layout
 
     if not has_native_layout(subject.config):
         raise Refused(f"model_type {subject.config.get_text_config().model_type!r} has no native MTP layers "
@@ -388,7 +388,7 @@ PATHS: dict[str, tuple[Callable, str]] = {
 
 def cells(subject: Subject, paths=None) -> list[tuple[str, str]]:
     """(path, family) pairs that `run_cell` takes, in table order; a trained checkpoint runs its own family only."""
-    from trl_mtp.native import has_native_layout
+    from trl_mtp.heads.native_layouts import has_native_layout
 
     out = []
     for path in paths or PATHS:
