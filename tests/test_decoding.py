@@ -13,7 +13,8 @@ import torch
 from decoding_models import FAMILIES, PAD, VOCAB, check_identity, make_model, random_batch, reference
 
 from trl_mtp.config import MTPConfig
-from trl_mtp.decoding import pool_acceptance
+import trl_mtp.decoding as decoding
+from trl_mtp.decoding import pool_acceptance, slot_positions
 from trl_mtp.model import MTPForCausalLM
 from trl_mtp.tasks.presets import build_model
 
@@ -164,3 +165,35 @@ def test_rows_finishing_mid_block_while_others_run(family):
     for seed, max_new_tokens in ((21, 14), (22, 13), (23, 14), (25, 17)):  # seen to finish rows mid-block early
         ids, mask = random_batch(seed, 6)
         check_identity(model, ids, mask, max_new_tokens)
+
+
+def _sequential_windows(model, ids, mask, max_new_tokens, eos, monkeypatch):
+    """Slots of the window the sequential drafter recomputes, per round (speculative output checked too)."""
+    windows = []
+    propose = decoding.SequentialDrafter.propose
+
+    def recording(self, state, sampler):
+        windows.append(state.mask.size(1) - self.start)
+        return propose(self, state, sampler)
+
+    monkeypatch.setattr(decoding.SequentialDrafter, "propose", recording)
+    check_identity(model, ids, mask, max_new_tokens, eos=eos)
+    return windows
+
+
+def test_sequential_window_follows_the_rows_still_decoding(monkeypatch):
+    """A row that finished early must not pin the sequential drafter's window: it stays a few slots wide (at most
+    D + the holes of one round) however long the others go on; counting finished rows made it grow every round."""
+    model = make_model("sequential", depths=3, perturb=0.3)
+    ids, mask = random_batch(11, 5)
+    free = reference(model, ids, mask, 40)[:, ids.size(1):]
+    eos = int(free[2, 2])  # row 2 ends at its 3rd token at the latest; others run on
+    windows = _sequential_windows(model, ids, mask, 40, eos, monkeypatch)
+    assert max(windows[1:]) <= 2 * (3 + 1) + 1, windows  # round 1 recomputes the prompt
+    assert len(windows) > 8  # long enough that a pinned window would have grown past the bound
+
+    monkeypatch.undo()  # the recording propose of the first run
+    monkeypatch.setattr(decoding.SequentialDrafter, "window_start", lambda self, state: int(  # every row counted
+        (slot_positions(state.mask) > (state.n_valid - self.num_depths)[:, None]).float().argmax(1).min()))
+    pinned = _sequential_windows(model, ids, mask, 40, eos, monkeypatch)
+    assert max(pinned[1:]) > 2 * (3 + 1) + 1, pinned  # the old rule (all rows) lets the window grow

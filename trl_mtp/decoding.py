@@ -535,10 +535,17 @@ class SequentialDrafter(Drafter):
             return self.heads.depth_logits(depth, prev[rows, (state.last_slot - start).clamp(min=0)])
 
         drafts = self._chain(state, logits_of_depth, sampler)
-        # entries at positions <= n - D are final for every depth: the next window starts at the first slot past them
-        first_open = (slot_positions(state.mask) > (state.n_valid - self.num_depths)[:, None]).float().argmax(1)
-        self.start = int(first_open.min())
+        self.start = self.window_start(state)
         return drafts
+
+    def window_start(self, state) -> int:
+        """First slot of the next round's window. Entries at positions <= n - D are final for every depth, and the
+        window must hold the drafting slot (position n - 1): it starts at the first slot past position
+        n - max(D, 2), over the rows still decoding only (a finished row drafts no more: counting it would pin the
+        window at the slot where it stopped, and the window would grow every round)."""
+        open_ = slot_positions(state.mask) > (state.n_valid - max(self.num_depths, 2))[:, None]
+        first_open = open_.float().argmax(1)
+        return int(first_open[~state.done].min()) if bool((~state.done).any()) else state.mask.size(1)
 
 
 DRAFTERS = {"blockwise": PositionwiseDrafter, "medusa": PositionwiseDrafter,
