@@ -193,7 +193,63 @@ def test_sequential_window_follows_the_rows_still_decoding(monkeypatch):
     assert len(windows) > 8  # long enough that a pinned window would have grown past the bound
 
     monkeypatch.undo()  # the recording propose of the first run
-    monkeypatch.setattr(decoding.SequentialDrafter, "window_start", lambda self, state: int(  # every row counted
-        (slot_positions(state.mask) > (state.n_valid - self.num_depths)[:, None]).float().argmax(1).min()))
+    monkeypatch.setattr(decoding.SequentialDrafter, "plan_figure", lambda self, mask, n_valid, done: (  # every row
+        slot_positions(mask) > (n_valid - self.num_depths)[:, None]).float().argmax(1).long())
     pinned = _sequential_windows(model, ids, mask, 40, eos, monkeypatch)
     assert max(pinned[1:]) > 2 * (3 + 1) + 1, pinned  # the old rule (all rows) lets the window grow
+
+
+HOST_READS = ("tolist", "item", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__")
+
+
+def count_host_reads(monkeypatch) -> list[int]:
+    """Counts every read of a tensor's value back to Python (the syncs a GPU would wait on)."""
+    calls = [0]
+    for name in HOST_READS:
+        original = getattr(torch.Tensor, name)
+
+        def counting(self, *args, _original=original, **kwargs):
+            calls[0] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    return calls
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_one_host_read_per_round(family, monkeypatch):
+    """A round reads the device back once (lengths and counts live as Python ints): reads grow by exactly one per
+    verify round; the reads of setup, prefill and the output are a fixed number whatever the rounds."""
+    model = make_model(family, perturb=0.3)
+    ids, mask = random_batch(4, 3)
+    totals = {}
+    for max_new_tokens in (8, 24):
+        calls = count_host_reads(monkeypatch)
+        _, stats = model.speculative_generate(ids, mask, max_new_tokens=max_new_tokens, eos_token_id=[],
+                                              pad_token_id=PAD)
+        monkeypatch.undo()
+        totals[max_new_tokens] = (calls[0], stats["forwards"])
+    (short, short_forwards), (long, long_forwards) = totals[8], totals[24]
+    assert long_forwards > short_forwards
+    assert long - short == long_forwards - short_forwards, totals
+
+
+def test_host_read_counter_sees_a_read_per_round(monkeypatch):
+    """The counter catches a per-round read: an extra `.item()` in every round breaks the one-read rule."""
+    update = decoding.update_cache
+
+    def with_extra_read(*args, **kwargs):
+        args[1].n_valid.max().item()
+        return update(*args, **kwargs)
+
+    monkeypatch.setattr(decoding, "update_cache", with_extra_read)
+    model = make_model("blockwise", perturb=0.3)
+    ids, mask = random_batch(4, 3)
+    reads = []
+    for max_new_tokens in (8, 24):
+        with monkeypatch.context() as patch:
+            calls = count_host_reads(patch)
+            forwards = model.speculative_generate(ids, mask, max_new_tokens=max_new_tokens, eos_token_id=[],
+                                                  pad_token_id=PAD)[1]["forwards"]
+        reads.append((calls[0], forwards))
+    assert reads[1][0] - reads[0][0] == 2 * (reads[1][1] - reads[0][1])
