@@ -8,6 +8,8 @@ give rejections at varying depths per row ("mixed"). Identity must hold in both.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from decoding_models import FAMILIES, PAD, VOCAB, check_identity, make_model, random_batch, reference
@@ -253,3 +255,67 @@ def test_host_read_counter_sees_a_read_per_round(monkeypatch):
                                                   pad_token_id=PAD)[1]["forwards"]
         reads.append((calls[0], forwards))
     assert reads[1][0] - reads[0][0] == 2 * (reads[1][1] - reads[0][1])
+
+
+@pytest.mark.parametrize("family", ["blockwise", "parallel"])
+def test_all_depths_projected_at_once_outside_the_capture_hook(family, monkeypatch):
+    """Per round: one LM head call for the verify and one for all D depths' drafts, and the final norm's hooks (the
+    trunk's capture among them) fire for the verify only; depth-by-depth projection through the hooked modules fails."""
+    model = make_model(family, perturb=0.3)
+    ids, mask = random_batch(4, 2)
+
+    def count():
+        lm_head, norm = model.trunk.lm_head, model.trunk.final_norm
+        calls = {"lm_head": 0, "norm_hook": 0}
+        forward = lm_head.forward
+
+        def counting(*args, **kwargs):
+            calls["lm_head"] += 1
+            return forward(*args, **kwargs)
+
+        monkeypatch.setattr(lm_head, "forward", counting)
+        handle = norm.register_forward_pre_hook(lambda *_: calls.__setitem__("norm_hook", calls["norm_hook"] + 1))
+        try:  # speculative decoding only (generate's own calls not counted)
+            stats = model.speculative_generate(ids, mask, max_new_tokens=16, eos_token_id=[], pad_token_id=PAD)[1]
+        finally:
+            handle.remove()
+            monkeypatch.undo()
+        return calls, stats["forwards"]
+
+    calls, forwards = count()
+    assert calls == {"lm_head": 2 * forwards - 1, "norm_hook": forwards}
+    monkeypatch.setattr(decoding.Drafter, "project", lambda self, hiddens: torch.stack(
+        [self.heads.depth_logits(i, h) for i, h in enumerate(hiddens, start=1)], 1))
+    broken, forwards = count()
+    assert broken["norm_hook"] == forwards + 3 * (forwards - 1)
+
+
+def test_parallel_heads_run_over_kept_slots_only(monkeypatch):
+    """The parallel heads' layers see, each round, the slots the longest-accepting row kept (k + 1), not all D + 1
+    verified slots; running them over every verified slot fails."""
+    model = make_model("parallel", perturb=0.3)
+    ids, mask = random_batch(4, 3)
+
+    def slots_seen():
+        seen = []
+        depth_hidden = type(model.heads).depth_hidden
+
+        def recording(self, depth, trunk_hidden, **kwargs):
+            if depth == 1:
+                seen.append(trunk_hidden.size(1))
+            return depth_hidden(self, depth, trunk_hidden, **kwargs)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(type(model.heads), "depth_hidden", recording)
+            stats = check_identity(model, ids, mask, 20)
+        return seen, stats
+
+    seen, stats = slots_seen()
+    expected = [ids.size(1)] + [max(k for k in round_ if k >= 0) + 1 for round_ in stats["accepted_per_round"]]
+    assert seen == expected and min(expected[1:]) < 4  # some round kept fewer than D + 1 = 4 slots
+    observe = decoding.ParallelDrafter.observe
+    monkeypatch.setattr(decoding.ParallelDrafter, "observe", lambda self, state, hidden, kwargs, update: observe(
+        self, state, hidden, kwargs, dataclasses.replace(update, keep=update.new_start + hidden.size(1))))
+    with pytest.raises(Exception):  # every verified slot run: the drafts differ, the stats or the slots seen too
+        seen, stats = slots_seen()
+        assert seen == [ids.size(1)] + [max(k for k in r if k >= 0) + 1 for r in stats["accepted_per_round"]]
