@@ -90,3 +90,28 @@ def test_quick_bench_runs(tmp_path, capsys):
     assert set(rows) == {"greedy", "loop-k0", "prompt_lookup", "mtp-blockwise", "mtp-sequential"}
     assert all(r["identical_to_greedy"] for r in rows.values())
     assert len(rows["greedy"]["seconds"]) == 2 and 0 < rows["mtp-blockwise"]["ceiling_vs_loop_k0"]
+
+
+def test_batch_rows_with_a_reference_engine(monkeypatch, capsys):
+    """One batch size end to end on tiny models, with a second decoding module run side by side as '@ref': every
+    method gets paired speed-ups over both baselines, the speculative ones a ceiling, all outputs equal greedy's."""
+    import argparse
+
+    import trl_mtp.decoding
+
+    models = {"mtp-blockwise": _model("blockwise"), "mtp-sequential": _model("sequential")}
+    # the same base weights under every head set (seeded), as the benchmark's trained models
+    monkeypatch.setitem(bench.ENGINES, bench.REFERENCE, bench.load_engine(trl_mtp.decoding.__file__))
+    batches = [left_pad([[5, 6, 7, 8], [9, 10, 11]], 0), left_pad([[12, 13, 14], [15, 16, 17, 18]], 0)]
+    methods = ["greedy", "loop-k0", "mtp-blockwise", "mtp-sequential", "loop-k0@ref", "mtp-sequential@ref"]
+    args = argparse.Namespace(repeats=3, seed=0, max_new_tokens=6)
+    rows = bench.bench_batch_size(methods, models, models["mtp-blockwise"].base_model, batches, args, 0)
+    assert set(rows) == set(methods)
+    assert all(r["identical_to_greedy"] and len(r["seconds"]) == 3 for r in rows.values())
+    assert rows["greedy"]["speedup_vs_generate"]["median"] == 1.0
+    for m in ("mtp-blockwise", "mtp-sequential", "mtp-sequential@ref"):
+        assert rows[m]["ceiling_vs_loop_k0"] > 0 and "fraction_of_ceiling" in rows[m]
+        assert "mean_accepted_length" in rows[m]
+    assert "ceiling_vs_loop_k0" not in rows["loop-k0@ref"]
+    bench.print_table({"num_depths": 3, "batches": {"2": rows}})
+    assert "mtp-sequential@ref" in capsys.readouterr().out

@@ -35,7 +35,7 @@ import torch
 
 from trl_mtp.benchmarks import parse_families
 from trl_mtp.benchmarks.decode_models import FAMILIES, trained_models
-from trl_mtp.decoding import DRAFTERS, left_pad, pool_acceptance
+from trl_mtp.decoding import left_pad, pool_acceptance
 
 
 def parse_args(argv):
@@ -51,6 +51,8 @@ def parse_args(argv):
     parser.add_argument("--pretrain-task", default="stdlib", help="the base's pretraining data ('stdlib', 'mix')")
     parser.add_argument("--head-steps", type=int, default=300, help="MTP-SFT steps of each family's heads")
     parser.add_argument("--head-texts", type=int, default=1024, help="self-distillation texts the heads train on")
+    parser.add_argument("--reference-engine", default=None, metavar="FILE", help="another decoding.py (e.g. main's, "
+                        "before a change): its k = 0 loop and families run too, as '<method>@ref', side by side")
     parser.add_argument("--quick", action="store_true", help="tiny training and run (tests, smoke checks)")
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--native", default=None, metavar="DIR", help="a checkpoint with native MTP layers: compare "
@@ -111,8 +113,34 @@ def held_out_prompts(tokenizer, n: int, length: int) -> list[list[int]]:
     return prompts
 
 
+REFERENCE = "@ref"
+ENGINES = {}  # "@ref": the module given by --reference-engine
+
+
+def load_engine(path: str):
+    """A decoding module from another file (same package imports), for before/after runs side by side."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("trl_mtp_reference_decoding", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while being built
+    spec.loader.exec_module(module)
+    return module
+
+
+def engine_of(name: str):
+    """(decoding module, method name without the engine suffix)."""
+    import trl_mtp.decoding
+
+    if name.endswith(REFERENCE):
+        return ENGINES[REFERENCE], name[: -len(REFERENCE)]
+    return trl_mtp.decoding, name
+
+
 def decode(name, models, base, ids, mask, max_new_tokens, pad):
     """(output, stats or None) of one method on one batch."""
+    engine, name = engine_of(name)
     settings = dict(attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
     with torch.no_grad():
         if name == "greedy":
@@ -123,8 +151,8 @@ def decode(name, models, base, ids, mask, max_new_tokens, pad):
             return base.generate(ids, use_mtp=True, **settings), None
         model = models[name] if name in models else next(iter(models.values()))
         draft = 0 if name == "loop-k0" else None
-        return model.speculative_generate(ids, mask, max_new_tokens=max_new_tokens, pad_token_id=pad,
-                                          num_draft_tokens=draft)
+        return engine.speculative_generate(model, ids, mask, max_new_tokens=max_new_tokens, pad_token_id=pad,
+                                           num_draft_tokens=draft)
 
 
 def run_method(name, models, base, batches, max_new_tokens, pad):
@@ -174,8 +202,9 @@ def timed_calls(targets):
 def in_loop_times(name, models, base, batches, max_new_tokens, pad) -> dict:
     """Seconds one pass of a method spends inside base forwards (`forward_s`) and inside its drafter's propose and
     observe stages (`drafting_s`: the heads' own cost), on the real batches. CPU: calls are synchronous."""
+    drafters = set(engine_of(name)[0].DRAFTERS.values())
     targets = [("forward_s", base, "forward")]
-    targets += [("drafting_s", drafter, stage) for drafter in set(DRAFTERS.values()) for stage in ("propose", "observe")]
+    targets += [("drafting_s", drafter, stage) for drafter in drafters for stage in ("propose", "observe")]
     with timed_calls(targets) as totals:
         run_method(name, models, base, batches, max_new_tokens, pad)
     return totals
@@ -204,12 +233,16 @@ def main(argv: list[str]) -> int:
     if args.native:
         allow_stock_mtp(base)  # stock transformers then finds the MTP tensors whatever the model's depth
     prompts = held_out_prompts(tokenizer, args.prompts, args.prompt_tokens)
+    if args.reference_engine:
+        ENGINES[REFERENCE] = load_engine(args.reference_engine)
     results = {"config": dict(vars(args)), "num_depths": next(iter(models.values())).heads.num_depths,
                "model_dirs": {k: str(v) for k, v in dirs.items()}, "batches": {}}
     for batch_size in args.batch_sizes:
         batches = [left_pad(prompts[i:i + batch_size], pad) for i in range(0, len(prompts), batch_size)]
         methods = ["greedy", "loop-k0"] + (["prompt_lookup"] if batch_size == 1 else []) + (
             ["transformers-use_mtp"] if args.native else []) + list(models)
+        if args.reference_engine:
+            methods += [m + REFERENCE for m in methods if m == "loop-k0" or m in models]
         results["batches"][str(batch_size)] = bench_batch_size(methods, models, base, batches, args, pad)
     print_table(results)
     if args.json:
@@ -228,8 +261,8 @@ def bench_batch_size(methods, models, base, batches, args, pad) -> dict:
         for m in order:
             elapsed, tokens[m], outputs[m], stats[m] = run_method(m, models, base, batches, args.max_new_tokens, pad)
             seconds[m].append(elapsed)
-    loop = {m: in_loop_times(m, models, base, batches, args.max_new_tokens, pad)
-            for m in methods if m == "loop-k0" or m in models}
+    speculative = {m for m in methods if engine_of(m)[1] == "loop-k0" or engine_of(m)[1] in models}
+    loop = {m: in_loop_times(m, models, base, batches, args.max_new_tokens, pad) for m in speculative}
     rows = {}
     for m in methods:
         row = {"seconds": seconds[m], "tokens_per_s": tokens[m] / statistics.median(seconds[m]),
@@ -238,7 +271,7 @@ def bench_batch_size(methods, models, base, batches, args, pad) -> dict:
                "identical_to_greedy": all(torch.equal(a, b) for a, b in zip(outputs[m], outputs["greedy"]))}
         if m in loop:
             row["in_loop"] = loop[m]
-        if m in models:
+        if m in speculative and engine_of(m)[1] != "loop-k0":
             row.update(pool_acceptance(stats[m]))
             row["ceiling_vs_loop_k0"] = loop["loop-k0"]["forward_s"] / (
                 loop[m]["forward_s"] + loop[m]["drafting_s"])
@@ -250,7 +283,7 @@ def bench_batch_size(methods, models, base, batches, args, pad) -> dict:
 def print_table(results):
     print(f"D = {results['num_depths']}; speed-ups: median [IQR] of per-repetition ratios; ceiling: over the k = 0 "
           "loop, from in-loop forward and drafting times")
-    print(f"{'batch':>5} {'method':<16} {'tok/s':>7} {'vs generate':>18} {'vs k=0 loop':>18} {'acc.len':>7} "
+    print(f"{'batch':>5} {'method':<20} {'tok/s':>7} {'vs generate':>18} {'vs k=0 loop':>18} {'acc.len':>7} "
           f"{'ceiling':>7} {'frac':>5} {'same':>5}  acceptance by position")
     for batch, rows in results["batches"].items():
         for m, r in rows.items():
@@ -261,6 +294,6 @@ def print_table(results):
             mal = f"{r['mean_accepted_length']:.2f}" if "mean_accepted_length" in r else "-"
             ceil = f"{r['ceiling_vs_loop_k0']:.2f}" if "ceiling_vs_loop_k0" in r else "-"
             frac = f"{r['fraction_of_ceiling']:.2f}" if "fraction_of_ceiling" in r else "-"
-            print(f"{batch:>5} {m:<16} {r['tokens_per_s']:>7.1f} {cell(r['speedup_vs_generate']):>18} "
+            print(f"{batch:>5} {m:<20} {r['tokens_per_s']:>7.1f} {cell(r['speedup_vs_generate']):>18} "
                   f"{cell(r['speedup_vs_loop_k0']):>18} {mal:>7} {ceil:>7} {frac:>5} "
                   f"{str(r['identical_to_greedy']):>5}  {acc}")
