@@ -14,7 +14,8 @@ propose the next D drafts. A round is four named stages, each in one place:
                                                                                                   `accept_sampled`
     update    commit k accepted drafts + 1 token per row (EOS and max_new_tokens cut a block), crop the KV cache to
               the longest accepted row, mark the other rows' rejected slots as holes in the 2-D attention mask,
-              and let the drafter extend / crop its own caches                                    `update_cache`
+              and let the drafter extend / crop its own caches; planned on the device and read back once per
+              round (the loop's lengths and counts are Python ints from that read)                 `update_cache`
 
 so a row gains k + 1 tokens per base forward (k = accepted drafts), and the output is what the base alone produces
 under the model's generation config, as `generate` applies it: token for token under greedy decoding, in
