@@ -13,7 +13,7 @@ The transition is deterministic: s_{t+1} = s_t o a_t, and h_{t+1} is a function 
 in the action (the sampled token), which imagination samples explicitly, so the model has no stochastic latent
 (DreamerV3's z models what the next observation adds beyond history and action; here it adds nothing).
 
-Parts (each a `PPOConfig` switch, `wm_*` fields, so that each can be ablated):
+Parts (each a `WorldModelPPOConfig` switch, `wm_*` fields, so that each can be ablated):
 
 1. latent dynamics: K-step unroll of the prior on real tokens; cosine (or MSE) to stop-gradient posteriors, plus the KL
    between the token distributions of predicted and real latents (NextLat).

@@ -34,13 +34,14 @@ import time
 import torch
 
 from trl_mtp.benchmarks import parse_families
-from trl_mtp.benchmarks.decode_models import FAMILIES, trained_models
+from trl_mtp.benchmarks.decode_models import trained_models
+from trl_mtp.config import HEAD_TYPES
 from trl_mtp.decoding import left_pad, pool_acceptance
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="trl-mtp bench decode", description=__doc__.split("\n")[0])
-    parser.add_argument("--families", default=",".join(FAMILIES))
+    parser.add_argument("--families", default=",".join(HEAD_TYPES))
     parser.add_argument("--batch-sizes", default="1,8")
     parser.add_argument("--prompts", type=int, default=32, help="held-out prompts")
     parser.add_argument("--prompt-tokens", type=int, default=64)
