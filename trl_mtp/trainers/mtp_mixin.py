@@ -117,8 +117,12 @@ class MTPTrainerMixin:
 
     def _touch_heads(self) -> torch.Tensor:
         """0 * (sum of the head parameters): under DDP every parameter must receive a gradient each step, also on
-        steps where the frequency or the window curriculum leaves some heads out. On one process it is 0."""
-        if self.accelerator.num_processes == 1:
+        steps where the frequency or the window curriculum leaves some heads out. Elsewhere it is 0: one process
+        needs nothing, and FSDP / DeepSpeed reduce parameters without a gradient themselves (and outside their
+        forward an FSDP2 head's parameters are sharded DTensors, which would turn the whole loss into one)."""
+        from accelerate.utils import DistributedType
+
+        if self.accelerator.distributed_type in (DistributedType.NO, DistributedType.FSDP, DistributedType.DEEPSPEED):
             return torch.zeros((), device=self.mtp_model.device)
         return 0.0 * sum(p.sum() for p in self.mtp_model.heads.parameters() if p.requires_grad)
 
@@ -212,11 +216,16 @@ class MTPTrainerMixin:
     # -- save and resume ------------------------------------------------------------------------------------------
     def _save(self, output_dir: str | None = None, state_dict=None):
         output_dir = output_dir if output_dir is not None else self.args.output_dir
-        if state_dict is not None:  # gathered by FSDP / DeepSpeed: drop the heads, saved below
-            state_dict = {k: v for k, v in state_dict.items() if f"{HEADS_MODULE}." not in k}
+        heads = self.mtp_model.heads.state_dict()
+        if state_dict is not None:
+            # gathered by FSDP / DeepSpeed ZeRO-3: the heads' full tensors are in it (the modules hold only this
+            # rank's shard); they are saved in their own file below
+            prefix = f"{HEADS_MODULE}."
+            heads = {k.split(prefix, 1)[1]: v for k, v in state_dict.items() if prefix in k}
+            state_dict = {k: v for k, v in state_dict.items() if prefix not in k}
         super()._save(output_dir, state_dict=state_dict)
         if self.args.should_save:
-            heads = {k: v.detach().contiguous().cpu() for k, v in self.mtp_model.heads.state_dict().items()}
+            heads = {k: v.detach().contiguous().cpu() for k, v in heads.items()}
             save_file(heads, os.path.join(output_dir, HEADS_FILE), metadata={"format": "pt"})
             with open(os.path.join(output_dir, CONFIG_FILE), "w") as f:
                 json.dump(self.mtp_model.mtp_config.to_dict(), f, indent=2)

@@ -1,0 +1,41 @@
+"""MTP-SFT under FSDP2 or DeepSpeed ZeRO as users launch it (accelerate config + the Trainer), run by
+test_sharded_engines.py in 2 CPU processes (gloo), or in 1 process as the reference with the same global batch.
+
+argv: output_dir, engine (fsdp2 | zero2 | zero3 | none), per-device batch size. Reports, per rank: the losses, the
+local (this rank's) and full shapes of two head parameters, and whether lm_head is still the input embedding.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the launch helpers
+from two_process import enable_cpu_fsdp, local_shape, report_and_exit  # noqa: E402
+
+from trl_mtp import MTPSFTConfig, MTPSFTTrainer  # noqa: E402
+from trl_mtp.tasks.presets import build_model  # noqa: E402
+from trl_mtp.tasks.registry import get_task  # noqa: E402
+from trl_mtp.tasks.tokenizer import get_tokenizer  # noqa: E402
+
+out_dir, engine, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if engine == "fsdp2":
+    enable_cpu_fsdp()
+tokenizer = get_tokenizer()
+args = MTPSFTConfig(
+    output_dir=out_dir, max_steps=3, per_device_train_batch_size=batch, learning_rate=1e-3, logging_steps=1,
+    report_to=[], activation_checkpointing=False, save_strategy="no", dataloader_pin_memory=False,
+    use_cpu=not engine.startswith("zero"),  # accelerate only takes the DeepSpeed path without use_cpu
+    ddp_find_unused_parameters=False, head_type="sequential", num_mtp_heads=2, disable_tqdm=True,
+)
+model = build_model("tiny-llama", len(tokenizer), tokenizer=tokenizer, num_hidden_layers=2)
+trainer = MTPSFTTrainer(model, args, train_dataset=get_task("arithmetic").train(32), processing_class=tokenizer)
+trainer.train()
+params = dict(trainer.model_wrapped.named_parameters())
+base = trainer.accelerator.unwrap_model(trainer.model_wrapped)
+shapes = {name: local_shape(params[key]) for name, key in [
+    ("eh_proj", next(k for k in params if k.endswith("mtp_heads.layers.0.eh_proj.weight"))),
+    ("q_proj", next(k for k in params if k.endswith("mtp_heads.layers.0.mtp_block.self_attn.q_proj.weight")))]}
+tied = base.get_output_embeddings().weight is base.get_input_embeddings().weight
+trainer.save_model()
+losses = ",".join(f"{h['loss']:.5f}" for h in trainer.state.log_history if "loss" in h)
+report_and_exit(trainer.accelerator, mode=trainer.accelerator.distributed_type.value, losses=losses, tied=tied,
+                **shapes)
