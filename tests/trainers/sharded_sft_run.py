@@ -24,6 +24,7 @@ args = MTPSFTConfig(
     output_dir=out_dir, max_steps=3, per_device_train_batch_size=batch, learning_rate=1e-3, logging_steps=1,
     report_to=[], activation_checkpointing=False, save_strategy="no", dataloader_pin_memory=False,
     use_cpu=not engine.startswith("zero"),  # accelerate only takes the DeepSpeed path without use_cpu
+    ddp_backend="gloo" if engine.startswith("zero") else None,  # without GPUs accelerate finds no backend for DeepSpeed and would count 1 process
     ddp_find_unused_parameters=False, head_type="sequential", num_mtp_heads=2, disable_tqdm=True,
 )
 model = build_model("tiny-llama", len(tokenizer), tokenizer=tokenizer, num_hidden_layers=2)

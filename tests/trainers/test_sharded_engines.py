@@ -54,6 +54,23 @@ def test_fsdp2_sft_shards_the_heads_and_matches_one_process(tmp_path, tokenizer,
     print("FSDP2 weights vs 1 process, max |diff|:", assert_equal_to_one_process(reports, tmp_path, one_process))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_sft_matches_one_process(tmp_path, tokenizer, one_process, stage):
+    pytest.importorskip("deepspeed")  # the `.[deepspeed]` extra
+    # DeepSpeed on CPU: its CPU accelerator, and accelerate's DeepSpeed path, which `use_cpu` would turn off
+    env = {"DS_ACCELERATOR": "cpu", "ACCELERATE_USE_CPU": None}
+    reports = launch(RUN, str(tmp_path), f"zero{stage}", "2", port=29582 + stage, env=env,
+                     config_file=EXAMPLES / f"deepspeed_zero{stage}.yaml")
+    assert {r["mode"] for r in reports} == {"DEEPSPEED"}
+    if stage == 3:  # parameters partitioned: each rank holds a flat half (128*256/2, 128*128/2)
+        assert [(r["eh_proj"], r["q_proj"]) for r in reports] == [("16384", "8192")] * 2
+    else:  # ZeRO-2 partitions gradients and optimizer state; every rank holds the full parameters
+        assert [(r["eh_proj"], r["q_proj"]) for r in reports] == [("128x256", "128x128")] * 2
+    worst = assert_equal_to_one_process(reports, tmp_path, one_process)
+    print(f"ZeRO-{stage} weights vs 1 process, max |diff|:", worst)
+
+
 def test_save_takes_the_heads_from_the_gathered_state_dict(tmp_path, tokenizer):
     """Under FSDP2 / ZeRO-3 the head modules hold only this rank's shard; the Trainer passes the gathered full
     state dict to `_save`, and the heads file must be written from it (writing the modules' own tensors saved shards,
