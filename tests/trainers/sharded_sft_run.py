@@ -1,7 +1,8 @@
 """MTP-SFT under FSDP2 or DeepSpeed ZeRO as users launch it (accelerate config + the Trainer), run by
 test_sharded_engines.py in 2 CPU processes (gloo), or in 1 process as the reference with the same global batch.
 
-argv: output_dir, engine (fsdp2 | zero2 | zero3 | none), per-device batch size. Reports, per rank: the losses, the
+argv: output_dir, engine (fsdp2 | zero2 | zero3 | none), per-device batch size, optionally mode (coupled |
+decoupled) and max_grad_norm. Reports, per rank: the losses, the
 local (this rank's) and full shapes of two head parameters, and whether lm_head is still the input embedding.
 """
 
@@ -17,6 +18,7 @@ from trl_mtp.tasks.registry import get_task  # noqa: E402
 from trl_mtp.tasks.tokenizer import get_tokenizer  # noqa: E402
 
 out_dir, engine, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
+mode, max_grad_norm = (sys.argv[4], float(sys.argv[5])) if len(sys.argv) > 4 else ("coupled", 1.0)
 if engine == "fsdp2":
     enable_cpu_fsdp()
 tokenizer = get_tokenizer()
@@ -25,7 +27,7 @@ args = MTPSFTConfig(
     report_to=[], activation_checkpointing=False, save_strategy="no", dataloader_pin_memory=False,
     use_cpu=not engine.startswith("zero"),  # accelerate only takes the DeepSpeed path without use_cpu
     ddp_backend="gloo" if engine.startswith("zero") else None,  # without GPUs accelerate finds no backend for DeepSpeed and would count 1 process
-    ddp_find_unused_parameters=False, head_type="sequential", num_mtp_heads=2, disable_tqdm=True,
+    ddp_find_unused_parameters=False, mode=mode, max_grad_norm=max_grad_norm, head_type="sequential", num_mtp_heads=2, disable_tqdm=True,
 )
 model = build_model("tiny-llama", len(tokenizer), tokenizer=tokenizer, num_hidden_layers=2)
 trainer = MTPSFTTrainer(model, args, train_dataset=get_task("arithmetic").train(32), processing_class=tokenizer)
@@ -38,5 +40,6 @@ shapes = {name: local_shape(params[key]) for name, key in [
 tied = base.get_output_embeddings().weight is base.get_input_embeddings().weight
 trainer.save_model()
 losses = ",".join(f"{h['loss']:.5f}" for h in trainer.state.log_history if "loss" in h)
-report_and_exit(trainer.accelerator, mode=trainer.accelerator.distributed_type.value, losses=losses, tied=tied,
+norms = ",".join(f"{h['grad_norm']:.5f}" for h in trainer.state.log_history if "grad_norm" in h)
+report_and_exit(trainer.accelerator, mode=trainer.accelerator.distributed_type.value, losses=losses, norms=norms, tied=tied,
                 **shapes)

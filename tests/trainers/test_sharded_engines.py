@@ -90,3 +90,43 @@ def test_save_takes_the_heads_from_the_gathered_state_dict(tmp_path, tokenizer):
     saved = MTPForCausalLM.from_pretrained(str(tmp_path / "saved")).heads.state_dict()
     for key, value in trainer.mtp_model.heads.state_dict().items():
         torch.testing.assert_close(saved[key], value + 1)
+
+
+@pytest.mark.slow
+def test_fsdp2_decoupled_clipping_uses_each_groups_full_norm(tmp_path, tokenizer):
+    """Decoupled mode clips the heads and the policy on their own norms. Under FSDP2 each rank holds half of every
+    gradient: a group's norm must be the norm of the whole gradient (torch reduces the squared local sums across
+    ranks), else each rank would clip its shard by a different factor. With max_grad_norm=0.05 every step clips
+    (the logged norms are ~1-10), so the run equals the 1-process run only if the group norms are the full ones."""
+    reference = run_one(RUN, str(tmp_path / "one"), "none", "4", "decoupled", "0.05")
+    reports = launch(RUN, str(tmp_path / "two"), "fsdp2", "2", "decoupled", "0.05", port=29586,
+                     config_file=EXAMPLES / "fsdp.yaml")
+    assert min(float(x) for x in reference["norms"].split(",")) > 0.5  # clipping is active on every step
+    worst = assert_equal_to_one_process(reports, tmp_path / "two", (reference, MTPForCausalLM.from_pretrained(
+        str(tmp_path / "one"))))
+    for report in reports:
+        got, want = ([float(x) for x in r["norms"].split(",")] for r in (report, reference))
+        assert got == pytest.approx(want, rel=1e-4)
+    print("FSDP2 decoupled, weights vs 1 process, max |diff|:", worst)
+
+
+def test_decoupled_mode_is_refused_where_deepspeed_clips():
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from trl_mtp.trainers.mtp_mixin import MTPTrainerMixin
+
+    def trainer(mode, clipping, max_grad_norm=1.0, engine=DistributedType.DEEPSPEED):
+        plugin = SimpleNamespace(deepspeed_config={"gradient_clipping": clipping})
+        accelerator = SimpleNamespace(distributed_type=engine, state=SimpleNamespace(deepspeed_plugin=plugin))
+        return SimpleNamespace(args=SimpleNamespace(mode=mode, max_grad_norm=max_grad_norm), accelerator=accelerator)
+
+    for clipping in (1.0, "auto"):
+        with pytest.raises(ValueError, match="mode='decoupled' with DeepSpeed gradient_clipping=1.0"):
+            MTPTrainerMixin._refuse_engine_clipping(trainer("decoupled", clipping))
+    # allowed: no clipping, coupled mode, or another engine
+    MTPTrainerMixin._refuse_engine_clipping(trainer("decoupled", "auto", max_grad_norm=0.0))
+    MTPTrainerMixin._refuse_engine_clipping(trainer("decoupled", 0.0))
+    MTPTrainerMixin._refuse_engine_clipping(trainer("coupled", 1.0))
+    MTPTrainerMixin._refuse_engine_clipping(trainer("decoupled", 1.0, engine=DistributedType.FSDP))
