@@ -2,12 +2,14 @@
 test_sharded_engines.py in 2 CPU processes (gloo), or in 1 process as the reference with the same global batch.
 
 argv: output_dir, engine (fsdp2 | zero2 | zero3 | none), per-device batch size, optionally mode (coupled |
-decoupled) and max_grad_norm. Reports, per rank: the losses, the
+decoupled) and max_grad_norm, and `local-norms` (a broken clipping, for the test). Reports, per rank: the losses, the
 local (this rank's) and full shapes of two head parameters, and whether lm_head is still the input embedding.
 """
 
 import sys
 from pathlib import Path
+
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the launch helpers
 from two_process import enable_cpu_fsdp, local_shape, report_and_exit  # noqa: E402
@@ -21,6 +23,15 @@ out_dir, engine, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
 mode, max_grad_norm = (sys.argv[4], float(sys.argv[5])) if len(sys.argv) > 4 else ("coupled", 1.0)
 if engine == "fsdp2":
     enable_cpu_fsdp()
+if "local-norms" in sys.argv[6:]:  # the broken clipping a test must catch: each rank clips on its shard's norm
+    def clip_on_local_norm(params, max_norm):
+        grads = [p.grad.to_local() for p in params if p.grad is not None]
+        norm = torch.stack([g.norm() for g in grads]).norm()
+        for grad in grads:
+            grad.mul_(min(1.0, max_norm / (norm.item() + 1e-6)))
+        return norm
+
+    torch.nn.utils.clip_grad_norm_ = clip_on_local_norm
 tokenizer = get_tokenizer()
 args = MTPSFTConfig(
     output_dir=out_dir, max_steps=3, per_device_train_batch_size=batch, learning_rate=1e-3, logging_steps=1,

@@ -108,6 +108,12 @@ def test_fsdp2_decoupled_clipping_uses_each_groups_full_norm(tmp_path, tokenizer
         got, want = ([float(x) for x in r["norms"].split(",")] for r in (report, reference))
         assert got == pytest.approx(want, rel=1e-4)
     print("FSDP2 decoupled, weights vs 1 process, max |diff|:", worst)
+    # clipping each rank's shard on its own norm (the mistake this guards against) ends elsewhere
+    broken = launch(RUN, str(tmp_path / "broken"), "fsdp2", "2", "decoupled", "0.05", "local-norms", port=29587,
+                    config_file=EXAMPLES / "fsdp.yaml")
+    with pytest.raises(AssertionError):
+        assert_equal_to_one_process(broken, tmp_path / "broken", (reference, MTPForCausalLM.from_pretrained(
+            str(tmp_path / "one"))))
 
 
 def test_decoupled_mode_is_refused_where_deepspeed_clips():
