@@ -6,6 +6,7 @@ decoupled) and max_grad_norm, and `local-norms` (a broken clipping, for the test
 local (this rank's) and full shapes of two head parameters, and whether lm_head is still the input embedding.
 """
 
+import resource
 import sys
 from pathlib import Path
 
@@ -52,5 +53,8 @@ tied = base.get_output_embeddings().weight is base.get_input_embeddings().weight
 trainer.save_model()
 losses = ",".join(f"{h['loss']:.5f}" for h in trainer.state.log_history if "loss" in h)
 norms = ",".join(f"{h['grad_norm']:.5f}" for h in trainer.state.log_history if "grad_norm" in h)
-report_and_exit(trainer.accelerator, mode=trainer.accelerator.distributed_type.value, losses=losses, norms=norms, tied=tied,
-                **shapes)
+# for docs/scaling.md: the mean step time (this run's 3 steps) and this process's peak resident memory
+step_s = trainer.state.log_history[-1]["train_runtime"] / trainer.state.global_step
+peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+report_and_exit(trainer.accelerator, mode=trainer.accelerator.distributed_type.value, losses=losses, norms=norms,
+                tied=tied, step_s=f"{step_s:.3f}", peak_mb=f"{peak_mb:.0f}", **shapes)
