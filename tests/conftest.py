@@ -38,3 +38,15 @@ def tokenizer(trl_mtp_cache):
     from trl_mtp.tasks.tokenizer import get_tokenizer
 
     return get_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tokenizer):
+    """`tiny_model(preset="tiny-llama", seed=0)`: a fresh randomly initialised preset model on the embedded
+    tokenizer (session-scoped: the factory holds nothing, so module- and session-scoped fixtures can use it)."""
+    from trl_mtp.tasks.presets import build_model
+
+    def make(preset: str = "tiny-llama", seed: int = 0):
+        return build_model(preset, len(tokenizer), tokenizer=tokenizer, seed=seed)
+
+    return make

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "probe": ("trl_mtp.commands.probe", "world-model consistency: each head vs the policy's own future"),
     "report": ("trl_mtp.commands.report", "plots and HTML pages of what the heads learned, from run folders"),
     "export": ("trl_mtp.commands.export", "write sequential heads as transformers-native MTP layers (use_mtp=True)"),
+    "check": ("trl_mtp.commands.check", "run the conformance paths on a checkpoint; table of pass / refused / FAIL"),
     "experiment": ("trl_mtp.commands.experiment", "run a grid of variants x seeds from a YAML spec; tables with CIs"),
 }
 

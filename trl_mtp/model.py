@@ -80,10 +80,25 @@ class MTPForCausalLM(nn.Module):
         """Base via its own `save_pretrained`; heads in `mtp_heads.safetensors`; config in `mtp_config.json`."""
         os.makedirs(save_directory, exist_ok=True)
         self.base_model.save_pretrained(save_directory, **kwargs)
-        state = {name: t.detach().contiguous() for name, t in self.heads.state_dict().items()}
-        save_file(state, os.path.join(save_directory, HEADS_FILE), metadata={"format": "pt"})
-        with open(os.path.join(save_directory, CONFIG_FILE), "w") as f:
+        self.save_heads(save_directory)
+
+    def save_heads(self, directory, state: dict | None = None) -> None:
+        """The heads' weights (`mtp_heads.safetensors`) and config (`mtp_config.json`) in `directory`: the one writer
+        of both, for `save_pretrained` and every trainer's checkpoints. `state`: the heads' full tensors when the
+        modules hold only a shard (FSDP2 / ZeRO-3 gather them for the Trainer); default the modules' own."""
+        os.makedirs(directory, exist_ok=True)
+        state = self.heads.state_dict() if state is None else state
+        state = {name: t.detach().contiguous().cpu() for name, t in state.items()}
+        save_file(state, os.path.join(directory, HEADS_FILE), metadata={"format": "pt"})
+        with open(os.path.join(directory, CONFIG_FILE), "w") as f:
             json.dump(self.mtp_config.to_dict(), f, indent=2)
+
+    def load_heads(self, directory) -> None:
+        """The heads' weights from `directory` (written by `save_heads`), strictly, onto the heads' device."""
+        path = os.path.join(directory, HEADS_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no MTP heads here; not written by trl-mtp (`save_heads`)")
+        self.heads.load_state_dict(load_file(path, device=str(self.device)), strict=True)
 
     @classmethod
     def from_pretrained(cls, directory, merge_lora: bool = False, **load_kwargs) -> "MTPForCausalLM":
@@ -121,8 +136,7 @@ class MTPForCausalLM(nn.Module):
                     model.base_model.load_adapter(directory)
         else:
             model = cls(AutoModelForCausalLM.from_pretrained(directory, **load_kwargs), mtp_config)
-        state = load_file(os.path.join(directory, HEADS_FILE), device=str(model.device))
-        model.heads.load_state_dict(state, strict=True)
+        model.load_heads(directory)
         return model
 
     @classmethod

@@ -53,7 +53,7 @@ def stage_evaluate_base(ctx: dict) -> None:
 
 def evaluate_into(ctx: dict, model, model_name: str) -> None:
     """Evaluate `model` on every task (accuracy with a 90% bootstrap CI) and stdlib NLL; append rows to ctx."""
-    from trl_mtp.experiments.bootstrap import bootstrap_ci
+    from trl_mtp.bootstrap import bootstrap_ci
     from trl_mtp.tasks import get_task
     from trl_mtp.tasks.evaluate import evaluate_task, heldout_nll
 
@@ -73,7 +73,7 @@ def evaluate_into(ctx: dict, model, model_name: str) -> None:
 def stage_sft(ctx: dict) -> None:
     """From the same base: next-token SFT vs MTP-SFT on the mixture of the prompt tasks, scored side by side."""
     from trl_mtp.diagnostics.recorder import DEFAULT_EVERY
-    from trl_mtp.experiments.bootstrap import bootstrap_ci
+    from trl_mtp.bootstrap import bootstrap_ci
     from trl_mtp.experiments.sft_runs import run_sft
     from trl_mtp.tasks.cache import cache_root, stable_hash
 
@@ -110,7 +110,7 @@ def stage_sft(ctx: dict) -> None:
 def stage_rl(ctx: dict) -> None:
     """PPO with the MTP loss on the rollouts (decoupled heads) on one task, from the MTP-SFT stage's model: training
     reward, held-out accuracy, and the heads' mean accepted length (greedy self-speculative decoding) before vs after."""
-    from trl_mtp.experiments.bootstrap import bootstrap_ci
+    from trl_mtp.bootstrap import bootstrap_ci
     from trl_mtp.experiments.rl_runs import run_rl
     from trl_mtp.tasks.cache import cache_root, stable_hash
 
@@ -144,7 +144,7 @@ def stage_rl(ctx: dict) -> None:
 
 def stage_diagnostics(ctx: dict) -> None:
     """World-model consistency probe of the recorded MTP-SFT run: does head i match the policy's own i-step future?"""
-    from trl_mtp.diagnostics.embedded import probe_task
+    from trl_mtp.experiments.recorded_runs import probe_task
 
     runs = ctx.get("recorded_runs")
     if not runs:

@@ -5,7 +5,9 @@ Mellum architecture) in transformers' native MTP layout, so that stock transform
     model.generate(input_ids, use_mtp=True, do_sample=False)      # batch size 1 (transformers' limit)
 
 MODEL_DIR is what our trainers save (`mtp_config.json`, `mtp_heads.safetensors`); a LoRA run's adapter is merged into
-its base on the way (the adapter's `base_model_name_or_path` must point at that base).
+its base on the way (the adapter's `base_model_name_or_path` must point at that base). `--check` then runs
+`trl-mtp check`'s greedy and stock use_mtp paths on OUT_DIR and fails (exit 1, one line) when its layers were lost or
+draft nothing.
 A DeepSeek/GLM model whose depth differs from the released checkpoints' (61, 92 or 46 layers) needs
 `trl_mtp.native.allow_stock_mtp(model)` after loading: stock transformers looks for MTP tensors at those indices only.
 """
@@ -13,6 +15,7 @@ A DeepSeek/GLM model whose depth differs from the released checkpoints' (61, 92 
 from __future__ import annotations
 
 import os
+import sys
 
 from trl_mtp.commands.common import ArgumentParser
 
@@ -22,6 +25,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("model", help="an MTP checkpoint folder (trainer output_dir)")
     parser.add_argument("--native", required=True, metavar="OUT_DIR",
                         help="write a checkpoint in transformers' native MTP layout here")
+    parser.add_argument("--check", action="store_true", help="check the export (heads present and drafting)")
     args = parser.parse_args(argv)
     if not os.path.isdir(args.model):
         raise FileNotFoundError(f"model {args.model!r}: no such directory")
@@ -40,4 +44,11 @@ def main(argv: list[str]) -> int:
     keys = export_native(model, args.native, tokenizer=tokenizer)
     print(f"wrote {args.native}: {model.config.get_text_config().model_type}, num_mtp_layers="
           f"{model.heads.num_depths}, {len(keys)} MTP tensors" + (", LoRA adapter merged" if lora else ""))
+    if args.check:
+        from trl_mtp.commands.check import run_check
+
+        failure = run_check(args.native, paths=("greedy", "stock_use_mtp"), device=str(model.device))
+        if failure:
+            print(f"trl-mtp export: --check FAILED: {failure}", file=sys.stderr)
+            return 1
     return 0

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 
 from trl_mtp.diagnostics.run_data import RunData, reward_keys, series  # noqa: E402
 from trl_mtp.diagnostics.stats import reliability  # noqa: E402
-from trl_mtp.experiments.bootstrap import bootstrap_ci  # noqa: E402
+from trl_mtp.bootstrap import bootstrap_ci  # noqa: E402
 
 DPI = 80  # small files: the docs commit some of them
 

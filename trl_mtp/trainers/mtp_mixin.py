@@ -13,16 +13,14 @@ model's files without the head weights (`_keys_to_ignore_on_save`), `mtp_heads.s
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 
 import torch
-from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from trl_mtp.losses import depth_weights
-from trl_mtp.model import CONFIG_FILE, HEADS_FILE, MTPForCausalLM
+from trl_mtp.model import CONFIG_FILE, MTPForCausalLM
 from trl_mtp.schedules import MTPStepPlan
 
 logger = logging.getLogger(__name__)
@@ -193,7 +191,8 @@ class MTPTrainerMixin:
 
     # -- gradient clipping ---------------------------------------------------------------------------------------
     def _auxiliary_modules(self) -> list:
-        """Modules trained beside the policy (the heads; PPO adds its world model): clipped on their own norm."""
+        """Modules trained beside the policy (the heads; world-model PPO adds its world model and critic): clipped on
+        their own norm."""
         return [self.mtp_model.heads]
 
     def _clip_groups(self) -> tuple[list, list]:
@@ -241,7 +240,7 @@ class MTPTrainerMixin:
     # -- save and resume ------------------------------------------------------------------------------------------
     def _save(self, output_dir: str | None = None, state_dict=None):
         output_dir = output_dir if output_dir is not None else self.args.output_dir
-        heads = self.mtp_model.heads.state_dict()
+        heads = None  # the head modules' own tensors
         if state_dict is not None:
             # gathered by FSDP / DeepSpeed ZeRO-3: the heads' full tensors are in it (the modules hold only this
             # rank's shard); they are saved in their own file below
@@ -250,17 +249,11 @@ class MTPTrainerMixin:
             state_dict = {k: v for k, v in state_dict.items() if prefix not in k}
         super()._save(output_dir, state_dict=state_dict)
         if self.args.should_save:
-            heads = {k: v.detach().contiguous().cpu() for k, v in heads.items()}
-            save_file(heads, os.path.join(output_dir, HEADS_FILE), metadata={"format": "pt"})
-            with open(os.path.join(output_dir, CONFIG_FILE), "w") as f:
-                json.dump(self.mtp_model.mtp_config.to_dict(), f, indent=2)
+            self.mtp_model.save_heads(output_dir, state=heads)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model=model)
-        path = os.path.join(resume_from_checkpoint, HEADS_FILE)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: checkpoint has no MTP heads; it was not written by a trl-mtp trainer")
-        self.mtp_model.heads.load_state_dict(load_file(path, device=str(self.mtp_model.device)), strict=True)
+        self.mtp_model.load_heads(resume_from_checkpoint)
 
 
 class MTPOnPolicyMixin(MTPTrainerMixin):

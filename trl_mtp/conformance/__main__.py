@@ -1,0 +1,5 @@
+import sys
+
+from trl_mtp.conformance.report import main
+
+sys.exit(main())
