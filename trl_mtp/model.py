@@ -82,11 +82,13 @@ class MTPForCausalLM(nn.Module):
         self.base_model.save_pretrained(save_directory, **kwargs)
         self.save_heads(save_directory)
 
-    def save_heads(self, directory) -> None:
+    def save_heads(self, directory, state: dict | None = None) -> None:
         """The heads' weights (`mtp_heads.safetensors`) and config (`mtp_config.json`) in `directory`: the one writer
-        of both, for `save_pretrained` and every trainer's checkpoints."""
+        of both, for `save_pretrained` and every trainer's checkpoints. `state`: the heads' full tensors when the
+        modules hold only a shard (FSDP2 / ZeRO-3 gather them for the Trainer); default the modules' own."""
         os.makedirs(directory, exist_ok=True)
-        state = {name: t.detach().contiguous().cpu() for name, t in self.heads.state_dict().items()}
+        state = self.heads.state_dict() if state is None else state
+        state = {name: t.detach().contiguous().cpu() for name, t in state.items()}
         save_file(state, os.path.join(directory, HEADS_FILE), metadata={"format": "pt"})
         with open(os.path.join(directory, CONFIG_FILE), "w") as f:
             json.dump(self.mtp_config.to_dict(), f, indent=2)
