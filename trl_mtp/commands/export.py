@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-from trl_mtp.commands.common import ArgumentParser
+from trl_mtp.commands.common import ArgumentParser, model_folder
 
 
 def main(argv: list[str]) -> int:
@@ -23,8 +23,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--native", required=True, metavar="OUT_DIR",
                         help="write a checkpoint in transformers' native MTP layout here")
     args = parser.parse_args(argv)
-    if not os.path.isdir(args.model):
-        raise FileNotFoundError(f"model {args.model!r}: no such directory")
+    model_folder(args.model)
     from transformers import AutoTokenizer
 
     from trl_mtp.model import MTPForCausalLM
