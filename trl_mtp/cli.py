@@ -43,9 +43,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 # what each command keeps when Ctrl-C stops it (a training run's own message, `Interrupted`, says more)
+TRAINING_HINT = "the last checkpoint in --output_dir, if one was saved, resumes when the same command runs again"
 RESUME_HINTS: dict[str, str] = {
     "experiment": "finished runs are kept: run the same command again to run the rest",
     "demo": "finished runs are cached: run the same command again to continue",
+    **dict.fromkeys(("sft", "ppo", "grpo", "rloo", "dpo"), TRAINING_HINT),
 }
 PACKAGE_DIR = Path(__file__).resolve().parent
 
