@@ -107,3 +107,7 @@ def run_rl(base_dir, out_dir, *, algorithm: str = "ppo", task_name: str, task_pa
             "accept_by_position_before": before["acceptance_by_position"],
             "accept_by_position_after": after["acceptance_by_position"],
             "metrics": {k: v for k, v in last.items() if k.startswith(("wm/", "val/", "loss/", "mtp/", "spec/"))}}
+
+
+# where `**config_fields` go: checked by experiment specs
+run_rl.forwards_to = ("trl_mtp.trainers.ppo_config:PPOConfig", "trl_mtp.trainers.grpo_config:MTPGRPOConfig")

@@ -83,6 +83,10 @@ def run_sft(base_dir, out_dir, *, tasks: dict[str, dict], mtp: dict | None, seed
     return result
 
 
+# where `**overrides` go: checked by experiment specs (`MTPSFTConfig` has every field of TRL's `SFTConfig`)
+run_sft.forwards_to = ("trl_mtp.trainers.sft_config:MTPSFTConfig",)
+
+
 def cached_sft_model(name: str, *, preset: str = "tiny-llama", pretrain_steps: int = 600, tasks: dict[str, dict],
                      mtp: dict | None, steps: int, seed: int = 0):
     """A model SFT'd (with `mtp` heads, or next-token when None) from the cached pretrained base and saved with its
