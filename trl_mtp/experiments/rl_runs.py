@@ -66,11 +66,13 @@ def score(mtp_model, tokenizer, task, eval_n: int, max_new_tokens: int) -> dict:
 
 @resumable
 def run_rl(base_dir, out_dir, *, algorithm: str = "ppo", task_name: str, task_params: dict, seed: int, steps: int,
-           n_train: int = 1000, eval_n: int = 200, max_new_tokens: int = 12, **config_fields) -> dict:
+           n_train: int = 1000, eval_n: int = 200, max_new_tokens: int = 12, record_every: int | None = None,
+           **config_fields) -> dict:
     """`steps` iterations of `algorithm` ("ppo": our PPOTrainer; "grpo": `MTPGRPOTrainer`) from the MTP checkpoint
     (or plain model) in `base_dir`, with `config_fields` (PPOConfig / MTPGRPOConfig fields) over the defaults above.
     Returns (and stores) the training reward curve, held-out per-item correctness and the heads' acceptance, before
-    and after."""
+    and after. `record_every`: `MTPRecorder` records the heads (on a probe batch of the task and on the sampled
+    rollouts) every that many iterations into `out_dir/diagnostics`, for `trl-mtp report`."""
     from transformers import AutoTokenizer
 
     from trl_mtp.model import MTPForCausalLM
@@ -90,10 +92,17 @@ def run_rl(base_dir, out_dir, *, algorithm: str = "ppo", task_name: str, task_pa
     else:
         trainer = MTPGRPOTrainer(str(base_dir), reward_funcs=[task.reward], args=MTPGRPOConfig(**fields),
                                  train_dataset=task.train(n_train), processing_class=tokenizer)
+    if record_every:
+        from trl_mtp.diagnostics.recorder import MTPRecorder, make_probe_batch
+
+        trainer.add_callback(MTPRecorder(trainer.mtp_model, make_probe_batch(tokenizer, task.eval(8)),
+                                         every=record_every, tokenizer=tokenizer))
     parameters = sum(p.numel() for p in trainer.model.parameters())
     start = time.time()
     trainer.train()
     train_seconds = time.time() - start
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trainer.state.save_to_json(str(out_dir / "trainer_state.json"))  # the log history, for `trl-mtp report`
     history = [h for h in trainer.state.log_history if REWARD_KEYS[algorithm] in h]
     rewards = [h[REWARD_KEYS[algorithm]] for h in history]
     after = score(trainer.mtp_model, tokenizer, task, eval_n, max_new_tokens)

@@ -63,6 +63,8 @@ def run_sft(base_dir, out_dir, *, tasks: dict[str, dict], mtp: dict | None, seed
             probe_batch = make_probe_batch(tokenizer, get_task(first[0], **first[1]).eval(8))
             trainer.add_callback(MTPRecorder(trainer.mtp_model, probe_batch, every=record_every, tokenizer=tokenizer))
     train_output = trainer.train()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trainer.state.save_to_json(str(out_dir / "trainer_state.json"))  # the log history, for `trl-mtp report`
     if save or (mtp is not None and record_every):
         trainer.save_model(str(out_dir))
         tokenizer.save_pretrained(str(out_dir))
