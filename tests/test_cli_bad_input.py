@@ -14,19 +14,9 @@ from trl_mtp import cli
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory, tokenizer):
-    """A tiny base and an MTP checkpoint (sequential, D=2), each with its tokenizer."""
-    from trl_mtp import MTPConfig, MTPForCausalLM
-    from trl_mtp.tasks.presets import build_model
-
-    root = tmp_path_factory.mktemp("models")
-    base = build_model("tiny-gpt2", len(tokenizer), tokenizer=tokenizer)
-    base.save_pretrained(root / "base")
-    tokenizer.save_pretrained(root / "base")
-    model = MTPForCausalLM.from_base(base, MTPConfig(head_type="sequential", num_mtp_heads=2))
-    model.save_pretrained(root / "mtp")
-    tokenizer.save_pretrained(root / "mtp")
-    return root
+def folders(model_folders) -> Path:
+    """The folder holding `base` and `mtp` (tests/conftest.py)."""
+    return model_folders["base"].parent
 
 
 def copy_of(folders, name, tmp_path) -> Path:

@@ -49,18 +49,8 @@ def substituted(code: str, folders: dict) -> str:
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory, tokenizer):
-    """A tiny base and a tiny MTP checkpoint (sequential, D=2), each saved with the embedded tokenizer."""
-    from trl_mtp import MTPConfig, MTPForCausalLM
-    from trl_mtp.tasks.presets import build_model
-
-    root = tmp_path_factory.mktemp("snippet-models")
-    base = build_model("tiny-llama", len(tokenizer), tokenizer=tokenizer)
-    base.save_pretrained(root / "base")
-    tokenizer.save_pretrained(root / "base")
-    MTPForCausalLM.from_base(base, MTPConfig(head_type="sequential", num_mtp_heads=2)).save_pretrained(root / "mtp")
-    tokenizer.save_pretrained(root / "mtp")
-    return {"base": str(root / "base"), "mtp": str(root / "mtp")}
+def folders(model_folders) -> dict:
+    return {name: str(path) for name, path in model_folders.items()}
 
 
 def test_snippets_are_found_and_the_table_is_used():
