@@ -44,7 +44,7 @@ from trl_mtp.trainers import ppo_core as core
 from trl_mtp.trainers.mtp_mixin import HEADS_MODULE, MTPTrainerMixin
 from trl_mtp.trainers.ppo_config import PPOConfig
 from trl_mtp.trainers.ppo_models import PolicyAndValue, load_sequence_classifier, per_token_scores
-from trl_mtp.world_model import PercentileNormalizer, TwoHotHead, TwoHotValueHead, WorldModel, capture_preserved
+from trl_mtp.world_model import PercentileNormalizer, TwoHotHead, TwoHotValueHead, WorldModel
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 VALUE_MODEL_DIR = "value_model"
@@ -450,12 +450,13 @@ class PPOTrainer(MTPTrainerMixin, Trainer):
         self._log_update_metrics(stats)
 
     def _clip_groups(self) -> tuple[list, list]:
-        """(MTP head and world-model parameters, every other trainable parameter): clipped separately."""
+        """(MTP head, world-model and world-model critic parameters, every other trainable parameter): clipped
+        separately."""
         if not hasattr(self, "_clip_groups_cache"):
             heads = {id(p) for p in self.mtp_model.heads.parameters()}
             world_model = getattr(self.model, "world_model", None)
-            if world_model is not None:
-                heads |= {id(p) for p in world_model.parameters()}
+            if world_model is not None:  # the critic it trains goes with it: its gradients never rescale the policy's
+                heads |= {id(p) for p in [*world_model.parameters(), *self.model.value_head.parameters()]}
             params = [p for p in self.model.parameters() if p.requires_grad]
             self._clip_groups_cache = ([p for p in params if id(p) in heads], [p for p in params if id(p) not in heads])
         return self._clip_groups_cache
@@ -471,15 +472,18 @@ class PPOTrainer(MTPTrainerMixin, Trainer):
         policy_loss, policy_stats = core.clipped_policy_loss(
             new_logprobs, batch.logprobs, batch.advantages, batch.mask, args.cliprange)
         unwrapped = self.accelerator.unwrap_model(model)
+        world_model = getattr(unwrapped, "world_model", None)
+        if world_model is not None:
+            # the world model trains the critic too: the critic reads h as the world model routes it (sg(h) decoupled)
+            features = world_model.critic_features(hidden[:, C - 1 : -1])
         if isinstance(unwrapped.value_head, TwoHotHead):
-            # symlog two-hot critic: cross-entropy to twohot(symlog(R)), no clipping  (DreamerV3, eq. 10-11)
-            with capture_preserved(self.mtp_model.trunk):  # the norm's hook would overwrite the capture
-                features = self.mtp_model.trunk.norm(hidden[:, C - 1 : -1])
+            # two-hot critic: cross-entropy to twohot(R), no clipping  (DreamerV3, eq. 10-11)
             value_loss = core.masked_mean(unwrapped.value_head.loss(features, batch.returns), batch.mask)
             value_stats = {"clipfrac": torch.zeros((), device=value_loss.device)}
         else:
+            new_values = values[:, C - 1 : -1] if world_model is None else unwrapped.value_head(features)
             value_loss, value_stats = core.clipped_value_loss(
-                values[:, C - 1 : -1], batch.values, batch.returns, batch.mask, args.cliprange_value)
+                new_values, batch.values, batch.returns, batch.mask, args.cliprange_value)
         # MTP on the rollout tokens, from the hidden states of the forward above: labels = the response only
         labels = batch.query_responses.masked_fill(batch.attention_mask == 0, IGNORE_INDEX)
         labels[:, :C] = IGNORE_INDEX
