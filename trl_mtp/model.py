@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
@@ -59,8 +60,6 @@ def check_heads_match(directory, mtp_config: MTPConfig, expected: dict | None = 
     """The saved head weights fit the heads `mtp_config.json` describes, or UserInputError naming both: from the
     heads file's metadata (what the heads were; cheap, before anything loads), and with `expected` (the built
     heads' state dict) and `state` (the file's) from the tensor names, which older files without metadata need."""
-    from safetensors import safe_open
-
     said = f"{CONFIG_FILE} says head_type={mtp_config.head_type!r}, num_mtp_heads={mtp_config.num_mtp_heads}"
     with safe_open(os.path.join(directory, HEADS_FILE), "pt") as f:
         meta = f.metadata() or {}
@@ -68,8 +67,10 @@ def check_heads_match(directory, mtp_config: MTPConfig, expected: dict | None = 
             (mtp_config.head_type, str(mtp_config.num_mtp_heads)):
         raise UserInputError(f"{directory}: {said}, but {HEADS_FILE} holds head_type={meta['head_type']!r}, "
                              f"num_mtp_heads={meta['num_mtp_heads']}; restore the matching {CONFIG_FILE}")
-    missing, unexpected = sorted(set(expected or ()) - set(state or ())), sorted(set(state or ()) - set(expected or ()))
-    if expected is not None and (missing or unexpected):
+    if expected is None:
+        return
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
         found = "; ".join(f"{len(keys)} {what} (e.g. {keys[0]!r})" for what, keys in
                           (("tensors missing", missing), ("unexpected tensors", unexpected)) if keys)
         raise UserInputError(f"{directory}: {said}, but {HEADS_FILE} holds other heads: {found}; restore the "

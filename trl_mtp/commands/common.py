@@ -7,7 +7,6 @@ import argparse
 import os
 from pathlib import Path
 
-
 from trl_mtp.errors import UserInputError
 
 

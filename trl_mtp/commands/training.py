@@ -74,9 +74,8 @@ def load_model(script_args, model_args, training_args):
     """(MTPForCausalLM, tokenizer, model path): the user's model, or the cached embedded base."""
     from transformers import AutoTokenizer
 
-    from trl_mtp.trainers.mtp_mixin import load_mtp_model
-
     from trl_mtp.model import check_model_dir
+    from trl_mtp.trainers.mtp_mixin import load_mtp_model
 
     if model_args.model_name_or_path is None:
         from trl_mtp.pretrain import pretrain_base
