@@ -189,6 +189,7 @@ def test_sampling_matches_exact_marginals_at_every_position(family, exact_family
     assert pvalue > 1e-4
 
 
+@pytest.mark.slow  # 3 x 16000 samples; the exact one-round test above shows the same failures in milliseconds
 @pytest.mark.parametrize("broken", list(BROKEN))
 def test_broken_rules_fail_the_marginals(broken, exact_family_marginals, monkeypatch):
     monkeypatch.setattr(decoding, *BROKEN[broken])

@@ -78,9 +78,24 @@ def test_stock_use_mtp_drafts_with_the_exported_layers(model_type, depth, tmp_pa
     assert torch.equal(model.speculative_generate(prompt, max_new_tokens=10, eos_token_id=[], pad_token_id=0)[0], plain)
 
 
+@torch.no_grad()
+def test_mellum_heads_draft_past_their_window_in_a_padded_batch():
+    """Drafting over prefixes longer than the MTP layer's window, rows left-padded to different lengths: the window
+    masks fit the drafting slices, and the output is greedy's."""
+    model = MTPForCausalLM.from_base(native_base("mellum"), MTPConfig(head_type="sequential", num_mtp_heads=1)).eval()
+    ids = torch.randint(2, 128, (2, 14), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    spec, stats = model.speculative_generate(ids, attention_mask=mask, max_new_tokens=12, eos_token_id=[],
+                                             pad_token_id=0)
+    plain = model.generate(ids, attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=0,
+                           eos_token_id=None)
+    assert torch.equal(spec, plain) and stats["drafted"] > 0
+
+
 @pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
     "transformers: DeepSeek-V3's latent attention expands its KV to num_attention_heads heads, then repeats them "
-    "num_attention_heads // num_key_value_heads times; any masked attention over a cache fails in sdpa. When this "
+    "num_attention_heads // num_key_value_heads times; a multi-token forward after a cache fails in sdpa. When this "
     "passes, the export check `_check_stock_attention` can go."))
 @torch.no_grad()
 def test_upstream_latent_attention_with_fewer_kv_heads_fails_over_a_cache():

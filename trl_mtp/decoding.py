@@ -87,9 +87,9 @@ def generation_settings(base, input_ids: torch.Tensor, attention_mask: torch.Ten
     if mode not in (GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE):
         raise ValueError(f"speculative decoding does greedy search and sampling, not {mode.value} (set by the "
                          f"generation config: num_beams={config.num_beams}, penalty_alpha={config.penalty_alpha})")
-    for name in ("num_return_sequences",):
-        if getattr(config, name) not in (None, 1):
-            raise ValueError(f"speculative decoding returns one sequence per prompt, got {name}={getattr(config, name)}")
+    if config.num_return_sequences not in (None, 1):
+        raise ValueError(f"speculative decoding returns one sequence per prompt, got "
+                         f"num_return_sequences={config.num_return_sequences}")
     if config.stop_strings is not None:
         raise ValueError(f"speculative decoding stops at EOS tokens only, got stop_strings={config.stop_strings!r}")
     config.max_new_tokens = max_new_tokens
@@ -201,7 +201,8 @@ def next_distribution(p: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> torc
 def accept_sampled(scores: torch.Tensor, drafts: torch.Tensor, sampler: Sampler, draft_probs: torch.Tensor):
     """Speculative rejection sampling (Leviathan et al. 2023; Chen et al. 2023): per row, d_j ~ q_j is kept with
     probability min(1, p_j(d_j) / q_j(d_j)); at the first rejection the token is drawn from norm(max(0, p_j - q_j));
-    if all D are kept, the bonus is drawn from p_D. The committed tokens are then distributed exactly as samples of p."""
+    if all D are kept, the bonus is drawn from p_D. The committed tokens are then distributed exactly as samples of p
+    (`draft_acceptance` and `next_distribution` hold the rule; this draws with them)."""
     p = scores.softmax(-1)  # [B, D+1, V]
     B, D = drafts.shape
     if D == 0:  # the prefill, or no room for drafts: nothing to verify
@@ -703,7 +704,8 @@ def speculative_generate(
     B, T = input_ids.shape
     D = model.heads.num_depths if num_draft_tokens is None else num_draft_tokens
     if isinstance(D, bool) or not isinstance(D, int) or not 0 <= D <= model.heads.num_depths:
-        raise ValueError(f"num_draft_tokens must be an integer in 0..{model.heads.num_depths}, got {num_draft_tokens!r}")
+        raise ValueError(f"num_draft_tokens must be an integer in 0..{model.heads.num_depths}, "
+                         f"got {num_draft_tokens!r}")
     max_positions = getattr(base.config.get_text_config(decoder=True), "max_position_embeddings", None)
     start_time = time.perf_counter()
 
@@ -711,7 +713,8 @@ def speculative_generate(
     state = DecodeState(
         tokens=torch.cat([input_ids, input_ids.new_full((B, max_new_tokens + D + 2), pad_token_id)], dim=1),
         prompt_len=T, pad_len=T - attention_mask.long().sum(1), mask=attention_mask.long()[:, :0],
-        n_valid=torch.zeros(B, dtype=torch.long, device=device), generated=torch.zeros(B, dtype=torch.long, device=device),
+        n_valid=torch.zeros(B, dtype=torch.long, device=device),
+        generated=torch.zeros(B, dtype=torch.long, device=device),
         done=torch.zeros(B, dtype=torch.bool, device=device), cache=cache, window=cache_window(cache),
     )
     drafter = make_drafter(model, D)

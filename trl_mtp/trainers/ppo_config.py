@@ -79,6 +79,10 @@ class PPOConfig(MTPArguments, TrainingArguments):
             path or hub id.
         trust_remote_code (`bool`, defaults to `False`):
             Allow custom model code from the hub when loading models by name (the field of TRL's configs).
+        disable_dropout (`bool`, defaults to `True`):
+            Set every dropout probability of the policy, the critic, the reference and the reward model to 0 (as TRL's
+            trainers do): pi_old is computed in eval mode and the update runs in train mode, so with dropout the
+            first ratio is not 1 and PPO clips dropout noise.
 
     World model (`trl_mtp/world_model.py`; every `wm_*` field acts only with `world_model=True`; the defaults switch
     every part on, DreamerV3's values; set one off to ablate it):
@@ -175,6 +179,8 @@ class PPOConfig(MTPArguments, TrainingArguments):
         "help": "Keyword arguments of `from_pretrained` for models given as paths or hub ids."})
     trust_remote_code: bool = field(default=False, metadata={
         "help": "Allow custom model code from the hub when loading models by name (as TRL's configs)."})
+    disable_dropout: bool = field(default=True, metadata={
+        "help": "Dropout off in the policy, critic, reference and reward model (pi_old is computed in eval mode)."})
 
     # -- world model (trl_mtp/world_model.py); wm_* fields act only with world_model=True --
     world_model: bool = field(default=False, metadata={
