@@ -24,7 +24,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trl_mtp.commands.training import TaskScriptArguments, embedded_task, hub_splits, load_model, parse, score_and_finish
+from trl_mtp.commands.training import (TaskScriptArguments, embedded_task, hub_splits, load_model, parse,
+                                       score_and_finish, train)
 
 EMBEDDED_DEFAULTS = dict(learning_rate=3e-4, per_device_train_batch_size=16, response_length=16, max_steps=30,
                          num_ppo_epochs=2, temperature=1.0, kl_coef=0.02, missing_eos_penalty=1.0, logging_steps=5,
@@ -70,14 +71,14 @@ def main(argv: list[str]) -> int:
     if parsed is None:
         return 0
     script_args, training_args, model_args = parsed
-    task = embedded_task(script_args, needs_prompts="ppo")  # before loading: bad input fails fast
-    mtp_model, tokenizer, _ = load_model(script_args, model_args, training_args)
+    task = embedded_task(script_args, needs_prompts="ppo")  # the data before the model: bad input fails fast
     if task is None:
         train_dataset, _ = hub_splits(script_args)
         if script_args.reward_model_path is None:
             raise ValueError(f"dataset {script_args.dataset_name!r} is not an embedded task: give --reward_model_path")
     else:
         train_dataset = task.train(script_args.num_train_examples, conversational=script_args.conversational)
+    mtp_model, tokenizer, _ = load_model(script_args, model_args, training_args)
     reward_funcs = [task.reward] if task is not None and script_args.reward_model_path is None else None
 
     trainer = trainer_cls(
@@ -85,7 +86,7 @@ def main(argv: list[str]) -> int:
         reward_funcs=reward_funcs, reward_model=script_args.reward_model_path,
         value_model=script_args.value_model_path, peft_config=get_peft_config(model_args),
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    train(trainer, training_args)
     policy = trainer.accelerator.unwrap_model(trainer.model).policy
     score_and_finish(trainer, task, policy, tokenizer, script_args)
     return 0

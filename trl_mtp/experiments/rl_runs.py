@@ -66,12 +66,14 @@ def score(mtp_model, tokenizer, task, eval_n: int, max_new_tokens: int) -> dict:
 
 @resumable
 def run_rl(base_dir, out_dir, *, algorithm: str = "ppo", task_name: str, task_params: dict, seed: int, steps: int,
-           n_train: int = 1000, eval_n: int = 200, max_new_tokens: int = 12, **config_fields) -> dict:
+           n_train: int = 1000, eval_n: int = 200, max_new_tokens: int = 12, record_every: int | None = None,
+           **config_fields) -> dict:
     """`steps` iterations of `algorithm` ("ppo": `MTPPPOTrainer`, or `WorldModelPPOTrainer` when `config_fields` hold
     `world_model` or a `wm_*` field; "grpo": `MTPGRPOTrainer`) from the MTP checkpoint (or plain model) in
     `base_dir`, with `config_fields` (fields of the config of that trainer) over the defaults above.
     Returns (and stores) the training reward curve, held-out per-item correctness and the heads' acceptance, before
-    and after."""
+    and after. `record_every`: `MTPRecorder` records the heads (on a probe batch of the task and on the sampled
+    rollouts) every that many iterations into `out_dir/diagnostics`, for `trl-mtp report`."""
     from transformers import AutoTokenizer
 
     from trl_mtp.model import MTPForCausalLM
@@ -96,10 +98,17 @@ def run_rl(base_dir, out_dir, *, algorithm: str = "ppo", task_name: str, task_pa
     else:
         trainer = MTPGRPOTrainer(str(base_dir), reward_funcs=[task.reward], args=MTPGRPOConfig(**fields),
                                  train_dataset=task.train(n_train), processing_class=tokenizer)
+    if record_every:
+        from trl_mtp.diagnostics.recorder import MTPRecorder, make_probe_batch
+
+        trainer.add_callback(MTPRecorder(trainer.mtp_model, make_probe_batch(tokenizer, task.eval(8)),
+                                         every=record_every, tokenizer=tokenizer))
     parameters = sum(p.numel() for p in trainer.model.parameters())
     start = time.time()
     trainer.train()
     train_seconds = time.time() - start
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trainer.state.save_to_json(str(out_dir / "trainer_state.json"))  # the log history, for `trl-mtp report`
     history = [h for h in trainer.state.log_history if REWARD_KEYS[algorithm] in h]
     rewards = [h[REWARD_KEYS[algorithm]] for h in history]
     after = score(trainer.mtp_model, tokenizer, task, eval_n, max_new_tokens)
@@ -113,3 +122,7 @@ def run_rl(base_dir, out_dir, *, algorithm: str = "ppo", task_name: str, task_pa
             "accept_by_position_before": before["acceptance_by_position"],
             "accept_by_position_after": after["acceptance_by_position"],
             "metrics": {k: v for k, v in last.items() if k.startswith(("wm/", "val/", "loss/", "mtp/", "spec/"))}}
+
+
+# where `**config_fields` go: checked by experiment specs
+run_rl.forwards_to = ("trl_mtp.trainers.ppo_config:PPOConfig", "trl_mtp.trainers.grpo_config:MTPGRPOConfig")
