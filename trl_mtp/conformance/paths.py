@@ -240,6 +240,8 @@ POSITION_LIMIT_MAX = 1024  # the path prefills limit - 12 tokens; longer context
 def position_limit_path(subject: Subject, family: str) -> dict:
     model = subject.mtp(family)
     limit = position_limit(model)
+    if limit is None:
+        raise Refused("the config sets no position limit (max_position_embeddings)")
     if limit > POSITION_LIMIT_MAX:
         raise Refused(f"position limit {limit}: beyond a quick check (at most {POSITION_LIMIT_MAX})")
     new = 12

@@ -74,7 +74,7 @@ def markdown_matrix(results: dict[str, list[Result]]) -> str:
     numbers and quoted names, shown with its first instance)."""
     names = list(results)
     paths = list(dict.fromkeys(r.path for rs in results.values() for r in rs))
-    notes: dict[str, int] = {}
+    notes: dict[str, list] = {}  # kind of reason -> [number, first reason, the distinct reasons]
 
     def cell(result: Result | None) -> str:
         if result is None:
@@ -82,13 +82,14 @@ def markdown_matrix(results: dict[str, list[Result]]) -> str:
         if result.status == "pass":
             return "pass" + (f" {result.acceptance:.2f}" if result.acceptance is not None else "")
         kind = re.sub(r"'[^']*'|\d+(\.\d+)?", "_", result.reason)
-        n = notes.setdefault(kind, (len(notes) + 1, result.reason))[0]
-        return f"{'refused' if result.status == 'refused' else '**FAIL**'} ({n})"
+        note = notes.setdefault(kind, [len(notes) + 1, result.reason, set()])
+        note[2].add(result.reason)
+        return f"{'refused' if result.status == 'refused' else '**FAIL**'} ({note[0]})"
 
     by_path = {name: {r.path: r for r in rs} for name, rs in results.items()}
     lines = ["| path | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     lines += [f"| {p} | " + " | ".join(cell(by_path[n].get(p)) for n in names) + " |" for p in paths]
-    lines += [""] + [f"({n}) {reason}" for n, reason in notes.values()]
+    lines += [""] + [f"({n}) {'e.g. ' if len(seen) > 1 else ''}{reason}" for n, reason, seen in notes.values()]
     return "\n".join(lines)
 
 

@@ -27,16 +27,17 @@ def text_config(model):
     return model.config.get_text_config()
 
 
-def position_limit(model) -> int:
-    return text_config(model).max_position_embeddings
+def position_limit(model) -> int | None:
+    return getattr(text_config(model), "max_position_embeddings", None)
 
 
 def room(model, prompt_len: int, wanted: int) -> int:
     """New tokens to ask for: `wanted`, or fewer so that a full verify block (D drafts past the last token) stays
     inside the model's positions (the position_limit path goes to the very end on purpose)."""
-    n = min(wanted, position_limit(model) - prompt_len - D - 1)
+    limit = position_limit(model)
+    n = wanted if limit is None else min(wanted, limit - prompt_len - D - 1)
     if n < 1:
-        raise Refused(f"prompt of {prompt_len} tokens: no room under the position limit {position_limit(model)}")
+        raise Refused(f"prompt of {prompt_len} tokens: no room under the position limit {limit}")
     return n
 
 
@@ -64,7 +65,9 @@ class Subject:
     def mtp(self, family: str | None):
         """The model the decoding paths read (built once): the checkpoint's own heads, or new heads of `family`."""
         if self.trained:
-            model = self._models.get("trained") or self._models.setdefault("trained", self.trained().eval())
+            if "trained" not in self._models:
+                self._models["trained"] = self.trained().eval()
+            model = self._models["trained"]
             if family is not None and family != model.heads.head_type:
                 raise Refused(f"the checkpoint's heads are {model.heads.head_type!r}, not {family!r}")
             return model
