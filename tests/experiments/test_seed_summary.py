@@ -1,0 +1,33 @@
+"""t-intervals over seeds for the per-seed result files."""
+
+import math
+import random
+
+import pytest
+
+from trl_mtp.experiments.seed_summary import t_interval, t_quantile
+
+
+@pytest.mark.parametrize("df, expected", [(1, 6.314), (2, 2.920), (4, 2.132), (9, 1.833), (29, 1.699)])
+def test_t_quantile_matches_the_tables(df, expected):
+    assert t_quantile(0.95, df) == pytest.approx(expected, abs=1e-3)
+
+
+def test_t_interval_by_hand():
+    got = t_interval([0.1, 0.2, 0.3])
+    half = 2.920 * 0.1 / math.sqrt(3)  # a normal quantile (1.645) would give a far narrower interval
+    assert got["mean"] == pytest.approx(0.2) and got["sd"] == pytest.approx(0.1)
+    assert (got["low"], got["high"]) == pytest.approx((0.2 - half, 0.2 + half), abs=1e-3)
+    assert t_interval([0.5])["low"] is None
+    with pytest.raises(ValueError):
+        t_interval([])
+
+
+@pytest.mark.parametrize("n", [3, 10])
+def test_coverage_near_nominal(n):
+    rng = random.Random(n)
+    hits = 0
+    for _ in range(2000):
+        ci = t_interval([rng.gauss(0.5, 0.1) for _ in range(n)])
+        hits += ci["low"] <= 0.5 <= ci["high"]
+    assert 0.88 <= hits / 2000 <= 0.92
