@@ -5,7 +5,8 @@
 writes `OUT_DIR/per_seed.csv` (one row per finished run: variant, seed, each metric's per-seed value: the mean of
 an `items` metric, or the `scalar`) and `OUT_DIR/summary.json` (per variant and metric: seeds, mean and 90%
 t-interval over the seed values; per variant against the spec's baseline: the same over the paired per-seed
-differences, on the seeds both finished). The interval is mean +- t_{0.95, n-1} * sd / sqrt(n), nominal 90%:
+differences, on the seeds both finished), and `OUT_DIR/curves.csv` when the results hold a learning curve (a
+`curve` list of {step, metric: value} rows). The interval is mean +- t_{0.95, n-1} * sd / sqrt(n), nominal 90%:
 the seed is the unit, so the run-to-run spread is in it.
 """
 
@@ -106,6 +107,15 @@ def write_seed_files(spec_path, out_dir) -> dict:
         for variant in spec.variants:
             for seed, row in sorted(values.get(variant, {}).items()):
                 writer.writerow([variant, seed, *(row.get(n, "") for n in names)])
+    curves = [(run.variant, run.seed, point) for run, result in results.items() for point in result.get("curve") or []]
+    if curves:
+        fields = sorted({k for _, _, point in curves for k in point} - {"step"})
+        with open(out_dir / "curves.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["variant", "seed", "step", *fields])
+            for variant, seed, point in sorted(curves, key=lambda c: (list(spec.variants).index(c[0]), c[1],
+                                                                         c[2]["step"])):
+                writer.writerow([variant, seed, point["step"], *(point.get(k, "") for k in fields)])
     summary = summarize_seeds(spec, values)
     summary["command"] = f"python -m trl_mtp.experiments.seed_summary {spec_path} {out_dir}"
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
