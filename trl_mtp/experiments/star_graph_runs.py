@@ -3,8 +3,8 @@
 Bachmann & Nagarajan 2024: with teacher forcing, every node of the path after the first step is the unique child
 of the node before it (the "Clever Hans" cheat), so the loss leaves only the first step to learn, and a model that
 has learnt the cheat picks that step at chance: exact match near 1/degree. One run: a preset model trained from
-scratch on fresh training problems with the plain loop of `pretrain.py` (AdamW, warm-up then cosine), the loss
-being the model's own: the base model's next-token cross-entropy on the path, or `MTPForCausalLM`'s
+scratch on fresh training problems with `scratch_loop.train_rows` (AdamW, warm-up then cosine), the loss being
+the model's own: the base model's next-token cross-entropy on the path, or `MTPForCausalLM`'s
 main + lambda * MTP loss. What differs between runs:
 
   `mtp`          MTP heads (`MTPConfig` fields): depth i at the last prompt position predicts node i+1 of the path
@@ -25,6 +25,7 @@ import time
 import torch
 
 from trl_mtp.experiments import resumable
+from trl_mtp.experiments.scratch_loop import train_rows
 from trl_mtp.losses import IGNORE_INDEX
 
 TARGETS = ("path", "reversed")
@@ -96,7 +97,6 @@ def run_star_graph(base_dir, out_dir, *, seed: int, task: dict, model: dict, ste
     `curve_every`: also score the first 200 eval items every that many steps (the learning curve)."""
     from trl_mtp.config import MTPConfig
     from trl_mtp.model import MTPForCausalLM
-    from trl_mtp.pretrain import _lr_at
     from trl_mtp.tasks.presets import build_model, count_parameters
     from trl_mtp.tasks.registry import get_task
 
@@ -112,37 +112,23 @@ def run_star_graph(base_dir, out_dir, *, seed: int, task: dict, model: dict, ste
     eval_problems = eval_task.problems("eval", eval_n)
     inputs, labels, _ = encode_problems(train_task, train_problems, target=target, teacherless=teacherless)
 
-    decay = [p for p in lm.parameters() if p.dim() >= 2]
-    no_decay = [p for p in lm.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=lr, betas=(0.9, 0.95))
-    losses, curve, mtp_losses = [], [], None
+    curve = []
+
+    def score_curve(step: int):
+        scored = evaluate(net, eval_task, eval_problems[:200], target=target, teacherless=teacherless)
+        curve.append({"step": step, "exact": sum(scored["correct"]) / len(scored["correct"]),
+                      "first_step": sum(scored["first_step"]) / len(scored["first_step"])})
+
     start = time.time()
-    lm.train()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for step in range(steps):
-            for group in optimizer.param_groups:
-                group["lr"] = _lr_at(step, steps, lr)
-            rows = slice(step * batch_size, (step + 1) * batch_size)
-            out = lm(input_ids=inputs[rows], labels=labels[rows])
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
-            optimizer.step()
-            losses.append(round(out.loss.item(), 4))
-            if mtp is not None:
-                mtp_losses = [round(x, 4) for x in out.mtp_losses.tolist()]
-            if curve_every and ((step + 1) % curve_every == 0 or step + 1 == steps):
-                scored = evaluate(net, eval_task, eval_problems[:200], target=target, teacherless=teacherless)
-                curve.append({"step": step + 1, "exact": sum(scored["correct"]) / len(scored["correct"]),
-                              "first_step": sum(scored["first_step"]) / len(scored["first_step"])})
+    trained = train_rows(lm, inputs, labels, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                         every=curve_every, callback=score_curve)
     train_seconds = time.time() - start
+    losses = trained["losses"]
     scores = evaluate(net, eval_task, eval_problems, target=target, teacherless=teacherless)
     return {"seed": seed, "steps": steps, "mtp": mtp, "teacherless": teacherless, "target": target,
             "num_parameters": count_parameters(net), "train_seconds": train_seconds,
             "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])), "losses": losses[:: max(1, steps // 100)],
-            "final_mtp_losses": mtp_losses, "curve": curve,
+            "final_mtp_losses": trained["mtp_losses"], "curve": curve,
             "accuracy": sum(scores["correct"]) / len(scores["correct"]),
             "first_step_accuracy": sum(scores["first_step"]) / len(scores["first_step"]),
             "valid_rate": sum(scores["valid"]) / len(scores["valid"]), **scores}
