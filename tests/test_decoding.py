@@ -1,4 +1,4 @@
-"""Self-speculative decoding (`trl_mtp.decoding`): lossless under greedy decoding and under sampling.
+"""Self-speculative decoding (`trl_mtp.decoding`): lossless under greedy decoding (sampling: test_decoding_sampling.py).
 
 Greedy identity is checked in float64: a verify forward over D+1 tokens and `generate`'s one-token steps sum in a
 different order, so in float32 an argmax near a tie could flip; in float64 no tie is that close. Untrained tiny models
@@ -8,56 +8,14 @@ give rejections at varying depths per row ("mixed"). Identity must hold in both.
 
 from __future__ import annotations
 
-import re
-
 import pytest
 import torch
+from decoding_models import FAMILIES, PAD, VOCAB, check_identity, make_model, random_batch, reference
 
 from trl_mtp.config import MTPConfig
-from trl_mtp.decoding import pool_acceptance, speculative_generate
+from trl_mtp.decoding import pool_acceptance
 from trl_mtp.model import MTPForCausalLM
 from trl_mtp.tasks.presets import build_model
-
-FAMILIES = ("blockwise", "medusa", "parallel", "sequential")
-VOCAB, PAD = 96, 0
-
-
-def make_model(family: str, preset: str = "tiny-llama", depths: int = 3, seed: int = 0, vocab: int = VOCAB,
-               perturb: float = 0.0, perturb_from: int = 1, **overrides) -> MTPForCausalLM:
-    small = dict(n_layer=2) if "gpt2" in preset else dict(num_hidden_layers=2)
-    base = build_model(preset, vocab, seed=seed, **{**small, **overrides}).double()
-    model = MTPForCausalLM(base, MTPConfig(head_type=family, num_mtp_heads=depths)).double().eval()
-    if perturb:  # noise on the heads of depth > perturb_from (module-list index): by default depth 1 stays good
-        g = torch.Generator().manual_seed(seed + 100)
-        with torch.no_grad():
-            for name, p in model.heads.named_parameters():
-                index = re.search(r"\.(\d+)\.", f".{name}")
-                if index and int(index.group(1)) >= perturb_from:
-                    p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * perturb)
-    return model
-
-
-def random_batch(seed: int, batch: int, max_len: int = 14, vocab: int = VOCAB):
-    """Left-padded random prompts of different lengths (token ids avoid PAD)."""
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(3, max_len + 1, (batch,), generator=g)
-    lengths[0] = max_len
-    ids = torch.randint(1, vocab, (batch, max_len), generator=g)
-    mask = (torch.arange(max_len)[None] >= (max_len - lengths)[:, None]).long()
-    return ids.masked_fill(mask == 0, PAD), mask
-
-
-def reference(model, ids, mask, max_new_tokens, eos=None):
-    return model.base_model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                                     eos_token_id=eos, pad_token_id=PAD)
-
-
-def check_identity(model, ids, mask, max_new_tokens, eos=None):
-    ref = reference(model, ids, mask, max_new_tokens, eos)
-    out, stats = speculative_generate(model, ids, mask, max_new_tokens=max_new_tokens, eos_token_id=eos,
-                                      pad_token_id=PAD)
-    assert torch.equal(out, ref), f"\nspeculative {out[:, ids.size(1):].tolist()}\ngenerate    {ref[:, ids.size(1):].tolist()}"
-    return stats
 
 
 # -- greedy: identical to generate -----------------------------------------------------------------------------------
@@ -196,91 +154,6 @@ def test_float32_trained_like_model_matches():
     model = MTPForCausalLM(base, MTPConfig(head_type="blockwise", num_mtp_heads=3)).eval()
     ids, mask = random_batch(5, 3)
     check_identity(model, ids, mask, 16)
-
-
-# -- sampling: same distribution as plain sampling -------------------------------------------------------------------
-SAMPLE_VOCAB = 12
-
-
-def sampling_model(family="blockwise"):
-    model = make_model(family, vocab=SAMPLE_VOCAB, perturb=0.3, perturb_from=0, hidden_size=32, intermediate_size=64,
-                       num_attention_heads=2, num_key_value_heads=2)
-    with torch.no_grad():  # sharper next-token distributions than a fresh model's near-uniform ones
-        model.trunk.final_norm.weight.mul_(12.0)
-    return model
-
-
-def exact_first_tokens(model, prompt, warp):
-    """Exact P(x1, x2) [V, V] and P(x3) [V] under the base with warping `warp` (probs from logits)."""
-    V = SAMPLE_VOCAB
-    with torch.no_grad():
-        p1 = warp(model.base_model(prompt).logits[:, -1])[0]
-        seq2 = torch.cat([prompt.expand(V, -1), torch.arange(V)[:, None]], 1)
-        p2 = warp(model.base_model(seq2).logits[:, -1])  # [x1, x2]
-        joint12 = p1[:, None] * p2
-        seq3 = torch.cat([seq2.repeat_interleave(V, 0), torch.arange(V).repeat(V)[:, None]], 1)
-        p3 = warp(model.base_model(seq3).logits[:, -1]).view(V, V, V)
-        marginal3 = (joint12[..., None] * p3).sum((0, 1))
-    return joint12.flatten(), marginal3
-
-
-def chi_square_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
-    """Goodness of fit; cells with expected count < 5 pooled into one."""
-    n = counts.sum()
-    expected = probs.double() * n
-    big = expected >= 5
-    obs = torch.cat([counts[big].double(), counts[~big].double().sum()[None]])
-    exp = torch.cat([expected[big], expected[~big].sum()[None]])
-    keep = exp > 0
-    stat = ((obs[keep] - exp[keep]) ** 2 / exp[keep]).sum()
-    df = int(keep.sum()) - 1
-    assert df >= 3, "too few populated cells for a meaningful test"
-    return float(torch.special.gammaincc(torch.tensor(df / 2.0, dtype=torch.float64), stat / 2))
-
-
-def sample_first_tokens(model, prompt, n, seed, **kwargs):
-    g = torch.Generator().manual_seed(seed)
-    out, stats = speculative_generate(model, prompt.expand(n, -1), max_new_tokens=3, do_sample=True, eos_token_id=None,
-                                      pad_token_id=PAD, generator=g, **kwargs)
-    x = out[:, prompt.size(1):]
-    joint12 = torch.bincount(x[:, 0] * SAMPLE_VOCAB + x[:, 1], minlength=SAMPLE_VOCAB ** 2)
-    return joint12, torch.bincount(x[:, 2], minlength=SAMPLE_VOCAB), stats
-
-
-WARPS = {
-    "plain": dict(),
-    "temperature-topk-topp": dict(temperature=1.5, top_k=8, top_p=0.95),
-}
-
-
-@pytest.mark.parametrize("family", ["blockwise", "sequential"])
-@pytest.mark.parametrize("warp", list(WARPS))
-def test_sampling_matches_plain_sampling(family, warp):
-    from trl_mtp.decoding import Sampler
-
-    model = sampling_model(family)
-    prompt = torch.tensor([[3, 7, 1, 9, 4]])
-    sampler = Sampler(True, **{"temperature": 1.0, **WARPS[warp]})
-    joint12, marginal3 = exact_first_tokens(model, prompt, sampler.probs)
-    counts12, counts3, stats = sample_first_tokens(model, prompt, 4000, seed=0, **WARPS[warp])
-    assert 0.02 < stats["acceptance_by_position"][0] < 0.95  # drafts both kept and rejected
-    assert chi_square_pvalue(counts12, joint12) > 1e-3
-    assert chi_square_pvalue(counts3, marginal3) > 1e-3
-
-
-def test_wrong_acceptance_rule_fails_the_same_check(monkeypatch):
-    import trl_mtp.decoding as decoding
-
-    def always_accept(logits, drafts, sampler, draft_probs):  # keeps every draft: tokens come from q, not p
-        k = torch.full((drafts.size(0),), drafts.size(1), dtype=torch.long)
-        return k, sampler.sample(sampler.probs(logits[:, -1]))
-
-    model = sampling_model("blockwise")
-    prompt = torch.tensor([[3, 7, 1, 9, 4]])
-    joint12, marginal3 = exact_first_tokens(model, prompt, decoding.Sampler(True).probs)
-    monkeypatch.setattr(decoding, "accept_sampled", always_accept)
-    counts12, counts3, _ = sample_first_tokens(model, prompt, 4000, seed=0)
-    assert chi_square_pvalue(counts12, joint12) < 1e-6
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -62,6 +62,51 @@ def test_import_gives_transformers_mtp_outputs(model_type, tmp_path):
         torch.testing.assert_close(ours[k, :, :n], stock, atol=2e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("model_type,depth", [("glm4_moe", 1), ("glm4_moe", 2), ("deepseek_v3", 1),
+                                              ("deepseek_v3", 2), ("mellum", 1)])
+@torch.no_grad()
+def test_stock_use_mtp_drafts_with_the_exported_layers(model_type, depth, tmp_path):
+    """Stock `generate(use_mtp=True)` runs on every exported architecture and depth, over a prompt longer than
+    Mellum's window, and gives greedy's tokens, as ours does."""
+    model, _ = exported(model_type, tmp_path, depth=depth)
+    stock = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    allow_stock_mtp(stock)
+    prompt = torch.randint(2, 128, (1, 12), generator=torch.Generator().manual_seed(2))
+    kwargs = dict(max_new_tokens=10, do_sample=False, pad_token_id=0, eos_token_id=None)
+    plain = stock.generate(prompt, **kwargs)
+    assert torch.equal(stock.generate(prompt, use_mtp=True, **kwargs), plain)
+    assert torch.equal(model.speculative_generate(prompt, max_new_tokens=10, eos_token_id=[], pad_token_id=0)[0], plain)
+
+
+@torch.no_grad()
+def test_mellum_heads_draft_past_their_window_in_a_padded_batch():
+    """Drafting over prefixes longer than the MTP layer's window, rows left-padded to different lengths: the window
+    masks fit the drafting slices, and the output is greedy's."""
+    model = MTPForCausalLM.from_base(native_base("mellum"), MTPConfig(head_type="sequential", num_mtp_heads=1)).eval()
+    ids = torch.randint(2, 128, (2, 14), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    spec, stats = model.speculative_generate(ids, attention_mask=mask, max_new_tokens=12, eos_token_id=[],
+                                             pad_token_id=0)
+    plain = model.generate(ids, attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=0,
+                           eos_token_id=None)
+    assert torch.equal(spec, plain) and stats["drafted"] > 0
+
+
+@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
+    "transformers: DeepSeek-V3's latent attention expands its KV to num_attention_heads heads, then repeats them "
+    "num_attention_heads // num_key_value_heads times; a multi-token forward after a cache fails in sdpa. When this "
+    "passes, the export check `_check_stock_attention` can go."))
+@torch.no_grad()
+def test_upstream_latent_attention_with_fewer_kv_heads_fails_over_a_cache():
+    """The minimal reproduction, without MTP: a base forward of 3 tokens after a cached prefix (what use_mtp's
+    verify step does) with num_key_value_heads < num_attention_heads."""
+    base = native_base("deepseek_v3", num_key_value_heads=2).eval()
+    ids = torch.randint(0, 128, (1, 9), generator=torch.Generator().manual_seed(0))
+    cache = base(ids[:, :6], use_cache=True).past_key_values
+    base(ids[:, 6:], past_key_values=cache)
+
+
 def test_from_base_starts_sequential_heads_from_native_layers(tmp_path):
     imported, _ = exported("glm4_moe", tmp_path, depth=1)
     model = MTPForCausalLM.from_base(str(tmp_path), MTPConfig(head_type="sequential", num_mtp_heads=2))
@@ -81,8 +126,13 @@ def test_export_errors_name_the_bad_value(tmp_path):
     with pytest.raises(ValueError, match="head_type='medusa'"):
         export_native(glm, tmp_path / "b")
     mellum = MTPForCausalLM.from_base(native_base("mellum"), MTPConfig(head_type="sequential", num_mtp_heads=2))
+    assert mellum.mtp_logits(torch.zeros(1, 12, dtype=torch.long)).shape == (2, 1, 12, 128)  # trains past one layer
     with pytest.raises(ValueError, match="num_mtp_heads=2"):
         export_native(mellum, tmp_path / "c")
+    deepseek = MTPForCausalLM.from_base(native_base("deepseek_v3", num_key_value_heads=2),
+                                        MTPConfig(head_type="sequential", num_mtp_heads=1))
+    with pytest.raises(ValueError, match="num_key_value_heads=2 with num_attention_heads=4"):
+        export_native(deepseek, tmp_path / "e")
     # a DeepSeek-style config names an MTP layer by default, but this checkpoint has none
     native_base("deepseek_v3").save_pretrained(tmp_path / "d")
     with pytest.raises(ValueError, match="no native MTP weights"):

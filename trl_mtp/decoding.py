@@ -6,6 +6,8 @@ propose the next D drafts. A round is four named stages, each in one place:
 
     propose   drafts d_1..d_D (and their distributions q_i when sampling) from the heads     `Drafter.propose`
     verify    one base forward over [x, d_1..d_D] with the KV cache: main-head logits p_0..p_D  `verify`
+    process   `generate`'s logits processors and warpers at every position, with that position's prefix
+              (committed tokens and the drafts before it); the drafts' q_i get the same      `Sampler.scores`
     accept    greedy: keep the longest prefix with d_j = argmax p_{j-1}, then the bonus argmax p_k;
               sampling: keep d_j with probability min(1, p(d_j) / q(d_j)), on the first rejection
               resample from norm(max(0, p - q)); after D acceptances the bonus is drawn from p_D  `accept_greedy` /
@@ -14,12 +16,16 @@ propose the next D drafts. A round is four named stages, each in one place:
               the longest accepted row, mark the other rows' rejected slots as holes in the 2-D attention mask,
               and let the drafter extend / crop its own caches                                    `update_cache`
 
-so a row gains k + 1 tokens per base forward (k = accepted drafts), and the output is what the base alone produces:
-token for token under greedy decoding, in distribution under sampling.
+so a row gains k + 1 tokens per base forward (k = accepted drafts), and the output is what the base alone produces
+under the model's generation config, as `generate` applies it: token for token under greedy decoding, in
+distribution under sampling. Near the model's position limit a round drafts fewer tokens (`drafts_that_fit`).
 
 Batches: one shared cache of "slots". A row's slots hold its left padding, its committed tokens and holes (slots of
 drafts rejected in that row but kept because another row accepted more); the 2-D mask marks valid slots, and every
 forward gets explicit per-row position ids (= the number of valid slots before; GPT-2's learned positions need this).
+The cache is laid out from the model's config (`new_cache`). A sliding window counts slots, holes included, so with
+sliding-window layers each round moves every row's recent slots right past its holes (`SlotUpdate`): the holes then
+sit before every later window.
 
 Head families (see `Drafter`): `blockwise` and `medusa` read only h_t; `parallel` heads are decoder layers over the
 hidden sequence with their own KV caches, which mirror the base's slots; `sequential` (DeepSeek-V3) chains depths,
@@ -35,12 +41,9 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache
-from transformers.generation.logits_process import (
-    LogitsProcessorList,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
+from transformers.cache_utils import DummyLayer, DynamicLayer, DynamicSlidingWindowLayer, get_layer_types_and_kwargs
+from transformers.generation import logits_process as lp
+from transformers.generation.configuration_utils import GenerationMode
 
 from trl_mtp.heads.trunk import _CACHE_ARGS
 
@@ -54,96 +57,276 @@ def left_pad(rows: list[list[int]], pad: int, device=None) -> tuple[torch.Tensor
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# token choice: the same warping (temperature, top-k, top-p, as `generate` orders them) for p and for q
+# generation settings: the logits processors and warpers `generate` builds from the merged generation config
 # ----------------------------------------------------------------------------------------------------------------------
+# processors that read the scores only: one call covers every row and position
+POSITION_FREE = {lp.TemperatureLogitsWarper, lp.TopKLogitsWarper, lp.TopPLogitsWarper, lp.MinPLogitsWarper,
+                 lp.TypicalLogitsWarper, lp.EpsilonLogitsWarper, lp.EtaLogitsWarper, lp.TopHLogitsWarper,
+                 lp.SuppressTokensLogitsProcessor, lp.InfNanRemoveLogitsProcessor, lp.LogitNormalization}
+# processors that are functions of (row, its prefix, its scores), keeping nothing between calls: applied per prefix
+PREFIX_FUNCTIONS = {lp.RepetitionPenaltyLogitsProcessor, lp.EncoderRepetitionPenaltyLogitsProcessor,
+                    lp.NoRepeatNGramLogitsProcessor, lp.EncoderNoRepeatNGramLogitsProcessor,
+                    lp.SequenceBiasLogitsProcessor, lp.NoBadWordsLogitsProcessor, lp.MinLengthLogitsProcessor,
+                    lp.MinNewTokensLengthLogitsProcessor, lp.ForcedBOSTokenLogitsProcessor,
+                    lp.ForcedEOSTokenLogitsProcessor, lp.ExponentialDecayLengthPenalty,
+                    lp.SuppressTokensAtBeginLogitsProcessor}
+
+
+def generation_settings(base, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
+                        generation_config=None, **kwargs):
+    """(config, processors) as `generate` prepares them: the model's generation config (or `generation_config`)
+    updated by the given settings (None: not given), transformers' defaults for the rest (top_k = 50 among them), and
+    the logits processors and warpers `generate` builds from it, each one checked to apply position by position."""
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    unset = {name: kwargs.get(name) is None and getattr(generation_config, name, None) is None
+             and getattr(base.generation_config, name) is None for name in ("max_length", "min_length")}
+    config, unused = base._prepare_generation_config(generation_config, **kwargs)
+    if unused:
+        raise ValueError(f"not generation settings: {', '.join(sorted(unused))}")
+    mode = config.get_generation_mode()
+    if mode not in (GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE):
+        raise ValueError(f"speculative decoding does greedy search and sampling, not {mode.value} (set by the "
+                         f"generation config: num_beams={config.num_beams}, penalty_alpha={config.penalty_alpha})")
+    if config.num_return_sequences not in (None, 1):
+        raise ValueError(f"speculative decoding returns one sequence per prompt, got "
+                         f"num_return_sequences={config.num_return_sequences}")
+    if config.stop_strings is not None:
+        raise ValueError(f"speculative decoding stops at EOS tokens only, got stop_strings={config.stop_strings!r}")
+    config.max_new_tokens = max_new_tokens
+    base._prepare_generated_length(config, has_default_max_length=unset["max_length"],
+                                   has_default_min_length=unset["min_length"],
+                                   model_input_name="input_ids", input_ids_length=input_ids.size(1),
+                                   inputs_tensor=input_ids)
+    base._prepare_special_tokens(config, True, device=input_ids.device, batch_size=input_ids.size(0))
+    processors = base._get_logits_processor(config, input_ids_seq_length=input_ids.size(1),
+                                            encoder_input_ids=input_ids, device=input_ids.device,
+                                            model_kwargs={"attention_mask": attention_mask})
+    for processor in processors:
+        if type(processor) not in POSITION_FREE | PREFIX_FUNCTIONS:
+            raise ValueError(f"speculative decoding cannot apply {type(processor).__name__} at every verify position "
+                             "(it keeps state between steps, or is not supported): unset the generation setting "
+                             "that adds it")
+    return config, processors
+
+
+def prefix_ids(state: "DecodeState", drafts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids [B, W], committed [B]): each row's prompt (left-padded) and committed tokens (`committed` of them), then
+    `drafts` [B, m]; a position's prefix is a row's first `committed + j` ids, as `generate` would hold them."""
+    ids = state.tokens.clone()
+    committed = state.prompt_len + state.generated
+    cols = (committed[:, None] + torch.arange(drafts.size(1), device=ids.device)).clamp(max=ids.size(1) - 1)
+    return ids.scatter_(1, cols, drafts), committed
+
+
+def apply_per_prefix(processors, ids: torch.Tensor, lengths: torch.Tensor, scores: torch.Tensor,
+                     active: torch.Tensor) -> torch.Tensor:
+    """scores [B, n, V] with position (r, i) processed as `generate` would after the prefix ids[r, :lengths[r, i]]
+    (active rows only). One call per prefix length: each call sees the whole batch, since processors may hold
+    per-row settings (the prompt's padding, for instance); rows whose position has another length are not read."""
+    out = scores.clone()
+    rows = torch.arange(scores.size(0), device=scores.device)
+    for length in torch.unique(lengths[active]).tolist():
+        at = (lengths == length) & active[:, None]  # [B, n]: at most one position per row
+        processed = processors(ids[:, :length], scores[rows, at.float().argmax(1)].clone())
+        out[at] = processed[at.any(1)]
+    return out
+
+
 @dataclass
 class Sampler:
-    """How tokens are picked: greedy (argmax) or sampling from the warped distribution."""
+    """How tokens are picked: `generate`'s logits processors and warpers applied to a position's logits with that
+    position's prefix, then argmax (greedy) or a draw from the softmax (sampling)."""
 
+    processors: list = field(default_factory=lp.LogitsProcessorList)
     do_sample: bool = False
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
     generator: torch.Generator | None = None
-    warpers: LogitsProcessorList = field(init=False)
 
-    def __post_init__(self):
-        if self.do_sample and not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature}")
-        self.warpers = LogitsProcessorList()
-        if self.temperature != 1.0:
-            self.warpers.append(TemperatureLogitsWarper(self.temperature))
-        if self.top_k:
-            self.warpers.append(TopKLogitsWarper(self.top_k))
-        if self.top_p is not None and self.top_p < 1.0:
-            self.warpers.append(TopPLogitsWarper(self.top_p))
-
-    def probs(self, logits: torch.Tensor) -> torch.Tensor:
-        """Warped distribution [..., V] (float32 or better) of logits [..., V]."""
-        shape = logits.shape
-        flat = logits.reshape(-1, shape[-1]).float() if logits.dtype != torch.float64 else logits.reshape(-1, shape[-1])
-        flat = self.warpers(None, flat)
-        return torch.softmax(flat, dim=-1).view(shape)
+    def scores(self, state: "DecodeState", logits: torch.Tensor, drafts: torch.Tensor, first: int = 0) -> torch.Tensor:
+        """Processed scores [B, n, V] (float32, as `generate`) of logits [B, n, V] whose position i follows each
+        row's committed tokens and drafts[:, :first + i] (drafts [B, m], m >= first + n - 1)."""
+        scores = logits.float()
+        if not self.processors:
+            return scores
+        if all(type(p) in POSITION_FREE for p in self.processors):
+            return self.processors(None, scores.flatten(0, 1)).view_as(scores)
+        ids, committed = prefix_ids(state, drafts)
+        lengths = committed[:, None] + first + torch.arange(scores.size(1), device=scores.device)
+        return apply_per_prefix(self.processors, ids, lengths, scores, ~state.done)
 
     def sample(self, probs: torch.Tensor) -> torch.Tensor:
         """One token per row of probs [N, V]."""
         return torch.multinomial(probs, 1, generator=self.generator).squeeze(-1)
 
-    def pick(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(token [B], its distribution [B, V] or None when greedy) from logits [B, V]."""
+    def pick(self, state: "DecodeState", logits: torch.Tensor, drafts: torch.Tensor):
+        """(token [B], its distribution [B, V] or None when greedy) from logits [B, V] at the position after each
+        row's committed tokens and `drafts` [B, j]."""
+        scores = self.scores(state, logits[:, None], drafts, first=drafts.size(1))[:, 0]
         if not self.do_sample:
-            return logits.argmax(-1), None
-        probs = self.probs(logits)
+            return scores.argmax(-1), None
+        probs = scores.softmax(-1)
         return self.sample(probs), probs
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # accept: how many drafts each row keeps, and the token that follows them
 # ----------------------------------------------------------------------------------------------------------------------
-def accept_greedy(logits: torch.Tensor, drafts: torch.Tensor, sampler: Sampler, draft_probs=None):
-    """logits [B, D+1, V] at [x, d_1..d_D]; drafts [B, D] -> (accepted k [B], next token [B]).
+def accept_greedy(scores: torch.Tensor, drafts: torch.Tensor, sampler: Sampler | None = None, draft_probs=None):
+    """scores [B, D+1, V] at [x, d_1..d_D]; drafts [B, D] -> (accepted k [B], next token [B]).
     d_j is kept while it equals the main head's argmax at the slot before it; the next token is argmax p_k."""
-    target = logits.argmax(-1)  # [B, D+1]
+    target = scores.argmax(-1)  # [B, D+1]
     matches = (drafts == target[:, :-1]).long()
     k = matches.cumprod(dim=1).sum(dim=1)  # length of the all-match prefix
     return k, target.gather(1, k[:, None]).squeeze(1)
 
 
-def accept_sampled(logits: torch.Tensor, drafts: torch.Tensor, sampler: Sampler, draft_probs: torch.Tensor):
-    """Speculative rejection sampling (Leviathan et al. 2023; Chen et al. 2023): per row, d_j ~ q_j is kept with
-    probability min(1, p_j(d_j) / q_j(d_j)); at the first rejection the token is drawn from norm(max(0, p_j - q_j));
-    if all D are kept, the bonus is drawn from p_D. The committed tokens are then distributed exactly as samples of p."""
-    p = sampler.probs(logits)  # [B, D+1, V]
-    B, D = drafts.shape
-    if D == 0:  # the prefill: nothing to verify
-        return drafts.new_zeros(B), sampler.sample(p[:, 0])
-    p_draft = p[:, :D].gather(2, drafts[..., None]).squeeze(2)  # p_j(d_j)
-    q_draft = draft_probs.gather(2, drafts[..., None]).squeeze(2)  # q_j(d_j) > 0: d_j was drawn from q_j
-    u = torch.rand(B, D, generator=sampler.generator, dtype=p.dtype, device=p.device)
-    keep = (u * q_draft < p_draft).long()  # u < p/q without dividing
-    k = keep.cumprod(dim=1).sum(dim=1)
-    rows = torch.arange(B, device=p.device)
-    p_k = p[rows, k]  # [B, V]: p at the first rejected slot, or p_D after D acceptances
-    q_k = torch.cat([draft_probs, torch.zeros_like(p[:, :1])], dim=1)[rows, k]  # q = 0 after D: residual = p_D
+def draft_acceptance(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor) -> torch.Tensor:
+    """[B, D] probability of keeping d_j (once d_1..d_{j-1} are kept): min(1, p_j(d_j) / q_j(d_j)); p, q [B, D, V].
+    q_j(d_j) > 0: d_j was drawn from q_j."""
+    p_draft = p.gather(2, drafts[..., None]).squeeze(2)
+    q_draft = q.gather(2, drafts[..., None]).squeeze(2)
+    return (p_draft / q_draft).clamp(max=1.0)
+
+
+def next_distribution(p: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """[B, V] distribution of the token after k kept drafts (p [B, D+1, V], q [B, D, V]): norm(max(0, p_k - q_k))
+    at the first rejected draft, p_D (the bonus) after D acceptances."""
+    rows = torch.arange(p.size(0), device=p.device)
+    p_k = p[rows, k]
+    q_k = torch.cat([q, torch.zeros_like(p[:, :1])], dim=1)[rows, k]  # q = 0 after D: the residual is p_D
     residual = (p_k - q_k).clamp(min=0)
     mass = residual.sum(-1, keepdim=True)
-    residual = torch.where(mass > 0, residual / mass.clamp(min=1e-30), p_k)  # p == q exactly: nothing rejected, use p
-    return k, sampler.sample(residual)
+    return torch.where(mass > 0, residual / mass.clamp(min=1e-30), p_k)  # p == q exactly: nothing rejected, use p
+
+
+def accept_sampled(scores: torch.Tensor, drafts: torch.Tensor, sampler: Sampler, draft_probs: torch.Tensor):
+    """Speculative rejection sampling (Leviathan et al. 2023; Chen et al. 2023): per row, d_j ~ q_j is kept with
+    probability min(1, p_j(d_j) / q_j(d_j)); at the first rejection the token is drawn from norm(max(0, p_j - q_j));
+    if all D are kept, the bonus is drawn from p_D. The committed tokens are then distributed exactly as samples of p
+    (`draft_acceptance` and `next_distribution` hold the rule; this draws with them)."""
+    p = scores.softmax(-1)  # [B, D+1, V]
+    B, D = drafts.shape
+    if D == 0:  # the prefill, or no room for drafts: nothing to verify
+        return drafts.new_zeros(B), sampler.sample(p[:, 0])
+    u = torch.rand(B, D, generator=sampler.generator, dtype=p.dtype, device=p.device)
+    k = (u < draft_acceptance(p[:, :D], draft_probs, drafts)).long().cumprod(dim=1).sum(dim=1)
+    return k, sampler.sample(next_distribution(p, draft_probs, k))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # slots, masks and caches
 # ----------------------------------------------------------------------------------------------------------------------
+ROLLBACK_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer, DummyLayer)  # cache layers a rejected draft can leave
+
+
+def new_cache(config) -> DynamicCache:
+    """An empty cache laid out from the model's config as `generate` lays it (sliding-window layers keep only their
+    window), recording past slots until each round's crop. Refuses layouts that cannot drop rejected drafts
+    (linear-attention / hybrid state) and chunked attention (its chunks count slots, holes included)."""
+    text_config = config.get_text_config(decoder=True)
+    layer_types = get_layer_types_and_kwargs(text_config)[0]
+    if "chunked_attention" in layer_types:
+        raise ValueError("speculative decoding does not support chunked attention (layer type 'chunked_attention')")
+    cache = DynamicCache(config=config)
+    bad = sorted({f"{kind!r} ({type(layer).__name__})" for kind, layer in zip(layer_types, cache.layers)
+                  if type(layer) not in ROLLBACK_LAYERS})
+    if bad:
+        raise ValueError(f"speculative decoding needs a cache it can crop after rejected drafts; this model's layer "
+                         f"types {', '.join(bad)} keep a state that cannot be cropped")
+    cache.activate_past_recording()
+    return cache
+
+
+def cache_window(cache: DynamicCache) -> int | None:
+    """The widest sliding window among the cache's layers (None: no sliding-window layer)."""
+    return max((layer.sliding_window for layer in cache.layers if getattr(layer, "is_sliding", False)), default=None)
+
+
 def cache_length(cache: DynamicCache) -> int:
     """Slots held by the cache (its longest layer: a head's cache only fills the copied layer's index)."""
     return max((layer.get_seq_length() for layer in cache.layers), default=0)
 
 
 def crop_cache(cache: DynamicCache, length: int) -> None:
-    """Keep the first `length` slots (transformers 5's `crop` takes the number of slots to remove, negated)."""
-    extra = cache_length(cache) - length
-    if extra > 0:
-        cache.crop(-extra)
+    """Keep the first `length` slots (transformers 5's `crop` takes the number of slots to remove, negated; removing
+    none still trims a sliding-window layer back to its window)."""
+    for layer in cache.layers:
+        if getattr(layer, "is_initialized", False):
+            layer.crop(-max(layer.get_seq_length() - length, 0))
+
+
+def shift_slots(x: torch.Tensor, dim: int, start: int, shift: torch.Tensor) -> torch.Tensor:
+    """x with slots along `dim` (rows along dim 0): row r's entries from index `start` on move shift[r] places right.
+    The first shift[r] entries of that region repeat the entry at `start` (holes, masked or cut later); the last
+    shift[r] fall off."""
+    start = max(start, 0)
+    size = x.size(dim) - start
+    if size <= 0:
+        return x
+    x = x.expand(shift.size(0), *x.shape[1:])
+    source = start + (torch.arange(size, device=x.device)[None] - shift[:, None]).clamp(min=0)  # [B, size]
+    index = source.view(x.size(0), *[1] * (dim - 1), size, *[1] * (x.dim() - dim - 1))
+    index = index.expand(*x.shape[:dim], size, *x.shape[dim + 1:])
+    return torch.cat([x.narrow(dim, 0, start), x.gather(dim, index)], dim=dim)
+
+
+@dataclass
+class SlotUpdate:
+    """How one round changes the cache slots: the verify appended slots `new_start`..; row r keeps the first
+    `kept[r]` of them and the cache its first `keep` slots (the longest row's), so other rows' rejected slots become
+    holes. A sliding window counts slots, holes included: with one (`window`), every row's slots from `region_start`
+    = new_start - window + 1 on move `shift[r]` (its holes) places right, the holes landing before every later
+    window. Applied alike to the base's cache and mask and to each drafter's per-slot state."""
+
+    new_start: int
+    keep: int
+    kept: torch.Tensor  # [B]
+    region_start: int = 0
+    shift: torch.Tensor | None = None  # [B]; None: holes stay where they are
+
+    @classmethod
+    def plan(cls, new_start: int, kept: torch.Tensor, window: int | None) -> "SlotUpdate":
+        longest = int(kept.max())
+        update = cls(new_start, new_start + longest, kept)
+        if window is not None and int(kept.min()) < longest:
+            update.region_start, update.shift = max(new_start - window + 1, 0), longest - kept
+        return update
+
+    @property
+    def last_slot(self) -> torch.Tensor:
+        """[B] slot of each row's last kept slot once moved."""
+        return self.new_start + self.kept - 1 + (0 if self.shift is None else self.shift)
+
+    @property
+    def last_new(self) -> torch.Tensor:
+        """[B] index, among the slots just verified, of each row's last kept one (0 for rows that kept none)."""
+        return (self.kept - 1).clamp(min=0)
+
+    def move(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor:
+        """A per-slot tensor (slot 0 at index 0) shifted and cut to `keep` slots."""
+        if self.shift is not None:
+            x = shift_slots(x, dim, self.region_start, self.shift)
+        return x.narrow(dim, 0, self.keep)
+
+    def move_cache(self, cache: DynamicCache, crop: bool = True) -> None:
+        """Shift every layer's keys and values in place (a sliding-window layer holds only its latest slots), then
+        crop to `keep` slots."""
+        if self.shift is not None:
+            for layer in cache.layers:
+                if getattr(layer, "is_initialized", False) and layer.keys.numel():
+                    first_slot = layer.get_seq_length() - layer.keys.size(-2)
+                    layer.keys = shift_slots(layer.keys, 2, self.region_start - first_slot, self.shift)
+                    layer.values = shift_slots(layer.values, 2, self.region_start - first_slot, self.shift)
+        if crop:
+            crop_cache(cache, self.keep)
+
+    def move_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """The 2-D mask [B, S] after the round: rejected slots off, shifted, cut, the moved holes off."""
+        slots = torch.arange(mask.size(1), device=mask.device)[None]
+        mask = self.move(mask.masked_fill(slots >= self.new_start + self.kept[:, None], 0))
+        if self.shift is not None:
+            slots = slots[:, : self.keep]
+            mask = mask.masked_fill((slots >= self.region_start) & (slots < self.region_start + self.shift[:, None]), 0)
+        return mask
 
 
 def slot_positions(mask: torch.Tensor) -> torch.Tensor:
@@ -196,6 +379,7 @@ class DecodeState:
     done: torch.Tensor
     cache: DynamicCache
     last_slot: torch.Tensor | None = None  # [B] slot of each row's last accepted input (where drafting reads h)
+    window: int | None = None  # the cache's widest sliding window (None: none)
 
     def column(self, position: torch.Tensor) -> torch.Tensor:
         """Column in `tokens` of each row's token at `position` (positions count a row's tokens, padding excluded)."""
@@ -216,36 +400,39 @@ class Drafter:
         # causal in depth, so the first depths do not depend on the later ones and stay exactly what they were
         self.num_depths = model.heads.num_depths if num_depths is None else num_depths
 
-    def observe(self, state: DecodeState, hidden: torch.Tensor, layer_kwargs: dict, new_start: int, keep: int):
-        """hidden [B, n, d]: trunk hidden states of the slots new_start..new_start+n-1 just verified; the cache now keeps
-        `keep` slots. `state.last_slot` is each row's last accepted slot."""
+    def observe(self, state: DecodeState, hidden: torch.Tensor, layer_kwargs: dict, update: SlotUpdate):
+        """hidden [B, n, d]: trunk hidden states of the slots update.new_start.. just verified, before the base's
+        cache and mask moved by `update`; the drafter's own per-slot state follows the same update."""
         raise NotImplementedError
 
     def propose(self, state: DecodeState, sampler: Sampler):
         """-> drafts [B, D], and their distributions [B, D, V] when sampling (else None)."""
         raise NotImplementedError
 
-    def _chain(self, logits_of_depth, sampler: Sampler):
-        drafts, probs = [], []
+    def _chain(self, state: DecodeState, logits_of_depth, sampler: Sampler):
+        """Drafts depth by depth: logits_of_depth(depth, drafts so far [B, depth - 1]) -> [B, V], each picked with
+        its prefix (the committed tokens and the drafts before it)."""
+        drafts = state.tokens.new_zeros(state.tokens.size(0), 0)
+        probs = []
         for depth in range(1, self.num_depths + 1):
-            token, prob = sampler.pick(logits_of_depth(depth, drafts))
-            drafts.append(token)
+            token, prob = sampler.pick(state, logits_of_depth(depth, drafts), drafts)
+            drafts = torch.cat([drafts, token[:, None]], dim=1)
             probs.append(prob)
-        return torch.stack(drafts, 1), (torch.stack(probs, 1) if sampler.do_sample else None)
+        return drafts, (torch.stack(probs, 1) if sampler.do_sample else None)
 
 
 class PositionwiseDrafter(Drafter):
     """blockwise / medusa: depth i at t is a function of h_t alone."""
 
-    def observe(self, state, hidden, layer_kwargs, new_start, keep):
+    def observe(self, state, hidden, layer_kwargs, update):
         rows = torch.arange(hidden.size(0), device=hidden.device)
-        self.h = hidden[rows, (state.last_slot - new_start).clamp(min=0)][:, None]  # [B, 1, d]
+        self.h = hidden[rows, update.last_new][:, None]  # [B, 1, d]
 
     def propose(self, state, sampler):
         dummy = torch.zeros(self.h.shape[:2], dtype=torch.long, device=self.h.device)
         logits = [self.heads.depth_logits(i, z)[:, 0]
                   for i, z in self.heads.iter_depth_hiddens(self.h, dummy, num_depths=self.num_depths)]
-        return self._chain(lambda depth, drafts: logits[depth - 1], sampler)
+        return self._chain(state, lambda depth, drafts: logits[depth - 1], sampler)
 
 
 class ParallelDrafter(Drafter):
@@ -255,19 +442,21 @@ class ParallelDrafter(Drafter):
 
     def __init__(self, model, num_depths: int | None = None):
         super().__init__(model, num_depths)
-        self.caches = [DynamicCache() for _ in range(self.num_depths)]
+        # laid out as the base's cache: the head layer (a copy of the last layer) gets that layer's mask
+        self.caches = [new_cache(model.base_model.config) for _ in range(self.num_depths)]
         self.names = {p.name for p in self.trunk._layer_params}
 
-    def observe(self, state, hidden, layer_kwargs, new_start, keep):
+    def observe(self, state, hidden, layer_kwargs, update):
         rows = torch.arange(hidden.size(0), device=hidden.device)
         self.z = []
         for depth, cache in enumerate(self.caches, start=1):
             z = self.heads.depth_hidden(depth, hidden, layer_kwargs=_with_cache(layer_kwargs, cache, self.names))
-            crop_cache(cache, keep)
-            self.z.append(z[rows, (state.last_slot - new_start).clamp(min=0)][:, None])
+            update.move_cache(cache)
+            self.z.append(z[rows, update.last_new][:, None])
 
     def propose(self, state, sampler):
-        return self._chain(lambda depth, drafts: self.heads.depth_logits(depth, self.z[depth - 1])[:, 0], sampler)
+        return self._chain(state, lambda depth, drafts: self.heads.depth_logits(depth, self.z[depth - 1])[:, 0],
+                           sampler)
 
 
 class SequentialDrafter(Drafter):
@@ -284,6 +473,7 @@ class SequentialDrafter(Drafter):
 
     def __init__(self, model, num_depths: int | None = None):
         super().__init__(model, num_depths)
+        # full layers whatever the base's layout: each depth attends through its own window mask over every slot
         self.caches = [DynamicCache() for _ in range(self.num_depths)]
         self.names = {p.name for p in self.trunk._layer_params}
         self.attn_implementation = model.base_model.config._attn_implementation
@@ -292,20 +482,22 @@ class SequentialDrafter(Drafter):
         self.start = 0  # slots before `start` are final in every depth's cache
 
     @staticmethod
-    def _extend(old, new, keep: int):
-        """Buffer of per-slot tensors [B, S, ...] (or tuples of them): append the new slots, keep the first `keep`."""
+    def _extend(old, new, update: SlotUpdate):
+        """Buffer of per-slot tensors [B, S, ...] (or tuples of them): append the new slots, move them by `update`."""
         if isinstance(new, (tuple, list)):
-            return tuple(SequentialDrafter._extend(None if old is None else o, n, keep)
+            return tuple(SequentialDrafter._extend(None if old is None else o, n, update)
                          for o, n in zip(old or [None] * len(new), new))
         full = new if old is None else torch.cat([old, new.expand(old.size(0), *new.shape[1:])], dim=1)
-        return full[:, :keep]
+        return update.move(full)
 
-    def observe(self, state, hidden, layer_kwargs, new_start, keep):
+    def observe(self, state, hidden, layer_kwargs, update):
         self.layer_kwargs = layer_kwargs
-        self.hidden = self._extend(self.hidden, hidden, keep)
+        self.hidden = self._extend(self.hidden, hidden, update)
         for name in self.PER_POSITION:
             if layer_kwargs.get(name) is not None:
-                self.per_position[name] = self._extend(self.per_position.get(name), layer_kwargs[name], keep)
+                self.per_position[name] = self._extend(self.per_position.get(name), layer_kwargs[name], update)
+        for cache in self.caches:  # slots before `start` stay final where they move; the rest is recomputed
+            update.move_cache(cache, crop=False)
 
     def _window_kwargs(self, state, cache, start):
         S = state.mask.size(1)
@@ -326,8 +518,13 @@ class SequentialDrafter(Drafter):
         draft_col = state.column(state.n_valid)  # column of each row's token at position n (its last committed)
         h0 = self.hidden[:, start:]
         prev = h0
-        drafts, probs = [], []
-        for depth in range(1, self.num_depths + 1):
+
+        def logits_of_depth(depth, drafts):
+            nonlocal prev
+            if depth > 1:  # depth - 1's draft is x_{t+depth} at the drafting slot: written past the committed tokens;
+                # a row that finished mid-block may sit past its budget, its drafts are never used: clamp them into the
+                # last scratch column, which no output includes
+                state.tokens[rows, (draft_col + depth - 1).clamp(max=state.tokens.size(1) - 1)] = drafts[:, -1]
             # x_{t+depth} for every window slot: committed tokens, or drafts written past them (scratch columns)
             col = (state.column(positions.clamp(min=0)) + depth).clamp(max=state.tokens.size(1) - 1)
             tokens = state.tokens.gather(1, col)
@@ -335,17 +532,13 @@ class SequentialDrafter(Drafter):
             crop_cache(self.caches[depth - 1], start)
             prev = self.heads.depth_hidden(depth, h0, prev_hidden=prev, tokens=tokens,
                                            layer_kwargs=self._window_kwargs(state, self.caches[depth - 1], start))
-            logits = self.heads.depth_logits(depth, prev[rows, (state.last_slot - start).clamp(min=0)])
-            token, prob = sampler.pick(logits)
-            # the next depth reads it as x_{t+depth+1}; a row that finished mid-block may sit past its budget, its
-            # drafts are never used: clamp them into the last scratch column, which no output includes
-            state.tokens[rows, (draft_col + depth).clamp(max=state.tokens.size(1) - 1)] = token
-            drafts.append(token)
-            probs.append(prob)
+            return self.heads.depth_logits(depth, prev[rows, (state.last_slot - start).clamp(min=0)])
+
+        drafts = self._chain(state, logits_of_depth, sampler)
         # entries at positions <= n - D are final for every depth: the next window starts at the first slot past them
         first_open = (slot_positions(state.mask) > (state.n_valid - self.num_depths)[:, None]).float().argmax(1)
         self.start = int(first_open.min())
-        return torch.stack(drafts, 1), (torch.stack(probs, 1) if sampler.do_sample else None)
+        return drafts
 
 
 DRAFTERS = {"blockwise": PositionwiseDrafter, "medusa": PositionwiseDrafter,
@@ -361,9 +554,10 @@ def make_drafter(model, num_depths: int | None = None) -> Drafter:
 # verify and update
 # ----------------------------------------------------------------------------------------------------------------------
 def verify(model, state: DecodeState, inputs: torch.Tensor, inputs_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """One base forward over `inputs` [B, n] appended to every row's slots (`inputs_mask` marks padding, prefill
-    only); -> main-head logits [B, n, V]. Position ids continue each row's count of valid slots (padding gets 1, as
-    in `generate`). The trunk hooks keep this forward's hidden states and last-layer kwargs for the drafter."""
+    """One base forward over `inputs` [B, n] appended to every row's slots (`inputs_mask` marks padding: the
+    prompt's, and finished rows', whose positions must not grow); -> main-head logits [B, n, V]. Position ids
+    continue each row's count of valid slots (padding gets 1, as in `generate`). The trunk hooks keep this forward's
+    hidden states and last-layer kwargs for the drafter."""
     if inputs_mask is None:
         inputs_mask = torch.ones_like(inputs)
     inputs_mask = inputs_mask.long()
@@ -377,7 +571,8 @@ def verify(model, state: DecodeState, inputs: torch.Tensor, inputs_mask: torch.T
 def update_cache(model, state: DecodeState, drafter: Drafter, new_start: int, n_new: int, k: torch.Tensor,
                  next_token: torch.Tensor, drafts: torch.Tensor, max_new_tokens: int, eos: torch.Tensor | None):
     """Commit each active row's k drafts + next token (cut at EOS or max_new_tokens), crop the cache to the longest
-    accepted row, turn the other rows' rejected slots into holes, let the drafter follow. -> tokens committed [B]."""
+    accepted row, turn the other rows' rejected slots into holes (moved before every later window when the cache has
+    sliding-window layers), let the drafter follow. -> tokens committed [B]."""
     B = k.size(0)
     rows = torch.arange(B, device=k.device)
     k = torch.where(state.done, torch.zeros_like(k), k)  # finished rows keep nothing more
@@ -404,17 +599,16 @@ def update_cache(model, state: DecodeState, drafter: Drafter, new_start: int, n_
     # (the prefix before the drafts, then the accepted drafts); the cache keeps the longest row, others get holes
     base = n_new - drafts.size(1)
     kept = torch.where(state.done, 0, base + k)  # a finished row keeps no new slot: its positions stop growing
-    keep = new_start + int(kept.max())
-    crop_cache(state.cache, keep)
-    state.mask = state.mask[:, :keep].clone()
-    hole = torch.arange(keep, device=k.device)[None] >= (new_start + kept)[:, None]
-    state.mask[hole] = 0
-    state.n_valid = state.n_valid + state.mask[:, new_start:].sum(1)  # padding (prefill) and holes are no positions
-    state.last_slot = new_start + kept - 1
+    update = SlotUpdate.plan(new_start, kept, state.window)
+    rejected = torch.arange(n_new, device=k.device)[None] >= kept[:, None]
+    state.n_valid = state.n_valid + state.mask[:, new_start:].masked_fill(rejected, 0).sum(1)  # padding: no position
+    state.mask = update.move_mask(state.mask)
+    update.move_cache(state.cache)
+    state.last_slot = update.last_slot
     # the next input of each row is its last committed token (position n_valid); scratch room holds its drafts
     live = ~state.done  # a finished row's last committed token sits there: leave it
     state.tokens[rows[live], state.column(state.n_valid)[live]] = next_token[live]
-    drafter.observe(state, model.trunk.hidden, model.trunk.layer_call_kwargs(), new_start, keep)
+    drafter.observe(state, model.trunk.hidden, model.trunk.layer_call_kwargs(), update)
     state.done |= finished
     return length, k
 
@@ -444,14 +638,22 @@ def pool_acceptance(stats: list[dict]) -> dict:
 # ----------------------------------------------------------------------------------------------------------------------
 # the loop
 # ----------------------------------------------------------------------------------------------------------------------
+def drafts_that_fit(state: DecodeState, num_drafts: int, max_positions: int | None) -> int:
+    """Drafts the next verify may take: it feeds each active row's positions n .. n + drafts, and no position may pass
+    the model's last one (GPT-2's learned positions end there; `generate` feeds one position per step)."""
+    if max_positions is None:
+        return num_drafts
+    return max(0, min(num_drafts, max_positions - 1 - int(state.n_valid[~state.done].max())))
+
+
 @torch.no_grad()
 def speculative_generate(
     model,
     input_ids: torch.LongTensor,
     attention_mask: torch.Tensor | None = None,
     max_new_tokens: int = 32,
-    do_sample: bool = False,
-    temperature: float = 1.0,
+    do_sample: bool | None = None,
+    temperature: float | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
     eos_token_id: int | list[int] | None = None,
@@ -459,15 +661,22 @@ def speculative_generate(
     return_stats: bool = True,
     generator: torch.Generator | None = None,
     num_draft_tokens: int | None = None,
+    generation_config=None,
+    **generation_kwargs,
 ):
-    """Generate with the model's own MTP heads as drafters: output identical to `model.base_model.generate`
-    (greedy: token for token; sampling: in distribution), in fewer base forwards.
+    """Generate with the model's own MTP heads as drafters: output identical to `model.base_model.generate` with the
+    same settings (greedy: token for token; sampling: in distribution), in fewer base forwards.
 
     `model`: an `MTPForCausalLM`. `input_ids` [B, T], left-padded when rows differ in length (`attention_mask` marks
-    real tokens). `eos_token_id` / `pad_token_id` default to the base's generation config. Returns `(sequences,
-    stats)`: sequences [B, T + longest generation] as `generate` lays them out (prompt included, rows that finished
-    early padded with `pad_token_id`). `num_draft_tokens` (0..D, default D) drafts with the first heads only
-    (Stern's window k = num_draft_tokens + 1; 0 is plain decoding); the output is the same for every value.
+    real tokens). Generation settings as in `generate`: the base's generation config (or `generation_config`),
+    updated by `do_sample`, `temperature`, `top_k`, `top_p`, `eos_token_id`, `pad_token_id` (None: not given) and by
+    `generation_kwargs` (any generation config field: repetition_penalty, min_p, no_repeat_ngram_size,
+    min_new_tokens, bad_words_ids, ...); transformers' defaults fill the rest, top_k = 50 among them (top_k=0 samples
+    the full distribution). Settings whose processor cannot be applied position by position raise a ValueError.
+    Returns `(sequences, stats)`: sequences [B, T + longest generation] as `generate` lays them out (prompt
+    included, rows that finished early padded with the pad token). `num_draft_tokens` (0..D, default D) drafts with
+    the first heads only (Stern's window k = num_draft_tokens + 1; 0 is plain decoding); the output is the same for
+    every value.
     Stats (None unless `return_stats`):
       - `forwards`: base forwards (the prefill counts: it yields the first token);
       - `mean_accepted_length`: tokens committed per base forward per active row (1.0 for plain decoding, at most
@@ -478,35 +687,35 @@ def speculative_generate(
         -1 for finished rows);
       - `counts`: the raw counts behind the two acceptance figures; `pool_acceptance` pools several calls' stats.
     """
-    base = model.base_model
-    gen_config = base.generation_config
-    if eos_token_id is None:
-        eos_token_id = gen_config.eos_token_id
-    if pad_token_id is None:
-        pad_token_id = gen_config.pad_token_id if gen_config.pad_token_id is not None else (
-            eos_token_id[0] if isinstance(eos_token_id, (list, tuple)) else eos_token_id)
-    if pad_token_id is None:
-        pad_token_id = 0
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    base = model.base_model
     device = input_ids.device
-    eos = None if eos_token_id is None else torch.tensor(
-        eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id], device=device)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    sampler = Sampler(do_sample, temperature, top_k, top_p, generator)
-    accept = accept_sampled if do_sample else accept_greedy
+    config, processors = generation_settings(
+        base, input_ids, attention_mask, max_new_tokens, generation_config, do_sample=do_sample,
+        temperature=temperature, top_k=top_k, top_p=top_p, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+        **generation_kwargs)
+    eos = config._eos_token_tensor
+    pad_token_id = 0 if config._pad_token_tensor is None else int(config._pad_token_tensor)
+    sampler = Sampler(processors, bool(config.do_sample), generator)
+    accept = accept_sampled if sampler.do_sample else accept_greedy
     B, T = input_ids.shape
     D = model.heads.num_depths if num_draft_tokens is None else num_draft_tokens
     if isinstance(D, bool) or not isinstance(D, int) or not 0 <= D <= model.heads.num_depths:
-        raise ValueError(f"num_draft_tokens must be an integer in 0..{model.heads.num_depths}, got {num_draft_tokens!r}")
+        raise ValueError(f"num_draft_tokens must be an integer in 0..{model.heads.num_depths}, "
+                         f"got {num_draft_tokens!r}")
+    max_positions = getattr(base.config.get_text_config(decoder=True), "max_position_embeddings", None)
     start_time = time.perf_counter()
 
+    cache = new_cache(base.config)
     state = DecodeState(
         tokens=torch.cat([input_ids, input_ids.new_full((B, max_new_tokens + D + 2), pad_token_id)], dim=1),
         prompt_len=T, pad_len=T - attention_mask.long().sum(1), mask=attention_mask.long()[:, :0],
-        n_valid=torch.zeros(B, dtype=torch.long, device=device), generated=torch.zeros(B, dtype=torch.long, device=device),
-        done=torch.zeros(B, dtype=torch.bool, device=device), cache=DynamicCache(),
+        n_valid=torch.zeros(B, dtype=torch.long, device=device),
+        generated=torch.zeros(B, dtype=torch.long, device=device),
+        done=torch.zeros(B, dtype=torch.bool, device=device), cache=cache, window=cache_window(cache),
     )
     drafter = make_drafter(model, D)
     was_training = model.training
@@ -515,28 +724,33 @@ def speculative_generate(
     forwards, accepted_rounds = 0, []
     # row_rounds: (row, round) pairs, prefill included; tokens_uncut: tokens they committed before cuts at EOS /
     # max_new_tokens; verify_rounds: those after the prefill; kept_by_position[i]: those that kept drafts 1..i+1
-    counts = {"row_rounds": 0, "tokens_uncut": 0, "verify_rounds": 0, "kept_by_position": [0] * D}
+    counts = {"row_rounds": 0, "tokens_uncut": 0, "verify_rounds": 0, "kept_by_position": [0] * D, "drafted": 0}
     try:
         # prefill: a verify of the prompt with no drafts, whose slots are all kept
         logits = verify(model, state, input_ids, attention_mask)[:, -1:]
-        k, next_token = accept(logits, no_drafts, sampler, None)
+        k, next_token = accept(sampler.scores(state, logits, no_drafts), no_drafts, sampler, None)
         update_cache(model, state, drafter, 0, T, k, next_token, no_drafts, max_new_tokens, eos)
         forwards, counts["row_rounds"], counts["tokens_uncut"] = 1, B, B
         rows = torch.arange(B, device=device)
         while not bool(state.done.all()):
             active = ~state.done
             drafts, draft_probs = drafter.propose(state, sampler) if D else (no_drafts, None)  # propose
+            n = drafts_that_fit(state, D, max_positions)
+            drafts, draft_probs = drafts[:, :n], (None if draft_probs is None else draft_probs[:, :n])
             last = state.tokens[rows, state.column(state.n_valid)]
             new_start = state.mask.size(1)
-            logits = verify(model, state, torch.cat([last[:, None], drafts], dim=1))  # verify
-            k, next_token = accept(logits, drafts, sampler, draft_probs)  # accept
-            update_cache(model, state, drafter, new_start, D + 1, k, next_token, drafts, max_new_tokens, eos)  # update
+            inputs = torch.cat([last[:, None], drafts], dim=1)
+            logits = verify(model, state, inputs, active[:, None].expand_as(inputs))  # verify
+            scores = sampler.scores(state, logits, drafts)  # process
+            k, next_token = accept(scores, drafts, sampler, draft_probs)  # accept
+            update_cache(model, state, drafter, new_start, n + 1, k, next_token, drafts, max_new_tokens, eos)  # update
             forwards += 1
             k_active = k[active]
             accepted_rounds.append(torch.where(active, k, -1).tolist())
             counts["row_rounds"] += len(k_active)
             counts["verify_rounds"] += len(k_active)
             counts["tokens_uncut"] += int((k_active + 1).sum())
+            counts["drafted"] += n * len(k_active)
             for i in range(D):
                 counts["kept_by_position"][i] += int((k_active > i).sum())
     finally:
@@ -553,7 +767,7 @@ def speculative_generate(
     stats = {
         "forwards": forwards,
         **acceptance_summary(counts),
-        "drafted": counts["verify_rounds"] * D,
+        "drafted": counts["drafted"],
         "accepted": sum(counts["kept_by_position"]),
         "new_tokens": new_tokens,
         "wall_time_s": wall,

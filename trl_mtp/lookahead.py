@@ -209,7 +209,8 @@ def best_of_n(model, prompt_ids: list[int], value_fn, *, prompt_text: str, token
     ids = torch.tensor([prompt_ids] * n, device=model.device)
     sequences, st = model.speculative_generate(
         ids, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
-        eos_token_id=-1 if eos_token_id is None else eos_token_id,  # None: no EOS (not the config's), as the search
+        top_k=0,  # the full distribution at `temperature`, not generate's default top-50 cut
+        eos_token_id=[] if eos_token_id is None else eos_token_id,  # None: no EOS (not the config's), as the search
         pad_token_id=pad_token_id, generator=torch.Generator().manual_seed(seed))
     rounds = torch.tensor(st["accepted_per_round"]).view(-1, n) if st["accepted_per_round"] else torch.zeros(0, n)
     spec_cost = 1 + (rounds >= 0).sum(0)  # the prefill, then one forward per round the row took part in

@@ -26,6 +26,7 @@ from transformers.utils import ModelOutput
 from trl_mtp.config import MTPConfig
 from trl_mtp.heads import MTPHeads, Trunk, build_heads
 from trl_mtp.losses import IGNORE_INDEX, MTPLossOutput, mtp_loss, shift_labels
+from trl_mtp.native import copy_native_layers, init_from_native, load_native, native_mtp_layers
 
 HEADS_FILE = "mtp_heads.safetensors"
 CONFIG_FILE = "mtp_config.json"
@@ -69,8 +70,6 @@ class MTPForCausalLM(nn.Module):
     def from_base(cls, model_or_path, mtp_config: MTPConfig | None = None, **load_kwargs) -> "MTPForCausalLM":
         """New heads on a base model (a `PreTrainedModel`, or a path / hub id loaded with `AutoModelForCausalLM`).
         Sequential heads on a checkpoint with native MTP layers start their first depths from those layers."""
-        from trl_mtp.native import init_from_native
-
         if isinstance(model_or_path, (str, os.PathLike)):
             model_or_path = AutoModelForCausalLM.from_pretrained(model_or_path, **load_kwargs)
         model = cls(model_or_path, mtp_config or MTPConfig())
@@ -92,11 +91,9 @@ class MTPForCausalLM(nn.Module):
         Mellum: loaded as sequential heads, see `trl_mtp.native`); `load_kwargs` go to `from_pretrained` of the base.
         A LoRA run loads as its base with the adapter attached, or, with `merge_lora=True`, with the adapter merged
         into the base's weights (a plain model again, e.g. for `trl-mtp export`)."""
-        from trl_mtp.native import load_native, native_mtp_layers
-
         config_path = os.path.join(directory, CONFIG_FILE)
         if not os.path.isfile(config_path) and native_mtp_layers(directory):
-            return load_native(directory, **load_kwargs)
+            return cls._from_native(directory, **load_kwargs)
         if not os.path.isfile(config_path):
             raise FileNotFoundError(f"{config_path}: not an MTP checkpoint (no {CONFIG_FILE})")
         with open(config_path) as f:
@@ -127,6 +124,14 @@ class MTPForCausalLM(nn.Module):
         state = load_file(os.path.join(directory, HEADS_FILE), device=str(model.device))
         model.heads.load_state_dict(state, strict=True)
         return model
+
+    @classmethod
+    def _from_native(cls, directory, **load_kwargs) -> "MTPForCausalLM":
+        """Sequential heads holding a checkpoint's native MTP layers (D = their number)."""
+        base, mtp = load_native(directory, **load_kwargs)
+        model = cls(base, MTPConfig(head_type="sequential", num_mtp_heads=len(mtp.layers)))
+        copy_native_layers(model.heads, mtp)
+        return model.to(base.device)
 
     # -- what a Trainer expects of a model -------------------------------------------------------------
     @property

@@ -1,4 +1,4 @@
-"""transformers' native MTP layers <-> our `sequential` family: import, export, and the layout of each architecture.
+"""transformers' native MTP layers <-> our `sequential` family: import and export.
 
 transformers 5 drafts with a checkpoint's own MTP layers (`generate(..., use_mtp=True)`, `MtpModel`, `num_mtp_layers`
 in the config). Each native layer is one DeepSeek-V3 MTP module, the same computation as a `sequential` depth:
@@ -6,13 +6,14 @@ in the config). Each native layer is one DeepSeek-V3 MTP module, the same comput
     z_i = Block_i(eh_proj_i([enorm_i(emb(x_{t+i})); hnorm_i(s_{i-1})])),   logits_i = lm_head(post_norm_i(z_i)),
 
 where the native chain feeds each depth the *normed* state: s_0 = final_norm(h) (the main model's last hidden state,
-as `output_hidden_states` returns it) and s_i = post_norm_i(z_i). On an architecture listed here the sequential family
-follows that chain (`SequentialHeads.native_chain`), so imported layers give MtpModel's outputs and trained layers
-export unchanged.
+as `output_hidden_states` returns it) and s_i = post_norm_i(z_i). On an architecture with a native layout
+(`trl_mtp.heads.native_layouts`) the sequential family follows that chain (`SequentialHeads.native_chain`), so
+imported layers give MtpModel's outputs and trained layers export unchanged.
 
-- import: `load_native(dir)` (what `MTPForCausalLM.from_pretrained` does on a checkpoint without `mtp_config.json`)
-  reads the layers with transformers' own `MtpModel.from_pretrained`, so the key conversions are transformers';
-  `init_from_native(model)` (what `from_base` does for sequential heads) starts the first depths from them.
+- import: `load_native(dir)` reads the base and its layers with transformers' own `MtpModel.from_pretrained`, so the
+  key conversions are transformers'; `MTPForCausalLM.from_pretrained` (on a checkpoint without `mtp_config.json`)
+  puts them into sequential heads with `copy_native_layers`; `init_from_native(model)` (what `from_base` does for
+  sequential heads) starts the first depths from them.
 - export: `export_native(model, dir)` writes the base with `num_mtp_layers = D` and the layers under the keys the
   architecture's checkpoints use (reverted through the base's own weight conversions, e.g. fused MoE experts back to
   one tensor per expert), so stock `generate(use_mtp=True)` drafts with them.
@@ -21,63 +22,16 @@ Stock transformers finds MTP tensors through the class's `_keys_to_ignore_on_loa
 checkpoints' layer index (DeepSeek-V3: 61; GLM-4.5: 92 or 46; Mellum: `mtp.`). A DeepSeek/GLM model with another
 depth needs `allow_stock_mtp(model)` on the loaded model before `generate(use_mtp=True)`.
 """
-
 from __future__ import annotations
 
 import json
 import os
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 
-# names of a sequential depth's own modules -> checkpoint names (the decoder block's keys follow `block`)
-_DEEPSEEK_NAMES = {"enorm": "enorm", "hnorm": "hnorm", "eh_proj": "eh_proj", "shared_head.norm": "shared_head.norm"}
-_MELLUM_NAMES = {"enorm": "pre_fc_norm_embedding", "hnorm": "pre_fc_norm_hidden", "eh_proj": "fc",
-                 "shared_head.norm": "norm"}
-
-
-@dataclass(frozen=True)
-class NativeLayout:
-    """Where an architecture's checkpoints keep MTP layer i (0-based) of a model with L decoder layers: `own` and
-    `block` are the key prefixes of the layer's own modules and of its decoder block, `{i}` and `{layer}` (= L + i)
-    filled in."""
-
-    names: dict
-    max_layers: int | None  # None: any number
-    own: str
-    block: str
-
-    def prefix(self, num_hidden_layers: int, i: int) -> str:
-        """Checkpoint prefix of layer i's own modules."""
-        return self.own.format(i=i, layer=num_hidden_layers + i)
-
-    def block_prefix(self, num_hidden_layers: int, i: int) -> str:
-        """Checkpoint prefix of layer i's decoder block."""
-        return self.block.format(i=i, layer=num_hidden_layers + i)
-
-
-# DeepSeek-V3 / GLM-4.5: MTP layer i is decoder layer L + i (its block's keys beside its own); Mellum: under `mtp.`
-_DEEPSEEK_LAYOUT = NativeLayout(_DEEPSEEK_NAMES, None, own="model.layers.{layer}.", block="model.layers.{layer}.")
-ARCHITECTURES: dict[str, NativeLayout] = {
-    "deepseek_v3": _DEEPSEEK_LAYOUT,
-    "glm4_moe": _DEEPSEEK_LAYOUT,
-    "mellum": NativeLayout(_MELLUM_NAMES, 1, own="mtp.", block="mtp.layers.{i}."),
-}
-
-
-def has_native_layout(config) -> bool:
-    """Whether transformers has native MTP layers for this model's architecture (and we map them)."""
-    return config.get_text_config().model_type in ARCHITECTURES
-
-
-def native_layout(config) -> NativeLayout:
-    model_type = config.get_text_config().model_type
-    if model_type not in ARCHITECTURES:
-        raise ValueError(f"model_type={model_type!r}: no native MTP layout; supported: {', '.join(ARCHITECTURES)}")
-    return ARCHITECTURES[model_type]
-
+from trl_mtp.heads.native_layouts import ARCHITECTURES, native_layout
 
 def native_mtp_layers(directory) -> int:
     """`num_mtp_layers` of a local checkpoint of a supported architecture (0 when it has none or is not one)."""
@@ -90,21 +44,6 @@ def native_mtp_layers(directory) -> int:
     if config.get("model_type") not in ARCHITECTURES:
         return 0
     return int(config.get("num_mtp_layers") or config.get("num_nextn_predict_layers") or 0)
-
-
-def mtp_layer_kwargs(trunk, depth: int, layer_kwargs: dict, hidden: torch.Tensor) -> dict:
-    """The trunk's last-layer kwargs, with rotary embeddings of depth `depth`'s own layer type where the config gives
-    MTP layers one with its own rotary parameters (Mellum: sliding attention, another rope theta). The attention
-    mask stays the trunk's: a sliding window is not applied, so such layers match transformers' up to that window."""
-    text = trunk.model.config.get_text_config()
-    types = getattr(text, "mtp_layer_types", None)
-    rotary = getattr(trunk.decoder, "rotary_emb", None)
-    if not types or rotary is None or layer_kwargs.get("position_ids") is None:
-        return layer_kwargs
-    if not text.nested_rope_parameter_keys(text.rope_parameters):  # one set of rotary parameters for all layers
-        return layer_kwargs
-    embeddings = rotary(hidden, position_ids=layer_kwargs["position_ids"], layer_type=types[depth - 1])
-    return {**layer_kwargs, "position_embeddings": embeddings}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -148,12 +87,13 @@ def stock_mtp_model(base):
 # ----------------------------------------------------------------------------------------------------------------------
 # import
 # ----------------------------------------------------------------------------------------------------------------------
-def _copy_native_layers(model, mtp) -> int:
-    """Put MtpModel's layers into the first depths of `model`'s sequential heads (modules moved, not copied)."""
+def copy_native_layers(heads, mtp) -> int:
+    """Put MtpModel's layers into the first depths of sequential `heads` (modules moved, not copied); -> how many."""
     if getattr(mtp, "use_shared_post_norm", False) or not mtp.use_post_norm:
-        raise ValueError(f"{type(model.base_model).__name__}: a shared chain norm is not supported by the sequential family")
-    n = min(len(mtp.layers), model.heads.num_depths)
-    for depth, layer in zip(model.heads.layers[:n], mtp.layers[:n]):
+        raise ValueError(f"{type(heads.trunk.model).__name__}: a shared chain norm is not supported by the sequential "
+                         "family")
+    n = min(len(mtp.layers), heads.num_depths)
+    for depth, layer in zip(heads.layers[:n], mtp.layers[:n]):
         depth.enorm, depth.hnorm, depth.eh_proj = layer.enorm, layer.hnorm, layer.eh_proj
         depth.mtp_block = layer.mtp_block
         depth.shared_head.norm = layer.post_norm
@@ -161,21 +101,15 @@ def _copy_native_layers(model, mtp) -> int:
 
 
 def load_native(directory, **load_kwargs):
-    """`MTPForCausalLM` (sequential, D = num_mtp_layers) from a checkpoint with native MTP layers."""
+    """What a checkpoint with native MTP layers holds: its base model (`load_kwargs` go to `from_pretrained`) and
+    transformers' `MtpModel` with its layers. `MTPForCausalLM.from_pretrained` builds sequential heads from them."""
     from transformers import AutoModelForCausalLM
 
-    from trl_mtp.config import MTPConfig
-    from trl_mtp.model import MTPForCausalLM
-
-    num_layers = native_mtp_layers(directory)
-    if num_layers < 1:
+    if native_mtp_layers(directory) < 1:
         raise ValueError(f"{directory}: not a checkpoint with native MTP layers (no num_mtp_layers for a supported "
                          f"architecture: {', '.join(ARCHITECTURES)})")
     base = AutoModelForCausalLM.from_pretrained(directory, **load_kwargs)
-    mtp = stock_mtp_model(base)
-    model = MTPForCausalLM(base, MTPConfig(head_type="sequential", num_mtp_heads=num_layers))
-    _copy_native_layers(model, mtp)
-    return model.to(base.device)
+    return base, stock_mtp_model(base)
 
 
 def init_from_native(model) -> int:
@@ -188,7 +122,7 @@ def init_from_native(model) -> int:
         mtp = stock_mtp_model(model.base_model)
     except ValueError:  # the config names MTP layers (DeepSeek's default is 1) but the checkpoint has none
         return 0
-    return _copy_native_layers(model, mtp)
+    return copy_native_layers(model.heads, mtp)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -227,6 +161,7 @@ def export_native(model, directory, tokenizer=None) -> list[str]:
     if getattr(base, "_hf_peft_config_loaded", False) or hasattr(base, "peft_config"):
         raise ValueError("the model has LoRA adapters: merge them first (MTPForCausalLM.from_pretrained(run, "
                          "merge_lora=True), or peft's merge_and_unload) and export the merged model")
+    _check_stock_attention(base.config)
     state = native_state_dict(model)
     # the block's tensors go through the base's own save-time conversions (e.g. fused experts -> one per expert)
     state = {k: v.contiguous() for k, v in revert_weight_conversion(base, state).items()}
@@ -241,6 +176,18 @@ def export_native(model, directory, tokenizer=None) -> list[str]:
         tokenizer.save_pretrained(directory)
     _add_tensors(str(directory), state)
     return sorted(state)
+
+
+def _check_stock_attention(config) -> None:
+    """Refuse a checkpoint stock transformers cannot draft with: its latent (MLA) attention (DeepSeek-V3) expands the
+    latent KV to num_attention_heads heads, yet repeats them num_attention_heads // num_key_value_heads times, so with
+    fewer KV heads a forward of several tokens after a cached prefix (use_mtp's verify step) fails inside sdpa.
+    No weight depends on num_key_value_heads there; released checkpoints set it equal."""
+    text = config.get_text_config()
+    if getattr(text, "kv_lora_rank", None) and text.num_key_value_heads != text.num_attention_heads:
+        raise ValueError(f"num_key_value_heads={text.num_key_value_heads} with num_attention_heads="
+                         f"{text.num_attention_heads}: transformers' latent attention fails on a cache unless they are "
+                         "equal; set config.num_key_value_heads = config.num_attention_heads (no weight depends on it)")
 
 
 def _add_tensors(directory: str, state: dict) -> None:

@@ -9,24 +9,30 @@ the next states, s_{t+i} = s_t o (a_t..a_{t+i-1}). Here
     prior      h^_{t+1} = f(h_t, emb(a_t))   the sequential MTP head's chain (DeepSeek-V3: depth i at position t reads
                            emb(x_{t+i}) and h^_{t+i-1}, so its latent is exactly a prediction of h_{t+i}), or a small MLP
 
+The transition is deterministic: s_{t+1} = s_t o a_t, and h_{t+1} is a function of the prefix. All the randomness is
+in the action (the sampled token), which imagination samples explicitly, so the model has no stochastic latent
+(DreamerV3's z models what the next observation adds beyond history and action; here it adds nothing).
+
 Parts (each a `PPOConfig` switch, `wm_*` fields, so that each can be ablated):
 
 1. latent dynamics: K-step unroll of the prior on real tokens; cosine (or MSE) to stop-gradient posteriors, plus the KL
-   between the token distributions of predicted and real latents (NextLat); free bits; optional discrete 32x32 latent
-   with KL balancing and 1% unimix (DreamerV3).
-2. reward and continue (EOS) heads on latents; symlog two-hot critic (255 bins, zero-initialised output) with the EMA
-   slow-critic regulariser (DreamerV3).
-3. imagination: from every real prefix, roll the prior H steps with head-sampled tokens; lambda-returns from the
-   reward / continue / value heads become extra critic targets. All of it runs without gradient: imagined tokens never
-   receive a policy-gradient step.
+   between the token distributions of predicted and real latents (NextLat).
+2. reward and continue (EOS) heads on latents; two-hot critic over symexp-spaced bins (255, zero-initialised output)
+   with the EMA slow-critic regulariser (DreamerV3).
+3. imagination: from every real prefix, an independent rollout of the prior for H steps with head-sampled tokens;
+   lambda-returns from the reward / continue / value heads become extra critic targets. All of it runs without
+   gradient: imagined tokens never receive a policy-gradient step.
 4. return normalisation: advantages / max(1, EMA(P95) - EMA(P5)) instead of whitening (DreamerV3).
 
-Gradient routing: `decoupled` (default) reads a detached trunk, so the policy is driven by the PPO loss alone (the critic
-is part of PPO and learns as before); `coupled` lets the world-model losses into the trunk scaled by `wm_repr_coef`.
+Gradient routing: `decoupled` (default): everything the world model trains, the critic included, reads sg(h) and the
+policy's frozen norm / LM head / embeddings, so the policy's update is the policy loss's (and the MTP loss's, as its
+own mode says) whatever the world model's weights; the world model reaches the policy only through V_old in the next
+iteration's advantages. `coupled`: the world-model losses reach the trunk scaled by `wm_repr_coef`, and the critic
+trains the trunk as in plain PPO.
 
 References: DreamerV3 = Hafner et al. 2023, "Mastering Diverse Domains through World Models" (arXiv:2301.04104);
-NextLat = Teoh et al. 2025, "Next-Latent Prediction Transformers Learn Compact World Models"; DeepSeek-V3 = DeepSeek-AI
-2024 (arXiv:2412.19437), section 2.2 MTP modules; GAE / lambda-returns = Schulman et al. 2016, Sutton & Barto ch. 12.
+its maths is in `trl_mtp/dreamer.py`. NextLat = Teoh et al. 2025, "Next-Latent Prediction Transformers Learn Compact
+World Models"; DeepSeek-V3 = DeepSeek-AI 2024 (arXiv:2412.19437), section 2.2 MTP modules.
 """
 
 from __future__ import annotations
@@ -38,103 +44,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trl_mtp.dreamer import PercentileNormalizer, free_bits, lambda_returns, twohot_bins, twohot_decode, twohot_loss
 from trl_mtp.heads.base import shift_tokens
+from trl_mtp.heads.trunk import call_layer
 
-# == 1. symlog and two-hot (DreamerV3) ===============================================================================
-
-
-def symlog(x: torch.Tensor) -> torch.Tensor:
-    """symlog(x) = sign(x) ln(|x| + 1).  (DreamerV3, eq. 9)"""
-    return torch.sign(x) * torch.log1p(x.abs())
-
-
-def symexp(x: torch.Tensor) -> torch.Tensor:
-    """symexp(x) = sign(x) (exp(|x|) - 1), the inverse of symlog.  (DreamerV3, eq. 9)"""
-    return torch.sign(x) * torch.expm1(x.abs())
-
-
-def twohot_bins(num_bins: int = 255, low: float = -20.0, high: float = 20.0) -> torch.Tensor:
-    """B = linspace(-20, 20, 255): bin centres in symlog space.  (DreamerV3, eq. 10 and appendix B)"""
-    return torch.linspace(low, high, num_bins)
-
-
-def twohot_encode(y: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
-    """twohot(y)_i = |b_{k+1} - y| / |b_{k+1} - b_k| if i = k, |b_k - y| / |b_{k+1} - b_k| if i = k + 1, else 0,
-    with k the bin just below y (y clamped to the bin range): [...] -> [..., num_bins].  (DreamerV3, eq. 11)"""
-    y = y.clamp(bins[0], bins[-1])
-    k = (torch.bucketize(y, bins, right=True) - 1).clamp(0, len(bins) - 2)
-    low, high = bins[k], bins[k + 1]
-    w_high = ((y - low) / (high - low)).clamp(0, 1)
-    out = torch.zeros(*y.shape, len(bins), dtype=y.dtype, device=y.device)
-    out.scatter_(-1, k.unsqueeze(-1), (1 - w_high).unsqueeze(-1))
-    out.scatter_add_(-1, (k + 1).unsqueeze(-1), w_high.unsqueeze(-1))
-    return out
-
-
-def twohot_decode(logits: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
-    """y_hat = symexp(softmax(logits)^T B): [..., num_bins] -> [...].  (DreamerV3, eq. 10)"""
-    logits = logits if logits.dtype == torch.float64 else logits.float()
-    return symexp(F.softmax(logits, dim=-1) @ bins.to(logits.dtype))
-
-
-def twohot_loss(logits: torch.Tensor, target: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
-    """L = -twohot(symlog(y))^T log softmax(logits), per element: [..., num_bins], [...] -> [...].
-    (DreamerV3, eq. 11: categorical cross-entropy on the two-hot symlog target)"""
-    return -(twohot_encode(symlog(target.float()), bins) * F.log_softmax(logits.float(), dim=-1)).sum(-1)
-
-
-# == 2. lambda-returns, return normalisation =========================================================================
-
-
-def lambda_returns(rewards: torch.Tensor, continues: torch.Tensor, values: torch.Tensor, gamma: float = 1.0,
-                   lam: float = 0.95) -> torch.Tensor:
-    """Bootstrapped lambda-returns of an imagined trajectory of H steps, right to left:
-        R_H = v_H;   R_k = r_k + gamma c_k ((1 - lam) v_{k+1} + lam R_{k+1})
-    `rewards`, `continues`: [N, H] (r_k, c_k of the transition from latent k to k + 1); `values`: [N, H + 1] (v_0 at the
-    real start state, v_k = V(latent k)). Returns [N, H]: R_0..R_{H-1} (R_0 is the critic's target at the real state).
-    (DreamerV3, eq. 7; TD(lambda), Sutton & Barto 2018, eq. 12.3)"""
-    H = rewards.size(1)
-    if values.size(1) != H + 1:
-        raise ValueError(f"values need H + 1 = {H + 1} columns, got {values.size(1)}")
-    returns = torch.zeros_like(rewards)
-    next_return = values[:, H]
-    for k in reversed(range(H)):
-        next_return = rewards[:, k] + gamma * continues[:, k] * ((1 - lam) * values[:, k + 1] + lam * next_return)
-        returns[:, k] = next_return
-    return returns
-
-
-class PercentileNormalizer(nn.Module):
-    """S = EMA(P95(R)) - EMA(P5(R)) over batches of returns; advantages are divided by max(1, S) (large returns scaled
-    down, small ones never scaled up), decay 0.99.  (DreamerV3, eq. 6-8, "return normalization")
-    The EMAs start at 0, as in DreamerV3's `Moments`; state is in buffers, saved with the world model."""
-
-    def __init__(self, decay: float = 0.99, low: float = 0.05, high: float = 0.95, limit: float = 1.0):
-        super().__init__()
-        self.decay, self.q_low, self.q_high, self.limit = decay, low, high, limit
-        self.register_buffer("low", torch.zeros(()))
-        self.register_buffer("high", torch.zeros(()))
-
-    @torch.no_grad()
-    def update(self, returns: torch.Tensor) -> torch.Tensor:
-        """Update the EMAs with the percentiles of `returns` (a flat tensor of real-token returns); the new scale."""
-        x = returns.detach().float().flatten()
-        self.low.mul_(self.decay).add_((1 - self.decay) * torch.quantile(x, self.q_low))
-        self.high.mul_(self.decay).add_((1 - self.decay) * torch.quantile(x, self.q_high))
-        return self.scale()
-
-    def scale(self) -> torch.Tensor:
-        """max(1, EMA(P95) - EMA(P5))."""
-        return torch.clamp(self.high - self.low, min=self.limit)
-
-
-# == 3. latent losses ================================================================================================
-
-
-def free_bits(kl: torch.Tensor, bits: float) -> torch.Tensor:
-    """max(bits, KL): no gradient once a term is below `bits` nats, so it stops squeezing the latents.
-    (DreamerV3, eq. 5; Kingma et al. 2016)"""
-    return torch.clamp(kl, min=bits) if bits > 0 else kl
+# == 1. latent losses ================================================================================================
 
 
 def scale_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
@@ -167,34 +81,7 @@ def token_kl(real_logits: torch.Tensor, pred_logits: torch.Tensor) -> torch.Tens
     return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
-def unimix_log_probs(logits: torch.Tensor, mix: float = 0.01) -> torch.Tensor:
-    """log((1 - mix) softmax(logits) + mix / K) over the last axis: every class keeps some probability, so KLs stay
-    finite.  (DreamerV3, appendix "unimix categoricals", 1%)"""
-    probs = F.softmax(logits.float(), dim=-1)
-    if mix > 0:
-        probs = (1 - mix) * probs + mix / logits.size(-1)
-    return torch.log(probs)
-
-
-def categorical_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """KL(p || q) of [..., G, K] independent categoricals, summed over the G groups and K classes -> [...]."""
-    return (log_p.exp() * (log_p - log_q)).sum((-2, -1))
-
-
-def kl_balanced_loss(post_logits: torch.Tensor, prior_logits: torch.Tensor, dyn: float = 0.5, rep: float = 0.1,
-                     free: float = 1.0, mix: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
-    """KL balancing of a discrete [..., G, K] latent, per position:
-        L_dyn = max(free, KL[sg(q) || p]),  L_rep = max(free, KL[q || sg(p)]),  L = dyn L_dyn + rep L_rep
-    (q the posterior from the real latent, p the prior from the predicted one, both with unimix): the dynamics term
-    moves only the prior, the representation term only the posterior.  (DreamerV3, eq. 5, beta_dyn 0.5, beta_rep 0.1)
-    Returns (loss, KL[q || p] detached)."""
-    log_q, log_p = unimix_log_probs(post_logits, mix), unimix_log_probs(prior_logits, mix)
-    dyn_loss = free_bits(categorical_kl(log_q.detach(), log_p), free)
-    rep_loss = free_bits(categorical_kl(log_q, log_p.detach()), free)
-    return dyn * dyn_loss + rep * rep_loss, categorical_kl(log_q, log_p).detach()
-
-
-# == 4. modules ======================================================================================================
+# == 2. modules ======================================================================================================
 
 
 class MLPDynamics(nn.Module):
@@ -216,8 +103,9 @@ class MLPDynamics(nn.Module):
 
 
 class TwoHotHead(nn.Module):
-    """A symlog two-hot regression head: MLP -> 255 logits, output layer zero-initialised (uniform over the symmetric
-    bins, so the first prediction is exactly 0).  (DreamerV3: reward and critic heads, zero-init output layer)"""
+    """A two-hot regression head: MLP -> 255 logits over symexp-spaced bins, output layer zero-initialised (uniform over
+    the symmetric bins, so the first prediction is exactly 0).  (DreamerV3: reward and critic heads, zero-init output
+    layer; the bins and the decoding of its released code, `trl_mtp.dreamer.twohot_decode`)"""
 
     def __init__(self, hidden_size: int, num_bins: int = 255, mlp: bool = True):
         super().__init__()
@@ -231,7 +119,7 @@ class TwoHotHead(nn.Module):
         return self.out(self.body(features.to(self.out.weight.dtype))).float()
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """Decoded prediction y_hat = symexp(softmax(logits)^T B), [..., d] -> [...]."""
+        """Decoded prediction y_hat = sum_k softmax(logits)_k B_k, [..., d] -> [...]."""
         return twohot_decode(self.logits(features), self.bins)
 
     def loss(self, features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -239,7 +127,7 @@ class TwoHotHead(nn.Module):
 
 
 class TwoHotValueHead(TwoHotHead):
-    """The critic as a symlog two-hot head on the policy's hidden state (a drop-in for `ValueHead`: forward returns
+    """The critic as a two-hot head on the policy's hidden state (a drop-in for `ValueHead`: forward returns
     V(s_t) [B, T]); a linear read-out, like the scalar head, so the critic's capacity is comparable."""
 
     def __init__(self, hidden_size: int, num_bins: int = 255):
@@ -255,8 +143,9 @@ def critic_loss(value_head: nn.Module, features: torch.Tensor, target: torch.Ten
 
 
 class WorldModel(nn.Module):
-    """The world model's own parameters (MLP prior, discrete encoders, reward / continue heads, the slow critic) and
-    its losses and imagination. The prior may be the policy's sequential MTP heads, which it does not own."""
+    """The world model's own parameters (MLP prior, reward / continue heads, the slow critic) and its losses and
+    imagination. The prior may be the policy's sequential MTP heads, which it does not own; the critic it trains is
+    the policy-and-value module's value head."""
 
     def __init__(self, trunk, heads, args, value_head: nn.Module | None):
         super().__init__()
@@ -266,11 +155,6 @@ class WorldModel(nn.Module):
         self.dynamics_kind = resolve_dynamics(args)
         object.__setattr__(self, "_heads", heads)  # not a submodule: the heads belong to the policy
         self.dynamics = MLPDynamics(d) if self.dynamics_kind == "mlp" else None
-        self.groups, self.classes = args.wm_latent_groups, args.wm_latent_classes
-        if args.wm_discrete_latent:
-            # q(z | h_{t+i}) and p(z | h^_{t+i}): 32 categoricals of 32 classes each  (DreamerV3, eq. 2)
-            self.posterior_encoder = nn.Linear(d, self.groups * self.classes)
-            self.prior_encoder = nn.Linear(d, self.groups * self.classes)
         self.reward_head = TwoHotHead(d, args.wm_num_bins) if args.wm_reward_head else None
         self.continue_head = nn.Linear(d, 1) if args.wm_continue_head else None
         if args.wm_slow_critic_coef > 0 and value_head is not None:
@@ -278,6 +162,9 @@ class WorldModel(nn.Module):
             self.slow_critic = copy.deepcopy(value_head).requires_grad_(False)
         else:
             self.slow_critic = None
+        # imagination calls so far: seeds imagination's own sampler; saved, so a resumed run samples what an
+        # uninterrupted one would
+        self.register_buffer("imagination_calls", torch.zeros((), dtype=torch.long))
 
     @property
     def heads(self):
@@ -296,8 +183,6 @@ class WorldModel(nn.Module):
         if self.dynamics_kind == "sequential":
             depth = min(step, self.heads.num_depths)
             module = self.heads.layers[depth - 1]
-            from trl_mtp.heads.trunk import call_layer
-
             emb = self.trunk.embed(tokens, frozen=frozen)
             x = module.eh_proj(torch.cat([module.enorm(emb), module.hnorm(prev)], dim=-1))
             return call_layer(module.mtp_block, x, layer_kwargs)
@@ -312,6 +197,13 @@ class WorldModel(nn.Module):
     def features(self, hidden: torch.Tensor) -> torch.Tensor:
         """Inputs of the reward / continue / critic heads: final_norm(h) (the policy's norm, read frozen)."""
         return self.trunk.norm(hidden, frozen=True)
+
+    def critic_features(self, hidden: torch.Tensor) -> torch.Tensor:
+        """What the critic reads in PPO's value loss: norm(sg(h)) when decoupled, since the world model trains the
+        critic too and a critic that trained the trunk would carry that into the policy; norm(h) when coupled, the
+        critic training the trunk as in plain PPO."""
+        with capture_preserved(self.trunk):
+            return self.features(hidden.detach()) if self.repr_scale == 0 else self.trunk.norm(hidden)
 
     # -- training losses ------------------------------------------------------------------------------------------
     def losses(self, hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, context_length: int,
@@ -331,13 +223,13 @@ class WorldModel(nn.Module):
         terms, stats = {}, {}
         h = scale_gradient(hidden, self.repr_scale)
         attn = attention_mask.bool()
-        if args.wm_latent_loss != "none" or args.wm_token_kl_coef > 0 or args.wm_discrete_latent:
+        if args.wm_latent_loss != "none" or args.wm_token_kl_coef > 0:
             terms.update(self._dynamics_losses(hidden, h, input_ids, attn, C, real_logits, stats))
         # reward and continue heads on the posterior states h_{t+1} = h at column C + j (after response token j)
         post = self.features(h[:, C:])
         mask = response_mask
         if self.reward_head is not None:
-            per_token = self.reward_head.loss(post, rewards)  # two-hot symlog  (DreamerV3, eq. 11)
+            per_token = self.reward_head.loss(post, rewards)  # two-hot  (DreamerV3, eq. 11)
             terms["wm_reward"] = args.wm_reward_coef * masked_mean(per_token, mask)
             with torch.no_grad():
                 stats["wm/reward_pred_error"] = masked_mean((self.reward_head(post) - rewards).abs(), mask)
@@ -351,7 +243,7 @@ class WorldModel(nn.Module):
         states = h[:, C - 1 : -1]  # state before response token j
         critic_features = self.trunk.norm(states, frozen=self.repr_scale == 0)
         if args.wm_imagination_horizon > 0 and args.wm_imagination_coef > 0:
-            target = self.imagine(hidden, input_ids, value_head)[:, C - 1 : -1]
+            target = self.imagine(hidden, input_ids, value_head, columns=range(C - 1, hidden.size(1) - 1))
             stats["wm/imagined_return"] = masked_mean(target, mask)
             terms["wm_imagination"] = args.vf_coef * args.wm_imagination_coef * masked_mean(
                 critic_loss(value_head, critic_features, target), mask)
@@ -369,7 +261,7 @@ class WorldModel(nn.Module):
         K, L = args.wm_unroll_steps, hidden.size(1)
         layer_kwargs = self.trunk.layer_call_kwargs() if self.dynamics_kind == "sequential" else None
         columns = torch.arange(L, device=hidden.device)
-        latent_sum, kl_sum, discrete_sum = 0.0, 0.0, 0.0
+        latent_sum, kl_sum = 0.0, 0.0
         prev = h
         for i in range(1, K + 1):
             if i >= L:
@@ -388,59 +280,63 @@ class WorldModel(nn.Module):
             stats[f"wm/token_kl_depth_{i}"] = masked_mean(kl.detach(), valid)
             if args.wm_token_kl_coef > 0:
                 kl_sum = kl_sum + masked_mean(free_bits(kl, args.wm_token_kl_free_bits), valid)
-            if args.wm_discrete_latent:
-                shape = (*pred.shape[:-1], self.groups, self.classes)
-                post_logits = self.posterior_encoder(self.features(target)).view(shape)
-                prior_logits = self.prior_encoder(self.features(pred)).view(shape)
-                loss, kl_z = kl_balanced_loss(post_logits, prior_logits, args.wm_kl_dyn, args.wm_kl_rep,
-                                              args.wm_free_bits, args.wm_unimix)
-                discrete_sum = discrete_sum + masked_mean(loss, valid)
-                stats[f"wm/latent_kl_depth_{i}"] = masked_mean(kl_z, valid)
         terms = {}
         if args.wm_latent_loss != "none":
             terms["wm_latent"] = args.wm_latent_coef * latent_sum / K
         if args.wm_token_kl_coef > 0:
             terms["wm_token_kl"] = args.wm_token_kl_coef * kl_sum / K
-        if args.wm_discrete_latent:
-            terms["wm_discrete_kl"] = discrete_sum / K
         return terms
 
     # -- imagination ------------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def imagine(self, hidden: torch.Tensor, input_ids: torch.Tensor, value_head: nn.Module,
+    def imagine(self, hidden: torch.Tensor, input_ids: torch.Tensor, value_head: nn.Module, columns=None,
                 return_trajectory: bool = False):
-        """From every real prefix (each position t of the sequence), roll the prior H steps with tokens sampled from
-        the policy at h_t and from the heads' logits of the predicted latents after it; the lambda-return R_0 [B, L]
-        is a critic target at h_t. No gradient anywhere (decorated `no_grad`), so no policy gradient on imagined tokens.
+        """From each real prefix ending at a column t of `columns` (default: every column), an independent rollout of
+        the prior for H steps, with tokens sampled from the policy at h_t and from the heads' logits of the predicted
+        latents after it; the lambda-return R_0 [B, len(columns)] is a critic target at h_t. No gradient anywhere
+        (decorated `no_grad`), so no policy gradient on imagined tokens.
             a_0 ~ pi(.|h_t) / T,  h^_{k+1} = f(h^_k, emb(a_k)),  r_k = R(h^_{k+1}),  c_k = C(h^_{k+1}),  v_k = V(h^_k)
+        With `return_trajectory`, also the tokens a_0..a_H [B, len(columns), H + 1].
         (DreamerV3, section 3 "Critic learning": imagined trajectories, lambda-returns eq. 7)"""
+        columns = torch.arange(input_ids.size(1)) if columns is None else torch.as_tensor(columns)
         with capture_preserved(self.trunk):
-            return self._imagine(hidden, input_ids, value_head, return_trajectory)
+            return self._imagine(hidden, input_ids, value_head, columns.to(input_ids.device), return_trajectory)
 
-    def _imagine(self, hidden, input_ids, value_head, return_trajectory):
+    def _imagine(self, hidden, input_ids, value_head, columns, return_trajectory):
         args = self.args
         H, T = args.wm_imagination_horizon, args.temperature
-        B, L = input_ids.shape
-        layer_kwargs = self.trunk.layer_call_kwargs() if self.dynamics_kind == "sequential" else None
+        generator = self._imagination_generator(hidden.device)
         h = hidden.detach()
-        tokens = sample_tokens(self.trunk.logits(h, frozen=True) / T)
-        values, rewards, continues, trajectory = [value_head(self.features(h))], [], [], [tokens]
-        prev = h
+        start = h[:, columns]  # h_t of each rollout, [B, S, d]
+        tokens = sample_tokens(self.trunk.logits(start, frozen=True) / T, generator)  # a_0
+        values, rewards, continues, trajectory = [value_head(self.features(start)).float()], [], [], [tokens]
+        rollouts = PrefixRollouts(self, h, input_ids, columns, H)
         for k in range(1, H + 1):
-            latent = self.prior_step(k, prev, tokens, layer_kwargs)
+            latent = rollouts.step(k, tokens)  # h^_{t+k}, [B, S, d]
             features = self.features(latent)
             rewards.append(self.reward_head(features))
-            continues.append(torch.sigmoid(self.continue_head(features.to(self.continue_head.weight.dtype)).squeeze(-1).float()))
+            continue_logits = self.continue_head(features.to(self.continue_head.weight.dtype)).squeeze(-1)
+            continues.append(torch.sigmoid(continue_logits.float()))
             values.append(value_head(features).float())
-            tokens = sample_tokens(self.prior_logits(k, latent) / T)
+            tokens = sample_tokens(self.prior_logits(k, latent) / T, generator)
             trajectory.append(tokens)
-            prev = latent
-        flat = lambda xs: torch.stack(xs, dim=-1).reshape(B * L, -1)  # noqa: E731
+        B, S = start.shape[:2]
+        flat = lambda xs: torch.stack(xs, dim=-1).reshape(B * S, -1)  # noqa: E731
         returns = lambda_returns(flat(rewards), flat(continues), flat(values), args.gamma, args.wm_imagination_lambda)
-        start = returns[:, 0].view(B, L)
+        start_return = returns[:, 0].view(B, S)
         if return_trajectory:
-            return start, torch.stack(trajectory, dim=-1)
-        return start
+            return start_return, torch.stack(trajectory, dim=-1)
+        return start_return
+
+    def _imagination_generator(self, device) -> torch.Generator:
+        """Imagination's own sampler, seeded from (seed, process, call count): it never draws from the global random
+        stream, so switching imagination on or off (or changing its horizon) leaves PPO's sampling and shuffling
+        exactly as they were."""
+        calls = int(self.imagination_calls)
+        self.imagination_calls += 1
+        process = getattr(self.args, "process_index", 0)
+        seed = ((self.args.seed * 1_000_003 + process) * 1_000_033 + calls) % (2**63)
+        return torch.Generator(device=device).manual_seed(seed)
 
     @torch.no_grad()
     def update_slow_critic(self, value_head: nn.Module) -> None:
@@ -451,6 +347,58 @@ class WorldModel(nn.Module):
         decay = self.args.wm_slow_critic_decay
         for slow, fast in zip(self.slow_critic.parameters(), value_head.parameters()):
             slow.mul_(decay).add_(fast.detach(), alpha=1 - decay)
+
+
+class PrefixRollouts:
+    """Independent imagined rollouts of the prior, one per row b and start column t of a batch: `step(k, a_{k-1})`
+    gives h^_{t+k} [B, S, d] for every rollout, each computed from its own prefix and its own imagined tokens only.
+
+    The MLP prior is Markov: a rollout is its latent. The sequential prior's blocks attend over positions, so running
+    them on [B, L] at once would let the rollout from t read the imagined tokens of the rollouts from t' < t. Instead
+    rollout (b, t) is a copy of row b continued by its own tokens, y = (x_0..x_t, a_0, a_1, ...), and step k runs depth
+    k over it: position t' reads y_{t'+k} (real while t' + k <= t, imagined after) and its own depth k - 1 latent,
+    exactly the chain the heads compute teacher-forced on that continuation (and what drafting computes with drafts).
+    Positions after t are computed and never read (causal attention). Cost: one block call on [B * S, L] per step."""
+
+    def __init__(self, world_model: WorldModel, hidden: torch.Tensor, input_ids: torch.Tensor, columns: torch.Tensor,
+                 horizon: int):
+        self.world_model, self.columns = world_model, columns
+        B, self.length = input_ids.shape
+        S = columns.numel()
+        self.rollout = torch.arange(S, device=columns.device)
+        if world_model.dynamics_kind != "sequential":
+            self.latent = hidden[:, columns]  # [B, S, d]
+            return
+        self.layer_kwargs = repeat_rows(world_model.trunk.layer_call_kwargs(), B, S)
+        pad = world_model.trunk.pad_token_id
+        # [B, S, L + H]: rollout (b, t) = row b; its tokens after t are overwritten by its own a_0, a_1, ...
+        self.tokens = F.pad(input_ids, (0, horizon), value=pad).unsqueeze(1).repeat(1, S, 1)
+        self.latent = hidden.repeat_interleave(S, dim=0)  # depth-0 chain of every rollout: the trunk's h, [B * S, L, d]
+
+    def step(self, k: int, tokens: torch.Tensor) -> torch.Tensor:
+        """h^_{t+k} [B, S, d] from a_{k-1} [B, S] (the tokens imagined at the previous step)."""
+        wm = self.world_model
+        if wm.dynamics_kind != "sequential":
+            self.latent = wm.prior_step(k, self.latent, tokens, None)
+            return self.latent
+        B, S, L = *self.tokens.shape[:2], self.length
+        self.tokens[:, self.rollout, self.columns + k] = tokens  # y_{t+k} = a_{k-1}
+        shifted = self.tokens[..., k : k + L].reshape(B * S, L)  # depth k at position t' reads y_{t'+k}
+        self.latent = wm.prior_step(k, self.latent, shifted, self.layer_kwargs)
+        return self.latent.view(B, S, L, -1)[:, self.rollout, self.columns]
+
+
+def repeat_rows(value, batch: int, times: int):
+    """Every batch-first tensor in `value` (a layer's call kwargs: masks, rotary embeddings, position ids; nested in
+    tuples and dicts) with each row repeated `times` times (row b -> rows b * times .. b * times + times - 1), as
+    `repeat_interleave` lays out a batch; tensors without a batch axis of size `batch` are kept (they broadcast)."""
+    if isinstance(value, torch.Tensor):
+        return value.repeat_interleave(times, dim=0) if value.dim() >= 2 and value.size(0) == batch else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(repeat_rows(v, batch, times) for v in value)
+    if isinstance(value, dict):
+        return {k: repeat_rows(v, batch, times) for k, v in value.items()}
+    return value
 
 
 @contextlib.contextmanager
@@ -464,10 +412,10 @@ def capture_preserved(trunk):
         trunk.hidden, trunk.layer_args, trunk.layer_kwargs = saved
 
 
-def sample_tokens(logits: torch.Tensor) -> torch.Tensor:
+def sample_tokens(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One token per position from softmax(logits): [..., V] -> [...]."""
     probs = F.softmax(logits.float(), dim=-1)
-    return torch.multinomial(probs.reshape(-1, probs.size(-1)), 1).view(probs.shape[:-1])
+    return torch.multinomial(probs.reshape(-1, probs.size(-1)), 1, generator=generator).view(probs.shape[:-1])
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -490,8 +438,7 @@ def num_parameters(module: nn.Module) -> int:
 
 
 __all__ = [
-    "MLPDynamics", "PercentileNormalizer", "TwoHotHead", "TwoHotValueHead", "WorldModel", "categorical_kl",
-    "critic_loss", "free_bits", "kl_balanced_loss", "lambda_returns", "latent_distance", "sample_tokens",
-    "capture_preserved", "scale_gradient", "symexp", "symlog", "token_kl", "twohot_bins", "twohot_decode", "twohot_encode", "twohot_loss",
-    "unimix_log_probs",
+    "MLPDynamics", "PercentileNormalizer", "PrefixRollouts", "TwoHotHead", "TwoHotValueHead", "WorldModel",
+    "capture_preserved", "critic_loss", "latent_distance", "repeat_rows", "sample_tokens", "scale_gradient",
+    "token_kl",
 ]

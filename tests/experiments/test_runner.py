@@ -1,18 +1,21 @@
 """`trl-mtp experiment`: a tiny spec whose run function lives in this module runs end to end through the CLI
-dispatcher (tables, CSV, plots), resumes, survives a failing run, prints its dry run, and refuses bad specs and
+dispatcher (result files, plots), resumes, survives a failing run, prints its dry run, and refuses bad specs and
 finished runs made with other arguments. The last test runs a real (tiny) SFT spec."""
 
 from __future__ import annotations
 
 import csv
 import json
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
 from trl_mtp.cli import main as cli
-from trl_mtp.experiments.bootstrap import bootstrap_ci, bootstrap_ci_seeds, bootstrap_diff_ci
+from trl_mtp.experiments.intervals import seeds_items_interval, t_interval
+from trl_mtp.experiments.runner import code_version
 
 CALLS: list[tuple] = []
 
@@ -34,6 +37,7 @@ def write_spec(tmp_path, **changes) -> str:
         "run": f"{__name__}:fake_run",
         "base": {"path": "some/base"},
         "out": str(tmp_path / "runs"),
+        "results": str(tmp_path / "results"),
         "seeds": [0, 1],
         "common": {"n_items": 40},
         "variants": {"low": {"quality": 0.3}, "high +x": {"quality": 0.7}},
@@ -61,21 +65,29 @@ def test_grid_runs_resumes_and_writes_the_table(tmp_path, capsys):
     args = json.loads((run_dir / "run_args.json").read_text())
     assert args["kwargs"] == {"n_items": 40, "quality": 0.7, "seed": 1}
 
-    # the numbers are the bootstrap's: seeds then items for the mean, pooled pairs for the diff
+    # the numbers are the intervals': seeds x items for per-item metrics, t over seeds for per-run ones
     high = [fake_run(None, None, seed=s, quality=0.7)["correct"] for s in (0, 1)]
     low = [fake_run(None, None, seed=s, quality=0.3)["correct"] for s in (0, 1)]
-    rows = {(r["variant"], r["metric"]): r for r in csv.DictReader(open(out / "table.csv"))}
-    assert float(rows["high +x", "acc"]["ci_low"]) == pytest.approx(bootstrap_ci_seeds(high)[1])
-    assert float(rows["high +x", "acc"]["diff"]) == pytest.approx(bootstrap_diff_ci(high[0] + high[1],
-                                                                                    low[0] + low[1])[0])
-    assert float(rows["high +x", "acc"]["diff_seeds_high"]) == pytest.approx(
-        bootstrap_ci_seeds([np.subtract(h, lo) for h, lo in zip(high, low)])[2])
-    assert float(rows["high +x", "reward"]["ci_high"]) == pytest.approx(bootstrap_ci([0.7, 0.71])[2])
-    assert rows["low", "acc"]["diff"] == ""  # the baseline has no difference to itself
+    results = tmp_path / "results"
+    table = json.loads((results / "table.json").read_text())
+    stats = {(s["variant"], s["metric"]): s for s in table["stats"]}
+    assert stats["high +x", "acc"]["value"] == pytest.approx(seeds_items_interval(high))
+    assert stats["high +x", "acc"]["diff"] == pytest.approx(
+        seeds_items_interval([np.subtract(h, lo) for h, lo in zip(high, low)]))
+    assert stats["high +x", "reward"]["value"] == pytest.approx(t_interval([0.7, 0.71]))
+    assert stats["high +x", "reward"]["diff"] == pytest.approx(t_interval([0.4, 0.4]))
+    assert stats["low", "acc"]["diff"] is None  # the baseline has no difference to itself
+    assert table["command"].startswith("trl-mtp experiment ") and table["finished_runs"] == 4
+    assert table["commit"] == code_version()
+    runs = list(csv.DictReader(open(results / "runs.csv")))
+    assert [(r["variant"], r["seed"]) for r in runs] == [("low", "0"), ("low", "1"), ("high +x", "0"),
+                                                          ("high +x", "1")]
+    assert runs[3]["acc (items)"] == " ".join(map(str, high[1])) and float(runs[3]["reward"]) == 0.71
 
-    table = (out / "table.md").read_text()
+    table = (results / "table.md").read_text()
     assert "| variant | seeds | acc [90% CI] | diff vs low [90% CI] |" in table
     assert "| high +x | 2 |" in table and "Finished runs: 4 of 4" in table
+    assert "2 seeds per row (seeds 0, 1). 90% intervals: per-run metrics, Student t" in table
     assert (out / "acc.png").stat().st_size > 1000 and (out / "reward.png").is_file()
     assert "| low | 2 |" in capsys.readouterr().out
 
@@ -98,7 +110,7 @@ def test_one_failing_variant_does_not_stop_the_others(tmp_path, capsys):
     assert len(failures) == 2 and failures[0].startswith("broken seed 0: RuntimeError")
     err = capsys.readouterr().err
     assert "2 run(s) failed: broken seed 0; broken seed 1" in err
-    table = (out / "table.md").read_text()
+    table = (tmp_path / "results" / "table.md").read_text()
     assert "| high | 2 |" in table and "broken" not in table and "Finished runs: 4 of 6" in table
 
 
@@ -148,12 +160,23 @@ def test_finished_runs_made_with_other_arguments_are_refused(tmp_path, capsys):
     ({"seeds": [0, 0]}, "[0, 0]"),
     ({"common": {"seed": 3}}, "'seed'"),
     ({"base": {"run": "trl_mtp.pretrain:no_such_base"}}, "no_such_base"),
+    ({"results": 3}, "results: expected a folder, got 3"),
 ])
 def test_bad_spec_is_one_line_before_anything_runs(tmp_path, capsys, changes, bad):
     assert cli(["experiment", write_spec(tmp_path, **changes)]) == 2
     assert CALLS == []
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and bad in lines[0] and "error" in lines[0], lines
+
+
+def test_result_files_go_to_docs_results_unless_the_spec_names_a_folder(tmp_path):
+    from trl_mtp.experiments.spec import load_spec
+
+    assert load_spec(write_spec(tmp_path)).results_dir == tmp_path / "results"
+    spec = yaml.safe_load(open(write_spec(tmp_path)))
+    del spec["results"]
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    assert load_spec(tmp_path / "spec.yaml").results_dir == Path("docs/results/toy")
 
 
 def test_metric_path_no_finished_run_has_is_refused(tmp_path, capsys):
@@ -183,7 +206,7 @@ def test_metric_of_variants_not_run_yet_is_not_a_typo(tmp_path):
                                  "with extra": {"quality": 0.5, "extra": True}})
     assert cli(["experiment", grown, "--no-progress"]) == 0  # only the new variant's runs are missing: they run
     assert CALLS == [(0.5, 0), (0.5, 1)]
-    assert "0.500" in (tmp_path / "runs" / "table.md").read_text()
+    assert "0.500" in (tmp_path / "results" / "table.md").read_text()
 
 
 def test_task_axis_folders_and_rows(tmp_path):
@@ -192,8 +215,10 @@ def test_task_axis_folders_and_rows(tmp_path):
     assert cli(["experiment", spec, "--no-progress"]) == 0
     out = tmp_path / "runs"
     assert len(json.loads((out / "hard" / "high_plusx" / "seed0" / "result.json").read_text())["correct"]) == 30
-    table = (out / "table.md").read_text()
+    table = (tmp_path / "results" / "table.md").read_text()
     assert "| task | variant | seeds |" in table and "| hard | high +x | 1 |" in table
+    assert "with one seed, per-item intervals hold the item spread only" in table
+    assert next(csv.DictReader(open(tmp_path / "results" / "runs.csv")))["task"] == "easy"
 
 
 def test_a_real_sft_spec_end_to_end(tmp_path, capsys):
@@ -210,11 +235,19 @@ def test_a_real_sft_spec_end_to_end(tmp_path, capsys):
         metrics=[{"name": "copy acc", "items": "tasks.copy.correct"}, {"name": "train loss", "scalar": "final_train_loss"}])
     assert cli(["experiment", spec]) == 0
     assert "2/2" in capsys.readouterr().err  # the progress bar's last state
-    rows = list(csv.DictReader(open(tmp_path / "runs" / "table.csv")))
-    assert [(r["variant"], r["metric"]) for r in rows] == [("NTP", "copy acc"), ("NTP", "train loss"),
-                                                          ("sequential D=2", "copy acc"),
-                                                          ("sequential D=2", "train loss")]
+    stats = json.loads((tmp_path / "results" / "table.json").read_text())["stats"]
+    assert [(s["variant"], s["metric"]) for s in stats] == [("NTP", "copy acc"), ("NTP", "train loss"),
+                                                           ("sequential D=2", "copy acc"),
+                                                           ("sequential D=2", "train loss")]
     assert json.loads((tmp_path / "runs" / "sequential_D2" / "seed0" / "result.json").read_text())["steps"] == 3
+
+
+def test_code_version_is_the_checkout_commit():
+    package = Path(__file__).resolve().parents[2] / "trl_mtp"
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=package, capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("not a git checkout")
+    assert code_version().split()[0] == head.stdout.strip()
 
 
 def test_metric_paths_index_lists():

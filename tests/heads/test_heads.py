@@ -1,9 +1,14 @@
 """Each family on Llama, Qwen3 and GPT-2: causality, gradient routing, save/load, the trainer (hook) path."""
 
+import copy
+import gc
+import types
+
 import pytest
 import torch
 
 from trl_mtp import MTPConfig, MTPForCausalLM
+from trl_mtp.heads import Trunk
 from trl_mtp.tasks.presets import build_model
 
 V = 101
@@ -146,3 +151,74 @@ def test_heads_learn_repetitive_corpus(head_type):
         ids = batch()
         accuracies = model(ids, labels=ids).mtp_accuracies
     assert (accuracies > 0.9).all(), accuracies
+
+
+def reachable_tensor_bytes(root) -> int:
+    """Bytes of every tensor storage reachable from `root` through Python references: module attributes,
+    parameters, buffers, hooks (bound methods and closures), configs, ...; each storage counted once.
+    Classes, Python modules and functions' globals are not followed (they reach the whole interpreter)."""
+    storages, seen, stack = {}, set(), [root]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, (type, types.ModuleType)):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            storage = obj.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+            if obj.grad is not None:
+                stack.append(obj.grad)
+        if isinstance(obj, types.FunctionType):  # a hook's closure and defaults, not its module's globals
+            stack.extend(cell.cell_contents for cell in obj.__closure__ or ())
+            stack.extend([*(obj.__defaults__ or ()), *(obj.__kwdefaults__ or {}).values()])
+            continue
+        stack.extend(gc.get_referents(obj))
+    return sum(storages.values())
+
+
+def module_tensor_bytes(*modules) -> int:
+    storages = {}
+    for module in modules:
+        for tensor in [*module.parameters(), *module.buffers()]:
+            storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+    return sum(storages.values())
+
+
+def assert_holds_base_and_heads_only(model):
+    expected = module_tensor_bytes(model.base_model, model.heads)
+    reachable = reachable_tensor_bytes(model)
+    assert reachable <= 1.01 * expected, (
+        f"{reachable} bytes reachable, base + heads = {expected}: "
+        f"{(reachable - expected) / module_tensor_bytes(model.base_model):.1f} hidden copies of the base")
+
+
+@pytest.mark.parametrize("head_type", FAMILIES)
+def test_wrapper_holds_no_hidden_copy_of_the_base(head_type):
+    """A D = 4 wrapper holds base + heads and nothing more: no head keeps a reference to a copy of the base (a
+    deep-copied module that carried our capture hook, bound to the trunk, used to copy the whole base with it)."""
+    model = MTPForCausalLM.from_base(tiny_model("llama"), MTPConfig(head_type=head_type, num_mtp_heads=4,
+                                                                    share_lm_head=False))
+    assert_holds_base_and_heads_only(model)
+    ids = torch.randint(0, V, (1, 6))
+    model(ids, labels=ids)  # the hooks fire into the wrapper's own trunk only; the capture is then dropped
+    model.trunk.clear()
+    assert_holds_base_and_heads_only(model)
+
+
+def test_memory_check_catches_a_head_copied_with_the_capture_hook(monkeypatch):
+    """The check above fails on heads built by deep-copying the final norm with its capture hook still on."""
+    monkeypatch.setattr(Trunk, "copy_final_norm", lambda trunk: copy.deepcopy(trunk.final_norm))
+    model = MTPForCausalLM.from_base(tiny_model("llama"), MTPConfig(head_type="sequential", num_mtp_heads=4))
+    with pytest.raises(AssertionError, match="12.0 hidden copies of the base"):
+        assert_holds_base_and_heads_only(model)
+
+
+def test_native_import_holds_no_hidden_copy_of_the_base(tmp_path):
+    """Sequential heads imported from transformers' MtpModel keep its layers, not the MtpModel (nor its base)."""
+    from native_models import native_base
+
+    from trl_mtp.native import export_native
+
+    exported = MTPForCausalLM.from_base(native_base("glm4_moe"), MTPConfig(head_type="sequential", num_mtp_heads=2))
+    export_native(exported, tmp_path)
+    assert_holds_base_and_heads_only(MTPForCausalLM.from_pretrained(tmp_path))

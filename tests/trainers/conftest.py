@@ -16,6 +16,25 @@ def tiny_model(tokenizer):
     return make
 
 
+@pytest.fixture
+def fp16_scaler(monkeypatch):
+    """Turns a trainer's accelerator into fp16 mixed precision's gradient path: a GradScaler scales the loss,
+    `unscale_gradients` unscales, the optimizer steps through the scaler. Accelerate keeps no scaler on CPU (its
+    fp16 is silently off there), so this is the only way to run that path here; autocast stays off (fp32 forward)."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import AutocastKwargs
+
+    monkeypatch.setattr(Accelerator, "mixed_precision", property(lambda self: "fp16"))
+
+    def apply(accelerator):
+        accelerator.native_amp = True
+        accelerator.scaler = torch.amp.GradScaler("cpu")
+        accelerator.autocast_handler = AutocastKwargs(enabled=False)
+
+    return apply
+
+
 @pytest.fixture(scope="session")
 def arithmetic_train():
     return get_task("arithmetic").train(64)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import subprocess
@@ -10,10 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaForSequenceClassification
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, GenerationConfig, LlamaForSequenceClassification
 from two_process import launch
 
 from trl_mtp import MTPForCausalLM, PPOConfig, PPOTrainer
+from trl_mtp.trainers import ppo_trainer
 from trl_mtp.tasks.presets import build_config
 from trl_mtp.tasks.registry import get_task
 
@@ -123,10 +126,11 @@ def test_reward_model_score_is_independent_of_padding(tiny_model, tokenizer, ppo
 
 
 # -- a run: metrics, ratio, MTP ---------------------------------------------------------------------------------------
-def test_logs_every_metric_and_first_ratio_is_one(tiny_model, tokenizer, prompts, ppo_args):
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_logs_every_metric_and_first_ratio_is_one(temperature, tiny_model, tokenizer, prompts, ppo_args):
     """One epoch, one mini-batch: the update runs on the very policy that sampled, so ratio = 1 exactly
-    (the log-probs of rollout and update agree, N+ details' sanity check)."""
-    args = ppo_args(max_steps=2, num_ppo_epochs=1, num_mini_batches=1)
+    (the log-probs of rollout and update agree, N+ details' sanity check), at any temperature."""
+    args = ppo_args(max_steps=2, num_ppo_epochs=1, num_mini_batches=1, temperature=temperature)
     trainer = PPOTrainer(tiny_model(), args, train_dataset=prompts, processing_class=tokenizer,
                          reward_funcs=[zero_reward, digit_fraction])
     trainer.train()
@@ -186,6 +190,214 @@ def test_speculative_rollouts_train_and_log_acceptance(tiny_model, tokenizer, pr
         rates = [h[f"spec/acceptance_pos_{i}"] for i in (1, 2, 3)]
         assert all(0.0 <= r <= 1.0 for r in rates) and rates == sorted(rates, reverse=True)
         assert math.isfinite(h["objective/scores"])
+
+
+# -- the log-probs PPO computes are those of the sampler and of the update -----------------------------------------
+def chi_square_p_value(counts: torch.Tensor, probs: torch.Tensor, min_expected: float = 5.0) -> float:
+    """Pearson's chi-square test of token `counts` [V] against `probs` [V] (tokens expected fewer than `min_expected`
+    times pooled in one bin): the upper tail of chi2 with bins - 1 degrees of freedom."""
+    expected = probs.double() * counts.sum()
+    big = expected >= min_expected
+    observed = torch.cat([counts[big].double(), counts[~big].double().sum().reshape(1)])
+    expected = torch.cat([expected[big], expected[~big].sum().reshape(1)])
+    statistic = ((observed - expected) ** 2 / expected).sum()
+    return torch.special.gammaincc(torch.tensor((observed.numel() - 1) / 2, dtype=torch.float64), statistic / 2).item()
+
+
+def peaked_model(tiny_model):
+    """A tiny model peaked on a prompt token after "copy:1,2,3=" ('=': pi = 0.62 at T = 1), where a repetition penalty
+    bites; its generation config holds one, as released checkpoints' often do."""
+    model = tiny_model()
+    with torch.no_grad():
+        model.model.norm.weight.mul_(10)  # logits x 10
+    model.generation_config.repetition_penalty = 1.3
+    return model
+
+
+def one_token_rollouts(trainer, prompt: str, n: int):
+    """(n tokens sampled by the rollout sampler after `prompt`, pi [V] = softmax(logits / T) as PPO scores it)."""
+    queries, query_mask = trainer.tokenize_prompts([prompt] * n)
+    tokens = trainer.generate_rollouts(queries, query_mask)[:, 0]
+    row = torch.cat([queries[:1], tokens[:1, None]], 1)  # one prompt, no padding
+    with torch.no_grad():
+        logits, _ = trainer.model(row, torch.ones_like(row))
+    return tokens, torch.softmax(trainer.response_logits(logits, queries.size(1))[0, 0], -1)
+
+
+@pytest.mark.parametrize("speculative", [False, True])
+def test_rollouts_sample_the_distribution_ppo_scores(speculative, tiny_model, tokenizer, ppo_args, monkeypatch):
+    """2000 one-token rollouts against pi = softmax(logits / T), the distribution of PPO's log-probs: a chi-square
+    test passes, although the model's generation config holds a repetition penalty of 1.3. Sampled with that config
+    (the former sampler, restored below), '=' with pi = 0.93 at T = 0.7 came out 25% of the time (p-value 0.0);
+    speculative decoding, which now honours the model's generation config as `generate` does, fails the same way."""
+    args = ppo_args(temperature=0.7, response_length=1, stop_token=None, local_rollout_forward_batch_size=2000,
+                    speculative_rollouts=speculative, head_type="blockwise")
+    trainer = PPOTrainer(peaked_model(tiny_model), args, train_dataset=Dataset.from_dict({"prompt": ["copy:1,2,3="]}),
+                         processing_class=tokenizer, reward_funcs=zero_reward)
+    tokens, pi = one_token_rollouts(trainer, "copy:1,2,3=", 2000)
+    assert pi.max() > 0.5  # peaked on '=', a prompt token
+    assert chi_square_p_value(torch.bincount(tokens, minlength=pi.numel()), pi) > 1e-3
+    # the former sampler: the rollout config with the model's own config left in place, to fill what it leaves unset
+    monkeypatch.setattr(ppo_trainer, "sampling_only_from", lambda model, config: contextlib.nullcontext())
+    tokens, pi = one_token_rollouts(trainer, "copy:1,2,3=", 2000)
+    assert chi_square_p_value(torch.bincount(tokens, minlength=pi.numel()), pi) < 1e-9
+
+
+def test_rollout_sampler_is_a_temperature_and_nothing_else(tiny_model):
+    """`generate` fills what a passed config leaves unset from the model's generation config: inside
+    `sampling_only_from` that is the rollout config itself, whose only logits processor is the temperature; a
+    config with anything more is refused, and the model's own config comes back afterwards."""
+    model = tiny_model()
+    model.generation_config.repetition_penalty, model.generation_config.suppress_tokens = 1.3, [5]
+    rollout = GenerationConfig(max_new_tokens=2, do_sample=True, temperature=0.7, top_k=0, top_p=1.0, eos_token_id=[])
+    prepared, _ = model._prepare_generation_config(rollout)
+    leaked = [type(p).__name__ for p in model._get_logits_processor(prepared, input_ids_seq_length=1)]
+    assert "RepetitionPenaltyLogitsProcessor" in leaked and "SuppressTokensLogitsProcessor" in leaked  # the premise
+    with ppo_trainer.sampling_only_from(model, rollout):
+        prepared, _ = model._prepare_generation_config(rollout)
+        assert [type(p).__name__ for p in model._get_logits_processor(prepared)] == ["TemperatureLogitsWarper"]
+    assert model.generation_config.repetition_penalty == 1.3
+    with pytest.raises(ValueError, match="TopKLogitsWarper"):
+        with ppo_trainer.sampling_only_from(model, GenerationConfig(do_sample=True, top_k=5)):
+            pass
+    assert model.generation_config.suppress_tokens == [5]
+
+
+@pytest.mark.parametrize("speculative", [False, True])
+def test_without_a_stop_token_rollouts_never_stop(speculative, tiny_model, tokenizer, prompts, ppo_args):
+    """`stop_token=None`: both samplers run to `response_length`, whatever the model's generation config calls EOS
+    (here every token: the former speculative path stopped after one token, and PPO trained on the padding)."""
+    model = tiny_model()
+    model.generation_config.eos_token_id = list(range(len(tokenizer)))
+    args = ppo_args(stop_token=None, speculative_rollouts=speculative, head_type="blockwise",
+                    per_device_train_batch_size=8, num_mini_batches=1)
+    trainer = PPOTrainer(model, args, train_dataset=prompts, processing_class=tokenizer, reward_funcs=zero_reward)
+    rollouts = trainer.make_rollouts(0)
+    assert rollouts.responses.shape == (8, args.response_length) and rollouts.mask.all()
+    assert (rollouts.responses != tokenizer.pad_token_id).float().mean() > 0.9  # sampled tokens, not padding
+
+
+GPT2_DROPOUT = dict(resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)  # GPT-2's own
+
+
+def first_update_stats(trainer) -> dict:
+    trainer.train()
+    return next(h for h in trainer.state.log_history if "val/ratio" in h)
+
+
+@pytest.mark.parametrize("preset, dropout, temperature", [
+    ("tiny-gpt2", GPT2_DROPOUT, 1.0),
+    ("tiny-gpt2", GPT2_DROPOUT, 0.7),
+    ("tiny-llama", dict(attention_dropout=0.1), 0.7),  # applied functionally, from a float attribute
+])
+def test_dropout_is_off_so_the_first_ratio_is_exactly_one(preset, dropout, temperature, tokenizer, prompts, ppo_args):
+    """GPT-2's dropout of 0.1: pi_old comes from eval mode and the update from train mode, so with dropout on (the
+    former behaviour, `disable_dropout=False`) the first ratio was 1.047 (T = 1) / 1.086 (T = 0.7) with 10% / 15% of
+    tokens clipped. With `disable_dropout` (the default) it is exactly 1 and nothing is clipped."""
+    from trl_mtp.tasks.presets import build_model
+
+    stats = {}
+    for disable in (True, False):
+        model = build_model(preset, len(tokenizer), tokenizer=tokenizer, **dropout)
+        args = ppo_args(max_steps=1, num_ppo_epochs=1, num_mini_batches=1, temperature=temperature,
+                        per_device_train_batch_size=8, disable_dropout=disable)
+        stats[disable] = first_update_stats(PPOTrainer(model, args, train_dataset=prompts, processing_class=tokenizer,
+                                                       reward_funcs=first_token_parity))
+    assert PPOConfig(output_dir="x").disable_dropout
+    assert stats[True]["val/ratio"] == 1.0 and stats[True]["policy/clipfrac_avg"] == 0.0
+    assert stats[True]["policy/approxkl_avg"] == 0.0
+    assert stats[False]["val/ratio"] != 1.0 and stats[False]["policy/approxkl_avg"] > 0
+
+
+def dropout_rates(model) -> list[float]:
+    """Every dropout probability of a model: `nn.Dropout` modules and Llama-style float `attention_dropout`."""
+    return [m.p if isinstance(m, torch.nn.Dropout) else m.attention_dropout for m in model.modules()
+            if isinstance(m, torch.nn.Dropout) or isinstance(getattr(m, "attention_dropout", None), float)]
+
+
+def test_dropout_is_off_in_reference_reward_and_value_models(tokenizer, prompts, ppo_args):
+    from trl_mtp.tasks.presets import build_config, build_model
+
+    def classifier():
+        return LlamaForSequenceClassification(build_config("tiny-llama", len(tokenizer), tokenizer=tokenizer,
+                                                           num_labels=1, num_hidden_layers=1, attention_dropout=0.1))
+
+    policy = build_model("tiny-gpt2", len(tokenizer), tokenizer=tokenizer, **GPT2_DROPOUT)
+    reward_model, value_model = classifier(), classifier()
+    assert all(max(dropout_rates(m)) == 0.1 for m in (policy, reward_model, value_model))
+    trainer = PPOTrainer(policy, ppo_args(), train_dataset=prompts, processing_class=tokenizer,
+                         reward_model=reward_model, value_model=value_model)
+    for model in (trainer.model, trainer.ref_model, trainer.reward_model, trainer.model.value_model):
+        assert dropout_rates(model) and max(dropout_rates(model)) == 0.0
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_bf16_runs_every_log_prob_in_one_precision(temperature, tiny_model, tokenizer, prompts, ppo_args, monkeypatch):
+    """bf16: sampler, pi_old, pi_ref and the update all run under the same autocast, so KL to an exact copy of the
+    policy is exactly 0 at step 0. Formerly only the prepared policy forward was autocast: the KL read -5.8e-4
+    (T = 1) / -1.5e-3 (T = 0.7) per response, the former precision (restored below) still reads != 0."""
+    def run():
+        trainer = PPOTrainer(tiny_model(), ppo_args(bf16=True, use_cpu=True, max_steps=1, num_ppo_epochs=1,
+                                                    num_mini_batches=1, temperature=temperature),
+                             train_dataset=prompts, processing_class=tokenizer, reward_funcs=first_token_parity)
+        autocast = []  # per forward of the policy's and the reference's trunk outside the update
+        for model in (trainer.mtp_model.base_model, trainer.ref_model):
+            model.register_forward_pre_hook(lambda m, a: autocast.append(torch.is_autocast_enabled("cpu"))
+                                            if not m.training else None)
+        return first_update_stats(trainer), autocast
+
+    stats, autocast = run()
+    assert stats["objective/kl"] == 0.0 and stats["val/ratio"] == 1.0
+    assert autocast and all(autocast)  # generation, pi_old and pi_ref all under autocast
+    monkeypatch.setattr(PPOTrainer, "precision_context", lambda self: contextlib.nullcontext())
+    stats, autocast = run()
+    assert stats["objective/kl"] != 0.0 and not all(autocast)
+
+
+def test_fp16_unscales_once_then_clips_each_group(tiny_model, tokenizer, prompts, ppo_args, fp16_scaler, monkeypatch):
+    """fp16 (a GradScaler; accelerate has none on CPU, so it is emulated): the gradients are unscaled once and each
+    group clipped on its own norm, an update bit for bit that of a run without the scaler. Clipping per group through
+    `accelerator.clip_grad_norm_` (the former code, restored below) unscaled twice: "unscale_() has already been
+    called on this optimizer since the last update()"."""
+    def run(scaled: bool):
+        trainer = PPOTrainer(tiny_model(), ppo_args(max_steps=1, max_grad_norm=0.1), train_dataset=prompts,
+                             processing_class=tokenizer, reward_funcs=first_token_parity)
+        if scaled:
+            fp16_scaler(trainer.accelerator)
+        trainer.train()
+        return policy_state(trainer), trainer
+
+    (plain, _), (scaled, trainer) = run(False), run(True)
+    assert trainer.accelerator.scaler.get_scale() == 2.0**16  # the scaler ran and saw finite gradients
+    assert all(torch.equal(plain[k], scaled[k]) for k in plain)
+    assert any(not torch.equal(plain[k], tiny_model().state_dict()[k]) for k in plain)
+
+    def per_group(self, max_norm):
+        for group in self._clip_groups():
+            self.accelerator.clip_grad_norm_(group, max_norm)
+
+    monkeypatch.setattr(PPOTrainer, "clip_each_group", per_group)
+    with pytest.raises(RuntimeError, match="unscale_"):
+        run(True)
+
+
+def test_activation_checkpointing_is_honoured(tiny_model, tokenizer, prompts, ppo_args):
+    """`activation_checkpointing=True` (which `Trainer.train` applies, and PPO's own loop silently ignored): the
+    decoder layers recompute their forward in the backward, so each runs twice per update micro-batch, and the
+    update is the same as without."""
+    runs = {}
+    for checkpointing in (False, True):
+        trainer = PPOTrainer(tiny_model(), ppo_args(max_steps=1, activation_checkpointing=checkpointing),
+                             train_dataset=prompts, processing_class=tokenizer, reward_funcs=first_token_parity)
+        calls = []  # training-mode calls of a linear layer inside layer 0 (the checkpoint wraps the layer's forward)
+        linear = next(m for m in trainer.mtp_model.trunk.layers[0].modules() if isinstance(m, torch.nn.Linear))
+        linear.register_forward_hook(lambda m, a, o: calls.append(m.training))
+        trainer.train()
+        runs[checkpointing] = sum(calls), policy_state(trainer), trainer.mtp_model.trunk.is_checkpointing
+    assert runs[True][2] and not runs[False][2]
+    assert runs[True][0] == 2 * runs[False][0] > 0
+    for k, v in runs[False][1].items():
+        torch.testing.assert_close(runs[True][1][k], v, rtol=0, atol=1e-6, msg=k)
 
 
 # -- references, critics, prompts -------------------------------------------------------------------------------------

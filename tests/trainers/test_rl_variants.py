@@ -51,20 +51,6 @@ def test_on_policy_variants(trainer_cls, config_cls, mode, tiny_model, tokenizer
     assert bool(trunk_moved) == (mode == "coupled")
 
 
-def test_decoupled_mtp_leaves_the_policy_to_the_rl_loss(tiny_model, tokenizer, tmp_path):
-    """Decoupled: the policy after an update is the same whatever the MTP weight."""
-    task = get_task("copy", length=2, max_value=9)
-    policies = []
-    for mtp_lambda in (0.0, 5.0):
-        args = MTPGRPOConfig(output_dir=str(tmp_path / str(mtp_lambda)), mtp_lambda=mtp_lambda, **COMMON, **ON_POLICY)
-        trainer = MTPGRPOTrainer(tiny_model(), reward_funcs=task.reward, args=args, train_dataset=task.train(16),
-                                 processing_class=tokenizer)
-        trainer.train()
-        policies.append({k: v for k, v in params(trainer.mtp_model.base_model).items() if "mtp_heads" not in k})
-    for k in policies[0]:
-        torch.testing.assert_close(policies[0][k], policies[1][k], rtol=0, atol=1e-6, msg=k)
-
-
 def preference_dataset(n: int = 16) -> Dataset:
     task = get_task("sort", length=3, max_value=9)
     rows = []
@@ -72,6 +58,44 @@ def preference_dataset(n: int = 16) -> Dataset:
         wrong = ",".join(reversed(problem.answer.split(",")))
         rows.append({"prompt": problem.prompt, "chosen": problem.answer, "rejected": wrong + "0"})
     return Dataset.from_list(rows)
+
+
+def first_token_parity(prompts, completions, completion_ids, **kwargs):
+    """A reward an untrained policy gets half the time: the advantages vary, so the RL loss moves the policy."""
+    return [float(ids[0] % 2) for ids in completion_ids]
+
+
+def policy_weights(trainer) -> dict:
+    return {k: v for k, v in params(trainer.mtp_model.base_model).items() if "mtp_heads" not in k}
+
+
+@pytest.mark.parametrize("trainer_cls, config_cls", [(MTPGRPOTrainer, MTPGRPOConfig), (MTPRLOOTrainer, MTPRLOOConfig),
+                                                     (MTPDPOTrainer, MTPDPOConfig)])
+def test_decoupled_mtp_leaves_the_policy_to_the_rl_loss(trainer_cls, config_cls, tiny_model, tokenizer, tmp_path,
+                                                        monkeypatch):
+    """Decoupled: with a loss that moves the policy (a reward that varies; DPO's preference loss), the policy ends
+    bit for bit the same with mtp_lambda 0 and 1, clipping on (max_grad_norm 1). The former version of this test ran
+    GRPO on a reward that was 0 everywhere, so the policy never moved; one global clip norm over heads and policy
+    (restored below) now fails it."""
+    tiny_model().save_pretrained(tmp_path / "base")  # a path: DPO and RLOO build their reference model from it
+    on_policy = config_cls is not MTPDPOConfig
+    dataset = get_task("copy", length=2, max_value=9).train(16) if on_policy else preference_dataset()
+
+    def run(mtp_lambda: float) -> dict:
+        args = config_cls(output_dir=str(tmp_path / "run"), mode="decoupled", mtp_lambda=mtp_lambda, **COMMON,
+                          **(ON_POLICY if on_policy else {}))
+        kwargs = dict(reward_funcs=first_token_parity) if on_policy else {}
+        trainer = trainer_cls(str(tmp_path / "base"), args=args, train_dataset=dataset, processing_class=tokenizer,
+                              **kwargs)
+        trainer.train()
+        return policy_weights(trainer)
+
+    initial, without, with_mtp = params(tiny_model()), run(0.0), run(1.0)
+    assert changed(initial, without), "the RL loss must move the policy for this test to mean anything"
+    assert not changed(without, with_mtp)
+    monkeypatch.setattr(trainer_cls, "_clip_grad_norm", lambda self, model: self.accelerator.clip_grad_norm_(
+        model.parameters(), self.args.max_grad_norm))  # one norm over heads and policy
+    assert changed(without, run(1.0))
 
 
 def test_dpo_scores_the_heads_on_chosen_only(tiny_model, tokenizer, tmp_path):

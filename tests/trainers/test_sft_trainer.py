@@ -134,17 +134,42 @@ def test_save_and_load_round_trip(tiny_model, sft_args, arithmetic_train, tokeni
                                                   loaded.heads.state_dict().values()))
 
 
+def weights(mtp_model: MTPForCausalLM) -> dict[str, torch.Tensor]:
+    """Trunk and heads, each once (a trainer also lists the heads under the base, where it attaches them)."""
+    return {k: v for k, v in mtp_model.state_dict().items() if not k.startswith("base_model.mtp_heads.")}
+
+
 def test_resume_from_checkpoint_matches_uninterrupted_run(tiny_model, sft_args, arithmetic_train, tokenizer, tmp_path):
+    """A run resumed from its step-3 checkpoint takes exactly the 3 remaining steps and ends equal to the uninterrupted
+    run, although the resumed trainer was built from another initialisation (trunk seed 1, other heads): a resume
+    that loaded nothing, or restarted from step 0, fails it (the former version built both from the same seed)."""
+    from transformers import TrainerCallback
+
     common = dict(max_steps=6, mtp_lambda_schedule="linear", mtp_window_schedule="forward", num_mtp_heads=3,
                   head_type="sequential", save_strategy="steps", save_steps=3)
-    full = MTPSFTTrainer(tiny_model(), sft_args(output_dir=str(tmp_path / "a"), **common),
+    full = MTPSFTTrainer(tiny_model(seed=0), sft_args(output_dir=str(tmp_path / "a"), **common),
                          train_dataset=arithmetic_train, processing_class=tokenizer)
     full.train()
-    resumed = MTPSFTTrainer(tiny_model(), sft_args(output_dir=str(tmp_path / "a"), **common),
+    torch.manual_seed(1)  # other heads too
+    resumed = MTPSFTTrainer(tiny_model(seed=1), sft_args(output_dir=str(tmp_path / "b"), **common),
                             train_dataset=arithmetic_train, processing_class=tokenizer)
+    checkpoint = weights(MTPForCausalLM.from_pretrained(str(tmp_path / "a" / "checkpoint-3")))
+    assert checkpoint.keys() == weights(resumed.mtp_model).keys()
+    elsewhere = {k for k, v in weights(resumed.mtp_model).items() if not torch.equal(checkpoint[k], v)}
+    assert "base_model.model.embed_tokens.weight" in elsewhere and any(k.startswith("heads.") for k in elsewhere)
+
+    steps = []
+
+    class CountSteps(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            steps.append(state.global_step)
+
+    resumed.add_callback(CountSteps())
     resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-3"))
-    for (name, a), b in zip(full.mtp_model.state_dict().items(), resumed.mtp_model.state_dict().values()):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+    assert steps == [4, 5, 6]
+    ended = weights(resumed.mtp_model)
+    for name, a in weights(full.mtp_model).items():
+        torch.testing.assert_close(ended[name], a, rtol=0, atol=1e-6, msg=name)
 
 
 def test_trained_heads_are_kept_but_trained_the_runs_way(tiny_model, sft_args, arithmetic_train, tokenizer,
@@ -225,3 +250,31 @@ def test_decoupled_heads_never_rescale_the_policy_update(tiny_model, sft_args, a
         trunks.append({k: v.clone() for k, v in trainer.mtp_model.base_model.state_dict().items() if "mtp_heads" not in k})
     for k in trunks[0]:
         torch.testing.assert_close(trunks[0][k], trunks[1][k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_fp16_decoupled_clipping_unscales_once(tiny_model, sft_args, arithmetic_train, tokenizer, fp16_scaler,
+                                               monkeypatch):
+    """fp16 (a GradScaler; emulated, accelerate has none on CPU) in decoupled mode: the gradients are unscaled once,
+    then heads and policy are clipped on their own norms: the same weights, bit for bit, as without the scaler.
+    Clipping each group through `accelerator.clip_grad_norm_` (the former code, restored below) unscaled twice and
+    raised "unscale_() has already been called on this optimizer since the last update()"."""
+    def run(scaled: bool):
+        args = sft_args(mode="decoupled", mtp_lambda=1.0, max_grad_norm=0.1, max_steps=2)
+        torch.manual_seed(0)  # new heads draw from the global generator
+        trainer = MTPSFTTrainer(tiny_model(), args, train_dataset=arithmetic_train, processing_class=tokenizer)
+        if scaled:
+            fp16_scaler(trainer.accelerator)
+        trainer.train()
+        return trainer.mtp_model.state_dict(), trainer
+
+    (plain, _), (scaled, trainer) = run(False), run(True)
+    assert trainer.accelerator.scaler.get_scale() == 2.0**16  # the scaler ran, no step skipped
+    assert all(torch.equal(plain[k], scaled[k]) for k in plain)
+
+    def per_group(self, max_norm):
+        return torch.stack([torch.as_tensor(self.accelerator.clip_grad_norm_(group, max_norm))
+                            for group in self._clip_groups() if group]).norm()
+
+    monkeypatch.setattr(MTPSFTTrainer, "clip_each_group", per_group)
+    with pytest.raises(RuntimeError, match="unscale_"):
+        run(True)

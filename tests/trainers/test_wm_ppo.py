@@ -1,5 +1,6 @@
-"""World-model PPO (PPOTrainer with `world_model=True`): wiring, gradient routing, imagination without policy
-gradients, return normalisation, save/resume, and an end-to-end CLI run with every part switched on."""
+"""World-model PPO (PPOTrainer with `world_model=True`): wiring, gradient routing (decoupled leaves the policy's update
+bit-identical), imagination (independent rollouts per prefix, no policy gradients), return normalisation,
+save/resume, and an end-to-end CLI run with every part switched on."""
 
 from __future__ import annotations
 
@@ -10,14 +11,16 @@ import sys
 import pytest
 import torch
 
+import trl_mtp.world_model as world_model_module
 from trl_mtp import PPOConfig, PPOTrainer
+from trl_mtp.heads.base import shift_tokens
 from trl_mtp.tasks.registry import get_task
-from trl_mtp.world_model import PercentileNormalizer, TwoHotValueHead, WorldModel
+from trl_mtp.world_model import PercentileNormalizer, PrefixRollouts, TwoHotValueHead, WorldModel
 
 WM_METRICS = ("wm/latent_cos_depth_1", "wm/latent_cos_depth_2", "wm/token_kl_depth_1", "wm/token_kl_depth_2",
               "wm/reward_pred_error", "wm/imagined_return", "wm/return_scale", "val/explained_variance",
               "loss/wm_latent", "loss/wm_token_kl", "loss/wm_reward", "loss/wm_continue", "loss/wm_imagination",
-              "loss/wm_slow_critic", "loss/wm_discrete_kl")
+              "loss/wm_slow_critic")
 
 
 def first_token_parity(prompts, completions, completion_ids, **kwargs):
@@ -36,7 +39,7 @@ def wm_trainer(tmp_path, tiny_model, tokenizer, prompts):
                         num_mini_batches=1, num_ppo_epochs=1, response_length=5, learning_rate=1e-3,
                         temperature=1.0, report_to=[], save_strategy="no", disable_tqdm=True, seed=0,
                         num_mtp_heads=2, dataloader_pin_memory=False, head_type="sequential", world_model=True,
-                        wm_discrete_latent=True, logging_steps=1)
+                        logging_steps=1)
         args = PPOConfig(**{**defaults, **overrides})
         return PPOTrainer(tiny_model(), args, train_dataset=prompts, processing_class=tokenizer,
                           reward_funcs=first_token_parity)
@@ -57,7 +60,7 @@ def test_modules_and_metrics(wm_trainer):
     trainer.train()
     logged = {k for h in trainer.state.log_history for k in h}
     assert set(WM_METRICS) <= logged, set(WM_METRICS) - logged
-    mlp = wm_trainer(head_type="blockwise", wm_critic="scalar", wm_return_norm="whiten", wm_discrete_latent=False)
+    mlp = wm_trainer(head_type="blockwise", wm_critic="scalar", wm_return_norm="whiten")
     assert mlp.model.world_model.dynamics_kind == "mlp" and mlp.model.return_normalizer is None
     with pytest.raises(ValueError, match="head_type='sequential'"):
         wm_trainer(head_type="blockwise", wm_dynamics="sequential")
@@ -77,23 +80,28 @@ def _one_batch(trainer):
 
 @pytest.mark.parametrize("routing", ["decoupled", "coupled"])
 def test_gradient_routing_and_imagination_gives_no_policy_gradient(wm_trainer, routing):
-    """Decoupled: no world-model term reaches the policy; coupled: the latent loss does, the imagination term never
-    reaches the LM head through imagined tokens (its only gradient is the critic's, on real states)."""
+    """Decoupled: no world-model term reaches the policy, nor does the critic's own loss (the world model trains the
+    critic); coupled: the latent loss does, and the critic trains the trunk as in plain PPO; the imagination term
+    never reaches the LM head through imagined tokens (its only gradient is the critic's, on real states)."""
     trainer = wm_trainer(wm_gradient=routing)
     rollouts = _one_batch(trainer)
+    with torch.no_grad():  # a critic with an input gradient (its zero-initialised output layer has none)
+        trainer.model.value_head.out.weight[120:135].normal_(std=0.5)
     policy = trainer.mtp_model.base_model
     policy_params = {n for n, _ in policy.named_parameters() if not n.startswith("mtp_heads.")}
     terms, _ = trainer.compute_losses(trainer.model, rollouts)
     wm_terms = [name for name in terms if name.startswith("wm_")]
-    assert {"wm_latent", "wm_token_kl", "wm_discrete_kl", "wm_reward", "wm_continue", "wm_imagination",
+    assert {"wm_latent", "wm_token_kl", "wm_reward", "wm_continue", "wm_imagination",
             "wm_slow_critic"} <= set(wm_terms)
-    for name in wm_terms:
+    for name in [*wm_terms, "value"]:
         trainer.model.zero_grad(set_to_none=True)
         terms, _ = trainer.compute_losses(trainer.model, rollouts)
         terms[name].backward()
         touched = set(grads_of(policy)) & policy_params
-        if routing == "decoupled":
+        if routing == "decoupled":  # the critic too: the world model trains it
             assert not touched, (name, sorted(touched)[:3])
+        elif name == "value":
+            assert touched  # coupled: the critic trains the trunk as in plain PPO
         elif name == "wm_latent":
             assert touched  # coupled: the representation gradient reaches the trunk
         if name == "wm_imagination":
@@ -114,6 +122,101 @@ def test_imagined_rollouts_carry_no_graph(wm_trainer):
     assert not start.requires_grad and start.grad_fn is None  # nothing to backpropagate: no policy gradient
     assert trajectory.shape == (*rollouts.query_responses.shape, 4)  # a_0 from the policy, then 3 from the heads
     assert trainer.mtp_model.trunk.hidden is hidden  # the capture of the update's forward is kept
+
+
+def _forward(trainer, rollouts) -> torch.Tensor:
+    """The trunk's hidden states [B, L, d] of the rollouts (no graph)."""
+    with torch.no_grad():
+        trainer.model(rollouts.query_responses, rollouts.attention_mask)
+    return trainer.mtp_model.trunk.hidden
+
+
+def _read_tokens(trainer) -> None:
+    """Give the sequential heads' embedding input weight (zero at init: the chain starts by passing h through), so
+    that their latents depend on the tokens."""
+    with torch.no_grad():
+        for depth in trainer.mtp_model.heads.layers:
+            d = depth.eh_proj.weight.size(0)
+            depth.eh_proj.weight[:, :d].normal_(std=0.2)
+
+
+def test_imagination_rollouts_are_independent_per_prefix(wm_trainer, monkeypatch):
+    """Imagination with the sequential prior: perturbing the tokens imagined from prefix s changes the imagined return
+    at s and leaves the return imagined from every other prefix exactly as it was (each rollout reads only its own
+    prefix and its own imagined tokens; running the blocks over all prefixes at once lets later ones read them)."""
+    torch.manual_seed(0)
+    trainer = wm_trainer(wm_imagination_horizon=3)
+    rollouts = _one_batch(trainer)
+    model, ids = trainer.model, rollouts.query_responses
+    with torch.no_grad():  # read-outs that depend on the latents (bins near 0 only: the far bins stay symmetric)
+        for head in (model.world_model.reward_head.out, model.value_head.out):
+            head.weight[120:135].normal_(std=0.5)
+        _read_tokens(trainer)
+    hidden = _forward(trainer, rollouts)
+    s = rollouts.context_length + 1  # a prefix inside the response; every later prefix would read its tokens
+
+    def imagined_returns(perturbed: int | None) -> torch.Tensor:
+        def sample(logits, *rest):  # greedy, deterministic; the perturbed prefix takes the next token id instead
+            tokens = logits.argmax(-1)
+            if perturbed is not None:
+                tokens[:, perturbed] = (tokens[:, perturbed] + 1) % logits.size(-1)
+            return tokens
+
+        monkeypatch.setattr(world_model_module, "sample_tokens", sample)
+        return model.world_model.imagine(hidden, ids, model.value_head)
+
+    base, moved = imagined_returns(None), imagined_returns(s)
+    others = torch.arange(ids.size(1)) != s
+    assert not torch.allclose(moved[:, s], base[:, s])  # the perturbation matters where it was made
+    assert torch.equal(moved[:, others], base[:, others])
+
+
+def test_prefix_rollouts_on_real_tokens_are_the_teacher_forced_chain(wm_trainer):
+    """Fed the real continuation as its imagined tokens, each rollout of the sequential prior reproduces the heads'
+    teacher-forced chain h^_{t+k} = f(h^_{t+k-1}, emb(x_{t+k})) at its start column t, step after step."""
+    torch.manual_seed(0)
+    trainer = wm_trainer()
+    rollouts = _one_batch(trainer)
+    wm, ids = trainer.model.world_model, rollouts.query_responses
+    _read_tokens(trainer)
+    hidden = _forward(trainer, rollouts)
+    layer_kwargs = trainer.mtp_model.trunk.layer_call_kwargs()
+    L, H = ids.size(1), 3
+    columns = torch.arange(rollouts.context_length - 1, L - H)
+    chain = PrefixRollouts(wm, hidden, ids, columns, H)
+    teacher_forced = hidden
+    with torch.no_grad():
+        for k in range(1, H + 1):
+            real = shift_tokens(ids, k, 0)  # x_{t+k} at column t
+            teacher_forced = wm.prior_step(k, teacher_forced, real, layer_kwargs)
+            imagined = chain.step(k, real[:, columns])
+            assert torch.allclose(imagined, teacher_forced[:, columns], atol=1e-5), k
+
+
+def test_discrete_latent_is_gone():
+    """The 32 x 32 categorical latent read by nothing was removed (the transition is deterministic given the token)."""
+    with pytest.raises(TypeError, match="wm_discrete_latent"):
+        PPOConfig(output_dir="x", world_model=True, wm_discrete_latent=True)
+
+
+def test_decoupled_policy_update_ignores_world_model_weights(wm_trainer, tiny_model):
+    """Decoupled: after one iteration (2 epochs x 2 mini-batches) the policy's weights are bit-identical whatever the
+    world-model loss weights, imagination included (its sampler is its own); the critic the world model trains reads
+    sg(h) and is clipped apart from the policy, so it cannot carry them into the trunk."""
+    def policy_after(**coefs) -> dict[str, torch.Tensor]:
+        trainer = wm_trainer(max_steps=1, num_ppo_epochs=2, num_mini_batches=2, per_device_train_batch_size=2, **coefs)
+        trainer.train()
+        return {n: p.detach().clone() for n, p in trainer.mtp_model.base_model.named_parameters()
+                if not n.startswith("mtp_heads.")}
+
+    base = policy_after()
+    initial = dict(tiny_model().named_parameters())
+    assert any(not torch.equal(base[n], initial[n]) for n in base)  # the policy did move
+    for change in ({"wm_slow_critic_coef": 0.3}, {"wm_imagination_coef": 0.0},
+                   {"wm_latent_coef": 0.0, "wm_token_kl_coef": 1.0, "wm_reward_coef": 3.0, "wm_continue_coef": 0.0}):
+        other = policy_after(**change)
+        moved = [n for n in base if not torch.equal(base[n], other[n])]
+        assert not moved, (change, moved[:3], max((base[n] - other[n]).abs().max().item() for n in moved))
 
 
 def test_percentile_normalisation_replaces_whitening(wm_trainer):
@@ -146,11 +249,11 @@ def test_cli_world_model_every_part_on(tmp_path):
     cmd = [cli, "ppo", "--output_dir", str(tmp_path / "out"), "--max_steps", "3", "--response_length", "6",
            "--per_device_train_batch_size", "4", "--pretrain_steps", "20", "--num_eval_examples", "4",
            "--num_train_examples", "16", "--logging_steps", "1", "--head_type", "sequential",
-           "--world_model", "true", "--wm_discrete_latent", "true", "--wm_gradient", "coupled",
+           "--world_model", "true", "--wm_gradient", "coupled",
            "--wm_imagination_horizon", "4", "--wm_critic", "twohot", "--wm_return_norm", "percentile"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert "copy eval exact-match" in done.stdout
     assert (tmp_path / "out" / "world_model.safetensors").is_file()
-    for metric in ("wm/latent_cos_depth_1", "wm/imagined_return", "wm/return_scale", "loss/wm_discrete_kl"):
+    for metric in ("wm/latent_cos_depth_1", "wm/imagined_return", "wm/return_scale", "loss/wm_slow_critic"):
         assert metric in done.stdout + done.stderr, metric

@@ -1,5 +1,6 @@
 """`trl-mtp experiment SPEC.yaml`: run a grid of variants x seeds (x tasks) from a spec, resuming finished runs, and
-write its table (means with 90% bootstrap CIs, paired differences to the baseline) as markdown, CSV and plots.
+write its result files (per-run CSV, the table's numbers as JSON and markdown: means with 90% intervals over seeds,
+paired differences to the baseline; by default into docs/results/<name>) and one plot per metric (next to the runs).
 
 Exit codes: 0 all runs finished; 1 some runs failed (the others ran, the table covers what finished); 2 bad input.
 The spec format: docs/experiments.md.
@@ -25,11 +26,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--only", nargs="+", metavar="VARIANT", help="these variants (and the baseline) only")
     parser.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="these seeds instead of the spec's")
     parser.add_argument("--out", help="run folders here instead of the spec's `out`")
-    parser.add_argument("--results", help="table.md, table.csv and plots here (default: the run folder root)")
+    parser.add_argument("--results", help="the result files (runs.csv, table.json, table.md) here instead of the "
+                        "spec's `results` (default docs/results/<name>)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
-    from trl_mtp.experiments.runner import check_finished, dry_run, run_grid
+    from trl_mtp.experiments.runner import check_finished, code_version, dry_run, run_grid
     from trl_mtp.experiments.spec import load_spec
     from trl_mtp.experiments.tables import check_metric_paths, write_outputs
 
@@ -56,17 +58,18 @@ def main(argv: list[str]) -> int:
     else:
         outcome = run_grid(spec, runs, finished, progress=not args.no_progress)
         results, failed = outcome.results, outcome.failed
-    results_dir = Path(args.results) if args.results else spec.out
+    results_dir = Path(args.results) if args.results else spec.results_dir
     command = "trl-mtp experiment " + shlex.join(argv)
-    failures = results_dir / "failures.txt"
+    failures = spec.out / "failures.txt"
     if failed:
-        results_dir.mkdir(parents=True, exist_ok=True)
+        spec.out.mkdir(parents=True, exist_ok=True)
         failures.write_text("".join(f"{run.label}: {error} ({run.run_dir})\n" for run, error in failed.items()))
     elif not args.table_only:
         failures.unlink(missing_ok=True)  # this pass ran everything it was asked: older failures are gone
     if results:
-        print(write_outputs(spec, results, results_dir, total_runs=len(runs), command=command))
-        print(f"results: {results_dir / 'table.md'}, table.csv and one plot per metric")
+        print(write_outputs(spec, results, results_dir, plots=spec.out, total_runs=len(runs), command=command,
+                            commit=code_version()))
+        print(f"results: {results_dir} (table.md, table.json, runs.csv); plots in {spec.out}")
     else:
         print("no finished runs yet: no table", file=sys.stderr)
     if failed:

@@ -1,4 +1,4 @@
-"""Experiments: resumable runs, grids, bootstrap confidence intervals."""
+"""Experiments: resumable runs, grids, intervals over seeds, result files behind the docs' tables."""
 
 from __future__ import annotations
 

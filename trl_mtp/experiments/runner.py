@@ -10,9 +10,11 @@ variant's fields, scalar arguments such as seed and steps) are checked instead, 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from trl_mtp.experiments.spec import Run, Spec
 
@@ -120,6 +122,21 @@ def run_grid(spec: Spec, runs: list[Run], finished: dict[Run, dict], *, progress
     bar.set_postfix_str(f"ran {len(outcome.ran)}, skipped {len(outcome.skipped)}, failed {len(outcome.failed)}")
     bar.close()
     return outcome
+
+
+def code_version() -> str | None:
+    """The commit the package code is at (`git rev-parse --short HEAD`), with "+local changes" when its tracked files
+    differ from that commit; None outside a git checkout. Recorded with the results, since a rerun on other code may
+    give other numbers."""
+    package = Path(__file__).resolve().parents[1]
+    try:
+        def git(*args):
+            return subprocess.run(["git", *args], cwd=package, capture_output=True, text=True, check=True).stdout
+        commit = git("rev-parse", "--short", "HEAD").strip()
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".").strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + (" +local changes" if dirty else "")
 
 
 def _duration(seconds: float) -> str:

@@ -17,16 +17,17 @@ import yaml
 
 from trl_mtp.experiments import run_dir_name
 
-SPEC_KEYS = {"name", "description", "run", "base", "out", "seeds", "common", "variants", "variant_key", "tasks",
-             "baseline", "metrics", "estimate_seconds_per_run"}
+SPEC_KEYS = {"name", "description", "run", "base", "out", "results", "seeds", "common", "variants", "variant_key",
+             "tasks", "baseline", "metrics", "estimate_seconds_per_run"}
+RESULTS_ROOT = Path("docs/results")  # where the result files of a spec without `results` go: committed with the docs
 REQUIRED_KEYS = ("name", "run", "out", "seeds", "variants")
 METRIC_KEYS = {"name", "items", "scalar", "format", "ci", "compare"}
 
 
 @dataclass(frozen=True)
 class Metric:
-    """How to read one number from each run's result: `items` (a per-item list: bootstrap seeds then items) or
-    `scalar` (one number per run: bootstrap over seeds). `path` is dotted; `{task}` is replaced by the task name."""
+    """How to read one number from each run's result: `items` (a per-item list, the same items in every seed) or
+    `scalar` (one number per run). `path` is dotted; `{task}` is replaced by the task name."""
 
     name: str
     path: str
@@ -69,6 +70,12 @@ class Spec:
     baseline: str | None = None
     metrics: list[Metric] = field(default_factory=list)
     estimate_seconds_per_run: float | None = None
+    results: Path | None = None
+
+    @property
+    def results_dir(self) -> Path:
+        """The folder of the spec's result files (runs.csv, table.json, table.md)."""
+        return self.results if self.results is not None else RESULTS_ROOT / run_dir_name(self.name)
 
     def rows(self, only=None) -> list[tuple[str | None, str]]:
         """(task, variant) pairs in table order: tasks, then variants in spec order."""
@@ -200,9 +207,12 @@ def parse_spec(raw, source: str = "spec") -> Spec:
     estimate = raw.get("estimate_seconds_per_run")
     _require(estimate is None or (isinstance(estimate, (int, float)) and estimate >= 0),
              f"estimate_seconds_per_run: expected a number >= 0, got {estimate!r}")
+    results = raw.get("results")
+    _require(results is None or (isinstance(results, str) and results), f"results: expected a folder, got {results!r}")
     spec = Spec(name=str(raw["name"]), run=raw["run"], out=Path(raw["out"]), seeds=seeds, variants=variants,
                 description=str(raw.get("description") or ""), base=base, common=common, variant_key=variant_key,
-                tasks=tasks, baseline=baseline, metrics=metrics, estimate_seconds_per_run=estimate)
+                tasks=tasks, baseline=baseline, metrics=metrics, estimate_seconds_per_run=estimate,
+                results=Path(results) if results else None)
     spec.run_function()
     return spec
 

@@ -1,26 +1,35 @@
-"""From finished runs to numbers: means with 90% bootstrap CIs and paired differences to the baseline, written as
-markdown, CSV and one plot per metric.
+"""From finished runs to numbers: means with 90% intervals over seeds and paired differences to the baseline, written
+as the spec's result files (committed with the docs) and one plot per metric.
 
-Per-item metrics (a list per run, e.g. exact match per eval item): the CI resamples seeds, then items within each
-seed (Gloeckle et al. 2024); one seed gives the item-level CI. The difference to the baseline pairs the same seeds
-and items: "diff" pools the pairs and resamples items (item difficulty cancels, but the seed-to-seed spread is not
-in it), "seeds resampled" resamples seeds then items of the per-item differences (the honest one across seeds).
-Per-run scalars (e.g. the training reward): the CI resamples seeds; the difference pairs runs of the same seed. With
-one seed a scalar has no CI and only its value is shown.
+Intervals (`trl_mtp/experiments/intervals.py`, coverage simulated at 3, 5 and 10 seeds in
+tests/experiments/test_interval_coverage.py): a per-run scalar (e.g. the training reward) gets a Student t over its
+per-seed values, its difference to the baseline a t over the per-seed differences (runs of the same seed paired).
+A per-item metric (a list per run, e.g. exact match per eval item, the same items in every seed) gets the two-way
+seeds x items interval: the spread of the seed means plus that of the shared items; its difference to the baseline
+is the same interval over the per-item differences (same seeds, same items). With one seed a scalar has no interval
+and a per-item metric only the items' (seed-to-seed spread unknown): the table says so.
+
+Result files, per spec (`results`, default docs/results/<name>): `runs.csv`, one row per finished run with each
+metric's value (per-item metrics: the mean, and the item values in a column of their own), `table.json`, the
+table's numbers and how they were made, and `table.md`. `trl_mtp/experiments/doc_tables.py` regenerates the docs'
+tables from these files and checks them.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from trl_mtp.experiments.bootstrap import bootstrap_ci, bootstrap_ci_seeds, bootstrap_diff_ci
+from trl_mtp.experiments.intervals import METHOD, seeds_items_interval, t_interval
 from trl_mtp.experiments.spec import Metric, Run, Spec
 
+CONFIDENCE = 0.9
+RUNS_FILE, TABLE_FILE, TABLE_MD = "runs.csv", "table.json", "table.md"
 Interval = tuple  # (mean, low, high); low and high are None where there is no interval
 
 
@@ -33,8 +42,7 @@ class Stat:
     variant: str
     seeds: list[int]
     value: Interval
-    diff: Interval | None = None  # vs the baseline; None for the baseline itself or without one
-    diff_seeds: Interval | None = None  # per-item metrics only, with two or more paired seeds
+    diff: Interval | None = None  # vs the baseline, paired by seed (and item); None for the baseline or without one
 
 
 def lookup(result: dict, keys: list[str]):
@@ -76,41 +84,40 @@ def check_metric_paths(spec: Spec, results: dict[Run, dict]):
                              f"(e.g. {next(iter(results)).run_dir / 'result.json'})")
 
 
-def _scalar_interval(values) -> Interval:
-    values = list(values)
-    if len(values) < 2:  # one seed: nothing to resample
-        return (float(np.mean(values)), None, None)
-    return bootstrap_ci(values)
+def _interval(metric: Metric, by_seed: list) -> Interval:
+    """The interval of one row's per-seed values (arrays of items, or floats)."""
+    if metric.kind == "items":
+        return seeds_items_interval(by_seed, confidence=CONFIDENCE)
+    return t_interval(by_seed, confidence=CONFIDENCE)
 
 
 def _stat(spec: Spec, metric: Metric, task, variant, by_seed: dict, base_by_seed: dict) -> Stat:
     seeds = list(by_seed)
     items = metric.kind == "items"
-    if not metric.ci:
-        value = (float(np.mean([v.mean() if items else v for v in by_seed.values()])), None, None)
+    if metric.ci:
+        value = _interval(metric, list(by_seed.values()))
     else:
-        value = bootstrap_ci_seeds(list(by_seed.values())) if items else _scalar_interval(by_seed.values())
+        value = (float(np.mean([v.mean() if items else v for v in by_seed.values()])), None, None)
     stat = Stat(metric, task, variant, seeds, value)
     paired = [s for s in seeds if s in base_by_seed]
     if not (metric.compare and spec.baseline and variant != spec.baseline and paired):
         return stat
-    if not items:
-        stat.diff = _scalar_interval(by_seed[s] - base_by_seed[s] for s in paired)
-        return stat
-    for s in paired:
-        if by_seed[s].size != base_by_seed[s].size:
-            raise ValueError(f"metric {metric.name!r}: {variant} seed {s} has {by_seed[s].size} items and "
-                             f"{spec.baseline} {base_by_seed[s].size}; a paired comparison needs the same items")
-    stat.diff = bootstrap_diff_ci(np.concatenate([by_seed[s] for s in paired]),
-                                  np.concatenate([base_by_seed[s] for s in paired]))
-    if len(paired) > 1:
-        stat.diff_seeds = bootstrap_ci_seeds([by_seed[s] - base_by_seed[s] for s in paired])
+    if items:
+        for s in paired:
+            if by_seed[s].size != base_by_seed[s].size:
+                raise ValueError(f"metric {metric.name!r}: {variant} seed {s} has {by_seed[s].size} items and "
+                                 f"{spec.baseline} {base_by_seed[s].size}; a paired comparison needs the same items")
+    stat.diff = _interval(metric, [by_seed[s] - base_by_seed[s] for s in paired])
     return stat
 
 
-def summarize(spec: Spec, results: dict[Run, dict]) -> list[Stat]:
-    """One Stat per (row, metric), rows in spec order; rows without any finished run are left out."""
-    values: dict[tuple, dict[int, object]] = {}
+Values = dict  # (metric name, task, variant) -> {seed: float array (items) or float (scalar)}, seeds in spec order
+
+
+def collect(spec: Spec, results: dict[Run, dict]) -> Values:
+    """Every finished run's metric values, read from its result."""
+    values: Values = {}
+
     def seed_order(run):  # spec order; seeds given on the command line only (--seeds) after those
         return (run.seed not in spec.seeds, spec.seeds.index(run.seed) if run.seed in spec.seeds else run.seed)
 
@@ -119,19 +126,19 @@ def summarize(spec: Spec, results: dict[Run, dict]) -> list[Stat]:
             value = metric_values(metric, run, results[run])
             if value is not None:
                 values.setdefault((metric.name, run.task, run.variant), {})[run.seed] = value
+    return values
+
+
+def summarize(spec: Spec, values: Values) -> list[Stat]:
+    """One Stat per (row, metric) of `values`, rows in spec order; rows without any value are left out."""
     stats = []
-    for task, variant in dict.fromkeys((r.task, r.variant) for r in sorted(results, key=_row_order(spec))):
+    for task, variant in spec.rows():
         for metric in spec.metrics:
             by_seed = values.get((metric.name, task, variant))
             if by_seed:
                 base = values.get((metric.name, task, spec.baseline), {})
                 stats.append(_stat(spec, metric, task, variant, by_seed, base))
     return stats
-
-
-def _row_order(spec: Spec):
-    rows = spec.rows()
-    return lambda run: rows.index((run.task, run.variant))
 
 
 def _fmt(value, fmt: str, sign: bool = False) -> str:
@@ -146,21 +153,18 @@ def _cell(interval: Interval | None, fmt: str, sign: bool = False) -> str:
     return _fmt(mean, fmt, sign) + ci
 
 
-def _columns(spec: Spec, several_seeds: bool) -> list[tuple[str, Metric, str]]:
-    """(header, metric, which) for every numeric column: which is value, diff or diff_seeds."""
+def _columns(spec: Spec) -> list[tuple[str, Metric, str]]:
+    """(header, metric, which) for every numeric column: which is value or diff."""
     columns = []
     for m in spec.metrics:
         columns.append((m.name + (" [90% CI]" if m.ci else ""), m, "value"))
         if m.compare and spec.baseline:
             columns.append((f"diff vs {spec.baseline} [90% CI]", m, "diff"))
-            if m.kind == "items" and several_seeds:
-                columns.append((f"diff vs {spec.baseline}, seeds resampled [90% CI]", m, "diff_seeds"))
     return columns
 
 
 def markdown_table(spec: Spec, stats: list[Stat]) -> str:
-    several_seeds = any(len(s.seeds) > 1 for s in stats)
-    columns = _columns(spec, several_seeds)
+    columns = _columns(spec)
     rows = list(dict.fromkeys((s.task, s.variant) for s in stats))
     by_key = {(s.task, s.variant, s.metric.name): s for s in stats}
     head = (["task"] if spec.tasks else []) + ["variant", "seeds"] + [c[0] for c in columns]
@@ -175,17 +179,99 @@ def markdown_table(spec: Spec, stats: list[Stat]) -> str:
     return "\n".join(lines)
 
 
-def write_csv(stats: list[Stat], path: Path):
-    """Long format, full precision: one line per (task, variant, metric)."""
+def _seed_list(seeds: list[int]) -> str:
+    seeds = sorted(seeds)
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ", ".join(map(str, seeds))
+
+
+def caption(stats: list[Stat]) -> str:
+    """What a table rests on: its seeds and how its intervals were made (only the kinds it shows)."""
+    counts = sorted({len(s.seeds) for s in stats})
+    seeds = sorted({seed for s in stats for seed in s.seeds})
+    text = (f"{counts[0]} seed{'s' if counts[0] > 1 else ''} per row" if len(counts) == 1
+            else f"{counts[0]}-{counts[-1]} seeds per row") + f" (seeds {_seed_list(seeds)}). 90% intervals: "
+    kinds = {s.metric.kind for s in stats if s.metric.ci or s.diff}
+    methods = []
+    if "scalar" in kinds:
+        methods.append("per-run metrics, Student t over the seeds' values (differences: over the per-seed paired "
+                       "differences)")
+    if "items" in kinds:
+        methods.append("per-item metrics, t over the seed means widened by the spread of the items all seeds share "
+                       "(differences: the same over the per-item paired differences)")
+    if counts[0] == 1:
+        methods.append("with one seed, per-item intervals hold the item spread only and per-run metrics have none")
+    return text + "; ".join(methods) + "." if methods else text + "none."
+
+
+def _number(value: float) -> str:
+    value = float(value)
+    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+
+
+def write_runs_csv(spec: Spec, values: Values, path: Path):
+    """One row per finished run (task, variant, seed): each metric's value; a per-item metric also its item values
+    (space-separated, full precision) in the column `<metric> (items)`."""
+    runs = [(task, variant, seed) for task, variant in spec.rows()
+            for seed in dict.fromkeys(s for m in spec.metrics for s in values.get((m.name, task, variant), {}))]
+    head = (["task"] if spec.tasks else []) + ["variant", "seed"]
+    for m in spec.metrics:
+        head += [m.name] + ([f"{m.name} (items)"] if m.kind == "items" else [])
     with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["task", "variant", "metric", "kind", "seeds", "mean", "ci_low", "ci_high", "diff", "diff_low",
-                         "diff_high", "diff_seeds_low", "diff_seeds_high"])
-        for s in stats:
-            diff = s.diff or (None, None, None)
-            diff_seeds = s.diff_seeds or (None, None, None)
-            writer.writerow([s.task or "", s.variant, s.metric.name, s.metric.kind, " ".join(map(str, s.seeds)),
-                             *s.value, *diff, *diff_seeds[1:]])
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(head)
+        for task, variant, seed in runs:
+            row = ([task] if spec.tasks else []) + [variant, seed]
+            for m in spec.metrics:
+                value = values.get((m.name, task, variant), {}).get(seed)
+                if m.kind == "items":
+                    row += ["", ""] if value is None else [_number(value.mean()), " ".join(map(_number, value))]
+                else:
+                    row.append("" if value is None else _number(value))
+            writer.writerow(row)
+
+
+def read_runs_csv(spec: Spec, path: Path) -> Values:
+    """The values `write_runs_csv` wrote."""
+    values: Values = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            task = row.get("task") or None
+            for m in spec.metrics:
+                if m.kind == "items" and row.get(f"{m.name} (items)"):
+                    value = np.array(row[f"{m.name} (items)"].split(), dtype=float)
+                    if not np.isclose(float(row[m.name]), value.mean(), rtol=1e-12, atol=0):
+                        raise ValueError(f"{path}: {row['variant']} seed {row['seed']}: {m.name} is {row[m.name]}, "
+                                         f"its items' mean {value.mean()!r}")
+                elif m.kind == "scalar" and row.get(m.name):
+                    value = float(row[m.name])
+                else:
+                    continue
+                values.setdefault((m.name, task, row["variant"]), {})[int(row["seed"])] = value
+    return values
+
+
+def table_json(spec: Spec, stats: list[Stat], **provenance) -> dict:
+    """The table's numbers, the layout needed to recompute them from runs.csv, and how they were made."""
+    return {
+        "name": spec.name, "description": spec.description.strip(), **provenance,
+        "confidence": CONFIDENCE, "method": METHOD, "baseline": spec.baseline,
+        "variants": list(spec.variants), "tasks": list(spec.tasks) if spec.tasks else None,
+        "seeds": spec.seeds,
+        "metrics": [{"name": m.name, "kind": m.kind, "path": m.path, "format": m.format, "ci": m.ci,
+                     "compare": m.compare} for m in spec.metrics],
+        "stats": [{"task": s.task, "variant": s.variant, "metric": s.metric.name, "seeds": s.seeds,
+                   "value": list(s.value), "diff": list(s.diff) if s.diff else None} for s in stats],
+    }
+
+
+def spec_of_table(table: dict) -> Spec:
+    """The parts of a spec a table needs (name, variants, tasks, baseline, metrics), from its table.json."""
+    return Spec(name=table["name"], run="", out=Path("."), seeds=table["seeds"],
+                variants={v: {} for v in table["variants"]}, description=table["description"],
+                tasks={t: {} for t in table["tasks"]} if table["tasks"] else None, baseline=table["baseline"],
+                metrics=[Metric(**m) for m in table["metrics"]])
 
 
 def plot_metric(spec: Spec, metric: Metric, stats: list[Stat], path: Path) -> bool:
@@ -216,7 +302,7 @@ def plot_metric(spec: Spec, metric: Metric, stats: list[Stat], path: Path) -> bo
         ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=8)
         ax.set_title(title + (" (90% CI)" if metric.ci else ""), fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)  # small files, as the report's figures: the docs commit some of them
+    fig.savefig(path, dpi=80)
     plt.close(fig)
     return True
 
@@ -225,20 +311,22 @@ def slug(name: str) -> str:
     return re.sub(r"[^\w.-]+", "_", name).strip("_") or "metric"
 
 
-def write_outputs(spec: Spec, results: dict[Run, dict], folder: Path, *, total_runs: int, command: str) -> str:
-    """table.md, table.csv and `<metric>.png` in `folder`; returns the markdown table."""
-    stats = summarize(spec, results)
+def write_outputs(spec: Spec, results: dict[Run, dict], folder: Path, *, plots: Path, total_runs: int,
+                  command: str, commit: str | None = None) -> str:
+    """The result files (runs.csv, table.json, table.md) in `folder` and `<metric>.png` in `plots`; returns the
+    markdown table with its caption. `commit`: the code's version, recorded with the numbers."""
+    values = collect(spec, results)
+    stats = summarize(spec, values)
     folder.mkdir(parents=True, exist_ok=True)
-    table = markdown_table(spec, stats)
-    seeds = sorted({r.seed for r in results})
-    notes = [f"Finished runs: {len(results)} of {total_runs} (seeds {', '.join(map(str, seeds)) or 'none'}); "
-             f"reproduce: `{command}`.",
-             "90% bootstrap CIs: per-item metrics resample seeds, then items within each seed; per-run metrics "
-             "resample seeds. Diff: paired with the baseline on the same seeds (and items), items resampled; "
-             "seeds resampled: seeds, then items of the per-item differences."]
-    text = "\n\n".join(x for x in [f"# {spec.name}", spec.description.strip(), table, "\n".join(notes)] if x)
-    (folder / "table.md").write_text(text + "\n")
-    write_csv(stats, folder / "table.csv")
+    table = markdown_table(spec, stats) + "\n\n" + caption(stats)
+    provenance = {"command": command, "commit": commit, "finished_runs": len(results), "total_runs": total_runs}
+    write_runs_csv(spec, values, folder / RUNS_FILE)
+    (folder / TABLE_FILE).write_text(json.dumps(table_json(spec, stats, **provenance), indent=1) + "\n")
+    notes = (f"Finished runs: {len(results)} of {total_runs}; reproduce: `{command}`"
+             + (f" (code at commit {commit})." if commit else "."))
+    text = "\n\n".join(x for x in [f"# {spec.name}", spec.description.strip(), table, notes] if x)
+    (folder / TABLE_MD).write_text(text + "\n")
+    plots.mkdir(parents=True, exist_ok=True)
     for metric in spec.metrics:
-        plot_metric(spec, metric, stats, folder / f"{slug(metric.name)}.png")
+        plot_metric(spec, metric, stats, plots / f"{slug(metric.name)}.png")
     return table

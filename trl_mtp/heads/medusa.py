@@ -5,8 +5,6 @@ depth's own copy of it (`False`, Medusa-1's layout: V x d parameters per depth).
 
 from __future__ import annotations
 
-import copy
-
 from torch import nn
 
 from trl_mtp.config import MTPConfig
@@ -28,7 +26,7 @@ class MedusaHeads(MTPHeads):
         self.share_lm_head = config.share_lm_head
         if not self.share_lm_head:
             # own copies start equal to the base head (and untied from the embeddings)
-            self.lm_heads = nn.ModuleList(copy.deepcopy(trunk.lm_head) for _ in range(self.num_depths))
+            self.lm_heads = nn.ModuleList(trunk.copy_module(trunk.lm_head) for _ in range(self.num_depths))
 
     def depth_hidden(self, depth, trunk_hidden, *, prev_hidden=None, tokens=None, layer_kwargs=None):
         return trunk_hidden + self.act(self.res_blocks[depth - 1](trunk_hidden))

@@ -7,23 +7,21 @@ with the base's embedding and LM head shared, teacher-forced tokens x_{t+i} in t
 Sub-module names follow transformers' native MTP layout (DeepSeek-V3 / GLM-4.5 checkpoints): `enorm`, `hnorm`,
 `eh_proj` ([d, 2d], input `cat[enorm(emb), hnorm(h)]`), `shared_head.norm`, and the decoder layer under `mtp_block`.
 
-On an architecture with transformers-native MTP layers (`trl_mtp.native`), the chain is the native one: each depth
+On an architecture with transformers-native MTP layers (`native_layouts`), the chain is the native one: each depth
 reads the normed state, final_norm(h) at depth 1 and shared_head.norm_{i-1}(h_{i-1}) after, as transformers' `MtpModel`
 does, so native layers import and trained ones export with the same outputs.
 """
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 
 from trl_mtp.config import MTPConfig
 from trl_mtp.heads.base import MTPHeads
+from trl_mtp.heads.native_layouts import has_native_layout, mtp_layer_kwargs
 from trl_mtp.heads.parallel import new_layer_like_last
 from trl_mtp.heads.trunk import Trunk, call_layer, call_module
-from trl_mtp.native import has_native_layout, mtp_layer_kwargs
 
 
 class SequentialDepth(nn.Module):
@@ -33,8 +31,8 @@ class SequentialDepth(nn.Module):
         super().__init__()
         d = trunk.model.config.get_text_config().hidden_size
         # norms of the base's own norm class (copies of the final norm: same class, eps and scale)
-        self.enorm = copy.deepcopy(trunk.final_norm)
-        self.hnorm = copy.deepcopy(trunk.final_norm)
+        self.enorm = trunk.copy_final_norm()
+        self.hnorm = trunk.copy_final_norm()
         # [0 | I]: the chain starts by passing hnorm(h_{i-1}) through; the embedding half learns from zero
         self.eh_proj = nn.Linear(2 * d, d, bias=False)
         with torch.no_grad():
@@ -42,7 +40,7 @@ class SequentialDepth(nn.Module):
             self.eh_proj.weight[:, d:].copy_(torch.eye(d))
         self.mtp_block = new_layer_like_last(trunk, init_from_last_layer)
         self.shared_head = nn.Module()
-        self.shared_head.norm = copy.deepcopy(trunk.final_norm)  # own post-norm, starts as the final norm
+        self.shared_head.norm = trunk.copy_final_norm()  # own post-norm, starts as the final norm
 
 
 class SequentialHeads(MTPHeads):

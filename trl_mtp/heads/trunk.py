@@ -87,11 +87,20 @@ class Trunk:
         emb = self.embeddings(token_ids)
         return emb.detach() if frozen else emb
 
-    def copy_last_layer(self) -> nn.Module:
-        """A deep copy of the last decoder layer, without our capture hook (or it would overwrite the capture) and
-        without its own gradient checkpointing (heads checkpoint themselves, following the trunk's setting)."""
+    def copy_module(self, module: nn.Module) -> nn.Module:
+        """A deep copy of one of the base's modules without our capture hooks: a hook is a bound method of this trunk,
+        so a copy made with it would fire into a copied trunk holding a hidden copy of the whole base model."""
         with self.hooks_removed():
-            layer = copy.deepcopy(self.last_layer)
+            return copy.deepcopy(module)
+
+    def copy_final_norm(self) -> nn.Module:
+        """A copy of the final norm (same class, eps and scale) for a head's own norms."""
+        return self.copy_module(self.final_norm)
+
+    def copy_last_layer(self) -> nn.Module:
+        """A copy of the last decoder layer, without its own gradient checkpointing (heads checkpoint themselves,
+        following the trunk's setting)."""
+        layer = self.copy_module(self.last_layer)
         for module in layer.modules():
             if getattr(module, "gradient_checkpointing", False):
                 module.gradient_checkpointing = False

@@ -206,7 +206,14 @@ class MTPTrainerMixin:
 
         if self.args.mode != "decoupled" or self.accelerator.distributed_type == DistributedType.DEEPSPEED:
             return super()._clip_grad_norm(model)
-        norms = [self.accelerator.clip_grad_norm_(group, self.args.max_grad_norm) for group in self._clip_groups() if group]
+        return self.clip_each_group(self.args.max_grad_norm)
+
+    def clip_each_group(self, max_norm: float) -> torch.Tensor:
+        """Clip each group of `_clip_groups` on its own norm; returns the norm over both groups. The gradients are
+        unscaled once for all groups: fp16's GradScaler refuses a second `unscale_` before the optimizer step, which
+        `accelerator.clip_grad_norm_` (it unscales on every call) would make once per group."""
+        self.accelerator.unscale_gradients()
+        norms = [torch.nn.utils.clip_grad_norm_(group, max_norm) for group in self._clip_groups() if group]
         return torch.stack([torch.as_tensor(n, dtype=torch.float32) for n in norms]).norm()
 
     # -- save and resume ------------------------------------------------------------------------------------------

@@ -79,6 +79,10 @@ class PPOConfig(MTPArguments, TrainingArguments):
             path or hub id.
         trust_remote_code (`bool`, defaults to `False`):
             Allow custom model code from the hub when loading models by name (the field of TRL's configs).
+        disable_dropout (`bool`, defaults to `True`):
+            Set every dropout probability of the policy, the critic, the reference and the reward model to 0 (as TRL's
+            trainers do): pi_old is computed in eval mode and the update runs in train mode, so with dropout the
+            first ratio is not 1 and PPO clips dropout noise.
 
     World model (`trl_mtp/world_model.py`; every `wm_*` field acts only with `world_model=True`; the defaults switch
     every part on, DreamerV3's values; set one off to ablate it):
@@ -97,29 +101,18 @@ class PPOConfig(MTPArguments, TrainingArguments):
         wm_token_kl_coef (`float`, defaults to `0.1`):
             Weight of KL(p(.|h_{t+i}) || p(.|h^_{t+i})) between the token distributions of real and predicted latents
             (NextLat); 0: off.
-        wm_free_bits (`float`, defaults to `1.0`):
-            Free nats of the discrete latent's KL terms: max(free_bits, KL) per position (DreamerV3); 0: off.
         wm_token_kl_free_bits (`float`, defaults to `0.0`):
             Free nats of the token-distribution KL (its per-position values are far below DreamerV3's 1 nat, which
             would switch it off); 0: off.
-        wm_discrete_latent (`bool`, defaults to `False`):
-            Add a discrete latent of `wm_latent_groups` x `wm_latent_classes` categoricals, posterior from the real
-            latent, prior from the predicted one, trained with KL balancing and unimix (DreamerV3).
-        wm_latent_groups (`int`, defaults to `32`), wm_latent_classes (`int`, defaults to `32`):
-            Shape of the discrete latent.
-        wm_kl_dyn (`float`, defaults to `0.5`), wm_kl_rep (`float`, defaults to `0.1`):
-            KL balancing weights: the dynamics term (moves the prior) and the representation term (moves the posterior).
-        wm_unimix (`float`, defaults to `0.01`):
-            Uniform mixture of the discrete latent's categoricals.
         wm_reward_head (`bool`, defaults to `True`), wm_reward_coef (`float`, defaults to `1.0`):
-            A symlog two-hot head predicting the per-token reward from the latent after each token, and its weight.
+            A two-hot head predicting the per-token reward from the latent after each token, and its weight.
         wm_continue_head (`bool`, defaults to `True`), wm_continue_coef (`float`, defaults to `1.0`):
             A head predicting whether the response continues after each token (0 on its last token), and its weight.
         wm_critic (`str`, defaults to `"twohot"`):
-            The critic: `"twohot"` (symlog two-hot over `wm_num_bins` bins, zero-initialised output; its loss is the
+            The critic: `"twohot"` (two-hot over `wm_num_bins` bins, zero-initialised output; its loss is the
             two-hot cross-entropy, unclipped) or `"scalar"` (the PPO value head and its clipped MSE loss).
         wm_num_bins (`int`, defaults to `255`):
-            Bins of the two-hot heads (critic and reward), over [-20, 20] in symlog space.
+            Bins of the two-hot heads (critic and reward): symexp of `wm_num_bins` points evenly spaced in [-20, 20].
         wm_slow_critic_coef (`float`, defaults to `1.0`), wm_slow_critic_decay (`float`, defaults to `0.98`):
             Weight of the regulariser of the critic toward an EMA copy of itself, and the EMA decay; 0: off.
         wm_imagination_horizon (`int`, defaults to `4`):
@@ -135,8 +128,9 @@ class PPOConfig(MTPArguments, TrainingArguments):
         wm_return_norm_decay (`float`, defaults to `0.99`):
             EMA decay of the return percentiles.
         wm_gradient (`str`, defaults to `"decoupled"`):
-            `"decoupled"`: the world model reads a detached trunk (the trunk gets the PPO loss only). `"coupled"`: its
-            losses reach the trunk, scaled by `wm_repr_coef`.
+            `"decoupled"`: the world model and the critic it trains read a detached trunk (the trunk gets the policy
+            loss only). `"coupled"`: the world-model losses reach the trunk, scaled by `wm_repr_coef`, and the critic
+            trains the trunk as in plain PPO.
         wm_repr_coef (`float`, defaults to `0.1`):
             Gradient scale of the world-model losses into the trunk with `wm_gradient="coupled"`.
     """
@@ -185,6 +179,8 @@ class PPOConfig(MTPArguments, TrainingArguments):
         "help": "Keyword arguments of `from_pretrained` for models given as paths or hub ids."})
     trust_remote_code: bool = field(default=False, metadata={
         "help": "Allow custom model code from the hub when loading models by name (as TRL's configs)."})
+    disable_dropout: bool = field(default=True, metadata={
+        "help": "Dropout off in the policy, critic, reference and reward model (pi_old is computed in eval mode)."})
 
     # -- world model (trl_mtp/world_model.py); wm_* fields act only with world_model=True --
     world_model: bool = field(default=False, metadata={
@@ -199,24 +195,15 @@ class PPOConfig(MTPArguments, TrainingArguments):
     wm_latent_coef: float = field(default=1.0, metadata={"help": "Weight of the latent loss."})
     wm_token_kl_coef: float = field(default=0.1, metadata={
         "help": "Weight of the KL between token distributions of real and predicted latents (NextLat); 0: off."})
-    wm_free_bits: float = field(default=1.0, metadata={
-        "help": "Free nats of the discrete latent's KL terms (DreamerV3); 0: off."})
     wm_token_kl_free_bits: float = field(default=0.0, metadata={"help": "Free nats of the token KL; 0: off."})
-    wm_discrete_latent: bool = field(default=False, metadata={
-        "help": "Add a discrete groups x classes latent with KL balancing and unimix (DreamerV3)."})
-    wm_latent_groups: int = field(default=32, metadata={"help": "Categoricals of the discrete latent."})
-    wm_latent_classes: int = field(default=32, metadata={"help": "Classes per categorical of the discrete latent."})
-    wm_kl_dyn: float = field(default=0.5, metadata={"help": "KL balancing: weight of the dynamics term (prior)."})
-    wm_kl_rep: float = field(default=0.1, metadata={"help": "KL balancing: weight of the representation term."})
-    wm_unimix: float = field(default=0.01, metadata={"help": "Uniform mixture of the discrete categoricals."})
-    wm_reward_head: bool = field(default=True, metadata={"help": "Symlog two-hot reward head on latents."})
+    wm_reward_head: bool = field(default=True, metadata={"help": "Two-hot reward head on latents."})
     wm_reward_coef: float = field(default=1.0, metadata={"help": "Weight of the reward head's loss."})
     wm_continue_head: bool = field(default=True, metadata={"help": "Continue (EOS) head on latents."})
     wm_continue_coef: float = field(default=1.0, metadata={"help": "Weight of the continue head's loss."})
     wm_critic: str = field(default="twohot", metadata={
-        "help": "Critic: `twohot` (symlog two-hot, zero-init output) or `scalar` (PPO's value head).",
+        "help": "Critic: `twohot` (two-hot over symexp bins, zero-init output) or `scalar` (PPO's value head).",
         "choices": list(WM_CRITICS)})
-    wm_num_bins: int = field(default=255, metadata={"help": "Bins of the two-hot heads, over [-20, 20] in symlog."})
+    wm_num_bins: int = field(default=255, metadata={"help": "Bins of the two-hot heads: symexp(linspace(-20, 20, n))."})
     wm_slow_critic_coef: float = field(default=1.0, metadata={
         "help": "Weight of the critic's regulariser toward its EMA copy; 0: off."})
     wm_slow_critic_decay: float = field(default=0.98, metadata={"help": "EMA decay of the slow critic."})
@@ -230,8 +217,8 @@ class PPOConfig(MTPArguments, TrainingArguments):
         "choices": list(WM_RETURN_NORMS)})
     wm_return_norm_decay: float = field(default=0.99, metadata={"help": "EMA decay of the return percentiles."})
     wm_gradient: str = field(default="decoupled", metadata={
-        "help": "`decoupled`: the trunk gets the PPO loss only; `coupled`: world-model losses reach the trunk, scaled "
-                "by wm_repr_coef.", "choices": list(WM_GRADIENTS)})
+        "help": "`decoupled`: the trunk gets the policy loss only; `coupled`: world-model losses reach the trunk, "
+                "scaled by wm_repr_coef.", "choices": list(WM_GRADIENTS)})
     wm_repr_coef: float = field(default=0.1, metadata={
         "help": "Gradient scale of the world-model losses into the trunk when coupled."})
 
@@ -267,18 +254,17 @@ class PPOConfig(MTPArguments, TrainingArguments):
                               ("wm_gradient", WM_GRADIENTS)):
             if getattr(self, name) not in choices:
                 bad(name, f"choose from {', '.join(choices)}")
-        for name in ("wm_unroll_steps", "wm_latent_groups", "wm_latent_classes"):
-            if getattr(self, name) < 1:
-                bad(name, "must be >= 1")
+        if self.wm_unroll_steps < 1:
+            bad("wm_unroll_steps", "must be >= 1")
         if self.wm_num_bins < 3 or self.wm_num_bins % 2 == 0:
             bad("wm_num_bins", "must be odd and >= 3 (symmetric bins, one at 0)")
         if self.wm_imagination_horizon < 0:
             bad("wm_imagination_horizon", "must be >= 0 (0: no imagination)")
-        for name in ("wm_latent_coef", "wm_token_kl_coef", "wm_free_bits", "wm_token_kl_free_bits", "wm_kl_dyn",
-                     "wm_kl_rep", "wm_reward_coef", "wm_continue_coef", "wm_slow_critic_coef", "wm_imagination_coef", "wm_repr_coef"):
+        for name in ("wm_latent_coef", "wm_token_kl_coef", "wm_token_kl_free_bits", "wm_reward_coef",
+                     "wm_continue_coef", "wm_slow_critic_coef", "wm_imagination_coef", "wm_repr_coef"):
             if not getattr(self, name) >= 0:
                 bad(name, "must be >= 0")
-        for name in ("wm_unimix", "wm_slow_critic_decay", "wm_imagination_lambda", "wm_return_norm_decay"):
+        for name in ("wm_slow_critic_decay", "wm_imagination_lambda", "wm_return_norm_decay"):
             if not 0 <= getattr(self, name) <= 1:
                 bad(name, "must be in [0, 1]")
         if self.world_model:

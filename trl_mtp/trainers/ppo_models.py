@@ -1,5 +1,5 @@
 """The modules PPO trains and queries: the policy-and-critic module tree, the value head, per-token scores of a
-sequence-classification model (reward model or separate value model).
+sequence-classification model (reward model or separate value model), and switching their dropout off.
 
 Scores are read per token from the classification head and indexed with our own attention mask, never with the
 model's pad-token search, so left padding, right padding and a pad id the policy sampled all score the same
@@ -13,6 +13,7 @@ import os
 import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
+from trl.trainer.utils import disable_dropout_in_model
 
 from trl_mtp.heads import Trunk
 from trl_mtp.trainers.ppo_core import position_ids_from_mask
@@ -30,6 +31,15 @@ class ValueHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.summary(hidden.to(self.summary.weight.dtype)).squeeze(-1).float()
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Every dropout of `model` off: the `nn.Dropout` modules (TRL's `disable_dropout_in_model`) and the attention
+    dropout that Llama-style attention layers apply functionally, from a float `attention_dropout` attribute."""
+    disable_dropout_in_model(model)
+    for module in model.modules():
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
 
 
 def classification_head(model: nn.Module) -> nn.Module:

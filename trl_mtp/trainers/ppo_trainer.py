@@ -34,7 +34,7 @@ from dataclasses import dataclass, fields
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import GenerationConfig, Trainer, TrainerState
+from transformers import GenerationConfig, TemperatureLogitsWarper, Trainer, TrainerState
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -43,8 +43,8 @@ from trl_mtp.model import CONFIG_FILE, HEADS_FILE
 from trl_mtp.trainers import ppo_core as core
 from trl_mtp.trainers.mtp_mixin import HEADS_MODULE, MTPTrainerMixin
 from trl_mtp.trainers.ppo_config import PPOConfig
-from trl_mtp.trainers.ppo_models import PolicyAndValue, load_sequence_classifier, per_token_scores
-from trl_mtp.world_model import PercentileNormalizer, TwoHotHead, TwoHotValueHead, WorldModel, capture_preserved
+from trl_mtp.trainers.ppo_models import PolicyAndValue, disable_dropout, load_sequence_classifier, per_token_scores
+from trl_mtp.world_model import PercentileNormalizer, TwoHotHead, TwoHotValueHead, WorldModel
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 VALUE_MODEL_DIR = "value_model"
@@ -85,6 +85,26 @@ class Rollouts:
 
 def is_conversational(prompt) -> bool:
     return isinstance(prompt, list) and all(isinstance(m, dict) and "role" in m for m in prompt)
+
+
+@contextlib.contextmanager
+def sampling_only_from(model, generation_config: GenerationConfig):
+    """Inside, `model` samples from `generation_config` alone. `generate` fills every field that a passed config
+    leaves unset from the model's own `generation_config` (a repetition penalty, min_new_tokens, suppressed tokens,
+    min_p ...), which would sample another distribution than the one PPO scores: the model's config is swapped out
+    meanwhile, and the logits processors `generate` would build are checked to be a temperature at most."""
+    saved = model.generation_config
+    model.generation_config = generation_config
+    try:
+        prepared, _ = model._prepare_generation_config(generation_config)
+        extra = [type(p).__name__ for p in model._get_logits_processor(prepared, device=model.device)
+                 if not isinstance(p, TemperatureLogitsWarper)]
+        if extra:
+            raise ValueError(f"rollout sampler: {', '.join(extra)} on top of softmax(logits / temperature); PPO's "
+                             "log-probs would not be those of the sampled tokens")
+        yield
+    finally:
+        model.generation_config = saved
 
 
 class PPOTrainer(MTPTrainerMixin, Trainer):
@@ -166,6 +186,10 @@ class PPOTrainer(MTPTrainerMixin, Trainer):
             reward_model, init_kwargs, processing_class.pad_token_id)
 
         policy_and_value = self._build_policy_and_value(base, value_model, args)
+        if args.disable_dropout:  # pi_old comes from eval mode, the update from train mode: dropout would be clipped
+            for module in (policy_and_value, self.ref_model, self.reward_model):
+                if module is not None:
+                    disable_dropout(module)
         super().__init__(model=policy_and_value, args=args,
                          train_dataset=train_dataset, processing_class=processing_class, callbacks=callbacks,
                          optimizers=optimizers)
@@ -220,6 +244,11 @@ class PPOTrainer(MTPTrainerMixin, Trainer):
         total = self.num_iterations()
         if resume_from_checkpoint is not None:
             self._load_from_checkpoint(resume_from_checkpoint)
+        if args.activation_checkpointing:  # as Trainer.train, which this loop replaces, would
+            kwargs = dict(args.activation_checkpointing_kwargs or {})
+            every_n_layers, offload = kwargs.pop("every_n_layers", 1), kwargs.pop("offload", False)
+            self.mtp_model.base_model.activation_checkpointing_enable(
+                activation_checkpointing_kwargs=kwargs or None, every_n_layers=every_n_layers, offload=offload)
         self.create_optimizer_and_scheduler(num_training_steps=total)
         self.model_wrapped, self.optimizer, self.lr_scheduler = self.accelerator.prepare(
             self.model, self.optimizer, self.lr_scheduler)
@@ -283,37 +312,42 @@ class PPOTrainer(MTPTrainerMixin, Trainer):
                                     return_tensors="pt")
         return enc["input_ids"].to(self.accelerator.device), enc["attention_mask"].to(self.accelerator.device)
 
-    @torch.no_grad()
-    def generate_rollouts(self, queries: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
-        """[B, <= response_length] sampled response tokens for left-padded `queries`; anything after a row's stop token
-        is ignored. The one place that samples: replace it to roll out with speculative decoding."""
-        generation_config = GenerationConfig(
+    def rollout_generation_config(self) -> GenerationConfig:
+        """The sampler whose log-probs PPO computes, log_softmax(logits / temperature), and nothing else: no top-k,
+        no top-p, and (generated under `sampling_only_from`) none of the model's own generation settings."""
+        return GenerationConfig(
             max_new_tokens=self.args.response_length, do_sample=True, temperature=self.args.temperature, top_k=0,
             top_p=1.0, pad_token_id=self.processing_class.pad_token_id,
             eos_token_id=self.stop_token_id if self.stop_token_id is not None else [],  # []: never stop early
         )
+
+    @torch.no_grad()
+    def generate_rollouts(self, queries: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
+        """[B, <= response_length] sampled response tokens for left-padded `queries`; anything after a row's stop token
+        is ignored. The one place that samples: replace it to roll out with speculative decoding."""
+        generation_config = self.rollout_generation_config()
         unwrapped = self.accelerator.unwrap_model(self.model_wrapped).policy
         responses = []
-        for i in range(0, queries.size(0), self.args.local_rollout_forward_batch_size):
-            q = queries[i : i + self.args.local_rollout_forward_batch_size]
-            m = query_mask[i : i + self.args.local_rollout_forward_batch_size]
-            if self.args.speculative_rollouts:
-                out = self.speculative_rollout(q, m)
-            else:
-                out = unwrapped.generate(input_ids=q, attention_mask=m, generation_config=generation_config)
-            responses.append(out[:, q.size(1):])
+        with sampling_only_from(self.mtp_model.base_model, generation_config):
+            for i in range(0, queries.size(0), self.args.local_rollout_forward_batch_size):
+                q = queries[i : i + self.args.local_rollout_forward_batch_size]
+                m = query_mask[i : i + self.args.local_rollout_forward_batch_size]
+                if self.args.speculative_rollouts:
+                    out = self.speculative_rollout(q, m, generation_config)
+                else:
+                    out = unwrapped.generate(input_ids=q, attention_mask=m, generation_config=generation_config)
+                responses.append(out[:, q.size(1):])
         width = max(r.size(1) for r in responses)  # chunks that all stopped early are shorter
         pad = self.processing_class.pad_token_id
         return torch.cat([torch.nn.functional.pad(r, (0, width - r.size(1)), value=pad) for r in responses])
 
-    def speculative_rollout(self, queries: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
+    def speculative_rollout(self, queries: torch.Tensor, query_mask: torch.Tensor,
+                            generation_config: GenerationConfig) -> torch.Tensor:
         """Sample with the heads drafting and the policy verifying (same distribution as plain sampling, fewer
-        policy forwards when the heads agree with it); logs the acceptance as `spec/*`."""
+        policy forwards when the heads agree with it); logs the acceptance as `spec/*`. It gets the plain path's
+        `generation_config` (under the same swap), so it samples what that path does and stops where it does."""
         sequences, stats = self.mtp_model.speculative_generate(
-            queries, query_mask, max_new_tokens=self.args.response_length, do_sample=True,
-            temperature=self.args.temperature, eos_token_id=self.stop_token_id,
-            pad_token_id=self.processing_class.pad_token_id,
-        )
+            queries, query_mask, max_new_tokens=generation_config.max_new_tokens, generation_config=generation_config)
         metrics = self._metrics["train"]
         metrics["spec/mean_accepted_length"].append(stats["mean_accepted_length"])
         for i, rate in enumerate(stats["acceptance_by_position"], start=1):
@@ -328,28 +362,28 @@ class PPOTrainer(MTPTrainerMixin, Trainer):
         queries, query_mask = self.tokenize_prompts(batch["prompt"])
         policy_and_value = self.accelerator.unwrap_model(self.model_wrapped)  # no-grad passes need no DDP
         policy_and_value.eval()
-        # 1. rollout, truncated after the first stop token (N+ details #23)
-        raw = self.generate_rollouts(queries, query_mask)
-        responses = core.truncate_at_stop(raw, self.stop_token_id, self.processing_class.pad_token_id)
-        mask = core.response_mask(raw, self.stop_token_id)
-        query_responses = torch.cat([queries, responses], dim=1)
-        attention_mask = torch.cat([query_mask, mask.long()], dim=1)
-        # 2. score the truncated response; penalise responses that never stopped (checked against the stop token)
-        scores = self.score_rollouts(batch, query_responses, attention_mask, responses, mask)
-        stop_id = self.stop_token_id if self.stop_token_id is not None else self.processing_class.eos_token_id
-        contains_stop = ((responses == stop_id) & mask).any(dim=1)
-        scores = core.apply_missing_eos_penalty(scores, contains_stop, args.missing_eos_penalty)
-        # 3. log pi_old, log pi_ref and V_old, chunk by chunk
-        logprobs, ref_logprobs, values = [], [], []
-        C = queries.size(1)
-        for i in range(0, len(responses), args.local_rollout_forward_batch_size):
-            rows = slice(i, i + args.local_rollout_forward_batch_size)
-            with self.compute_loss_context_manager():
+        with self.precision_context():  # sampler, pi_old, pi_ref, V_old and the reward model: the update's precision
+            # 1. rollout, truncated after the first stop token (N+ details #23)
+            raw = self.generate_rollouts(queries, query_mask)
+            responses = core.truncate_at_stop(raw, self.stop_token_id, self.processing_class.pad_token_id)
+            mask = core.response_mask(raw, self.stop_token_id)
+            query_responses = torch.cat([queries, responses], dim=1)
+            attention_mask = torch.cat([query_mask, mask.long()], dim=1)
+            # 2. score the truncated response; penalise responses that never stopped (checked against the stop token)
+            scores = self.score_rollouts(batch, query_responses, attention_mask, responses, mask)
+            stop_id = self.stop_token_id if self.stop_token_id is not None else self.processing_class.eos_token_id
+            contains_stop = ((responses == stop_id) & mask).any(dim=1)
+            scores = core.apply_missing_eos_penalty(scores, contains_stop, args.missing_eos_penalty)
+            # 3. log pi_old, log pi_ref and V_old, chunk by chunk
+            logprobs, ref_logprobs, values = [], [], []
+            C = queries.size(1)
+            for i in range(0, len(responses), args.local_rollout_forward_batch_size):
+                rows = slice(i, i + args.local_rollout_forward_batch_size)
                 logits, value = policy_and_value(query_responses[rows], attention_mask[rows])
                 ref_logits = self.reference_logits(query_responses[rows], attention_mask[rows])
-            logprobs.append(core.logprobs_of(logits[:, C - 1 : -1] / args.temperature, responses[rows]))
-            ref_logprobs.append(core.logprobs_of(ref_logits[:, C - 1 : -1] / args.temperature, responses[rows]))
-            values.append(value[:, C - 1 : -1])
+                logprobs.append(core.logprobs_of(self.response_logits(logits, C), responses[rows]))
+                ref_logprobs.append(core.logprobs_of(self.response_logits(ref_logits, C), responses[rows]))
+                values.append(value[:, C - 1 : -1])
         policy_and_value.train()
         rollouts = Rollouts(
             query_responses=query_responses, attention_mask=attention_mask, responses=responses, mask=mask,
@@ -367,6 +401,17 @@ class PPOTrainer(MTPTrainerMixin, Trainer):
         self._log_rollout_metrics(rollouts, contains_stop)
         return rollouts
 
+    def response_logits(self, logits: torch.Tensor, context_length: int) -> torch.Tensor:
+        """[B, R, V] logits / temperature of the response tokens (column C-1+j predicts response token j), divided in
+        float32 as the sampler divides them: a bf16 division would round pi_ref and pi_old apart."""
+        return logits[:, context_length - 1 : -1].float() / self.args.temperature
+
+    def precision_context(self):
+        """The mixed precision of the update's forward (accelerate's autocast of the prepared model; nothing without
+        mixed precision), for every pass outside it that yields a log-prob or a score: sampler, pi_old and pi_ref
+        agree exactly only if they run the same arithmetic."""
+        return self.accelerator.autocast()
+
     def reference_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Logits of the KL reference: the frozen copy, or the policy with its LoRA adapters disabled."""
         position_ids = core.position_ids_from_mask(attention_mask)
@@ -383,8 +428,7 @@ class PPOTrainer(MTPTrainerMixin, Trainer):
         model's score at the last real token (found from the mask: any padding side)."""
         device = responses.device
         if self.reward_model is not None:
-            with self.compute_loss_context_manager():
-                token_scores = per_token_scores(self.reward_model, query_responses, attention_mask)
+            token_scores = per_token_scores(self.reward_model, query_responses, attention_mask)
             rows = torch.arange(len(responses), device=device)
             return token_scores[rows, core.last_token_index(attention_mask)]
         prompts = batch["prompt"]
@@ -440,8 +484,7 @@ class PPOTrainer(MTPTrainerMixin, Trainer):
                         stats[name].append(value)
                 if args.max_grad_norm is not None and args.max_grad_norm > 0:
                     # two norms: the heads' gradients must not rescale the policy's (decoupled = PPO alone)
-                    for group in self._clip_groups():
-                        self.accelerator.clip_grad_norm_(group, args.max_grad_norm)
+                    self.clip_each_group(args.max_grad_norm)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 unwrapped = self._unwrapped()
@@ -450,12 +493,13 @@ class PPOTrainer(MTPTrainerMixin, Trainer):
         self._log_update_metrics(stats)
 
     def _clip_groups(self) -> tuple[list, list]:
-        """(MTP head and world-model parameters, every other trainable parameter): clipped separately."""
+        """(MTP head, world-model and world-model critic parameters, every other trainable parameter): clipped
+        separately."""
         if not hasattr(self, "_clip_groups_cache"):
             heads = {id(p) for p in self.mtp_model.heads.parameters()}
             world_model = getattr(self.model, "world_model", None)
-            if world_model is not None:
-                heads |= {id(p) for p in world_model.parameters()}
+            if world_model is not None:  # the critic it trains goes with it: its gradients never rescale the policy's
+                heads |= {id(p) for p in [*world_model.parameters(), *self.model.value_head.parameters()]}
             params = [p for p in self.model.parameters() if p.requires_grad]
             self._clip_groups_cache = ([p for p in params if id(p) in heads], [p for p in params if id(p) not in heads])
         return self._clip_groups_cache
@@ -466,20 +510,23 @@ class PPOTrainer(MTPTrainerMixin, Trainer):
         args, C = self.args, batch.context_length
         full_logits, values = model(batch.query_responses, batch.attention_mask)
         hidden = self.mtp_model.trunk.hidden  # this forward's h [B, L, d], graph attached
-        logits = full_logits[:, C - 1 : -1] / args.temperature  # position C-1+j predicts response token j
+        logits = self.response_logits(full_logits, C)
         new_logprobs = core.logprobs_of(logits, batch.responses)
         policy_loss, policy_stats = core.clipped_policy_loss(
             new_logprobs, batch.logprobs, batch.advantages, batch.mask, args.cliprange)
         unwrapped = self.accelerator.unwrap_model(model)
+        world_model = getattr(unwrapped, "world_model", None)
+        if world_model is not None:
+            # the world model trains the critic too: the critic reads h as the world model routes it (sg(h) decoupled)
+            features = world_model.critic_features(hidden[:, C - 1 : -1])
         if isinstance(unwrapped.value_head, TwoHotHead):
-            # symlog two-hot critic: cross-entropy to twohot(symlog(R)), no clipping  (DreamerV3, eq. 10-11)
-            with capture_preserved(self.mtp_model.trunk):  # the norm's hook would overwrite the capture
-                features = self.mtp_model.trunk.norm(hidden[:, C - 1 : -1])
+            # two-hot critic: cross-entropy to twohot(R), no clipping  (DreamerV3, eq. 10-11)
             value_loss = core.masked_mean(unwrapped.value_head.loss(features, batch.returns), batch.mask)
             value_stats = {"clipfrac": torch.zeros((), device=value_loss.device)}
         else:
+            new_values = values[:, C - 1 : -1] if world_model is None else unwrapped.value_head(features)
             value_loss, value_stats = core.clipped_value_loss(
-                values[:, C - 1 : -1], batch.values, batch.returns, batch.mask, args.cliprange_value)
+                new_values, batch.values, batch.returns, batch.mask, args.cliprange_value)
         # MTP on the rollout tokens, from the hidden states of the forward above: labels = the response only
         labels = batch.query_responses.masked_fill(batch.attention_mask == 0, IGNORE_INDEX)
         labels[:, :C] = IGNORE_INDEX
