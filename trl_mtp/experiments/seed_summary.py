@@ -13,46 +13,21 @@ the seed is the unit, so the run-to-run spread is in it.
 from __future__ import annotations
 
 import csv
-import functools
 import json
 import math
 import sys
 from pathlib import Path
 
 
-@functools.lru_cache(maxsize=None)
-def t_quantile(p: float, df: int) -> float:
-    """The p-quantile of Student's t with `df` degrees of freedom, for p in (0.5, 1): bisection on the CDF, the
-    density integrated with Simpson's rule (no scipy in this environment)."""
-    if not 0.5 < p < 1 or df < 1:
-        raise ValueError(f"t_quantile needs 0.5 < p < 1 and df >= 1, got p={p!r}, df={df!r}")
-    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
-
-    def upper_mass(x: float, n: int = 2000) -> float:  # P(0 < T < x)
-        h = x / n
-        f = [math.exp(log_norm - (df + 1) / 2 * math.log1p((i * h) ** 2 / df)) for i in range(n + 1)]
-        return h / 3 * (f[0] + f[-1] + 4 * sum(f[1:-1:2]) + 2 * sum(f[2:-1:2]))
-
-    lo, hi = 0.0, 1.0
-    while 0.5 + upper_mass(hi) < p:
-        hi *= 2
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if 0.5 + upper_mass(mid) < p else (lo, mid)
-    return (lo + hi) / 2
-
-
 def t_interval(values: list[float], level: float = 0.90) -> dict:
-    """{n, mean, sd, low, high}: mean +- t_{(1+level)/2, n-1} * sd / sqrt(n) (no interval below two values)."""
+    """{n, mean, sd, low, high}: `intervals.t_interval` (mean +- t_{(1+level)/2, n-1} * sd / sqrt(n)) with its n and
+    sd, for the JSON a reader opens (no interval below two values)."""
+    from trl_mtp.experiments.intervals import t_interval as mean_low_high
+
+    mean, low, high = mean_low_high(values, confidence=level)
     n = len(values)
-    if n == 0:
-        raise ValueError("t_interval of no values")
-    mean = sum(values) / n
-    if n < 2:
-        return {"n": n, "mean": mean, "sd": None, "low": None, "high": None}
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = t_quantile((1 + level) / 2, n - 1) * sd / math.sqrt(n)
-    return {"n": n, "mean": mean, "sd": sd, "low": mean - half, "high": mean + half}
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
+    return {"n": n, "mean": mean, "sd": sd, "low": low, "high": high}
 
 
 def per_seed_values(spec, results) -> dict[str, dict[int, dict[str, float]]]:
