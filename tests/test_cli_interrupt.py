@@ -73,7 +73,8 @@ def test_interrupted_experiment_resumes_skipping_finished_runs(tmp_path):
     calls, hold = tmp_path / "calls.txt", tmp_path / "hold"
     hold.touch()
     environ = env(CALLS=str(calls), HOLD=str(hold))
-    proc = trl_mtp("experiment", "spec.yaml", "--no-progress", cwd=tmp_path, environ=environ)
+    command = ["experiment", "spec.yaml", "--no-progress", "--results", "results"]
+    proc = trl_mtp(*command, cwd=tmp_path, environ=environ)
     wait_for(lambda: calls.exists() and "1" in calls.read_text().split(), 120, "the second run to start")
     proc.send_signal(signal.SIGINT)
     assert_interrupted(proc, "finished runs are kept")
@@ -81,12 +82,12 @@ def test_interrupted_experiment_resumes_skipping_finished_runs(tmp_path):
     assert (runs / "seed0" / "result.json").is_file() and not (runs / "seed1" / "result.json").exists()
 
     hold.unlink()
-    again = trl_mtp("experiment", "spec.yaml", "--no-progress", cwd=tmp_path, environ=environ)
+    again = trl_mtp(*command, cwd=tmp_path, environ=environ)
     _, err = again.communicate(timeout=600)
     assert again.returncode == 0, err[-3000:]
     assert calls.read_text().split() == ["0", "1", "1", "2"]  # seed 0 ran once: the rerun skipped it
     assert all((runs / f"seed{s}" / "result.json").is_file() for s in range(3))
-    assert "Finished runs: 3 of 3" in (tmp_path / "runs" / "table.md").read_text()
+    assert "Finished runs: 3 of 3" in (tmp_path / "results" / "table.md").read_text()
 
 
 @pytest.mark.slow
