@@ -15,7 +15,7 @@ import pytest
 
 from trl_mtp import cli
 from trl_mtp.diagnostics.report import write_report
-from trl_mtp.experiments.bootstrap import bootstrap_ci
+from trl_mtp.bootstrap import bootstrap_ci
 
 RUN_PLOTS = ["training_by_depth", "probe_by_depth", "entropy_histograms", "calibration", "acceptance", "attention",
              "weights", "consistency"]

@@ -16,7 +16,7 @@ import numpy as np
 
 from trl_mtp.diagnostics.plots import COMPARE_PLOTS, RUN_PLOTS
 from trl_mtp.diagnostics.run_data import RunData, load_run
-from trl_mtp.experiments.bootstrap import bootstrap_ci
+from trl_mtp.bootstrap import bootstrap_ci
 
 STYLE = """body{font-family:sans-serif;max-width:1250px;margin:1em auto;color:#222}
 img{max-width:100%;border:1px solid #ddd}figure{margin:1.2em 0}figcaption{color:#555;font-size:.9em}
