@@ -4,7 +4,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || exit 1
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-.venv/bin/python -m pytest -q "$@"
+.venv/bin/python -m pytest -q -rs "$@"   # -rs: every skip says why
 rc=$?
 # pytest exits 5 when no test was collected: a suite that ran nothing is a failure here, said plainly.
 if [ "$rc" -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi

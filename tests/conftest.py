@@ -38,3 +38,31 @@ def tokenizer(trl_mtp_cache):
     from trl_mtp.tasks.tokenizer import get_tokenizer
 
     return get_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tokenizer):
+    """`tiny_model(preset="tiny-llama", seed=0)`: a fresh randomly initialised preset model on the embedded
+    tokenizer (session-scoped: the factory holds nothing, so module- and session-scoped fixtures can use it)."""
+    from trl_mtp.tasks.presets import build_model
+
+    def make(preset: str = "tiny-llama", seed: int = 0):
+        return build_model(preset, len(tokenizer), tokenizer=tokenizer, seed=seed)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def model_folders(tmp_path_factory, tokenizer) -> dict:
+    """{"base": a tiny Llama saved as a model folder, "mtp": the same with sequential heads (D=2) saved as an MTP
+    checkpoint}, each with the embedded tokenizer: what a user passes as `--model` or to `from_pretrained`."""
+    from trl_mtp import MTPConfig, MTPForCausalLM
+    from trl_mtp.tasks.presets import build_model
+
+    root = tmp_path_factory.mktemp("model-folders")
+    base = build_model("tiny-llama", len(tokenizer), tokenizer=tokenizer)
+    base.save_pretrained(root / "base")
+    MTPForCausalLM.from_base(base, MTPConfig(head_type="sequential", num_mtp_heads=2)).save_pretrained(root / "mtp")
+    for name in ("base", "mtp"):
+        tokenizer.save_pretrained(root / name)
+    return {"base": root / "base", "mtp": root / "mtp"}

@@ -1,9 +1,25 @@
-"""Tiny configs of the architectures with transformers-native MTP layers, for the tests (nothing downloaded)."""
+"""Tiny models for the tests, from configs written here (nothing downloaded): the presets' Llama, Qwen3 and GPT-2 at
+hidden size 32 on a small vocabulary (`tiny_base`), and the architectures with transformers-native MTP layers
+(`native_base`). (Models on the embedded tokenizer: the `tiny_model` fixture of tests/conftest.py.)"""
 
 from __future__ import annotations
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
+
+from trl_mtp.tasks.presets import build_model
+
+
+def tiny_base(arch: str, vocab_size: int, seed: int = 0):
+    """The preset `tiny-<arch>` (llama, qwen3, gpt2) shrunk to hidden size 32, 2 layers, 2 heads."""
+    if arch == "gpt2":
+        return build_model("tiny-gpt2", vocab_size, seed=seed, n_embd=32, n_layer=2, n_head=2)
+    kwargs = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                  intermediate_size=64)
+    if arch == "qwen3":
+        kwargs["head_dim"] = 16
+    return build_model(f"tiny-{arch}", vocab_size, seed=seed, **kwargs)
+
 
 COMMON = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
               max_position_embeddings=512)

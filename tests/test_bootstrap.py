@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from trl_mtp.experiments.bootstrap import bootstrap_ci
+from trl_mtp.bootstrap import bootstrap_ci
 
 
 def test_ci_brackets_mean_and_narrows_with_n():

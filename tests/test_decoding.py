@@ -8,12 +8,15 @@ give rejections at varying depths per row ("mixed"). Identity must hold in both.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from decoding_models import FAMILIES, PAD, VOCAB, check_identity, make_model, random_batch, reference
 
 from trl_mtp.config import MTPConfig
-from trl_mtp.decoding import pool_acceptance
+import trl_mtp.decoding as decoding
+from trl_mtp.decoding import pool_acceptance, slot_positions
 from trl_mtp.model import MTPForCausalLM
 from trl_mtp.tasks.presets import build_model
 
@@ -164,3 +167,155 @@ def test_rows_finishing_mid_block_while_others_run(family):
     for seed, max_new_tokens in ((21, 14), (22, 13), (23, 14), (25, 17)):  # seen to finish rows mid-block early
         ids, mask = random_batch(seed, 6)
         check_identity(model, ids, mask, max_new_tokens)
+
+
+def _sequential_windows(model, ids, mask, max_new_tokens, eos, monkeypatch):
+    """Slots of the window the sequential drafter recomputes, per round (speculative output checked too)."""
+    windows = []
+    propose = decoding.SequentialDrafter.propose
+
+    def recording(self, state, sampler):
+        windows.append(state.mask.size(1) - self.start)
+        return propose(self, state, sampler)
+
+    monkeypatch.setattr(decoding.SequentialDrafter, "propose", recording)
+    check_identity(model, ids, mask, max_new_tokens, eos=eos)
+    return windows
+
+
+def test_sequential_window_follows_the_rows_still_decoding(monkeypatch):
+    """A row that finished early must not pin the sequential drafter's window: it stays a few slots wide (at most
+    D + the holes of one round) however long the others go on; counting finished rows made it grow every round."""
+    model = make_model("sequential", depths=3, perturb=0.3)
+    ids, mask = random_batch(11, 5)
+    free = reference(model, ids, mask, 40)[:, ids.size(1):]
+    eos = int(free[2, 2])  # row 2 ends at its 3rd token at the latest; others run on
+    windows = _sequential_windows(model, ids, mask, 40, eos, monkeypatch)
+    assert max(windows[1:]) <= 2 * (3 + 1) + 1, windows  # round 1 recomputes the prompt
+    assert len(windows) > 8  # long enough that a pinned window would have grown past the bound
+
+    monkeypatch.undo()  # the recording propose of the first run
+    monkeypatch.setattr(decoding.SequentialDrafter, "plan_figure", lambda self, mask, n_valid, done: (  # every row
+        slot_positions(mask) > (n_valid - self.num_depths)[:, None]).float().argmax(1).long())
+    pinned = _sequential_windows(model, ids, mask, 40, eos, monkeypatch)
+    assert max(pinned[1:]) > 2 * (3 + 1) + 1, pinned  # the old rule (all rows) lets the window grow
+
+
+HOST_READS = ("tolist", "item", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__")
+
+
+def count_host_reads(monkeypatch) -> list[int]:
+    """Counts every read of a tensor's value back to Python (the syncs a GPU would wait on)."""
+    calls = [0]
+    for name in HOST_READS:
+        original = getattr(torch.Tensor, name)
+
+        def counting(self, *args, _original=original, **kwargs):
+            calls[0] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    return calls
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_one_host_read_per_round(family, monkeypatch):
+    """A round reads the device back once (lengths and counts live as Python ints): reads grow by exactly one per
+    verify round; the reads of setup, prefill and the output are a fixed number whatever the rounds."""
+    model = make_model(family, perturb=0.3)
+    ids, mask = random_batch(4, 3)
+    totals = {}
+    for max_new_tokens in (8, 24):
+        calls = count_host_reads(monkeypatch)
+        _, stats = model.speculative_generate(ids, mask, max_new_tokens=max_new_tokens, eos_token_id=[],
+                                              pad_token_id=PAD)
+        monkeypatch.undo()
+        totals[max_new_tokens] = (calls[0], stats["forwards"])
+    (short, short_forwards), (long, long_forwards) = totals[8], totals[24]
+    assert long_forwards > short_forwards
+    assert long - short == long_forwards - short_forwards, totals
+
+
+def test_host_read_counter_sees_a_read_per_round(monkeypatch):
+    """The counter catches a per-round read: an extra `.item()` in every round breaks the one-read rule."""
+    update = decoding.update_cache
+
+    def with_extra_read(*args, **kwargs):
+        args[1].n_valid.max().item()
+        return update(*args, **kwargs)
+
+    monkeypatch.setattr(decoding, "update_cache", with_extra_read)
+    model = make_model("blockwise", perturb=0.3)
+    ids, mask = random_batch(4, 3)
+    reads = []
+    for max_new_tokens in (8, 24):
+        with monkeypatch.context() as patch:
+            calls = count_host_reads(patch)
+            forwards = model.speculative_generate(ids, mask, max_new_tokens=max_new_tokens, eos_token_id=[],
+                                                  pad_token_id=PAD)[1]["forwards"]
+        reads.append((calls[0], forwards))
+    assert reads[1][0] - reads[0][0] == 2 * (reads[1][1] - reads[0][1])
+
+
+@pytest.mark.parametrize("family", ["blockwise", "parallel"])
+def test_all_depths_projected_at_once_outside_the_capture_hook(family, monkeypatch):
+    """Per round: one LM head call for the verify and one for all D depths' drafts, and the final norm's hooks (the
+    trunk's capture among them) fire for the verify only; depth-by-depth projection through the hooked modules fails."""
+    model = make_model(family, perturb=0.3)
+    ids, mask = random_batch(4, 2)
+
+    def count():
+        lm_head, norm = model.trunk.lm_head, model.trunk.final_norm
+        calls = {"lm_head": 0, "norm_hook": 0}
+        forward = lm_head.forward
+
+        def counting(*args, **kwargs):
+            calls["lm_head"] += 1
+            return forward(*args, **kwargs)
+
+        monkeypatch.setattr(lm_head, "forward", counting)
+        handle = norm.register_forward_pre_hook(lambda *_: calls.__setitem__("norm_hook", calls["norm_hook"] + 1))
+        try:  # speculative decoding only (generate's own calls not counted)
+            stats = model.speculative_generate(ids, mask, max_new_tokens=16, eos_token_id=[], pad_token_id=PAD)[1]
+        finally:
+            handle.remove()
+            monkeypatch.undo()
+        return calls, stats["forwards"]
+
+    calls, forwards = count()
+    assert calls == {"lm_head": 2 * forwards - 1, "norm_hook": forwards}
+    monkeypatch.setattr(decoding.Drafter, "project", lambda self, hiddens: torch.stack(
+        [self.heads.depth_logits(i, h) for i, h in enumerate(hiddens, start=1)], 1))
+    broken, forwards = count()
+    assert broken["norm_hook"] == forwards + 3 * (forwards - 1)
+
+
+def test_parallel_heads_run_over_kept_slots_only(monkeypatch):
+    """The parallel heads' layers see, each round, the slots the longest-accepting row kept (k + 1), not all D + 1
+    verified slots; running them over every verified slot fails."""
+    model = make_model("parallel", perturb=0.3)
+    ids, mask = random_batch(4, 3)
+
+    def slots_seen():
+        seen = []
+        depth_hidden = type(model.heads).depth_hidden
+
+        def recording(self, depth, trunk_hidden, **kwargs):
+            if depth == 1:
+                seen.append(trunk_hidden.size(1))
+            return depth_hidden(self, depth, trunk_hidden, **kwargs)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(type(model.heads), "depth_hidden", recording)
+            stats = check_identity(model, ids, mask, 20)
+        return seen, stats
+
+    seen, stats = slots_seen()
+    expected = [ids.size(1)] + [max(k for k in round_ if k >= 0) + 1 for round_ in stats["accepted_per_round"]]
+    assert seen == expected and min(expected[1:]) < 4  # some round kept fewer than D + 1 = 4 slots
+    observe = decoding.ParallelDrafter.observe
+    monkeypatch.setattr(decoding.ParallelDrafter, "observe", lambda self, state, hidden, kwargs, update: observe(
+        self, state, hidden, kwargs, dataclasses.replace(update, keep=update.new_start + hidden.size(1))))
+    with pytest.raises(Exception):  # every verified slot run: the drafts differ, the stats or the slots seen too
+        seen, stats = slots_seen()
+        assert seen == [ids.size(1)] + [max(k for k in r if k >= 0) + 1 for r in stats["accepted_per_round"]]

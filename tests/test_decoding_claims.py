@@ -6,21 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from decoding_models import PAD, make_model
 
-from trl_mtp.config import MTPConfig
+from trl_mtp.config import HEAD_TYPES
 from trl_mtp.decoding import speculative_generate
-from trl_mtp.model import MTPForCausalLM
-from trl_mtp.tasks.presets import build_model
-
-PAD = 0
 
 
-def make_model(family: str, depths: int = 3) -> MTPForCausalLM:
-    base = build_model("tiny-llama", 96, seed=0, num_hidden_layers=2).double()
-    return MTPForCausalLM(base, MTPConfig(head_type=family, num_mtp_heads=depths)).double().eval()
-
-
-@pytest.mark.parametrize("family", ["blockwise", "medusa", "parallel", "sequential"])
+@pytest.mark.parametrize("family", HEAD_TYPES)
 def test_every_draft_length_is_lossless(family):
     model = make_model(family)
     g = torch.Generator().manual_seed(1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -27,14 +28,24 @@ def test_resumable_runs_once_and_reads_back(tmp_path):
 
 @pytest.mark.slow
 def test_demo_prints_the_table_and_writes_the_report(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRL_MTP_CACHE": str(tmp_path / "cache")}
     cmd = [sys.executable, "-m", "trl_mtp.cli", "demo", "--pretrain-steps", "5", "--sft-steps", "30", "--rl-steps", "2",
            "--eval-n", "4", "--report-dir", str(tmp_path / "report")]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=Path(__file__).parents[1])
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     for row in ("tiny-llama base", "NTP-SFT", "MTP-SFT (sequential, D=2)", "head acc depth 2", "90% CI",
                 "MTP-SFT -> PPO+MTP", "accepted length after RL"):
         assert row in out, row
-    assert (tmp_path / "report" / "index.html").is_file()
-    assert f"report: {tmp_path / 'report' / 'index.html'}" in out or "index.html" in out.splitlines()[-1]
+    assert [line.split("]")[0] + "]" for line in out.splitlines() if line.startswith("[")] == \
+        [f"[{i}/8]" for i in range(1, 9)]
+    # the trainers' per-step log dicts go to train.log in each run folder, not to the terminal
+    assert "'loss'" not in out and "'loss'" not in done.stderr
+    logs = sorted((tmp_path / "cache").glob("demo-*/*/train.log"))
+    assert len(logs) == 3 and all("'loss'" in log.read_text() or "objective/" in log.read_text() for log in logs)
+    report = tmp_path / "report"
+    assert f"report: {report / 'index.html'}" in out
+    for name in ("NTP-SFT", "MTP-SFT_sequential_D=2", "PPO+MTP_on_sort"):
+        assert (report / name / "index.html").is_file(), name
+    page = (report / "index.html").read_text()
+    assert "held-out results" in page and "PPO+MTP on sort: sampled tokens vs what each head predicted" in page

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from trl_mtp import MTPSFTConfig, MTPSFTTrainer, PPOConfig, PPOTrainer
-from trl_mtp.tasks.presets import build_model
 from trl_mtp.tasks.registry import get_task
 
 pytest.importorskip("tensorboard")
@@ -33,14 +32,14 @@ def logged(trainer, name: str) -> list[float]:
     return [h[name] for h in trainer.state.log_history if name in h]
 
 
-def test_sft_mtp_metrics_in_tensorboard(tmp_path, tokenizer):
+def test_sft_mtp_metrics_in_tensorboard(tmp_path, tokenizer, tiny_model):
     args = MTPSFTConfig(
         output_dir=str(tmp_path / "run"), report_to=["tensorboard"], max_steps=4,
         logging_steps=2, per_device_train_batch_size=8, learning_rate=1e-3, activation_checkpointing=False,
         save_strategy="no", dataloader_pin_memory=False, disable_tqdm=True, bf16=False, head_type="blockwise",
         num_mtp_heads=2,
     )
-    model = build_model("tiny-llama", len(tokenizer), tokenizer=tokenizer)
+    model = tiny_model()
     trainer = MTPSFTTrainer(model, args, train_dataset=get_task("arithmetic").train(32), processing_class=tokenizer)
     trainer.train()
     tb = scalars(tmp_path / "run")  # TensorBoard writes under output_dir/runs by default
@@ -49,14 +48,14 @@ def test_sft_mtp_metrics_in_tensorboard(tmp_path, tokenizer):
     assert len(tb["train/mtp/loss_depth_1"]) == 2
 
 
-def test_ppo_speculative_rollouts_log_spec_metrics_to_tensorboard(tmp_path, tokenizer):
+def test_ppo_speculative_rollouts_log_spec_metrics_to_tensorboard(tmp_path, tokenizer, tiny_model):
     args = PPOConfig(
         output_dir=str(tmp_path / "run"), report_to=["tensorboard"], max_steps=2,
         per_device_train_batch_size=4, num_mini_batches=2, num_ppo_epochs=1, response_length=6, learning_rate=1e-3,
         save_strategy="no", disable_tqdm=True, seed=0, dataloader_pin_memory=False, head_type="blockwise",
         num_mtp_heads=2, mode="decoupled", speculative_rollouts=True,
     )
-    model = build_model("tiny-llama", len(tokenizer), tokenizer=tokenizer)
+    model = tiny_model()
     trainer = PPOTrainer(model, args, train_dataset=get_task("copy", length=3).train(16), processing_class=tokenizer,
                          reward_funcs=lambda prompts, completions, **_: [0.0] * len(prompts))
     trainer.train()

@@ -7,12 +7,11 @@ Tiny random models in float64 (a tie in float32 could flip an argmax between a v
 from __future__ import annotations
 
 import pytest
+import decoding_models
 import torch
 
-from trl_mtp.config import MTPConfig
 from trl_mtp.lookahead import best_of_n, lookahead_search
 from trl_mtp.model import MTPForCausalLM
-from trl_mtp.tasks.presets import build_model
 
 VOCAB, PAD, EOS = 64, 0, 1
 
@@ -24,9 +23,9 @@ class IdTokenizer:
         return [" ".join(str(int(t)) for t in seq) for seq in sequences]
 
 
-def make_model(family: str = "sequential", depths: int = 2, seed: int = 0) -> MTPForCausalLM:
-    base = build_model("tiny-llama", VOCAB, seed=seed, num_hidden_layers=2).double()
-    return MTPForCausalLM(base, MTPConfig(head_type=family, num_mtp_heads=depths)).double().eval()
+def make_model(family: str = "sequential") -> MTPForCausalLM:
+    """A float64 tiny model with D = 2 heads of `family` on this file's vocabulary."""
+    return decoding_models.make_model(family, depths=2, vocab=VOCAB)
 
 
 PROMPT = [5, 9, 13, 2, 7, 30]

@@ -3,19 +3,13 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from native_models import tiny_base
 
 from trl_mtp import MTPConfig, MTPForCausalLM
+from trl_mtp.config import HEAD_TYPES
 from trl_mtp.losses import depth_weights, shift_labels
-from trl_mtp.tasks.presets import build_model
 
 V = 97
-
-
-
-
-def tiny_llama(seed=0):
-    return build_model("tiny-llama", V, seed=seed, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                       num_key_value_heads=2, intermediate_size=64)
 
 
 def naive_target(labels, b, t, offset, attention_mask, position_ids):
@@ -73,12 +67,13 @@ def naive_mtp_loss(model, ids, labels, mask=None, pos=None):
     return sum(w * l for w, l in zip(weights, losses)), torch.stack(losses)
 
 
-@pytest.mark.parametrize("head_type", ["blockwise", "parallel", "sequential", "medusa"])
+@pytest.mark.parametrize("head_type", HEAD_TYPES)
 @pytest.mark.parametrize("packed", [False, True])
 def test_loss_equals_naive_reference(head_type, packed):
     torch.manual_seed(0)
-    model = MTPForCausalLM.from_base(tiny_llama(), MTPConfig(head_type=head_type, num_mtp_heads=3, mtp_loss_chunk_size=5,
-                                                             mtp_depth_decay=0.7, mtp_normalize_depth_weights=False))
+    config = MTPConfig(head_type=head_type, num_mtp_heads=3, mtp_loss_chunk_size=5, mtp_depth_decay=0.7,
+                       mtp_normalize_depth_weights=False)
+    model = MTPForCausalLM.from_base(tiny_base("llama", V), config)
     for p in model.heads.parameters():  # leave the zero init so every depth differs
         p.data.add_(0.05 * torch.randn_like(p))
     ids, mask, labels = batch_with_masks()
@@ -96,7 +91,7 @@ def test_loss_equals_naive_reference(head_type, packed):
 
 
 def test_chunk_size_does_not_change_loss_or_grads():
-    model = MTPForCausalLM.from_base(tiny_llama(), MTPConfig(head_type="medusa", num_mtp_heads=2))
+    model = MTPForCausalLM.from_base(tiny_base("llama", V), MTPConfig(head_type="medusa", num_mtp_heads=2))
     ids, mask, labels = batch_with_masks()
     results = []
     for chunk in (0, 1, 7):
@@ -114,7 +109,7 @@ def test_chunk_size_does_not_change_loss_or_grads():
 def test_self_distill_equals_naive_soft_ce(topk):
     config = MTPConfig(head_type="blockwise", num_mtp_heads=2, mode="decoupled", decoupled_target="self_distill",
                        self_distill_topk=topk, mtp_loss_chunk_size=4)
-    model = MTPForCausalLM.from_base(tiny_llama(), config)
+    model = MTPForCausalLM.from_base(tiny_base("llama", V), config)
     for p in model.heads.parameters():
         p.data.add_(0.05 * torch.randn_like(p))
     ids, mask, labels = batch_with_masks()
@@ -136,3 +131,17 @@ def test_self_distill_equals_naive_soft_ce(topk):
         soft_ce = -(torch.where(p > 0, p * logq, 0.0)).sum(-1)
         reference = reference + 0.5 * soft_ce[valid].mean()
     assert torch.allclose(out.mtp_loss, reference, atol=1e-5)
+
+
+def test_masked_mean_by_hand_and_shared_by_ppo_and_the_world_model():
+    """One masked mean: PPO's math and the world model's losses use this one (a second copy once lacked `dim`)."""
+    from trl_mtp import world_model
+    from trl_mtp.losses import masked_mean
+    from trl_mtp.trainers import ppo_core
+
+    x = torch.tensor([[1.0, 2.0, 9.0], [4.0, 9.0, 9.0]])
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    assert masked_mean(x, mask).item() == pytest.approx(7 / 3)
+    assert masked_mean(x, mask, dim=1).tolist() == [1.5, 4.0]
+    assert masked_mean(x, torch.zeros_like(mask)).item() == 0.0  # no real token: 0, not NaN
+    assert world_model.masked_mean is ppo_core.masked_mean is masked_mean

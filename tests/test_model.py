@@ -2,21 +2,15 @@
 
 import pytest
 import torch
+from native_models import tiny_base
 
 from trl_mtp import MTPConfig, MTPForCausalLM
-from trl_mtp.tasks.presets import build_model
 
 V = 89
 
 
-
-
-def tiny_gpt2():
-    return build_model("tiny-gpt2", V, n_embd=32, n_layer=2, n_head=2)
-
-
 def test_forward_outputs_and_extra_trainer_kwargs():
-    model = MTPForCausalLM.from_base(tiny_gpt2(), MTPConfig(head_type="blockwise", num_mtp_heads=3))
+    model = MTPForCausalLM.from_base(tiny_base("gpt2", V), MTPConfig(head_type="blockwise", num_mtp_heads=3))
     ids = torch.randint(0, V, (2, 8))
     out = model(ids, labels=ids, use_cache=False, return_dict=True)
     assert out.logits.shape == (2, 8, V)
@@ -31,7 +25,7 @@ def test_forward_outputs_and_extra_trainer_kwargs():
 
 
 def test_trainer_facing_properties_and_generate():
-    base = tiny_gpt2()
+    base = tiny_base("gpt2", V)
     model = MTPForCausalLM.from_base(base, MTPConfig(head_type="medusa", num_mtp_heads=2))
     assert model.config is base.config and model.device.type == "cpu" and model.dtype == torch.float32
     ids = torch.randint(0, V, (1, 4))
@@ -46,7 +40,7 @@ def test_trainer_facing_properties_and_generate():
 
 
 def test_from_base_by_path_and_not_an_mtp_checkpoint(tmp_path):
-    tiny_gpt2().save_pretrained(tmp_path)
+    tiny_base("gpt2", V).save_pretrained(tmp_path)
     model = MTPForCausalLM.from_base(str(tmp_path), MTPConfig(head_type="parallel", num_mtp_heads=1))
     assert len(model.heads.layers) == 1
     with pytest.raises(FileNotFoundError):
@@ -54,7 +48,7 @@ def test_from_base_by_path_and_not_an_mtp_checkpoint(tmp_path):
 
 
 def test_compute_mtp_loss_needs_a_matching_forward():
-    model = MTPForCausalLM.from_base(tiny_gpt2(), MTPConfig())
+    model = MTPForCausalLM.from_base(tiny_base("gpt2", V), MTPConfig())
     ids = torch.randint(0, V, (2, 8))
     with pytest.raises(RuntimeError, match="captured"):
         model.compute_mtp_loss(ids, ids)
@@ -74,7 +68,7 @@ def test_deepcopy_gets_its_own_hooks():
     """A copied wrapper (reference model) captures into its own trunk, never into the original's."""
     import copy
 
-    model = MTPForCausalLM.from_base(tiny_gpt2(), MTPConfig(head_type="sequential"))
+    model = MTPForCausalLM.from_base(tiny_base("gpt2", V), MTPConfig(head_type="sequential"))
     ids = torch.randint(0, V, (1, 6))
     expected = model(ids, labels=ids).mtp_loss
     hidden = model.trunk.hidden
@@ -90,7 +84,7 @@ def test_deepcopy_gets_its_own_hooks():
 @pytest.mark.parametrize("head_type", ["parallel", "sequential"])
 def test_heads_follow_base_gradient_checkpointing(head_type):
     """With the base checkpointing, head layers are recomputed in backward too: same loss and gradients."""
-    model = MTPForCausalLM.from_base(tiny_gpt2(), MTPConfig(head_type=head_type, num_mtp_heads=2)).train()
+    model = MTPForCausalLM.from_base(tiny_base("gpt2", V), MTPConfig(head_type=head_type, num_mtp_heads=2)).train()
     ids = torch.randint(0, V, (2, 8))
     grads = []
     for checkpointing in (False, True):

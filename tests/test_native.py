@@ -189,7 +189,7 @@ def test_sft_trained_layer_exports_and_stock_transformers_drafts_with_it(tmp_pat
     assert cli_main(["bench", "decode", "--native", str(tmp_path / "native"), "--prompts", "1", "--prompt-tokens",
                      "16", "--max-new-tokens", "12", "--repeats", "1", "--json", str(report)]) == 0
     rows = json.loads(report.read_text())["batches"]["1"]
-    assert set(rows) == {"greedy", "prompt_lookup", "transformers-use_mtp", "mtp-sequential"}
+    assert set(rows) == {"greedy", "loop-k0", "prompt_lookup", "transformers-use_mtp", "mtp-sequential"}
     assert all(row["identical_to_greedy"] for row in rows.values())
 
 

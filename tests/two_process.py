@@ -32,23 +32,72 @@ def report_and_exit(accelerator, **fields) -> None:
     os._exit(0)
 
 
+def enable_cpu_fsdp() -> None:
+    """Let accelerate's FSDP plugin run on CPU processes (gloo).
+
+    accelerate only switches to FSDP on accelerator devices: with `use_cpu` (the only way to get gloo processes)
+    an FSDP config silently becomes plain data parallelism (MULTI_CPU). torch's `fully_shard` itself runs on CPU
+    over gloo, so here the FSDP plugin accelerate built from the launch config is kept and the state is switched
+    to FSDP after it initialised; everything after that (`fsdp2_prepare_model`, the Trainer's FSDP save and
+    clipping paths) is accelerate's and the Trainer's own code."""
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType
+
+    init = AcceleratorState.__init__
+
+    def fsdp_on_cpu(self, *args, fsdp_plugin=None, **kwargs):
+        init(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+        if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+            self.distributed_type = DistributedType.FSDP
+            self.fsdp_plugin = fsdp_plugin
+            PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # AcceleratorState() copies it
+
+    AcceleratorState.__init__ = fsdp_on_cpu
+
+
+def local_shape(param) -> str:
+    """This rank's part of `param` as `AxB`: an FSDP2 DTensor's local shard, a ZeRO-3 parameter's flat partition
+    (`ds_tensor`), or the whole tensor where it is not sharded."""
+    if hasattr(param, "to_local"):
+        param = param.to_local()
+    elif hasattr(param, "ds_tensor"):
+        param = param.ds_tensor
+    return "x".join(map(str, param.shape))
+
+
 def parse_reports(stdout: str) -> list[dict[str, str]]:
     return [{"rank": rank, "world": world, **dict(pair.split("=", 1) for pair in pairs.split())}
             for rank, world, pairs in REPORT.findall(stdout)]
 
 
-def launch(script: Path, *args: str, port: int, config_file: Path | None = None) -> list[dict[str, str]]:
-    """Run `script` in 2 CPU processes; return each rank's report (`rank`, `world` and its fields), by rank."""
+def launch(script: Path, *args: str, port: int, config_file: Path | None = None,
+           env: dict[str, str | None] | None = None) -> list[dict[str, str]]:
+    """Run `script` in 2 CPU processes; return each rank's report (`rank`, `world` and its fields), by rank.
+    `env`: extra environment variables; None removes one (DeepSpeed runs without ACCELERATE_USE_CPU)."""
     accelerate = Path(sys.executable).with_name("accelerate")
     # `accelerate launch --cpu --num_processes 2` starts one process; these forms start two (STACK_NOTES)
     layout = ["--config_file", str(config_file)] if config_file else [
         "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--dynamo_backend", "no"]
     cmd = [str(accelerate), "launch", *layout, "--mixed_precision", "no", "--main_process_port", str(port),
            str(script), *args]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    reports = parse_reports(done.stdout)
+    reports = parse_reports(_run(cmd, {"ACCELERATE_USE_CPU": "1", **(env or {})}))
     assert sorted(report["rank"] for report in reports) == ["0", "1"], done.stdout
     assert all(report["world"] == "2" for report in reports), done.stdout
     return sorted(reports, key=lambda report: report["rank"])
+
+
+def run_one(script: Path, *args: str) -> dict[str, str]:
+    """Run `script` in 1 plain process (the reference of a 2-process run); return its report."""
+    (report,) = parse_reports(_run([sys.executable, str(script), *args], {}))
+    return report
+
+
+def _run(cmd: list[str], env: dict[str, str | None]) -> str:
+    # the script must import this checkout's trl_mtp, not whichever one the venv has installed
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])), **env}
+    env = {key: value for key, value in env.items() if value is not None}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout

@@ -18,7 +18,7 @@ _EXPORTS: dict[str, str] = {
     "build_model": "trl_mtp.tasks.presets",
     "evaluate_task": "trl_mtp.tasks.evaluate",
     "pretrain_base": "trl_mtp.pretrain",
-    "bootstrap_ci": "trl_mtp.experiments.bootstrap",
+    "bootstrap_ci": "trl_mtp.bootstrap",
     "MTPHeads": "trl_mtp.heads",
     "BlockwiseHeads": "trl_mtp.heads",
     "ParallelHeads": "trl_mtp.heads",
@@ -26,8 +26,12 @@ _EXPORTS: dict[str, str] = {
     "MedusaHeads": "trl_mtp.heads",
     "MTPSFTConfig": "trl_mtp.trainers.sft_config",
     "MTPSFTTrainer": "trl_mtp.trainers.sft_trainer",
-    "PPOConfig": "trl_mtp.trainers.ppo_config",
-    "PPOTrainer": "trl_mtp.trainers.ppo_trainer",
+    "MTPPPOConfig": "trl_mtp.trainers.ppo_config",
+    "MTPPPOTrainer": "trl_mtp.trainers.ppo_trainer",
+    "PPOConfig": "trl_mtp.trainers.ppo_config",  # alias of MTPPPOConfig
+    "PPOTrainer": "trl_mtp.trainers.ppo_trainer",  # alias of MTPPPOTrainer
+    "WorldModelPPOConfig": "trl_mtp.trainers.world_model_ppo_config",
+    "WorldModelPPOTrainer": "trl_mtp.trainers.world_model_ppo_trainer",
     "MTPGRPOConfig": "trl_mtp.trainers.grpo_config",
     "MTPGRPOTrainer": "trl_mtp.trainers.grpo_trainer",
     "MTPRLOOConfig": "trl_mtp.trainers.rloo_config",

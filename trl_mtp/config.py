@@ -13,6 +13,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+# the head families, the one list every other part reads (heads.HEAD_FAMILIES, the drafters, benchmarks, tests)
 HEAD_TYPES = ("blockwise", "parallel", "sequential", "medusa")
 MODES = ("coupled", "decoupled")
 DECOUPLED_TARGETS = ("tokens", "self_distill")

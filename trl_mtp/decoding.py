@@ -14,7 +14,8 @@ propose the next D drafts. A round is four named stages, each in one place:
                                                                                                   `accept_sampled`
     update    commit k accepted drafts + 1 token per row (EOS and max_new_tokens cut a block), crop the KV cache to
               the longest accepted row, mark the other rows' rejected slots as holes in the 2-D attention mask,
-              and let the drafter extend / crop its own caches                                    `update_cache`
+              and let the drafter extend / crop its own caches; planned on the device and read back once per
+              round (the loop's lengths and counts are Python ints from that read)                 `update_cache`
 
 so a row gains k + 1 tokens per base forward (k = accepted drafts), and the output is what the base alone produces
 under the model's generation config, as `generate` applies it: token for token under greedy decoding, in
@@ -45,6 +46,7 @@ from transformers.cache_utils import DummyLayer, DynamicLayer, DynamicSlidingWin
 from transformers.generation import logits_process as lp
 from transformers.generation.configuration_utils import GenerationMode
 
+from trl_mtp.heads.base import MTPHeads
 from trl_mtp.heads.trunk import _CACHE_ARGS
 
 
@@ -278,18 +280,25 @@ class SlotUpdate:
     window. Applied alike to the base's cache and mask and to each drafter's per-slot state."""
 
     new_start: int
-    keep: int
+    keep: int | None  # None until the round's host read gives the longest row
     kept: torch.Tensor  # [B]
     region_start: int = 0
     shift: torch.Tensor | None = None  # [B]; None: holes stay where they are
 
     @classmethod
     def plan(cls, new_start: int, kept: torch.Tensor, window: int | None) -> "SlotUpdate":
-        longest = int(kept.max())
-        update = cls(new_start, new_start + longest, kept)
-        if window is not None and int(kept.min()) < longest:
-            update.region_start, update.shift = max(new_start - window + 1, 0), longest - kept
+        """Planned on the device, without reading `kept` back: `keep` is set by `settle` once the round's one host
+        read has it."""
+        update = cls(new_start, None, kept)
+        if window is not None:
+            update.region_start, update.shift = max(new_start - window + 1, 0), kept.max() - kept
         return update
+
+    def settle(self, kept: list[int]) -> None:
+        """`kept` read back: the cache keeps the longest row's slots; no shift when no row has holes."""
+        self.keep = self.new_start + max(kept)
+        if min(kept) == max(kept):
+            self.shift = None
 
     @property
     def last_slot(self) -> torch.Tensor:
@@ -305,7 +314,7 @@ class SlotUpdate:
         """A per-slot tensor (slot 0 at index 0) shifted and cut to `keep` slots."""
         if self.shift is not None:
             x = shift_slots(x, dim, self.region_start, self.shift)
-        return x.narrow(dim, 0, self.keep)
+        return x if self.keep is None else x.narrow(dim, 0, self.keep)
 
     def move_cache(self, cache: DynamicCache, crop: bool = True) -> None:
         """Shift every layer's keys and values in place (a sliding-window layer holds only its latest slots), then
@@ -320,11 +329,12 @@ class SlotUpdate:
             crop_cache(cache, self.keep)
 
     def move_mask(self, mask: torch.Tensor) -> torch.Tensor:
-        """The 2-D mask [B, S] after the round: rejected slots off, shifted, cut, the moved holes off."""
+        """The 2-D mask [B, S] after the round: rejected slots off, shifted, the moved holes off (cut to `keep` slots
+        once known: slots past it are off in every row)."""
         slots = torch.arange(mask.size(1), device=mask.device)[None]
         mask = self.move(mask.masked_fill(slots >= self.new_start + self.kept[:, None], 0))
         if self.shift is not None:
-            slots = slots[:, : self.keep]
+            slots = slots[:, : mask.size(1)]
             mask = mask.masked_fill((slots >= self.region_start) & (slots < self.region_start + self.shift[:, None]), 0)
         return mask
 
@@ -347,6 +357,25 @@ def window_attention_mask(mask: torch.Tensor, start: int, attn_implementation: s
     if attn_implementation != "sdpa":
         raise NotImplementedError(f"sequential drafting supports sdpa and eager attention, not {attn_implementation!r}")
     return allowed
+
+
+def first_queries(layer_kwargs: dict, n: int, m: int) -> dict:
+    """A layer's call kwargs for n new slots cut to the first m of them: per-position inputs (rotary embeddings,
+    position ids) cut along the slots, the attention mask to the first m queries and the keys before the last n - m
+    (keys are the cached slots, then the new ones)."""
+    if m == n:
+        return layer_kwargs
+    kwargs = dict(layer_kwargs)
+    for name in ("position_ids", "position_embeddings", "cache_position"):
+        value = kwargs.get(name)
+        if isinstance(value, (tuple, list)):
+            kwargs[name] = tuple(v[..., :m, :] for v in value)
+        elif value is not None:
+            kwargs[name] = value[..., :m]
+    mask = kwargs.get("attention_mask")
+    if isinstance(mask, torch.Tensor):
+        kwargs["attention_mask"] = mask[..., :m, : mask.size(-1) - (n - m)]
+    return kwargs
 
 
 def _with_cache(layer_kwargs: dict, cache: DynamicCache, names) -> dict:
@@ -380,6 +409,8 @@ class DecodeState:
     cache: DynamicCache
     last_slot: torch.Tensor | None = None  # [B] slot of each row's last accepted input (where drafting reads h)
     window: int | None = None  # the cache's widest sliding window (None: none)
+    n_valid_host: list[int] | None = None  # `n_valid` and `done` as read back once per round
+    done_host: list[bool] | None = None
 
     def column(self, position: torch.Tensor) -> torch.Tensor:
         """Column in `tokens` of each row's token at `position` (positions count a row's tokens, padding excluded)."""
@@ -399,6 +430,17 @@ class Drafter:
         # drafting with the first `num_depths` heads only (Stern's window k = num_depths + 1): the heads' chain is
         # causal in depth, so the first depths do not depend on the later ones and stay exactly what they were
         self.num_depths = model.heads.num_depths if num_depths is None else num_depths
+        # every depth projected by the base's own final norm and LM head: one call for all depths
+        self.shared_projection = (type(self.heads).depth_logits is MTPHeads.depth_logits
+                                  or getattr(self.heads, "share_lm_head", False))
+
+    def project(self, hiddens: list[torch.Tensor]) -> torch.Tensor:
+        """Logits [B, n, V] of depths 1..n from their pre-norm hiddens [B, d]: one norm and one LM head matmul for all
+        depths when the family projects with the base's modules, called directly (outside the capture hook, which
+        would take a head's state for the trunk's); per depth otherwise."""
+        if self.shared_projection:
+            return self.trunk.lm_head.forward(self.trunk.final_norm.forward(torch.stack(hiddens, 1)))
+        return torch.stack([self.heads.depth_logits(i, h) for i, h in enumerate(hiddens, start=1)], 1)
 
     def observe(self, state: DecodeState, hidden: torch.Tensor, layer_kwargs: dict, update: SlotUpdate):
         """hidden [B, n, d]: trunk hidden states of the slots update.new_start.. just verified, before the base's
@@ -409,11 +451,26 @@ class Drafter:
         """-> drafts [B, D], and their distributions [B, D, V] when sampling (else None)."""
         raise NotImplementedError
 
+    def plan_figure(self, mask: torch.Tensor, n_valid: torch.Tensor, done: torch.Tensor) -> torch.Tensor | None:
+        """A per-row integer [B] the drafter needs on the host after the update (the slot mask, positions and finished
+        rows as they will be), read back with the round's one host read; None: nothing."""
+        return None
+
+    def settle_figure(self, state: DecodeState, values: list[int] | None) -> None:
+        """Receives `plan_figure`'s values as Python ints."""
+
     def _chain(self, state: DecodeState, logits_of_depth, sampler: Sampler):
-        """Drafts depth by depth: logits_of_depth(depth, drafts so far [B, depth - 1]) -> [B, V], each picked with
-        its prefix (the committed tokens and the drafts before it)."""
+        """Drafts depth by depth: logits_of_depth(depth, drafts so far [B, depth - 1]) -> [B, V] (or all depths'
+        logits [B, D, V] when they do not depend on the drafts), each picked with its prefix (the committed tokens and
+        the drafts before it)."""
         drafts = state.tokens.new_zeros(state.tokens.size(0), 0)
         probs = []
+        if isinstance(logits_of_depth, torch.Tensor) and not sampler.do_sample and all(
+                type(p) in POSITION_FREE for p in sampler.processors):  # no prefix needed: every depth at once
+            return sampler.scores(state, logits_of_depth, drafts).argmax(-1), None
+        if isinstance(logits_of_depth, torch.Tensor):
+            stacked = logits_of_depth
+            logits_of_depth = lambda depth, drafts: stacked[:, depth - 1]  # noqa: E731
         for depth in range(1, self.num_depths + 1):
             token, prob = sampler.pick(state, logits_of_depth(depth, drafts), drafts)
             drafts = torch.cat([drafts, token[:, None]], dim=1)
@@ -430,9 +487,8 @@ class PositionwiseDrafter(Drafter):
 
     def propose(self, state, sampler):
         dummy = torch.zeros(self.h.shape[:2], dtype=torch.long, device=self.h.device)
-        logits = [self.heads.depth_logits(i, z)[:, 0]
-                  for i, z in self.heads.iter_depth_hiddens(self.h, dummy, num_depths=self.num_depths)]
-        return self._chain(state, lambda depth, drafts: logits[depth - 1], sampler)
+        hiddens = [z[:, 0] for _, z in self.heads.iter_depth_hiddens(self.h, dummy, num_depths=self.num_depths)]
+        return self._chain(state, self.project(hiddens), sampler)
 
 
 class ParallelDrafter(Drafter):
@@ -447,16 +503,18 @@ class ParallelDrafter(Drafter):
         self.names = {p.name for p in self.trunk._layer_params}
 
     def observe(self, state, hidden, layer_kwargs, update):
+        # the heads run over the slots some row kept only: the rest would be cropped unread
+        m = update.keep - update.new_start
+        hidden, layer_kwargs = hidden[:, :m], first_queries(layer_kwargs, hidden.size(1), m)
         rows = torch.arange(hidden.size(0), device=hidden.device)
         self.z = []
         for depth, cache in enumerate(self.caches, start=1):
             z = self.heads.depth_hidden(depth, hidden, layer_kwargs=_with_cache(layer_kwargs, cache, self.names))
             update.move_cache(cache)
-            self.z.append(z[rows, update.last_new][:, None])
+            self.z.append(z[rows, update.last_new])
 
     def propose(self, state, sampler):
-        return self._chain(state, lambda depth, drafts: self.heads.depth_logits(depth, self.z[depth - 1])[:, 0],
-                           sampler)
+        return self._chain(state, self.project(self.z), sampler)
 
 
 class SequentialDrafter(Drafter):
@@ -480,6 +538,7 @@ class SequentialDrafter(Drafter):
         self.hidden = None  # [B, S, d] trunk hidden per slot
         self.per_position: dict = {}  # name -> [B, S, ...] tensor or tuple of them
         self.start = 0  # slots before `start` are final in every depth's cache
+        self.computed = 0  # slots the depth caches hold (the prefill fills none)
 
     @staticmethod
     def _extend(old, new, update: SlotUpdate):
@@ -499,11 +558,12 @@ class SequentialDrafter(Drafter):
         for cache in self.caches:  # slots before `start` stay final where they move; the rest is recomputed
             update.move_cache(cache, crop=False)
 
-    def _window_kwargs(self, state, cache, start):
+    def _window_kwargs(self, state, start):
+        """The layer kwargs of this round's window, the same for every depth (its cache is set per depth)."""
         S = state.mask.size(1)
-        kwargs = _with_cache(self.layer_kwargs, cache, self.names)
-        dtype = self.hidden.dtype
-        kwargs["attention_mask"] = window_attention_mask(state.mask, start, self.attn_implementation, dtype)
+        kwargs = dict(self.layer_kwargs)
+        kwargs["attention_mask"] = window_attention_mask(state.mask, start, self.attn_implementation,
+                                                         self.hidden.dtype)
         for name, value in self.per_position.items():
             kwargs[name] = tuple(v[:, start:] for v in value) if isinstance(value, tuple) else value[:, start:]
         if "cache_position" in kwargs or "cache_position" in self.names:
@@ -518,6 +578,7 @@ class SequentialDrafter(Drafter):
         draft_col = state.column(state.n_valid)  # column of each row's token at position n (its last committed)
         h0 = self.hidden[:, start:]
         prev = h0
+        window_kwargs = self._window_kwargs(state, start)  # one window mask per round, for every depth
 
         def logits_of_depth(depth, drafts):
             nonlocal prev
@@ -531,14 +592,22 @@ class SequentialDrafter(Drafter):
             tokens = torch.where(positions >= 0, tokens, self.trunk.pad_token_id)
             crop_cache(self.caches[depth - 1], start)
             prev = self.heads.depth_hidden(depth, h0, prev_hidden=prev, tokens=tokens,
-                                           layer_kwargs=self._window_kwargs(state, self.caches[depth - 1], start))
+                                           layer_kwargs=_with_cache(window_kwargs, self.caches[depth - 1], self.names))
             return self.heads.depth_logits(depth, prev[rows, (state.last_slot - start).clamp(min=0)])
 
-        drafts = self._chain(state, logits_of_depth, sampler)
-        # entries at positions <= n - D are final for every depth: the next window starts at the first slot past them
-        first_open = (slot_positions(state.mask) > (state.n_valid - self.num_depths)[:, None]).float().argmax(1)
-        self.start = int(first_open.min())
-        return drafts
+        self.computed = S
+        return self._chain(state, logits_of_depth, sampler)
+
+    def plan_figure(self, mask, n_valid, done):
+        """Per row, the first slot its next window needs. Entries at positions <= n - D are final for every depth,
+        and the window must hold the drafting slot (position n - 1): the first slot past position n - max(D, 2).
+        A finished row drafts no more and needs none (counting it would pin the window at the slot where it stopped,
+        and the window would grow every round)."""
+        open_ = slot_positions(mask) > (n_valid - max(self.num_depths, 2))[:, None]
+        return open_.float().argmax(1).long().masked_fill(done, mask.size(1))
+
+    def settle_figure(self, state, first_open):
+        self.start = min(min(first_open), self.computed)  # never past the slots a window has filled yet
 
 
 DRAFTERS = {"blockwise": PositionwiseDrafter, "medusa": PositionwiseDrafter,
@@ -572,45 +641,49 @@ def update_cache(model, state: DecodeState, drafter: Drafter, new_start: int, n_
                  next_token: torch.Tensor, drafts: torch.Tensor, max_new_tokens: int, eos: torch.Tensor | None):
     """Commit each active row's k drafts + next token (cut at EOS or max_new_tokens), crop the cache to the longest
     accepted row, turn the other rows' rejected slots into holes (moved before every later window when the cache has
-    sliding-window layers), let the drafter follow. -> tokens committed [B]."""
-    B = k.size(0)
-    rows = torch.arange(B, device=k.device)
-    k = torch.where(state.done, torch.zeros_like(k), k)  # finished rows keep nothing more
+    sliding-window layers), let the drafter follow. Everything is planned on the device and read back once (the
+    round's one host read: accepted counts, kept slots, positions, finished rows, the drafter's own figure);
+    -> the accepted counts k as Python ints (0 for rows finished before the round)."""
+    k = k.masked_fill(state.done, 0)  # finished rows keep nothing more
     # commit: block = d_1..d_k, next_token
-    block = torch.cat([drafts, next_token[:, None]], dim=1)
-    block[rows, k] = next_token
+    block = torch.cat([drafts, next_token[:, None]], dim=1).scatter(1, k[:, None], next_token[:, None])
     length = torch.minimum(k + 1, max_new_tokens - state.generated)
     offsets = torch.arange(block.size(1), device=k.device)
-    in_block = offsets[None] < length[:, None]
+    in_block = (offsets[None] < length[:, None]) & ~state.done[:, None]
     if eos is not None:
         is_eos = torch.isin(block, eos) & in_block
         first_eos = torch.where(is_eos.any(1), is_eos.float().argmax(1), block.size(1))
         in_block &= offsets[None] <= first_eos[:, None]
-        length = in_block.sum(1)
-    length = torch.where(state.done, torch.zeros_like(length), length)
-    cols = state.prompt_len + state.generated[:, None] + offsets[None]
-    write = in_block & ~state.done[:, None]
-    state.tokens[rows[:, None].expand_as(cols)[write], cols[write]] = block[write]
-    state.generated += length
+    # written columns lie before the scratch room's last column; others rewrite what they hold
+    cols = (state.prompt_len + state.generated[:, None] + offsets[None]).clamp(max=state.tokens.size(1) - 1)
+    state.tokens.scatter_(1, cols, torch.where(in_block, block, state.tokens.gather(1, cols)))
+    state.generated = state.generated + in_block.sum(1)
     finished = state.generated >= max_new_tokens
     if eos is not None:
-        finished |= (is_eos & write).any(1)
+        finished |= is_eos.any(1)
     # cache: slots new_start .. new_start + n_new - 1 were verified; row r keeps its first (n_new - D) + k_r of them
     # (the prefix before the drafts, then the accepted drafts); the cache keeps the longest row, others get holes
-    base = n_new - drafts.size(1)
-    kept = torch.where(state.done, 0, base + k)  # a finished row keeps no new slot: its positions stop growing
+    kept = (n_new - drafts.size(1) + k).masked_fill(state.done, 0)  # a finished row's positions stop growing
     update = SlotUpdate.plan(new_start, kept, state.window)
     rejected = torch.arange(n_new, device=k.device)[None] >= kept[:, None]
     state.n_valid = state.n_valid + state.mask[:, new_start:].masked_fill(rejected, 0).sum(1)  # padding: no position
-    state.mask = update.move_mask(state.mask)
+    mask = update.move_mask(state.mask)  # not cut yet: slots past the longest row are off in every row
+    done = state.done | finished
+    figure = drafter.plan_figure(mask, state.n_valid, done)
+    read = torch.stack([k, kept, state.n_valid, done.long()] + ([] if figure is None else [figure])).tolist()
+    k_host, kept_host, state.n_valid_host, done_host = read[:4]
+    update.settle(kept_host)
+    state.mask = mask[:, :update.keep]
     update.move_cache(state.cache)
     state.last_slot = update.last_slot
-    # the next input of each row is its last committed token (position n_valid); scratch room holds its drafts
-    live = ~state.done  # a finished row's last committed token sits there: leave it
-    state.tokens[rows[live], state.column(state.n_valid)[live]] = next_token[live]
+    # the next input of each row is its last committed token (position n_valid); scratch room holds its drafts; a
+    # finished row's last committed token sits there: leave it
+    col = state.column(state.n_valid)[:, None]
+    state.tokens.scatter_(1, col, torch.where(state.done[:, None], state.tokens.gather(1, col), next_token[:, None]))
     drafter.observe(state, model.trunk.hidden, model.trunk.layer_call_kwargs(), update)
-    state.done |= finished
-    return length, k
+    state.done, state.done_host = done, [bool(d) for d in done_host]
+    drafter.settle_figure(state, None if figure is None else read[4])
+    return k_host
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -643,7 +716,8 @@ def drafts_that_fit(state: DecodeState, num_drafts: int, max_positions: int | No
     the model's last one (GPT-2's learned positions end there; `generate` feeds one position per step)."""
     if max_positions is None:
         return num_drafts
-    return max(0, min(num_drafts, max_positions - 1 - int(state.n_valid[~state.done].max())))
+    furthest = max(n for n, done in zip(state.n_valid_host, state.done_host) if not done)
+    return max(0, min(num_drafts, max_positions - 1 - furthest))
 
 
 @torch.no_grad()
@@ -732,8 +806,8 @@ def speculative_generate(
         update_cache(model, state, drafter, 0, T, k, next_token, no_drafts, max_new_tokens, eos)
         forwards, counts["row_rounds"], counts["tokens_uncut"] = 1, B, B
         rows = torch.arange(B, device=device)
-        while not bool(state.done.all()):
-            active = ~state.done
+        while not all(state.done_host):
+            active, active_host = ~state.done, [not d for d in state.done_host]
             drafts, draft_probs = drafter.propose(state, sampler) if D else (no_drafts, None)  # propose
             n = drafts_that_fit(state, D, max_positions)
             drafts, draft_probs = drafts[:, :n], (None if draft_probs is None else draft_probs[:, :n])
@@ -743,16 +817,17 @@ def speculative_generate(
             logits = verify(model, state, inputs, active[:, None].expand_as(inputs))  # verify
             scores = sampler.scores(state, logits, drafts)  # process
             k, next_token = accept(scores, drafts, sampler, draft_probs)  # accept
-            update_cache(model, state, drafter, new_start, n + 1, k, next_token, drafts, max_new_tokens, eos)  # update
+            k = update_cache(model, state, drafter, new_start, n + 1, k, next_token, drafts, max_new_tokens,
+                             eos)  # update
             forwards += 1
-            k_active = k[active]
-            accepted_rounds.append(torch.where(active, k, -1).tolist())
+            accepted_rounds.append([kr if a else -1 for kr, a in zip(k, active_host)])
+            k_active = [kr for kr, a in zip(k, active_host) if a]
             counts["row_rounds"] += len(k_active)
             counts["verify_rounds"] += len(k_active)
-            counts["tokens_uncut"] += int((k_active + 1).sum())
+            counts["tokens_uncut"] += sum(k_active) + len(k_active)
             counts["drafted"] += n * len(k_active)
             for i in range(D):
-                counts["kept_by_position"][i] += int((k_active > i).sum())
+                counts["kept_by_position"][i] += sum(kr > i for kr in k_active)
     finally:
         model.train(was_training)
         model.trunk.clear()

@@ -1,6 +1,6 @@
 """MTP-guided lookahead search: the heads propose branches, the base verifies them, a value picks the answer.
 
-A first step towards "MCTS over continuations with the MTP heads as the proposal policy" (issue 8): a beam search
+A first step towards "MCTS over continuations with the MTP heads as the proposal policy": a beam search
 whose expansion is one round of self-speculative decoding per branch.
 
     expand   for every live node (a committed prefix) and each of its `branches` proposals: the branch token is the

@@ -38,6 +38,14 @@ class MTPLossOutput:
     num_tokens: torch.Tensor
 
 
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of `x` over the True entries of `mask` (over all of them, or along `dim`); 0 where none is True."""
+    mask = mask.to(x.dtype)
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
 def depth_weights(num_depths: int, decay: float = 1.0, normalize: bool = True) -> torch.Tensor:
     """w_i = decay^(i-1) for i = 1..num_depths, divided by their sum when `normalize`."""
     weights = decay ** torch.arange(num_depths, dtype=torch.float64)

@@ -18,18 +18,63 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from trl_mtp.config import MTPConfig
+from trl_mtp.errors import UserInputError
 from trl_mtp.heads import MTPHeads, Trunk, build_heads
 from trl_mtp.losses import IGNORE_INDEX, MTPLossOutput, mtp_loss, shift_labels
 from trl_mtp.native import copy_native_layers, init_from_native, load_native, native_mtp_layers
 
 HEADS_FILE = "mtp_heads.safetensors"
 CONFIG_FILE = "mtp_config.json"
+
+
+# the JSON files of a model folder that loading reads first: a corrupt one is named before a library trace
+MODEL_JSON_FILES = ("config.json", CONFIG_FILE, "generation_config.json", "adapter_config.json",
+                    "tokenizer_config.json")
+
+
+def check_model_dir(directory) -> None:
+    """Before loading a local model folder: it is a folder, and its JSON files parse. Raises UserInputError naming
+    the path and what is wrong. A name that is not on disk passes (a hub id: the loader says what it finds)."""
+    path = os.fspath(directory)
+    if os.path.isfile(path):
+        raise UserInputError(f"{path!r} is a file, not a model folder (give the folder that holds config.json)")
+    for name in MODEL_JSON_FILES:
+        file = os.path.join(path, name)
+        if os.path.isfile(file):
+            try:
+                with open(file) as f:
+                    json.load(f)
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise UserInputError(f"{file}: not valid JSON ({err}); the folder is damaged: restore or re-save "
+                                     "it") from None
+
+
+def check_heads_match(directory, mtp_config: MTPConfig, expected: dict | None = None, state: dict | None = None):
+    """The saved head weights fit the heads `mtp_config.json` describes, or UserInputError naming both: from the
+    heads file's metadata (what the heads were; cheap, before anything loads), and with `expected` (the built
+    heads' state dict) and `state` (the file's) from the tensor names, which older files without metadata need."""
+    said = f"{CONFIG_FILE} says head_type={mtp_config.head_type!r}, num_mtp_heads={mtp_config.num_mtp_heads}"
+    with safe_open(os.path.join(directory, HEADS_FILE), "pt") as f:
+        meta = f.metadata() or {}
+    if "head_type" in meta and (meta["head_type"], meta["num_mtp_heads"]) != \
+            (mtp_config.head_type, str(mtp_config.num_mtp_heads)):
+        raise UserInputError(f"{directory}: {said}, but {HEADS_FILE} holds head_type={meta['head_type']!r}, "
+                             f"num_mtp_heads={meta['num_mtp_heads']}; restore the matching {CONFIG_FILE}")
+    if expected is None:
+        return
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        found = "; ".join(f"{len(keys)} {what} (e.g. {keys[0]!r})" for what, keys in
+                          (("tensors missing", missing), ("unexpected tensors", unexpected)) if keys)
+        raise UserInputError(f"{directory}: {said}, but {HEADS_FILE} holds other heads: {found}; restore the "
+                             f"matching {CONFIG_FILE}")
 
 
 @dataclass
@@ -80,10 +125,30 @@ class MTPForCausalLM(nn.Module):
         """Base via its own `save_pretrained`; heads in `mtp_heads.safetensors`; config in `mtp_config.json`."""
         os.makedirs(save_directory, exist_ok=True)
         self.base_model.save_pretrained(save_directory, **kwargs)
-        state = {name: t.detach().contiguous() for name, t in self.heads.state_dict().items()}
-        save_file(state, os.path.join(save_directory, HEADS_FILE), metadata={"format": "pt"})
-        with open(os.path.join(save_directory, CONFIG_FILE), "w") as f:
+        self.save_heads(save_directory)
+
+    def save_heads(self, directory, state: dict | None = None) -> None:
+        """The heads' weights (`mtp_heads.safetensors`) and config (`mtp_config.json`) in `directory`: the one writer
+        of both, for `save_pretrained` and every trainer's checkpoints. `state`: the heads' full tensors when the
+        modules hold only a shard (FSDP2 / ZeRO-3 gather them for the Trainer); default the modules' own."""
+        os.makedirs(directory, exist_ok=True)
+        state = self.heads.state_dict() if state is None else state
+        state = {name: t.detach().contiguous().cpu() for name, t in state.items()}
+        # what the heads are, so that a mismatching mtp_config.json is named on load (`check_heads_match`)
+        metadata = {"format": "pt", "head_type": self.mtp_config.head_type,
+                    "num_mtp_heads": str(self.mtp_config.num_mtp_heads)}
+        save_file(state, os.path.join(directory, HEADS_FILE), metadata=metadata)
+        with open(os.path.join(directory, CONFIG_FILE), "w") as f:
             json.dump(self.mtp_config.to_dict(), f, indent=2)
+
+    def load_heads(self, directory) -> None:
+        """The heads' weights from `directory` (written by `save_heads`), strictly, onto the heads' device."""
+        path = os.path.join(directory, HEADS_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no MTP heads here; not written by trl-mtp (`save_heads`)")
+        state = load_file(path, device=str(self.device))
+        check_heads_match(directory, self.mtp_config, self.heads.state_dict(), state)
+        self.heads.load_state_dict(state, strict=True)
 
     @classmethod
     def from_pretrained(cls, directory, merge_lora: bool = False, **load_kwargs) -> "MTPForCausalLM":
@@ -91,6 +156,7 @@ class MTPForCausalLM(nn.Module):
         Mellum: loaded as sequential heads, see `trl_mtp.native`); `load_kwargs` go to `from_pretrained` of the base.
         A LoRA run loads as its base with the adapter attached, or, with `merge_lora=True`, with the adapter merged
         into the base's weights (a plain model again, e.g. for `trl-mtp export`)."""
+        check_model_dir(directory)
         config_path = os.path.join(directory, CONFIG_FILE)
         if not os.path.isfile(config_path) and native_mtp_layers(directory):
             return cls._from_native(directory, **load_kwargs)
@@ -98,6 +164,7 @@ class MTPForCausalLM(nn.Module):
             raise FileNotFoundError(f"{config_path}: not an MTP checkpoint (no {CONFIG_FILE})")
         with open(config_path) as f:
             mtp_config = MTPConfig.from_dict(json.load(f))
+        check_heads_match(directory, mtp_config)
         adapter_config = os.path.join(directory, "adapter_config.json")
         if os.path.isfile(adapter_config):
             # a LoRA run: the heads are built on a base without adapter modules (parallel/sequential copy its last
@@ -121,8 +188,7 @@ class MTPForCausalLM(nn.Module):
                     model.base_model.load_adapter(directory)
         else:
             model = cls(AutoModelForCausalLM.from_pretrained(directory, **load_kwargs), mtp_config)
-        state = load_file(os.path.join(directory, HEADS_FILE), device=str(model.device))
-        model.heads.load_state_dict(state, strict=True)
+        model.load_heads(directory)
         return model
 
     @classmethod

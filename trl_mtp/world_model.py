@@ -13,7 +13,7 @@ The transition is deterministic: s_{t+1} = s_t o a_t, and h_{t+1} is a function 
 in the action (the sampled token), which imagination samples explicitly, so the model has no stochastic latent
 (DreamerV3's z models what the next observation adds beyond history and action; here it adds nothing).
 
-Parts (each a `PPOConfig` switch, `wm_*` fields, so that each can be ablated):
+Parts (each a `WorldModelPPOConfig` switch, `wm_*` fields, so that each can be ablated):
 
 1. latent dynamics: K-step unroll of the prior on real tokens; cosine (or MSE) to stop-gradient posteriors, plus the KL
    between the token distributions of predicted and real latents (NextLat).
@@ -47,6 +47,7 @@ from torch import nn
 from trl_mtp.dreamer import PercentileNormalizer, free_bits, lambda_returns, twohot_bins, twohot_decode, twohot_loss
 from trl_mtp.heads.base import shift_tokens
 from trl_mtp.heads.trunk import call_layer
+from trl_mtp.losses import masked_mean
 
 # == 1. latent losses ================================================================================================
 
@@ -418,11 +419,6 @@ def sample_tokens(logits: torch.Tensor, generator: torch.Generator | None = None
     return torch.multinomial(probs.reshape(-1, probs.size(-1)), 1, generator=generator).view(probs.shape[:-1])
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    mask = mask.to(x.dtype)
-    return (x * mask).sum() / mask.sum().clamp(min=1)
-
-
 def resolve_dynamics(args) -> str:
     """`wm_dynamics="auto"`: the sequential MTP heads' chain when `head_type="sequential"`, else the MLP prior."""
     kind = args.wm_dynamics
@@ -431,10 +427,6 @@ def resolve_dynamics(args) -> str:
     if kind == "sequential" and args.head_type != "sequential":
         raise ValueError("wm_dynamics='sequential' needs head_type='sequential' (or use 'mlp' / 'auto')")
     return kind
-
-
-def num_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
 __all__ = [

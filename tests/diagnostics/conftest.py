@@ -12,17 +12,16 @@ SFT = dict(max_steps=4, per_device_train_batch_size=8, learning_rate=1e-3, loggi
 
 
 @pytest.fixture(scope="session")
-def recorded_run(tmp_path_factory, tokenizer):
+def recorded_run(tmp_path_factory, tokenizer, tiny_model):
     """Folder of a 4-step MTP-SFT run (tiny Llama, parallel heads, D=2) with the recorder every 2 steps, its saved
     model, and `trl-mtp probe` output. Returns (run_dir, trainer, recorder)."""
     from trl_mtp import MTPSFTConfig, MTPSFTTrainer, cli
     from trl_mtp.diagnostics import MTPRecorder, make_probe_batch
-    from trl_mtp.tasks.presets import build_model
 
     run_dir = tmp_path_factory.mktemp("recorded") / "sft-parallel"
     task = get_task("arithmetic")
     args = MTPSFTConfig(output_dir=str(run_dir), head_type="parallel", **SFT)
-    trainer = MTPSFTTrainer(build_model("tiny-llama", len(tokenizer), tokenizer=tokenizer), args,
+    trainer = MTPSFTTrainer(tiny_model(), args,
                             train_dataset=task.train(64), processing_class=tokenizer)
     recorder = MTPRecorder(trainer.mtp_model, make_probe_batch(tokenizer, task.eval(8)), every=2,
                            keep_snapshots=2, tokenizer=tokenizer)
@@ -32,13 +31,3 @@ def recorded_run(tmp_path_factory, tokenizer):
     assert cli.main(["probe", str(run_dir), "--task", "arithmetic", "--n", "2", "--positions", "3",
                      "--samples", "8"]) == 0
     return run_dir, trainer, recorder
-
-
-@pytest.fixture
-def tiny_model(tokenizer):
-    from trl_mtp.tasks.presets import build_model
-
-    def make(preset: str = "tiny-llama", seed: int = 0):
-        return build_model(preset, len(tokenizer), tokenizer=tokenizer, seed=seed)
-
-    return make

@@ -6,13 +6,12 @@ import pytest
 
 from trl_mtp import MTPConfig, MTPForCausalLM
 from trl_mtp.experiments.lookahead_compare import METHODS, run_method
-from trl_mtp.tasks.presets import build_model
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tokenizer):
+def model_dir(tmp_path_factory, tokenizer, tiny_model):
     path = tmp_path_factory.mktemp("lookahead-model")
-    base = build_model("tiny-llama", len(tokenizer), tokenizer=tokenizer, seed=0)
+    base = tiny_model()
     MTPForCausalLM.from_base(base, MTPConfig(head_type="sequential", num_mtp_heads=2)).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

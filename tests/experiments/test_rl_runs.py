@@ -7,14 +7,13 @@ import torch
 
 from trl_mtp import MTPConfig, MTPForCausalLM
 from trl_mtp.experiments.rl_runs import run_rl, task_acceptance
-from trl_mtp.tasks.presets import build_model
 
 PROMPTS = ["copy:1,2,3=", "copy:4,5,6,7,8=", "sort:9,1="]
 
 
 @pytest.fixture
-def mtp_model(tokenizer):
-    base = build_model("tiny-llama", len(tokenizer), tokenizer=tokenizer, seed=0)
+def mtp_model(tiny_model):
+    base = tiny_model()
     return MTPForCausalLM.from_base(base, MTPConfig(head_type="sequential", num_mtp_heads=2)).eval()
 
 

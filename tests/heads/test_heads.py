@@ -6,29 +6,19 @@ import types
 
 import pytest
 import torch
+from native_models import native_base, tiny_base
 
 from trl_mtp import MTPConfig, MTPForCausalLM
+from trl_mtp.config import HEAD_TYPES as FAMILIES
 from trl_mtp.heads import Trunk
-from trl_mtp.tasks.presets import build_model
 
 V = 101
 ARCHS = ["llama", "qwen3", "gpt2"]
-FAMILIES = ["blockwise", "parallel", "sequential", "medusa"]
-
-
-def tiny_model(arch: str, seed: int = 0):
-    if arch == "gpt2":
-        return build_model("tiny-gpt2", V, seed=seed, n_embd=32, n_layer=2, n_head=2)
-    kwargs = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                  intermediate_size=64)
-    if arch == "qwen3":
-        kwargs["head_dim"] = 16
-    return build_model(f"tiny-{arch}", V, seed=seed, **kwargs)
 
 
 def wrap(arch, head_type, **config):
     torch.manual_seed(0)
-    model = MTPForCausalLM.from_base(tiny_model(arch), MTPConfig(head_type=head_type, **config))
+    model = MTPForCausalLM.from_base(tiny_base(arch, V), MTPConfig(head_type=head_type, **config))
     with torch.no_grad():  # move off the zero init, so the heads are not all the main head
         for p in model.heads.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -131,7 +121,7 @@ def test_heads_learn_repetitive_corpus(head_type):
     chance is 1/7 at best. The trunk is trained too (coupled)."""
     torch.manual_seed(0)
     D, period = 3, 7
-    model = MTPForCausalLM.from_base(tiny_model("llama"), MTPConfig(head_type=head_type, num_mtp_heads=D,
+    model = MTPForCausalLM.from_base(tiny_base("llama", V), MTPConfig(head_type=head_type, num_mtp_heads=D,
                                                                     mtp_lambda=1.0))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     pattern = torch.randperm(V)[:period]
@@ -196,7 +186,7 @@ def assert_holds_base_and_heads_only(model):
 def test_wrapper_holds_no_hidden_copy_of_the_base(head_type):
     """A D = 4 wrapper holds base + heads and nothing more: no head keeps a reference to a copy of the base (a
     deep-copied module that carried our capture hook, bound to the trunk, used to copy the whole base with it)."""
-    model = MTPForCausalLM.from_base(tiny_model("llama"), MTPConfig(head_type=head_type, num_mtp_heads=4,
+    model = MTPForCausalLM.from_base(tiny_base("llama", V), MTPConfig(head_type=head_type, num_mtp_heads=4,
                                                                     share_lm_head=False))
     assert_holds_base_and_heads_only(model)
     ids = torch.randint(0, V, (1, 6))
@@ -208,15 +198,13 @@ def test_wrapper_holds_no_hidden_copy_of_the_base(head_type):
 def test_memory_check_catches_a_head_copied_with_the_capture_hook(monkeypatch):
     """The check above fails on heads built by deep-copying the final norm with its capture hook still on."""
     monkeypatch.setattr(Trunk, "copy_final_norm", lambda trunk: copy.deepcopy(trunk.final_norm))
-    model = MTPForCausalLM.from_base(tiny_model("llama"), MTPConfig(head_type="sequential", num_mtp_heads=4))
+    model = MTPForCausalLM.from_base(tiny_base("llama", V), MTPConfig(head_type="sequential", num_mtp_heads=4))
     with pytest.raises(AssertionError, match="12.0 hidden copies of the base"):
         assert_holds_base_and_heads_only(model)
 
 
 def test_native_import_holds_no_hidden_copy_of_the_base(tmp_path):
     """Sequential heads imported from transformers' MtpModel keep its layers, not the MtpModel (nor its base)."""
-    from native_models import native_base
-
     from trl_mtp.native import export_native
 
     exported = MTPForCausalLM.from_base(native_base("glm4_moe"), MTPConfig(head_type="sequential", num_mtp_heads=2))

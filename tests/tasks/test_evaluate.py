@@ -2,11 +2,10 @@ import math
 
 from trl_mtp.tasks import get_task
 from trl_mtp.tasks.evaluate import evaluate_task, generate_completions, heldout_nll
-from trl_mtp.tasks.presets import build_model
 
 
-def test_evaluate_task_shapes(tokenizer):
-    model = build_model("tiny-llama", len(tokenizer), tokenizer=tokenizer)
+def test_evaluate_task_shapes(tokenizer, tiny_model):
+    model = tiny_model()
     for conversational in (False, True):
         result = evaluate_task(model, tokenizer, get_task("copy"), n=6, batch_size=4, conversational=conversational)
         assert result["n"] == 6 and len(result["correct"]) == 6
@@ -15,17 +14,17 @@ def test_evaluate_task_shapes(tokenizer):
     assert evaluate_task(model, tokenizer, get_task("copy"), n=0)["n"] == 0
 
 
-def test_left_padding_gives_same_completions(tokenizer):
+def test_left_padding_gives_same_completions(tokenizer, tiny_model):
     """Batched generation with left padding matches one-at-a-time generation."""
-    model = build_model("tiny-qwen3", len(tokenizer), tokenizer=tokenizer)
+    model = tiny_model("tiny-qwen3")
     prompts = list(get_task("star_graph").eval(3)["prompt"]) + ["1+2="]
     batched = generate_completions(model, tokenizer, prompts, batch_size=4, max_new_tokens=6)
     single = [generate_completions(model, tokenizer, [p], max_new_tokens=6)[0] for p in prompts]
     assert batched == single
 
 
-def test_heldout_nll(tokenizer):
-    model = build_model("tiny-gpt2", len(tokenizer), tokenizer=tokenizer)
+def test_heldout_nll(tokenizer, tiny_model):
+    model = tiny_model("tiny-gpt2")
     texts = get_task("stdlib").eval(3)["text"]
     nll = heldout_nll(model, tokenizer, texts, max_length=64)
     assert math.isfinite(nll) and abs(nll - math.log(len(tokenizer))) < 1.0  # random init: about uniform

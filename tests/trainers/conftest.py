@@ -1,19 +1,11 @@
-"""Fixtures of the trainer tests: a tiny model on the embedded tokenizer, small datasets, a config factory."""
+"""Fixtures of the trainer tests: small datasets, a config factory, fp16's gradient path (`tiny_model` is in
+tests/conftest.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from trl_mtp.tasks.presets import build_model
 from trl_mtp.tasks.registry import get_task
-
-
-@pytest.fixture
-def tiny_model(tokenizer):
-    def make(preset: str = "tiny-llama", seed: int = 0):
-        return build_model(preset, len(tokenizer), tokenizer=tokenizer, seed=seed)
-
-    return make
 
 
 @pytest.fixture

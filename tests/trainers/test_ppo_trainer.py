@@ -1,4 +1,4 @@
-"""PPOTrainer: scoring and padding, metrics, the rollout hook, MTP modes, references, save/resume, learning, DDP."""
+"""MTPPPOTrainer: scoring and padding, metrics, the rollout hook, MTP modes, references, save/resume, learning, DDP."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, GenerationConfig, LlamaForSequenceClassification
 from two_process import launch
 
-from trl_mtp import MTPForCausalLM, PPOConfig, PPOTrainer
+from trl_mtp import MTPForCausalLM, MTPPPOConfig, MTPPPOTrainer
 from trl_mtp.trainers import ppo_trainer
 from trl_mtp.tasks.presets import build_config
 from trl_mtp.tasks.registry import get_task
@@ -54,7 +54,7 @@ def ppo_args(tmp_path):
                         num_mini_batches=2, num_ppo_epochs=2, response_length=6, learning_rate=1e-3,
                         temperature=1.0, report_to=[], save_strategy="no", disable_tqdm=True, seed=0,
                         num_mtp_heads=2, dataloader_pin_memory=False)
-        return PPOConfig(**{**defaults, **overrides})
+        return MTPPPOConfig(**{**defaults, **overrides})
 
     return make
 
@@ -65,7 +65,7 @@ def policy_state(trainer) -> dict[str, torch.Tensor]:
             if not k.startswith("mtp_heads.")}
 
 
-class ScriptedPPOTrainer(PPOTrainer):
+class ScriptedPPOTrainer(MTPPPOTrainer):
     """Rollouts replaced by fixed responses: the `generate_rollouts` hook at work."""
 
     scripted: torch.Tensor
@@ -131,7 +131,7 @@ def test_logs_every_metric_and_first_ratio_is_one(temperature, tiny_model, token
     """One epoch, one mini-batch: the update runs on the very policy that sampled, so ratio = 1 exactly
     (the log-probs of rollout and update agree, N+ details' sanity check), at any temperature."""
     args = ppo_args(max_steps=2, num_ppo_epochs=1, num_mini_batches=1, temperature=temperature)
-    trainer = PPOTrainer(tiny_model(), args, train_dataset=prompts, processing_class=tokenizer,
+    trainer = MTPPPOTrainer(tiny_model(), args, train_dataset=prompts, processing_class=tokenizer,
                          reward_funcs=[zero_reward, digit_fraction])
     trainer.train()
     logs = [h for h in trainer.state.log_history if "objective/kl" in h]
@@ -150,7 +150,7 @@ def test_decoupled_mtp_leaves_the_policy_to_ppo(tiny_model, tokenizer, prompts, 
     heads learn. Coupled: the MTP loss moves the policy."""
     results = {}
     for mode, mtp_lambda in (("decoupled", 0.0), ("decoupled", 1.0), ("coupled", 1.0)):
-        trainer = PPOTrainer(tiny_model(), ppo_args(mode=mode, mtp_lambda=mtp_lambda), train_dataset=prompts,
+        trainer = MTPPPOTrainer(tiny_model(), ppo_args(mode=mode, mtp_lambda=mtp_lambda), train_dataset=prompts,
                              processing_class=tokenizer, reward_funcs=first_token_parity)
         heads_before = {k: v.clone() for k, v in trainer.mtp_model.heads.state_dict().items()}
         trainer.train()
@@ -169,7 +169,7 @@ def test_decoupled_mtp_leaves_the_policy_to_ppo(tiny_model, tokenizer, prompts, 
 def test_mtp_variants_train_and_log(head_type, tiny_model, tokenizer, prompts, ppo_args):
     args = ppo_args(head_type=head_type, mode="coupled", mtp_lambda=0.3, mtp_lambda_schedule="linear",
                     mtp_lambda_end=0.1, mtp_window_schedule="forward", max_steps=2)
-    trainer = PPOTrainer(tiny_model(), args, train_dataset=prompts, processing_class=tokenizer,
+    trainer = MTPPPOTrainer(tiny_model(), args, train_dataset=prompts, processing_class=tokenizer,
                          reward_funcs=first_token_parity)
     trainer.train()
     logs = [h for h in trainer.state.log_history if "mtp/loss" in h]
@@ -180,7 +180,7 @@ def test_mtp_variants_train_and_log(head_type, tiny_model, tokenizer, prompts, p
 
 def test_speculative_rollouts_train_and_log_acceptance(tiny_model, tokenizer, prompts, ppo_args):
     args = ppo_args(speculative_rollouts=True, head_type="blockwise", num_mtp_heads=3, mode="decoupled")
-    trainer = PPOTrainer(tiny_model(), args, train_dataset=prompts, processing_class=tokenizer,
+    trainer = MTPPPOTrainer(tiny_model(), args, train_dataset=prompts, processing_class=tokenizer,
                          reward_funcs=first_token_parity)
     trainer.train()
     logs = [h for h in trainer.state.log_history if "spec/mean_accepted_length" in h]
@@ -232,7 +232,7 @@ def test_rollouts_sample_the_distribution_ppo_scores(speculative, tiny_model, to
     speculative decoding, which now honours the model's generation config as `generate` does, fails the same way."""
     args = ppo_args(temperature=0.7, response_length=1, stop_token=None, local_rollout_forward_batch_size=2000,
                     speculative_rollouts=speculative, head_type="blockwise")
-    trainer = PPOTrainer(peaked_model(tiny_model), args, train_dataset=Dataset.from_dict({"prompt": ["copy:1,2,3="]}),
+    trainer = MTPPPOTrainer(peaked_model(tiny_model), args, train_dataset=Dataset.from_dict({"prompt": ["copy:1,2,3="]}),
                          processing_class=tokenizer, reward_funcs=zero_reward)
     tokens, pi = one_token_rollouts(trainer, "copy:1,2,3=", 2000)
     assert pi.max() > 0.5  # peaked on '=', a prompt token
@@ -271,7 +271,7 @@ def test_without_a_stop_token_rollouts_never_stop(speculative, tiny_model, token
     model.generation_config.eos_token_id = list(range(len(tokenizer)))
     args = ppo_args(stop_token=None, speculative_rollouts=speculative, head_type="blockwise",
                     per_device_train_batch_size=8, num_mini_batches=1)
-    trainer = PPOTrainer(model, args, train_dataset=prompts, processing_class=tokenizer, reward_funcs=zero_reward)
+    trainer = MTPPPOTrainer(model, args, train_dataset=prompts, processing_class=tokenizer, reward_funcs=zero_reward)
     rollouts = trainer.make_rollouts(0)
     assert rollouts.responses.shape == (8, args.response_length) and rollouts.mask.all()
     assert (rollouts.responses != tokenizer.pad_token_id).float().mean() > 0.9  # sampled tokens, not padding
@@ -301,9 +301,9 @@ def test_dropout_is_off_so_the_first_ratio_is_exactly_one(preset, dropout, tempe
         model = build_model(preset, len(tokenizer), tokenizer=tokenizer, **dropout)
         args = ppo_args(max_steps=1, num_ppo_epochs=1, num_mini_batches=1, temperature=temperature,
                         per_device_train_batch_size=8, disable_dropout=disable)
-        stats[disable] = first_update_stats(PPOTrainer(model, args, train_dataset=prompts, processing_class=tokenizer,
+        stats[disable] = first_update_stats(MTPPPOTrainer(model, args, train_dataset=prompts, processing_class=tokenizer,
                                                        reward_funcs=first_token_parity))
-    assert PPOConfig(output_dir="x").disable_dropout
+    assert MTPPPOConfig(output_dir="x").disable_dropout
     assert stats[True]["val/ratio"] == 1.0 and stats[True]["policy/clipfrac_avg"] == 0.0
     assert stats[True]["policy/approxkl_avg"] == 0.0
     assert stats[False]["val/ratio"] != 1.0 and stats[False]["policy/approxkl_avg"] > 0
@@ -325,7 +325,7 @@ def test_dropout_is_off_in_reference_reward_and_value_models(tokenizer, prompts,
     policy = build_model("tiny-gpt2", len(tokenizer), tokenizer=tokenizer, **GPT2_DROPOUT)
     reward_model, value_model = classifier(), classifier()
     assert all(max(dropout_rates(m)) == 0.1 for m in (policy, reward_model, value_model))
-    trainer = PPOTrainer(policy, ppo_args(), train_dataset=prompts, processing_class=tokenizer,
+    trainer = MTPPPOTrainer(policy, ppo_args(), train_dataset=prompts, processing_class=tokenizer,
                          reward_model=reward_model, value_model=value_model)
     for model in (trainer.model, trainer.ref_model, trainer.reward_model, trainer.model.value_model):
         assert dropout_rates(model) and max(dropout_rates(model)) == 0.0
@@ -337,7 +337,7 @@ def test_bf16_runs_every_log_prob_in_one_precision(temperature, tiny_model, toke
     policy is exactly 0 at step 0. Formerly only the prepared policy forward was autocast: the KL read -5.8e-4
     (T = 1) / -1.5e-3 (T = 0.7) per response, the former precision (restored below) still reads != 0."""
     def run():
-        trainer = PPOTrainer(tiny_model(), ppo_args(bf16=True, use_cpu=True, max_steps=1, num_ppo_epochs=1,
+        trainer = MTPPPOTrainer(tiny_model(), ppo_args(bf16=True, use_cpu=True, max_steps=1, num_ppo_epochs=1,
                                                     num_mini_batches=1, temperature=temperature),
                              train_dataset=prompts, processing_class=tokenizer, reward_funcs=first_token_parity)
         autocast = []  # per forward of the policy's and the reference's trunk outside the update
@@ -349,7 +349,7 @@ def test_bf16_runs_every_log_prob_in_one_precision(temperature, tiny_model, toke
     stats, autocast = run()
     assert stats["objective/kl"] == 0.0 and stats["val/ratio"] == 1.0
     assert autocast and all(autocast)  # generation, pi_old and pi_ref all under autocast
-    monkeypatch.setattr(PPOTrainer, "precision_context", lambda self: contextlib.nullcontext())
+    monkeypatch.setattr(MTPPPOTrainer, "precision_context", lambda self: contextlib.nullcontext())
     stats, autocast = run()
     assert stats["objective/kl"] != 0.0 and not all(autocast)
 
@@ -360,7 +360,7 @@ def test_fp16_unscales_once_then_clips_each_group(tiny_model, tokenizer, prompts
     `accelerator.clip_grad_norm_` (the former code, restored below) unscaled twice: "unscale_() has already been
     called on this optimizer since the last update()"."""
     def run(scaled: bool):
-        trainer = PPOTrainer(tiny_model(), ppo_args(max_steps=1, max_grad_norm=0.1), train_dataset=prompts,
+        trainer = MTPPPOTrainer(tiny_model(), ppo_args(max_steps=1, max_grad_norm=0.1), train_dataset=prompts,
                              processing_class=tokenizer, reward_funcs=first_token_parity)
         if scaled:
             fp16_scaler(trainer.accelerator)
@@ -376,7 +376,7 @@ def test_fp16_unscales_once_then_clips_each_group(tiny_model, tokenizer, prompts
         for group in self._clip_groups():
             self.accelerator.clip_grad_norm_(group, max_norm)
 
-    monkeypatch.setattr(PPOTrainer, "clip_each_group", per_group)
+    monkeypatch.setattr(MTPPPOTrainer, "clip_each_group", per_group)
     with pytest.raises(RuntimeError, match="unscale_"):
         run(True)
 
@@ -387,7 +387,7 @@ def test_activation_checkpointing_is_honoured(tiny_model, tokenizer, prompts, pp
     update is the same as without."""
     runs = {}
     for checkpointing in (False, True):
-        trainer = PPOTrainer(tiny_model(), ppo_args(max_steps=1, activation_checkpointing=checkpointing),
+        trainer = MTPPPOTrainer(tiny_model(), ppo_args(max_steps=1, activation_checkpointing=checkpointing),
                              train_dataset=prompts, processing_class=tokenizer, reward_funcs=first_token_parity)
         calls = []  # training-mode calls of a linear layer inside layer 0 (the checkpoint wraps the layer's forward)
         linear = next(m for m in trainer.mtp_model.trunk.layers[0].modules() if isinstance(m, torch.nn.Linear))
@@ -405,7 +405,7 @@ def test_lora_reference_is_the_base_with_adapters_disabled(tiny_model, tokenizer
     from peft import LoraConfig
 
     peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
-    trainer = PPOTrainer(tiny_model(), ppo_args(max_steps=2), train_dataset=prompts, processing_class=tokenizer,
+    trainer = MTPPPOTrainer(tiny_model(), ppo_args(max_steps=2), train_dataset=prompts, processing_class=tokenizer,
                          reward_funcs=first_token_parity, peft_config=peft_config)
     assert trainer.ref_model is None
     trainer.train()
@@ -417,7 +417,7 @@ def test_lora_reference_is_the_base_with_adapters_disabled(tiny_model, tokenizer
 def test_value_model_reward_model_and_conversational_prompts(tiny_model, tokenizer, ppo_args, tmp_path):
     dataset = get_task("copy", length=2).train(8, conversational=True)
     args = ppo_args(max_steps=1)
-    trainer = PPOTrainer(tiny_model(), args, train_dataset=dataset, processing_class=tokenizer,
+    trainer = MTPPPOTrainer(tiny_model(), args, train_dataset=dataset, processing_class=tokenizer,
                          reward_model=tiny_classifier(tokenizer, 1), value_model=tiny_classifier(tokenizer, 2))
     trainer.train()
     trainer.save_model(str(tmp_path / "out"))
@@ -430,7 +430,7 @@ def test_value_model_reward_model_and_conversational_prompts(tiny_model, tokeniz
 def test_resume_equals_uninterrupted(tiny_model, tokenizer, prompts, ppo_args, tmp_path):
     def run(output_dir, resume=None):
         args = ppo_args(output_dir=str(output_dir), max_steps=4, save_strategy="steps", save_steps=2)
-        trainer = PPOTrainer(tiny_model(), args, train_dataset=prompts, processing_class=tokenizer,
+        trainer = MTPPPOTrainer(tiny_model(), args, train_dataset=prompts, processing_class=tokenizer,
                              reward_funcs=first_token_parity)
         trainer.train(resume_from_checkpoint=resume)
         return trainer
@@ -452,6 +452,40 @@ def test_resume_equals_uninterrupted(tiny_model, tokenizer, prompts, ppo_args, t
     assert torch.equal(loaded.base_model.state_dict()["model.norm.weight"], a["model.norm.weight"])
 
 
+def test_heads_are_saved_and_loaded_in_one_place(tiny_model, tokenizer, prompts, ppo_args, tmp_path, monkeypatch):
+    """Every writer and reader of the heads' files goes through `MTPForCausalLM.save_heads` / `load_heads`: no other
+    module names the files, and PPO's checkpoint (as SFT's, through the mixin) calls them."""
+    import trl_mtp
+    from trl_mtp import model as model_module
+
+    package = Path(trl_mtp.__file__).parent
+    naming = sorted(str(p.relative_to(package)) for p in package.rglob("*.py")
+                    if p != Path(model_module.__file__) and "HEADS_FILE" in p.read_text())
+    assert naming == []
+    calls = []
+    for name in ("save_heads", "load_heads"):
+        original = getattr(MTPForCausalLM, name)
+        monkeypatch.setattr(MTPForCausalLM, name,
+                            lambda self, directory, _f=original, _n=name: calls.append(_n) or _f(self, directory))
+    trainer = MTPPPOTrainer(tiny_model(), ppo_args(max_steps=1), train_dataset=prompts, processing_class=tokenizer,
+                            reward_funcs=first_token_parity)
+    trainer.model_wrapped = trainer.model
+    trainer._save(str(tmp_path / "ckpt"))
+    trainer._load_from_checkpoint(str(tmp_path / "ckpt"))
+    assert calls == ["save_heads", "load_heads"]
+
+
+def test_old_names_are_aliases():
+    """`PPOConfig` / `PPOTrainer` (the former names; TRL's own `PPOTrainer` is another class) are the same objects as
+    `MTPPPOConfig` / `MTPPPOTrainer`, from the package and from `trl_mtp.trainers`."""
+    import trl_mtp
+    from trl_mtp import trainers
+
+    assert trl_mtp.PPOConfig is trl_mtp.MTPPPOConfig is trainers.PPOConfig is trainers.MTPPPOConfig
+    assert trl_mtp.PPOTrainer is trl_mtp.MTPPPOTrainer is trainers.PPOTrainer is trainers.MTPPPOTrainer
+    assert {"PPOConfig", "PPOTrainer", "MTPPPOConfig", "MTPPPOTrainer"} <= set(trl_mtp.__all__) & set(trainers.__all__)
+
+
 # -- learning ------------------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_reward_goes_up_on_an_easy_task(tokenizer, ppo_args):
@@ -461,7 +495,7 @@ def test_reward_goes_up_on_an_easy_task(tokenizer, ppo_args):
     base = AutoModelForCausalLM.from_pretrained(pretrain_base("tiny-llama", "copy", steps=60, seq_len=64, batch_size=8))
     args = ppo_args(max_steps=12, per_device_train_batch_size=16, num_mini_batches=1, response_length=8,
                     kl_coef=0.01, learning_rate=1e-3)
-    trainer = PPOTrainer(base, args, train_dataset=get_task("copy", length=3).train(64), processing_class=tokenizer,
+    trainer = MTPPPOTrainer(base, args, train_dataset=get_task("copy", length=3).train(64), processing_class=tokenizer,
                          reward_funcs=digit_fraction)
     trainer.train()
     scores = [h["objective/scores"] for h in trainer.state.log_history if "objective/scores" in h]

@@ -1,9 +1,10 @@
-"""World-model PPO (PPOTrainer with `world_model=True`): wiring, gradient routing (decoupled leaves the policy's update
+"""World-model PPO (WorldModelPPOTrainer): wiring, gradient routing (decoupled leaves the policy's update
 bit-identical), imagination (independent rollouts per prefix, no policy gradients), return normalisation,
 save/resume, and an end-to-end CLI run with every part switched on."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 import trl_mtp.world_model as world_model_module
-from trl_mtp import PPOConfig, PPOTrainer
+from trl_mtp import MTPPPOConfig, MTPPPOTrainer, WorldModelPPOConfig, WorldModelPPOTrainer
 from trl_mtp.heads.base import shift_tokens
 from trl_mtp.tasks.registry import get_task
 from trl_mtp.world_model import PercentileNormalizer, PrefixRollouts, TwoHotValueHead, WorldModel
@@ -40,9 +41,9 @@ def wm_trainer(tmp_path, tiny_model, tokenizer, prompts):
                         temperature=1.0, report_to=[], save_strategy="no", disable_tqdm=True, seed=0,
                         num_mtp_heads=2, dataloader_pin_memory=False, head_type="sequential", world_model=True,
                         logging_steps=1)
-        args = PPOConfig(**{**defaults, **overrides})
-        return PPOTrainer(tiny_model(), args, train_dataset=prompts, processing_class=tokenizer,
-                          reward_funcs=first_token_parity)
+        args = WorldModelPPOConfig(**{**defaults, **overrides})
+        return WorldModelPPOTrainer(tiny_model(), args, train_dataset=prompts, processing_class=tokenizer,
+                                    reward_funcs=first_token_parity)
 
     return make
 
@@ -196,7 +197,7 @@ def test_prefix_rollouts_on_real_tokens_are_the_teacher_forced_chain(wm_trainer)
 def test_discrete_latent_is_gone():
     """The 32 x 32 categorical latent read by nothing was removed (the transition is deterministic given the token)."""
     with pytest.raises(TypeError, match="wm_discrete_latent"):
-        PPOConfig(output_dir="x", world_model=True, wm_discrete_latent=True)
+        WorldModelPPOConfig(output_dir="x", world_model=True, wm_discrete_latent=True)
 
 
 def test_decoupled_policy_update_ignores_world_model_weights(wm_trainer, tiny_model):
@@ -240,6 +241,89 @@ def test_save_and_resume_world_model(wm_trainer, tmp_path):
     for key, value in resumed.model.world_model.state_dict().items():
         assert torch.equal(value, saved[key]), key
     assert torch.equal(resumed.model.return_normalizer.high, trainer.model.return_normalizer.high)
+
+
+# -- the split: PPO knows nothing of the world model ------------------------------------------------------------------
+def test_plain_ppo_config_has_no_world_model_field():
+    """The world model's fields live in `WorldModelPPOConfig` only; `MTPPPOConfig` refuses them."""
+    def world_fields(cls):
+        return {f.name for f in dataclasses.fields(cls) if f.name == "world_model" or f.name.startswith("wm_")}
+
+    assert world_fields(MTPPPOConfig) == set()
+    assert len(world_fields(WorldModelPPOConfig)) == 22 and "wm_critic" in world_fields(WorldModelPPOConfig)
+    assert issubclass(WorldModelPPOConfig, MTPPPOConfig) and issubclass(WorldModelPPOTrainer, MTPPPOTrainer)
+    with pytest.raises(TypeError, match="wm_critic"):
+        MTPPPOConfig(output_dir="x", wm_critic="scalar")
+    with pytest.raises(ValueError, match="WorldModelPPOConfig.world_model=False"):
+        WorldModelPPOConfig(output_dir="x", world_model=False)
+
+
+def test_plain_ppo_has_no_world_model(tmp_path, tiny_model, tokenizer, prompts):
+    """`MTPPPOTrainer`: no world-model attribute on the trained module tree, no `wm` metric, the heads alone clipped
+    apart from the policy, and no world-model name in PPO's modules (the world model plugs in by overriding hooks)."""
+    import ast
+    import inspect
+
+    from trl_mtp.trainers import ppo_config, ppo_models, ppo_trainer
+
+    for module in (ppo_trainer, ppo_models, ppo_config):
+        tree = ast.parse(inspect.getsource(module))
+        docstrings = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr)}
+        code_words = [getattr(node, "id", None) or getattr(node, "attr", None) or getattr(node, "name", None) or
+                      (node.value if isinstance(node, ast.Constant) and id(node) not in docstrings else None)
+                      for node in ast.walk(tree)]  # names, attributes, imports and strings; docs may name the subclass
+        found = [w for w in code_words if isinstance(w, str) and w.lower().startswith(("world", "wm_", "wm/", "twohot"))]
+        assert not found, (module.__name__, found)
+    args = MTPPPOConfig(output_dir=str(tmp_path / "run"), max_steps=1, per_device_train_batch_size=4,
+                        num_ppo_epochs=1, response_length=5, report_to=[], save_strategy="no", disable_tqdm=True,
+                        head_type="sequential", num_mtp_heads=2, dataloader_pin_memory=False, logging_steps=1)
+    trainer = MTPPPOTrainer(tiny_model(), args, train_dataset=prompts, processing_class=tokenizer,
+                            reward_funcs=first_token_parity)
+    assert not any(hasattr(trainer.model, name) for name in ("world_model", "return_normalizer"))
+    assert {id(p) for p in trainer._clip_groups()[0]} == {id(p) for p in trainer.mtp_model.heads.parameters()}
+    trainer.train()
+    assert not [k for h in trainer.state.log_history for k in h if "wm" in k]
+
+
+def test_world_model_trainer_clips_world_model_and_critic_with_the_heads(wm_trainer):
+    trainer = wm_trainer()
+    model = trainer.model
+    expected = {id(p) for module in (trainer.mtp_model.heads, model.world_model, model.value_head)
+                for p in module.parameters() if p.requires_grad}
+    assert {id(p) for p in trainer._clip_groups()[0]} == expected
+    assert not expected & {id(p) for p in trainer._clip_groups()[1]}
+    with pytest.raises(ValueError, match="WorldModelPPOTrainer needs a WorldModelPPOConfig"):
+        WorldModelPPOTrainer(trainer.mtp_model, MTPPPOConfig(output_dir="x"), train_dataset=trainer.train_dataset,
+                             processing_class=trainer.processing_class, reward_funcs=first_token_parity)
+
+
+@pytest.mark.parametrize("argv, yaml_text, world", [
+    (["--mode", "coupled", "--max_steps", "3"], None, False),
+    (["--wm_critic", "scalar"], None, True),
+    (["--world_model=true"], None, True),
+    (["--max_steps", "3"], "wm_imagination_horizon: 0\nmax_steps: 2\n", True),
+    (["--max_steps", "3"], "max_steps: 2\n", False),
+])
+def test_cli_selects_the_world_model_trainer(argv, yaml_text, world, tmp_path):
+    """`trl-mtp ppo`: any `--world_model` / `--wm_*` option, on the command line or in the `--config` YAML, selects
+    world-model PPO; anything else is plain PPO."""
+    from trl_mtp.commands.ppo import given_fields
+    from trl_mtp.trainers.world_model_ppo_config import selects_world_model
+
+    if yaml_text is not None:
+        (tmp_path / "run.yaml").write_text(yaml_text)
+        argv = [*argv, "--config", str(tmp_path / "run.yaml")]
+    assert selects_world_model(given_fields(argv)) == world
+
+
+def test_cli_help_lists_world_model_fields_only_for_world_model_ppo():
+    def help_text(*extra):
+        done = subprocess.run([sys.executable, "-m", "trl_mtp.cli", "ppo", *extra, "--help"], capture_output=True,
+                              text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert "--wm_critic" not in help_text() and "--wm_critic" in help_text("--world_model", "true")
 
 
 @pytest.mark.slow

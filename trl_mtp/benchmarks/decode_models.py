@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
+from trl_mtp.config import HEAD_TYPES
 from trl_mtp.tasks.cache import cache_root, stable_hash
 
-FAMILIES = ("blockwise", "medusa", "parallel", "sequential")
 
 
 def self_distill_texts(base_dir: Path, n: int, prompt_tokens: int, new_tokens: int, batch_size: int = 32) -> list[str]:
@@ -47,12 +47,14 @@ def self_distill_texts(base_dir: Path, n: int, prompt_tokens: int, new_tokens: i
     return texts
 
 
-def trained_models(preset: str = "tiny-llama", families=FAMILIES, *, pretrain_steps: int = 600, head_steps: int = 300,
-                   num_heads: int = 4, n_texts: int = 1024, verbose: bool = True) -> dict[str, Path]:
-    """family -> directory of an `MTPForCausalLM` checkpoint (same base for all), trained now or read from the cache."""
+def trained_models(preset: str = "tiny-llama", families=HEAD_TYPES, *, pretrain_steps: int = 600, head_steps: int = 300,
+                   num_heads: int = 4, n_texts: int = 1024, verbose: bool = True,
+                   pretrain_task: str = "stdlib") -> dict[str, Path]:
+    """family -> directory of an `MTPForCausalLM` checkpoint (same base for all), trained now or read from the cache.
+    `pretrain_task`: the base's pretraining data (`pretrain_base`'s task: 'stdlib', 'mix', ...)."""
     from trl_mtp.pretrain import pretrain_base
 
-    base_dir = pretrain_base(preset, "stdlib", steps=pretrain_steps, verbose=verbose)
+    base_dir = pretrain_base(preset, pretrain_task, steps=pretrain_steps, verbose=verbose)
     out: dict[str, Path] = {}
     texts = None
     for family in families:

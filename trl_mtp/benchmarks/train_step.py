@@ -25,8 +25,8 @@ import sys
 import time
 
 from trl_mtp.benchmarks import parse_families
+from trl_mtp.config import HEAD_TYPES
 
-FAMILIES = ("blockwise", "parallel", "sequential", "medusa")
 TARGET_TIME = {"blockwise": 1.3, "medusa": 1.3, "parallel": 1.6, "sequential": 1.6}  # at D = 4
 TARGET_MEMORY = 1.15
 
@@ -39,7 +39,7 @@ def parse_args(argv):
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--hidden", type=int, default=None, help="override the preset's hidden size")
     parser.add_argument("--layers", type=int, default=None, help="override the preset's number of layers")
-    parser.add_argument("--families", default=",".join(FAMILIES))
+    parser.add_argument("--families", default=",".join(HEAD_TYPES))
     parser.add_argument("--depths", default="1,2,4")
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per variant (after one warm-up)")
     parser.add_argument("--gradient-checkpointing", action="store_true",

@@ -1,14 +1,21 @@
-"""`trl-mtp demo`: the main job on the embedded default, as a list of stages, ending with one table.
+"""`trl-mtp demo`: the main job on the embedded default, as a list of stages, ending with one table and a report.
 
-Each stage is a function of a shared context dict: it reads what earlier stages left (`tokenizer`,
-`base_dir`, `base_model`, ...) and appends result rows to `ctx["rows"]`
-({"model", "task", "metric", "value", "ci": (low, high) or None, "n"}). Later issues add stages (e.g. SFT with
-next-token vs MTP) by inserting into `STAGES` before the table.
+Each stage is a function of a shared context dict: it reads what earlier stages left (`tokenizer`, `base_dir`,
+`base_model`, `mtp_run`, ...), appends result rows to `ctx["rows"]`
+({"model", "task", "metric", "value", "ci": (low, high) or None, "n"}) and named run folders to `ctx["runs"]`
+(the report's pages).
+
+Output: a few lines per stage and the trainers' step bar; what the libraries print during a training run (the
+trainer's per-step log dicts, warnings) goes to `train.log` in that run's folder.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
+import warnings
+from pathlib import Path
 
 from trl_mtp.commands.common import ArgumentParser, non_negative_int, positive_int
 
@@ -53,7 +60,7 @@ def stage_evaluate_base(ctx: dict) -> None:
 
 def evaluate_into(ctx: dict, model, model_name: str) -> None:
     """Evaluate `model` on every task (accuracy with a 90% bootstrap CI) and stdlib NLL; append rows to ctx."""
-    from trl_mtp.experiments.bootstrap import bootstrap_ci
+    from trl_mtp.bootstrap import bootstrap_ci
     from trl_mtp.tasks import get_task
     from trl_mtp.tasks.evaluate import evaluate_task, heldout_nll
 
@@ -70,10 +77,32 @@ def evaluate_into(ctx: dict, model, model_name: str) -> None:
                         "value": heldout_nll(model, tokenizer, texts), "ci": None, "n": len(texts)})
 
 
+@contextlib.contextmanager
+def logged_to(log_file: Path):
+    """What a training run prints to stdout (the trainer's per-step log dicts), its warnings and its log records go
+    to `log_file`; the trainer's step bar (tqdm on stderr) stays on the terminal."""
+    from transformers.utils import logging as hf_logging
+
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "a") as f, contextlib.redirect_stdout(f), warnings.catch_warnings():
+        handler = logging.StreamHandler(f)
+        warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: f.write(
+            warnings.formatwarning(message, category, filename, lineno, line))
+        logging.getLogger().addHandler(handler)
+        hf_logging.add_handler(handler)
+        hf_logging.disable_default_handler()
+        try:
+            yield
+        finally:
+            hf_logging.enable_default_handler()
+            hf_logging.remove_handler(handler)
+            logging.getLogger().removeHandler(handler)
+
+
 def stage_sft(ctx: dict) -> None:
     """From the same base: next-token SFT vs MTP-SFT on the mixture of the prompt tasks, scored side by side."""
     from trl_mtp.diagnostics.recorder import DEFAULT_EVERY
-    from trl_mtp.experiments.bootstrap import bootstrap_ci
+    from trl_mtp.bootstrap import bootstrap_ci
     from trl_mtp.experiments.sft_runs import run_sft
     from trl_mtp.tasks.cache import cache_root, stable_hash
 
@@ -86,14 +115,19 @@ def stage_sft(ctx: dict) -> None:
                 {"head_type": args.mtp_head, "num_mtp_heads": args.mtp_heads}}
     for label, mtp in variants.items():
         key = stable_hash({"base": str(ctx["base_dir"]), "mtp": mtp, "seed": args.seed, "steps": args.sft_steps,
-                           "eval_n": args.eval_n, "tasks": tasks, "version": 4})
+                           "eval_n": args.eval_n, "tasks": tasks, "version": 5})
         run_dir = cache_root() / "demo-sft" / key
+        print(f"   {label}: {args.sft_steps} steps", flush=True)
         # the MTP run records its heads (MTPRecorder) for the diagnostics stage and the report
-        result = run_sft(ctx["base_dir"], run_dir, tasks=tasks, mtp=mtp, seed=args.seed, steps=args.sft_steps,
-                         n_train=1000, eval_n=args.eval_n, record_every=None if mtp is None else DEFAULT_EVERY)
+        with logged_to(run_dir / "train.log"):
+            result = run_sft(ctx["base_dir"], run_dir, tasks=tasks, mtp=mtp, seed=args.seed, steps=args.sft_steps,
+                             n_train=1000, eval_n=args.eval_n, record_every=None if mtp is None else DEFAULT_EVERY,
+                             disable_tqdm=False)
+        ctx["runs"].append((label if mtp is None else f"MTP-SFT {args.mtp_head} D={args.mtp_heads}", run_dir))
         if mtp is not None:
-            ctx["recorded_runs"] = [run_dir]
-        print(f"   {label}: {result['train_seconds']:.0f}s of training, final loss {result['final_train_loss']:.3f}")
+            ctx["mtp_run"] = run_dir
+        print(f"   {label}: {result['train_seconds']:.0f}s of training, final loss {result['final_train_loss']:.3f} "
+              f"(log: {run_dir / 'train.log'})")
         for name, score in result["tasks"].items():
             ctx["rows"].append({"model": label, "task": name, "metric": "accuracy", "value": score["accuracy"],
                                 "ci": bootstrap_ci(score["correct"])[1:], "n": len(score["correct"])})
@@ -109,24 +143,29 @@ def stage_sft(ctx: dict) -> None:
 
 def stage_rl(ctx: dict) -> None:
     """PPO with the MTP loss on the rollouts (decoupled heads) on one task, from the MTP-SFT stage's model: training
-    reward, held-out accuracy, and the heads' mean accepted length (greedy self-speculative decoding) before vs after."""
-    from trl_mtp.experiments.bootstrap import bootstrap_ci
+    reward, held-out accuracy, and the heads' mean accepted length (greedy self-speculative decoding) before vs after.
+    The run records what the heads predicted for the sampled tokens (for the report)."""
+    from trl_mtp.bootstrap import bootstrap_ci
     from trl_mtp.experiments.rl_runs import run_rl
     from trl_mtp.tasks.cache import cache_root, stable_hash
 
-    args, runs = ctx["args"], ctx.get("recorded_runs")
-    if not runs or args.rl_steps == 0:
+    args, start = ctx["args"], ctx.get("mtp_run")
+    if start is None or args.rl_steps == 0:
         print("   skipped (needs the MTP-SFT stage and --rl-steps > 0)")
         return
     task_params = {"seed": args.seed, **DEMO_TASKS[RL_TASK]}
-    key = stable_hash({"start": str(runs[0]), "steps": args.rl_steps, "eval_n": args.eval_n, "seed": args.seed,
-                       "task": task_params, "version": 3})
+    key = stable_hash({"start": str(start), "steps": args.rl_steps, "eval_n": args.eval_n, "seed": args.seed,
+                       "task": task_params, "version": 4})
+    run_dir = cache_root() / "demo-rl" / key
+    print(f"   PPO+MTP on {RL_TASK}: {args.rl_steps} iterations", flush=True)
     # rl_drift's settings (docs/results.md section 4): 16 rollouts at lr 3e-4 lowered accuracy, 64 raised it
-    result = run_rl(runs[0], cache_root() / "demo-rl" / key, algorithm="ppo", task_name=RL_TASK,
-                    task_params=task_params, mtp_lambda=0.3, seed=args.seed, steps=args.rl_steps,
-                    eval_n=args.eval_n, per_device_train_batch_size=64, learning_rate=3e-4)
+    with logged_to(run_dir / "train.log"):
+        result = run_rl(start, run_dir, algorithm="ppo", task_name=RL_TASK, task_params=task_params, mtp_lambda=0.3,
+                        seed=args.seed, steps=args.rl_steps, eval_n=args.eval_n, per_device_train_batch_size=64,
+                        learning_rate=3e-4, record_every=max(1, args.rl_steps // 2), disable_tqdm=False)
+    ctx["runs"].append((f"PPO+MTP on {RL_TASK}", run_dir))
     print(f"   PPO+MTP: {result['train_seconds']:.0f}s of training, reward per iteration "
-          + " ".join(f"{r:.2f}" for r in result["scores"]))
+          + " ".join(f"{r:.2f}" for r in result["scores"]) + f" (log: {run_dir / 'train.log'})")
     label, n = "MTP-SFT -> PPO+MTP", len(result["correct"])
     ctx["rows"] += [
         {"model": label, "task": RL_TASK, "metric": "accuracy", "value": result["accuracy"],
@@ -144,26 +183,28 @@ def stage_rl(ctx: dict) -> None:
 
 def stage_diagnostics(ctx: dict) -> None:
     """World-model consistency probe of the recorded MTP-SFT run: does head i match the policy's own i-step future?"""
-    from trl_mtp.diagnostics.embedded import probe_task
+    from trl_mtp.experiments.recorded_runs import probe_task
 
-    runs = ctx.get("recorded_runs")
-    if not runs:
+    run = ctx.get("mtp_run")
+    if run is None:
         print("   skipped (no recorded MTP run)")
         return
-    if not (runs[0] / "diagnostics" / "consistency.json").is_file():
-        probe_task(runs[0], RL_TASK, seed=ctx["args"].seed, task_params=DEMO_TASKS[RL_TASK])
-    print(f"   probed: {runs[0] / 'diagnostics' / 'consistency.json'}")
+    if not (run / "diagnostics" / "consistency.json").is_file():
+        with logged_to(run / "diagnostics" / "probe.log"):
+            probe_task(run, RL_TASK, seed=ctx["args"].seed, task_params=DEMO_TASKS[RL_TASK])
+    print(f"   probed: {run / 'diagnostics' / 'consistency.json'}")
 
 
 def stage_report(ctx: dict) -> None:
-    """Plots and HTML pages of the recorded runs (`trl-mtp report`); prints the page's path."""
+    """Plots and HTML pages of the named runs (`trl-mtp report`): NTP vs MTP side by side, and the RL run's sampled
+    tokens against the heads' predictions; prints the page's path."""
     from trl_mtp.diagnostics.report import write_report
 
-    runs = ctx.get("recorded_runs")
-    if not runs:
-        print("   skipped (no recorded run)")
+    if not ctx["runs"]:
+        print("   skipped (no run)")
         return
-    print(f"report: {write_report(runs, ctx['args'].report_dir)}")
+    names, dirs = zip(*ctx["runs"])
+    print(f"report: {write_report(list(dirs), ctx['args'].report_dir, list(names))}")
 
 
 def stage_table(ctx: dict) -> None:
@@ -208,10 +249,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--model", default=None, help="evaluate this model (path or hub id) instead of a tiny base")
     args = parser.parse_args(argv)
 
-    ctx = {"args": args, "rows": []}
-    for name, stage in STAGES:
+    from datasets import disable_progress_bars
+    from transformers.utils.logging import disable_progress_bar
+
+    disable_progress_bar()  # "Loading weights", "Writing model shards": one bar per load, noise here
+    disable_progress_bars()  # datasets' map bars of every trainer's preprocessing
+    ctx = {"args": args, "rows": [], "runs": []}
+    for i, (name, stage) in enumerate(STAGES, 1):
         start = time.time()
-        print(f"== {name}", flush=True)
+        print(f"[{i}/{len(STAGES)}] {name}", flush=True)
         stage(ctx)
         print(f"   ({time.time() - start:.1f}s)", flush=True)
     return 0

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import sys
 
-from trl_mtp.commands.common import ArgumentParser
+from trl_mtp.commands.common import ArgumentParser, model_folder
 
 
 def main(argv: list[str]) -> int:
@@ -27,8 +27,7 @@ def main(argv: list[str]) -> int:
                         help="write a checkpoint in transformers' native MTP layout here")
     parser.add_argument("--check", action="store_true", help="check the export (heads present and drafting)")
     args = parser.parse_args(argv)
-    if not os.path.isdir(args.model):
-        raise FileNotFoundError(f"model {args.model!r}: no such directory")
+    model_folder(args.model)
     from transformers import AutoTokenizer
 
     from trl_mtp.model import MTPForCausalLM

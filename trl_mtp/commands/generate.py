@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 
-from trl_mtp.commands.common import ArgumentParser, positive_int
+from trl_mtp.commands.common import ArgumentParser, model_folder, positive_float, positive_int, probability
+from trl_mtp.errors import UserInputError
+
+SAMPLING_ARGS = ("temperature", "top_k", "top_p")
 
 
 def _parser() -> ArgumentParser:
@@ -19,9 +22,9 @@ def _parser() -> ArgumentParser:
     parser.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for a batch)")
     parser.add_argument("--max-new-tokens", type=positive_int, default=64)
     parser.add_argument("--do-sample", action="store_true", help="sample (speculative rejection sampling)")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--temperature", type=positive_float, default=None, help="with --do-sample (default 1.0)")
+    parser.add_argument("--top-k", type=positive_int, default=None, help="with --do-sample: keep the k likeliest")
+    parser.add_argument("--top-p", type=probability, default=None, help="with --do-sample: nucleus, in (0, 1]")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     search = parser.add_argument_group("lookahead search (trl_mtp.lookahead): heads propose, base verifies")
@@ -56,17 +59,31 @@ def _lookahead(args, model, tokenizer) -> list[tuple[str, dict]]:
     return out
 
 
+def check_args(args) -> None:
+    """What argparse cannot see: sampling settings without sampling (they would be ignored), and empty prompts
+    (each would generate from nothing and count in the stats)."""
+    given = [(name, getattr(args, name)) for name in SAMPLING_ARGS if getattr(args, name) is not None]
+    if given and (not args.do_sample or args.lookahead):
+        flag, value = given[0]
+        raise UserInputError(f"--{flag.replace('_', '-')} {value} only applies to sampling: add --do-sample (without "
+                             "--lookahead), or leave it out")
+    if args.do_sample and args.lookahead:
+        raise UserInputError("--do-sample: the lookahead search does not sample; leave out one of the two")
+    empty = [i for i, prompt in enumerate(args.prompt, 1) if prompt == ""]
+    if empty:
+        raise UserInputError(f"--prompt '' (prompt {empty[0]} of {len(args.prompt)}) is empty: give the text to "
+                             "continue")
+
+
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    import os
-
+    check_args(args)
+    model_folder(args.model)
     import torch
     from transformers import AutoTokenizer
 
     from trl_mtp.model import MTPForCausalLM
 
-    if not os.path.isdir(args.model):
-        raise FileNotFoundError(f"model directory {args.model!r} does not exist")
     model = MTPForCausalLM.from_pretrained(args.model).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     tokenizer.padding_side = "left"
@@ -88,7 +105,7 @@ def main(argv: list[str]) -> int:
     torch.manual_seed(args.seed)
     sequences, stats = model.speculative_generate(
         batch["input_ids"], batch["attention_mask"], max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, pad_token_id=tokenizer.pad_token_id,
+        temperature=args.temperature or 1.0, top_k=args.top_k, top_p=args.top_p, pad_token_id=tokenizer.pad_token_id,
         generator=torch.Generator().manual_seed(args.seed),
     )
     texts = tokenizer.batch_decode(sequences[:, batch["input_ids"].size(1):], skip_special_tokens=True)

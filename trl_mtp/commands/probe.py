@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from trl_mtp.commands.common import ArgumentParser, non_negative_int, positive_int
+from trl_mtp.commands.common import ArgumentParser, model_folder, non_negative_int, positive_float, positive_int
 
 
 def main(argv: list[str]) -> int:
@@ -21,15 +21,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--n", type=positive_int, default=16, help="eval examples of the task")
     parser.add_argument("--positions", type=positive_int, default=8, help="prefix positions per example")
     parser.add_argument("--samples", type=positive_int, default=64, help="policy rollouts per prefix")
-    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--temperature", type=positive_float, default=1.0)
     parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--out", default=None, help="output JSON (default MODEL/diagnostics/consistency.json)")
     args = parser.parse_args(argv)
-    if not args.temperature > 0:
-        raise ValueError(f"--temperature must be > 0, got {args.temperature}")
-    model_dir = Path(args.model)
-    if not model_dir.is_dir():
-        raise FileNotFoundError(f"model folder {args.model!r} does not exist")
+    model_dir = Path(model_folder(args.model))
 
     from transformers import AutoTokenizer
 

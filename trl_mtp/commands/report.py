@@ -4,6 +4,7 @@ folders written by trl-mtp trainers with `MTPRecorder` (and `trl-mtp probe`). Pr
 from __future__ import annotations
 
 from trl_mtp.commands.common import ArgumentParser
+from trl_mtp.errors import UserInputError
 
 
 def main(argv: list[str]) -> int:
@@ -11,11 +12,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("runs", nargs="+", help="run folders (trainer output_dir)")
     parser.add_argument("--out", default=None, help="output folder (default RUN_DIR/report for one run, "
                         "./mtp-report for several)")
+    parser.add_argument("--names", nargs="+", metavar="NAME", help="one name per run, by what it is, e.g. "
+                        "'MTP-SFT sequential D=2' (default: the folder names)")
     args = parser.parse_args(argv)
     from pathlib import Path
 
     from trl_mtp.diagnostics.report import write_report
 
     out = args.out or (str(Path(args.runs[0]) / "report") if len(args.runs) == 1 else "mtp-report")
-    print(write_report(args.runs, out))
+    if args.names is not None and len(args.names) != len(args.runs):
+        raise UserInputError(f"--names: {len(args.names)} names for {len(args.runs)} runs; give one per run")
+    print(write_report(args.runs, out, args.names))
     return 0

@@ -14,7 +14,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from trl_mtp.commands.training import TaskScriptArguments, embedded_task, hub_splits, load_model, parse, score_and_finish
+from trl_mtp.commands.training import (TaskScriptArguments, embedded_task, hub_splits, load_model, parse,
+                                       score_and_finish, train)
 
 ON_POLICY_DEFAULTS = dict(learning_rate=1e-4, per_device_train_batch_size=8, num_generations=4,
                           max_completion_length=16, max_steps=30, logging_steps=5, save_strategy="no",
@@ -56,25 +57,25 @@ def run(method: str, argv: list[str]) -> int:
         return 0
     script_args, training_args, model_args = parsed
     task = embedded_task(script_args, needs_prompts=method)
+    # the data before the model: bad input fails fast
+    if task is None:
+        train_dataset = hub_splits(script_args)[0]
+        if method != "dpo" and script_args.reward_model_path is None:
+            raise ValueError(f"dataset {script_args.dataset_name!r} is not an embedded task: give --reward_model_path")
+    elif method == "dpo":
+        train_dataset = preference_pairs(task, script_args.num_train_examples, script_args.task_seed)
+    else:
+        train_dataset = task.train(script_args.num_train_examples, conversational=script_args.conversational)
     # TRL builds a reference model (when one is needed) from the path the model was loaded from
     mtp_model, tokenizer, _ = load_model(script_args, model_args, training_args)
     peft_config = get_peft_config(model_args)
     if method == "dpo":
-        train_dataset = hub_splits(script_args)[0] if task is None else \
-            preference_pairs(task, script_args.num_train_examples, script_args.task_seed)
         trainer = trainer_cls(mtp_model, args=training_args, train_dataset=train_dataset, processing_class=tokenizer,
                               peft_config=peft_config)
     else:
-        if task is None:
-            train_dataset = hub_splits(script_args)[0]
-            if script_args.reward_model_path is None:
-                raise ValueError(f"dataset {script_args.dataset_name!r} is not an embedded task: give --reward_model_path")
-            reward_funcs = script_args.reward_model_path
-        else:
-            train_dataset = task.train(script_args.num_train_examples, conversational=script_args.conversational)
-            reward_funcs = script_args.reward_model_path or task.reward
+        reward_funcs = script_args.reward_model_path or task.reward
         trainer = trainer_cls(mtp_model, reward_funcs=reward_funcs, args=training_args, train_dataset=train_dataset,
                               processing_class=tokenizer, peft_config=peft_config)
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    train(trainer, training_args)
     score_and_finish(trainer, task, trainer.mtp_model.base_model, tokenizer, script_args)
     return 0

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import sys
 
-from trl_mtp.commands.training import TaskScriptArguments, embedded_task, hub_splits, load_model, parse, score_and_finish
+from trl_mtp.commands.training import (TaskScriptArguments, embedded_task, hub_splits, load_model, parse,
+                                       score_and_finish, train)
 
 EMBEDDED_DEFAULTS = dict(activation_checkpointing=False, dataloader_pin_memory=False, learning_rate=1e-3,
                          per_device_train_batch_size=16, logging_steps=10, report_to="none")
@@ -30,8 +31,7 @@ def main(argv: list[str]) -> int:
     if parsed is None:
         return 0
     script_args, training_args, model_args = parsed
-    mtp_model, tokenizer, _ = load_model(script_args, model_args, training_args)
-    task = embedded_task(script_args)
+    task = embedded_task(script_args)  # the data before the model: a bad name fails before minutes of loading
     if task is None:
         train_dataset, eval_dataset = hub_splits(script_args)
     elif task.name == "stdlib":
@@ -40,13 +40,14 @@ def main(argv: list[str]) -> int:
         kwargs = dict(conversational=script_args.conversational)
         train_dataset = task.train(script_args.num_train_examples, **kwargs)
         eval_dataset = task.eval(script_args.num_eval_examples, **kwargs)
+    mtp_model, tokenizer, _ = load_model(script_args, model_args, training_args)
 
     trainer = MTPSFTTrainer(
         mtp_model, training_args, train_dataset=train_dataset,
         eval_dataset=eval_dataset if training_args.eval_strategy != "no" else None,
         processing_class=tokenizer, peft_config=get_peft_config(model_args),
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    train(trainer, training_args)
     score_and_finish(trainer, task, trainer.model, tokenizer, script_args)
     return 0
 

@@ -31,7 +31,7 @@ from transformers import GenerationConfig
 
 from trl_mtp.decoding import left_pad
 from trl_mtp.diagnostics.predictions import evaluating, iter_depth_logits, predict_batch
-from trl_mtp.experiments.bootstrap import bootstrap_ci
+from trl_mtp.bootstrap import bootstrap_ci
 
 
 def head_distributions(mtp_model, ids, mask, temperature: float) -> torch.Tensor:

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 
 from trl_mtp.diagnostics.run_data import RunData, reward_keys, series  # noqa: E402
 from trl_mtp.diagnostics.stats import reliability  # noqa: E402
-from trl_mtp.experiments.bootstrap import bootstrap_ci  # noqa: E402
+from trl_mtp.bootstrap import bootstrap_ci  # noqa: E402
 
 DPI = 80  # small files: the docs commit some of them
 
@@ -309,26 +309,31 @@ def plot_compare_by_depth(runs: list[RunData], path) -> bool:
 
 
 def plot_compare_curves(runs: list[RunData], path) -> bool:
-    """Depth-1 training loss, acceptance of draft 1, and the first reward metric over steps, one line per run."""
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
+    """The main head's next-token accuracy on the training batches (next-token and MTP runs side by side: the
+    trainers' losses are not comparable, an MTP run's includes lambda x the heads' loss), the depth-1 loss,
+    acceptance of draft 1 and the first reward metric over steps, one line per run."""
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.2))
     drawn = False
     for run in runs:
-        steps, values = series(run.log_history, "mtp/loss_depth_1")
-        if steps:
-            axes[0].plot(steps, values, label=run.name)
-            drawn = True
+        for ax, key in zip(axes, ("mean_token_accuracy", "mtp/loss_depth_1")):
+            steps, values = series(run.log_history, key)
+            if steps:
+                ax.plot(steps, values, marker=".", label=run.name)
+                drawn = True
         points = acceptance_points(run)
         if points:
-            axes[1].plot([p[0] for p in points], [p[1][0] for p in points], marker=".", label=run.name)
+            axes[2].plot([p[0] for p in points], [p[1][0] for p in points], marker=".", label=run.name)
             drawn = True
         keys = reward_keys(run.log_history)
         if keys:
             steps, values = series(run.log_history, keys[0])
             mean, low, high = bootstrap_band(values, max(3, len(values) // 10))
-            axes[2].plot(steps, mean, label=f"{run.name}: {keys[0]}")
-            axes[2].fill_between(steps, low, high, alpha=0.2)
+            axes[3].plot(steps, mean, label=f"{run.name}: {keys[0]}")
+            axes[3].fill_between(steps, low, high, alpha=0.2)
             drawn = True
-    for ax, title in zip(axes, ("training loss, depth 1", "acceptance of draft 1", "reward (90% bootstrap band)")):
+    titles = ("next-token accuracy (training batches)", "training loss, depth 1", "acceptance of draft 1",
+              "reward (90% bootstrap band)")
+    for ax, title in zip(axes, titles):
         ax.set(title=title, xlabel="step")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)

@@ -1,7 +1,8 @@
-"""`write_report(run_dirs, out_dir)`: PNG plots and HTML pages from run folders (`trl-mtp report`).
+"""`write_report(run_dirs, out_dir, names)`: PNG plots and HTML pages from run folders (`trl-mtp report`).
 
-Layout: `out_dir/index.html` (comparison across runs, links to each run) and `out_dir/<run>/index.html` with that
-run's PNGs beside it. Pages are self-contained in the sense that matters offline: inline CSS, no scripts, no
+Layout: `out_dir/index.html` (comparison across runs: held-out results side by side, curves, links to each run) and
+`out_dir/<run>/index.html` with that run's PNGs beside it. Runs are named by what they are ("MTP-SFT sequential
+D=2"), or by their folder when no name is given. Pages are self-contained in the sense that matters offline: inline CSS, no scripts, no
 network; they reference only the PNG files written next to them (tests check that every reference exists).
 """
 
@@ -15,6 +16,7 @@ import numpy as np
 
 from trl_mtp.diagnostics.plots import COMPARE_PLOTS, RUN_PLOTS
 from trl_mtp.diagnostics.run_data import RunData, load_run
+from trl_mtp.bootstrap import bootstrap_ci
 
 STYLE = """body{font-family:sans-serif;max-width:1250px;margin:1em auto;color:#222}
 img{max-width:100%;border:1px solid #ddd}figure{margin:1.2em 0}figcaption{color:#555;font-size:.9em}
@@ -33,7 +35,7 @@ def figure(file: str, caption: str) -> str:
 
 
 def summary_table(run: RunData) -> str:
-    rows = [("run folder", str(run.path)), ("head type", run.meta.get("head_type", "?")),
+    rows = [("run folder", str(run.path)), ("head type", run.meta.get("head_type", "none (next-token)")),
             ("depths D", run.num_depths), ("records", len(run.records)), ("logged steps", len(run.log_history))]
     if run.summary:
         rows.append(("recorder overhead", f"{run.summary['recording_seconds']:.1f}s for {run.summary['records']} "
@@ -77,7 +79,7 @@ def predictions_table(run: RunData, prefix: str, title: str, max_positions: int 
 def run_page(run: RunData, out_dir: Path) -> list[str]:
     """Write one run's PNGs and index.html into `out_dir`; returns the PNG file names written."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    written, parts = [], [summary_table(run)]
+    written, parts = [], [summary_table(run), results_table([run])]
     for name, plot in RUN_PLOTS.items():
         file = f"{name}.png"
         if plot(run, out_dir / file):
@@ -89,27 +91,84 @@ def run_page(run: RunData, out_dir: Path) -> list[str]:
     return written
 
 
-def unique_names(paths: list[Path]) -> list[str]:
-    names, seen = [], {}
-    for p in paths:
-        base = re.sub(r"[^A-Za-z0-9._-]+", "_", p.resolve().name) or "run"
-        seen[base] = seen.get(base, 0) + 1
-        names.append(base if seen[base] == 1 else f"{base}-{seen[base]}")
-    return names
+# held-out results of a run's result.json, one column each: (column, path in the result, per-item list for a CI)
+RESULT_COLUMNS = [
+    ("RL task accuracy", "accuracy", "correct"),
+    ("accuracy before RL", "accuracy_before", None),
+    ("accepted length before RL", "accept_before", None),
+    ("accepted length after RL", "accept_after", None),
+    ("final train loss", "final_train_loss", None),
+    ("next-token acc (train)", "final_token_accuracy", None),
+    ("train seconds", "train_seconds", None),
+]
 
 
-def write_report(run_dirs: list, out_dir) -> Path:
-    """Report of `run_dirs` into `out_dir`; returns the path of the comparison page `out_dir/index.html`."""
+def result_cells(result: dict) -> dict[str, str]:
+    """Column -> formatted value of one run's result.json: each task's held-out accuracy (90% bootstrap CI over
+    items), then the RL and training figures it has."""
+    def cell(value, items):
+        ci = bootstrap_ci(items)[1:] if items else None
+        return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+    cells = {f"{task} accuracy": cell(score["accuracy"], score.get("correct"))
+             for task, score in (result.get("tasks") or {}).items() if "accuracy" in score}
+    cells.update({f"{task} NLL/token": f"{score['nll']:.3f}" for task, score in (result.get("tasks") or {}).items()
+                  if "nll" in score})
+    for column, key, items in RESULT_COLUMNS:
+        if isinstance(result.get(key), (int, float)):
+            cells[column] = f"{result[key]:.0f}" if key == "train_seconds" else cell(result[key], result.get(items))
+    return cells
+
+
+def results_table(runs: list[RunData]) -> str:
+    """The held-out results of the runs side by side (those with a result.json), one row per run."""
+    rows = {run.name: result_cells(run.result) for run in runs if run.result}
+    if not rows:
+        return ""
+    found = {c for cells in rows.values() for c in cells}
+    fixed = [c for c, _, _ in RESULT_COLUMNS]
+    columns = sorted(found - set(fixed)) + [c for c in fixed if c in found]  # the tasks, then the fixed columns
+    head = "<tr><th>run</th>" + "".join(f"<th>{html.escape(c)}</th>" for c in columns) + "</tr>"
+    body = "".join("<tr><th>" + html.escape(name) + "</th>" + "".join(f"<td>{html.escape(cells.get(c, ''))}</td>"
+                   for c in columns) + "</tr>" for name, cells in rows.items())
+    return (f"<h2>held-out results</h2><table>{head}{body}</table><p>Accuracy: greedy exact match on held-out "
+            "items, [90% bootstrap CI over items]. Accepted length: tokens per base forward of greedy "
+            "self-speculative decoding with the run's heads.</p>")
+
+
+def page_folder(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=+-]+", "_", name).strip("_") or "run"
+
+
+def unique_names(paths: list[Path], names: list[str] | None = None) -> list[str]:
+    """The runs' names (`names`, else their folder names), made unique, and so are the page folders named after
+    them."""
+    if names is not None and len(names) != len(paths):
+        raise ValueError(f"{len(names)} names for {len(paths)} runs: give one name per run")
+    unique, seen = [], {}
+    for path, name in zip(paths, names or [p.resolve().name for p in paths]):
+        folder = page_folder(name)
+        seen[folder] = seen.get(folder, 0) + 1
+        unique.append(name if seen[folder] == 1 else f"{name}-{seen[folder]}")
+    return unique
+
+
+def write_report(run_dirs: list, out_dir, names: list[str] | None = None) -> Path:
+    """Report of `run_dirs` (named `names`, default their folder names) into `out_dir`; returns the path of the
+    comparison page `out_dir/index.html`."""
     out_dir = Path(out_dir)
     paths = [Path(p) for p in run_dirs]
-    runs = [load_run(p, name) for p, name in zip(paths, unique_names(paths))]
+    runs = [load_run(p, name) for p, name in zip(paths, unique_names(paths, names))]
     out_dir.mkdir(parents=True, exist_ok=True)
     links = []
     for run in runs:
-        written = run_page(run, out_dir / run.name)
-        links.append(f"<li><a href='{html.escape(run.name)}/index.html'>{html.escape(run.name)}</a> "
+        folder = page_folder(run.name)
+        written = run_page(run, out_dir / folder)
+        links.append(f"<li><a href='{html.escape(folder)}/index.html'>{html.escape(run.name)}</a> "
                      f"({len(written)} plots; {html.escape(str(run.path))})</li>")
-    parts = ["<h2>runs</h2><ul>" + "".join(links) + "</ul>"]
+    parts = ["<h2>runs</h2><ul>" + "".join(links) + "</ul>", results_table(runs)]
+    parts += [predictions_table(run, "rollout", f"{run.name}: sampled tokens vs what each head predicted")
+              for run in runs]
     for name, plot in COMPARE_PLOTS.items():
         if plot(runs, out_dir / f"{name}.png"):
             parts.append(f"<h2>{name.replace('_', ' ')}</h2>" + figure(f"{name}.png", plot.__doc__.strip()))

@@ -2,7 +2,8 @@
 
 A run folder is a trainer `output_dir`: the log history comes from `trainer_state.json` (there or in the latest
 `checkpoint-*`), else from `diagnostics/log_history.json` (written by the recorder, which also covers runs saved
-with `save_strategy="no"`); the longest one wins. Diagnostics live in `diagnostics/` (or the folder itself).
+with `save_strategy="no"`); the longest one wins. Diagnostics live in `diagnostics/` (or the folder itself). A run of
+the experiment runner or the demo also has `result.json` (held-out scores): the report compares runs on it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class RunData:
     decoding: list[dict] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
     consistency: dict | None = None
+    result: dict | None = None  # result.json of an experiment or demo run
     snapshot: dict | None = None  # arrays of the latest snapshot
     snapshot_step: int | None = None
 
@@ -73,13 +75,15 @@ def load_run(path, name: str | None = None) -> RunData:
     data.decoding = read_jsonl(diagnostics / "decoding.jsonl")
     data.summary = read_json(diagnostics / "summary.json", {})
     data.consistency = read_json(diagnostics / "consistency.json")
+    data.result = read_json(run / "result.json")
     snapshots = sorted((diagnostics / "snapshots").glob("step_*.npz"))
     if snapshots:
         with np.load(snapshots[-1]) as npz:
             data.snapshot = {k: npz[k] for k in npz.files}
         data.snapshot_step = int(snapshots[-1].stem.split("_")[1])
-    if not (data.log_history or data.records or data.consistency):
-        raise FileNotFoundError(f"{run}: no trainer_state.json, diagnostics/records.jsonl or consistency.json found")
+    if not (data.log_history or data.records or data.consistency or data.result):
+        raise FileNotFoundError(f"{run}: no trainer_state.json, result.json, diagnostics/records.jsonl or "
+                                "consistency.json found")
     return data
 
 

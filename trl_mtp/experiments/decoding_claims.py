@@ -1,4 +1,4 @@
-"""Decoding-side claims of the seed papers, reproduced at tiny scale (issue 8).
+"""Decoding-side claims of the seed papers, reproduced at tiny scale.
 
     python -m trl_mtp.experiments.decoding_claims --out runs/decoding_claims            # ~15 min on one CPU core
     python -m trl_mtp.experiments.decoding_claims --out runs/decoding_claims --quick    # smoke run

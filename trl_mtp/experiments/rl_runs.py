@@ -1,7 +1,7 @@
 """One RL run from an MTP checkpoint: our PPO or TRL's GRPO (both with MTP heads), then held-out scores and the heads'
 speculative acceptance before and after.
 
-Shared by the RL experiment (issue 5: PPO vs PPO+MTP vs GRPO vs GRPO+MTP) and the world-model experiment (issue 6:
+Shared by the RL comparison (PPO vs PPO+MTP vs GRPO vs GRPO+MTP) and the world-model experiment (world-model
 PPO variants), so both score runs the same way. A finished run writes `result.json` and is not run again (resume).
 """
 
@@ -66,16 +66,21 @@ def score(mtp_model, tokenizer, task, eval_n: int, max_new_tokens: int) -> dict:
 
 @resumable
 def run_rl(base_dir, out_dir, *, algorithm: str = "ppo", task_name: str, task_params: dict, seed: int, steps: int,
-           n_train: int = 1000, eval_n: int = 200, max_new_tokens: int = 12, **config_fields) -> dict:
-    """`steps` iterations of `algorithm` ("ppo": our PPOTrainer; "grpo": `MTPGRPOTrainer`) from the MTP checkpoint
-    (or plain model) in `base_dir`, with `config_fields` (PPOConfig / MTPGRPOConfig fields) over the defaults above.
+           n_train: int = 1000, eval_n: int = 200, max_new_tokens: int = 12, record_every: int | None = None,
+           **config_fields) -> dict:
+    """`steps` iterations of `algorithm` ("ppo": `MTPPPOTrainer`, or `WorldModelPPOTrainer` when `config_fields` hold
+    `world_model` or a `wm_*` field; "grpo": `MTPGRPOTrainer`) from the MTP checkpoint (or plain model) in
+    `base_dir`, with `config_fields` (fields of the config of that trainer) over the defaults above.
     Returns (and stores) the training reward curve, held-out per-item correctness and the heads' acceptance, before
-    and after."""
+    and after. `record_every`: `MTPRecorder` records the heads (on a probe batch of the task and on the sampled
+    rollouts) every that many iterations into `out_dir/diagnostics`, for `trl-mtp report`."""
     from transformers import AutoTokenizer
 
     from trl_mtp.model import MTPForCausalLM
     from trl_mtp.tasks.registry import get_task
-    from trl_mtp.trainers import MTPGRPOConfig, MTPGRPOTrainer, PPOConfig, PPOTrainer
+    from trl_mtp.trainers import (MTPGRPOConfig, MTPGRPOTrainer, MTPPPOConfig, MTPPPOTrainer, WorldModelPPOConfig,
+                                  WorldModelPPOTrainer)
+    from trl_mtp.trainers.world_model_ppo_config import selects_world_model
 
     if algorithm not in REWARD_KEYS:
         raise ValueError(f"algorithm={algorithm!r}: choose from {sorted(REWARD_KEYS)}")
@@ -84,16 +89,26 @@ def run_rl(base_dir, out_dir, *, algorithm: str = "ppo", task_name: str, task_pa
     before = score(MTPForCausalLM.from_pretrained(base_dir), tokenizer, task, eval_n, max_new_tokens)
     fields = {**COMMON_RL, **(PPO_DEFAULTS if algorithm == "ppo" else GRPO_DEFAULTS), **config_fields,
               "output_dir": str(out_dir), "max_steps": steps, "seed": seed}
-    if algorithm == "ppo":
-        trainer = PPOTrainer(str(base_dir), PPOConfig(**fields), train_dataset=task.train(n_train),
-                             processing_class=tokenizer, reward_funcs=[task.reward])
+    if algorithm == "ppo":  # `world_model` or any `wm_*` field: world-model PPO
+        world_model = selects_world_model(config_fields)
+        config_cls, trainer_cls = ((WorldModelPPOConfig, WorldModelPPOTrainer) if world_model
+                                   else (MTPPPOConfig, MTPPPOTrainer))
+        trainer = trainer_cls(str(base_dir), config_cls(**fields), train_dataset=task.train(n_train),
+                              processing_class=tokenizer, reward_funcs=[task.reward])
     else:
         trainer = MTPGRPOTrainer(str(base_dir), reward_funcs=[task.reward], args=MTPGRPOConfig(**fields),
                                  train_dataset=task.train(n_train), processing_class=tokenizer)
+    if record_every:
+        from trl_mtp.diagnostics.recorder import MTPRecorder, make_probe_batch
+
+        trainer.add_callback(MTPRecorder(trainer.mtp_model, make_probe_batch(tokenizer, task.eval(8)),
+                                         every=record_every, tokenizer=tokenizer))
     parameters = sum(p.numel() for p in trainer.model.parameters())
     start = time.time()
     trainer.train()
     train_seconds = time.time() - start
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trainer.state.save_to_json(str(out_dir / "trainer_state.json"))  # the log history, for `trl-mtp report`
     history = [h for h in trainer.state.log_history if REWARD_KEYS[algorithm] in h]
     rewards = [h[REWARD_KEYS[algorithm]] for h in history]
     after = score(trainer.mtp_model, tokenizer, task, eval_n, max_new_tokens)
@@ -107,3 +122,7 @@ def run_rl(base_dir, out_dir, *, algorithm: str = "ppo", task_name: str, task_pa
             "accept_by_position_before": before["acceptance_by_position"],
             "accept_by_position_after": after["acceptance_by_position"],
             "metrics": {k: v for k, v in last.items() if k.startswith(("wm/", "val/", "loss/", "mtp/", "spec/"))}}
+
+
+# where `**config_fields` go: checked by experiment specs
+run_rl.forwards_to = ("trl_mtp.trainers.ppo_config:PPOConfig", "trl_mtp.trainers.grpo_config:MTPGRPOConfig")

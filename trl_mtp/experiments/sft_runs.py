@@ -63,6 +63,8 @@ def run_sft(base_dir, out_dir, *, tasks: dict[str, dict], mtp: dict | None, seed
             probe_batch = make_probe_batch(tokenizer, get_task(first[0], **first[1]).eval(8))
             trainer.add_callback(MTPRecorder(trainer.mtp_model, probe_batch, every=record_every, tokenizer=tokenizer))
     train_output = trainer.train()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trainer.state.save_to_json(str(out_dir / "trainer_state.json"))  # the log history, for `trl-mtp report`
     if save or (mtp is not None and record_every):
         trainer.save_model(str(out_dir))
         tokenizer.save_pretrained(str(out_dir))
@@ -81,6 +83,10 @@ def run_sft(base_dir, out_dir, *, tasks: dict[str, dict], mtp: dict | None, seed
               "final_token_accuracy": logs[-1].get("mean_token_accuracy") if logs else None,
               "mtp_metrics": {k: v for k, v in (logs[-1] if logs else {}).items() if k.startswith("mtp/")}}
     return result
+
+
+# where `**overrides` go: checked by experiment specs (`MTPSFTConfig` has every field of TRL's `SFTConfig`)
+run_sft.forwards_to = ("trl_mtp.trainers.sft_config:MTPSFTConfig",)
 
 
 def cached_sft_model(name: str, *, preset: str = "tiny-llama", pretrain_steps: int = 600, tasks: dict[str, dict],

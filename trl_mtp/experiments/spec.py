@@ -1,13 +1,16 @@
 """An experiment spec (YAML): what to run (variants x seeds x tasks), from which base, and how to read the results.
 
 The format is documented in docs/experiments.md. `load_spec` checks everything that can be checked without running
-(keys, import paths, baseline, metric definitions) and raises ValueError naming the bad value, so a typo never
-surfaces hours into a grid.
+(keys, import paths, the run function's argument names, baseline, metric definitions) and raises ValueError naming
+the bad value, so a typo never surfaces hours into a grid.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import importlib
+import inspect
 import os
 import sys
 from dataclasses import dataclass, field
@@ -124,6 +127,45 @@ def import_callable(path: str, what: str):
     return fn
 
 
+def accepted_keywords(fn) -> tuple[set[str], list[str]] | None:
+    """(names, config classes): the keyword arguments a run function `fn(base_dir, out_dir, **kwargs)` takes, i.e.
+    its named parameters, plus, when it passes `**kwargs` on to config classes, their fields; the classes are named
+    by the function's `forwards_to` ("package.module:Class", ...). None: it takes any keyword and does not say
+    which, so nothing can be checked."""
+    params = list(inspect.signature(fn).parameters.values())[2:]  # base_dir and out_dir come from the runner
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    if not any(p.kind is p.VAR_KEYWORD for p in params):
+        return names, []
+    targets = getattr(fn, "forwards_to", None)
+    if targets is None:
+        return None
+    for target in targets:
+        names |= {f.name for f in dataclasses.fields(import_callable(target, f"{fn.__name__}.forwards_to"))}
+    return names, list(targets)
+
+
+def check_argument_names(spec: "Spec") -> None:
+    """Every key of `common`, of each variant and of each task's parameters is an argument of the run function, or
+    ValueError naming it and the closest argument (a typo would otherwise fail hours into a grid, or not at all)."""
+    accepted = accepted_keywords(spec.run_function())
+    if accepted is None:
+        return
+    names, classes = accepted
+    variants = [] if spec.variant_key else [(f"variant {n!r}", fields) for n, fields in spec.variants.items()]
+    given = {spec.variant_key: None} if spec.variant_key else {}
+    for where, fields in [("common", spec.common), ("variant_key", given), *variants,
+                          *((f"task {n!r}", p) for n, p in (spec.tasks or {}).items())]:
+        for key in (k for k in fields if k not in names):
+            close = difflib.get_close_matches(key, names, n=1)
+            if close:
+                known = f"did you mean {close[0]!r}?"
+            elif classes:
+                known = f"nor a field of {', '.join(classes)}"
+            else:
+                known = f"its arguments: {', '.join(sorted(names))}"
+            raise ValueError(f"{where}: {key!r} is not an argument of {spec.run}; {known}")
+
+
 def _require(condition: bool, message: str):
     if not condition:
         raise ValueError(message)
@@ -213,7 +255,7 @@ def parse_spec(raw, source: str = "spec") -> Spec:
                 description=str(raw.get("description") or ""), base=base, common=common, variant_key=variant_key,
                 tasks=tasks, baseline=baseline, metrics=metrics, estimate_seconds_per_run=estimate,
                 results=Path(results) if results else None)
-    spec.run_function()
+    check_argument_names(spec)  # also imports the run function: a wrong `run:` fails here
     return spec
 
 

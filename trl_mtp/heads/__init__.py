@@ -10,11 +10,9 @@ from trl_mtp.heads.parallel import ParallelHeads
 from trl_mtp.heads.sequential import SequentialHeads
 from trl_mtp.heads.trunk import Trunk
 
+# family name (`MTPConfig.head_type`, one of `config.HEAD_TYPES`) -> its class; each class names itself
 HEAD_FAMILIES: dict[str, type[MTPHeads]] = {
-    "blockwise": BlockwiseHeads,
-    "parallel": ParallelHeads,
-    "sequential": SequentialHeads,
-    "medusa": MedusaHeads,
+    family.head_type: family for family in (BlockwiseHeads, ParallelHeads, SequentialHeads, MedusaHeads)
 }
 
 

@@ -5,6 +5,10 @@ from `nodes` values. The prompt lists the directed edges shuffled, then the star
 (the end of one arm): `graph:12>5,40>9,5>33,12>40|12>33=`; the answer is the path: `12,5,33`.
 Teacher-forced next-token training learns the "Clever Hans" shortcut and fails to pick the right arm, which
 is what makes this task a test for multi-token objectives.
+
+`encode_prompt` / `encode_path` give the paper's tokenisation, one token per node (ids 0..nodes-1 are the node
+labels, then the prompt's symbols, an end token and the teacherless dummy `$`), for models trained from scratch on
+this task alone with a vocabulary of `token_vocab_size()`.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import re
 from trl_mtp.tasks.base import Problem, PromptTask
 
 _PROMPT = re.compile(r"^graph:((?:\d+>\d+,)*\d+>\d+)\|(\d+)>(\d+)=$")
+SYMBOLS = (">", ",", "|", "=", "<eos>", "$")  # token ids nodes + 0 .. nodes + 5 in the one-token-per-node encoding
 
 
 class StarGraph(PromptTask):
@@ -52,3 +57,25 @@ class StarGraph(PromptTask):
             if len(path) > len(parent) + 1:
                 raise ValueError("goal not reachable from start")
         return ",".join(reversed(path))
+
+    # -- one token per node -------------------------------------------------------------------------------
+    def token_vocab_size(self) -> int:
+        """Vocabulary of the one-token-per-node encoding: the node labels, then `SYMBOLS`."""
+        return self.nodes + len(SYMBOLS)
+
+    def symbol_id(self, symbol: str) -> int:
+        """The token id of one of `SYMBOLS` (e.g. "$", the teacherless dummy)."""
+        if symbol not in SYMBOLS:
+            raise ValueError(f"unknown star-graph symbol {symbol!r}; choose from {', '.join(SYMBOLS)}")
+        return self.nodes + SYMBOLS.index(symbol)
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """`graph:12>5,5>33|12>33=` as [12, >, 5, ',', 5, >, 33, |, 12, >, 33, =]: one token per node and symbol."""
+        if not _PROMPT.match(prompt.strip()):
+            raise ValueError(f"not a star-graph prompt: {prompt!r}")
+        return [int(t) if t.isdigit() else self.symbol_id(t)
+                for t in re.findall(r"\d+|[>,|=]", prompt.strip().removeprefix("graph:"))]
+
+    def encode_path(self, answer: str) -> list[int]:
+        """The answer `12,5,33` as its node tokens [12, 5, 33] (no separators: one token per step)."""
+        return [int(node) for node in answer.split(",")]

@@ -13,16 +13,14 @@ model's files without the head weights (`_keys_to_ignore_on_save`), `mtp_heads.s
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 
 import torch
-from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from trl_mtp.losses import depth_weights
-from trl_mtp.model import CONFIG_FILE, HEADS_FILE, MTPForCausalLM
+from trl_mtp.model import CONFIG_FILE, MTPForCausalLM
 from trl_mtp.schedules import MTPStepPlan
 
 logger = logging.getLogger(__name__)
@@ -108,6 +106,7 @@ class MTPTrainerMixin:
         """PEFT freezes every non-adapter parameter: the heads stay trainable."""
         for param in self.mtp_model.heads.parameters():
             param.requires_grad_(True)
+        self._refuse_engine_clipping()
 
     # -- the loss ---------------------------------------------------------------------------------------------
     def _current_plan(self, training: bool) -> MTPStepPlan:
@@ -117,8 +116,12 @@ class MTPTrainerMixin:
 
     def _touch_heads(self) -> torch.Tensor:
         """0 * (sum of the head parameters): under DDP every parameter must receive a gradient each step, also on
-        steps where the frequency or the window curriculum leaves some heads out. On one process it is 0."""
-        if self.accelerator.num_processes == 1:
+        steps where the frequency or the window curriculum leaves some heads out. Elsewhere it is 0: one process
+        needs nothing, and FSDP / DeepSpeed reduce parameters without a gradient themselves (and outside their
+        forward an FSDP2 head's parameters are sharded DTensors, which would turn the whole loss into one)."""
+        from accelerate.utils import DistributedType
+
+        if self.accelerator.distributed_type in (DistributedType.NO, DistributedType.FSDP, DistributedType.DEEPSPEED):
             return torch.zeros((), device=self.mtp_model.device)
         return 0.0 * sum(p.sum() for p in self.mtp_model.heads.parameters() if p.requires_grad)
 
@@ -188,7 +191,8 @@ class MTPTrainerMixin:
 
     # -- gradient clipping ---------------------------------------------------------------------------------------
     def _auxiliary_modules(self) -> list:
-        """Modules trained beside the policy (the heads; PPO adds its world model): clipped on their own norm."""
+        """Modules trained beside the policy (the heads; world-model PPO adds its world model and critic): clipped on
+        their own norm."""
         return [self.mtp_model.heads]
 
     def _clip_groups(self) -> tuple[list, list]:
@@ -199,41 +203,57 @@ class MTPTrainerMixin:
             self._clip_groups_cache = ([p for p in params if id(p) in aux], [p for p in params if id(p) not in aux])
         return self._clip_groups_cache
 
+    def _refuse_engine_clipping(self) -> None:
+        """DeepSpeed clips inside its engine, on one norm over every gradient: decoupled mode's guarantee (the heads
+        never rescale the policy's update) cannot hold there, so the combination is refused."""
+        from accelerate.utils import DistributedType
+
+        if self.args.mode != "decoupled" or self.accelerator.distributed_type != DistributedType.DEEPSPEED:
+            return
+        clip = self.accelerator.state.deepspeed_plugin.deepspeed_config.get("gradient_clipping", 0.0)
+        clip = self.args.max_grad_norm if clip == "auto" else clip
+        if clip and clip > 0:
+            raise ValueError(f"mode='decoupled' with DeepSpeed gradient_clipping={clip}: DeepSpeed clips all gradients "
+                             "on one norm, so the heads would rescale the policy's update; use FSDP or DDP, or set "
+                             "gradient_clipping / max_grad_norm to 0")
+
     def _clip_grad_norm(self, model):
         """Decoupled mode: the heads' and the policy's gradients are clipped on separate norms, so the heads never
         rescale the policy's update (with one global norm they would). Returns the norm over both groups."""
         from accelerate.utils import DistributedType
 
         if self.args.mode != "decoupled" or self.accelerator.distributed_type == DistributedType.DEEPSPEED:
-            return super()._clip_grad_norm(model)
+            return super()._clip_grad_norm(model)  # DeepSpeed: refused at set-up when it clips
         return self.clip_each_group(self.args.max_grad_norm)
 
     def clip_each_group(self, max_norm: float) -> torch.Tensor:
         """Clip each group of `_clip_groups` on its own norm; returns the norm over both groups. The gradients are
         unscaled once for all groups: fp16's GradScaler refuses a second `unscale_` before the optimizer step, which
-        `accelerator.clip_grad_norm_` (it unscales on every call) would make once per group."""
+        `accelerator.clip_grad_norm_` (it unscales on every call) would make once per group.
+        Under FSDP2 the gradients are DTensor shards: torch's `clip_grad_norm_` reduces the squared local sums across
+        ranks, so each group's norm is its full norm (returned as a replicated DTensor, read with `full_tensor`)."""
         self.accelerator.unscale_gradients()
         norms = [torch.nn.utils.clip_grad_norm_(group, max_norm) for group in self._clip_groups() if group]
-        return torch.stack([torch.as_tensor(n, dtype=torch.float32) for n in norms]).norm()
+        norms = [n.full_tensor() if hasattr(n, "full_tensor") else torch.as_tensor(n) for n in norms]
+        return torch.stack([n.float() for n in norms]).norm()
 
     # -- save and resume ------------------------------------------------------------------------------------------
     def _save(self, output_dir: str | None = None, state_dict=None):
         output_dir = output_dir if output_dir is not None else self.args.output_dir
-        if state_dict is not None:  # gathered by FSDP / DeepSpeed: drop the heads, saved below
-            state_dict = {k: v for k, v in state_dict.items() if f"{HEADS_MODULE}." not in k}
+        heads = None  # the head modules' own tensors
+        if state_dict is not None:
+            # gathered by FSDP / DeepSpeed ZeRO-3: the heads' full tensors are in it (the modules hold only this
+            # rank's shard); they are saved in their own file below
+            prefix = f"{HEADS_MODULE}."
+            heads = {k.split(prefix, 1)[1]: v for k, v in state_dict.items() if prefix in k}
+            state_dict = {k: v for k, v in state_dict.items() if prefix not in k}
         super()._save(output_dir, state_dict=state_dict)
         if self.args.should_save:
-            heads = {k: v.detach().contiguous().cpu() for k, v in self.mtp_model.heads.state_dict().items()}
-            save_file(heads, os.path.join(output_dir, HEADS_FILE), metadata={"format": "pt"})
-            with open(os.path.join(output_dir, CONFIG_FILE), "w") as f:
-                json.dump(self.mtp_model.mtp_config.to_dict(), f, indent=2)
+            self.mtp_model.save_heads(output_dir, state=heads)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model=model)
-        path = os.path.join(resume_from_checkpoint, HEADS_FILE)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: checkpoint has no MTP heads; it was not written by a trl-mtp trainer")
-        self.mtp_model.heads.load_state_dict(load_file(path, device=str(self.mtp_model.device)), strict=True)
+        self.mtp_model.load_heads(resume_from_checkpoint)
 
 
 class MTPOnPolicyMixin(MTPTrainerMixin):

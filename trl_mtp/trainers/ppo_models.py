@@ -92,9 +92,6 @@ class PolicyAndValue(nn.Module):
         else:
             self.value_head = None
             self.value_model = value_model
-        # set by PPOTrainer with `world_model=True` (trl_mtp/world_model.py); None otherwise
-        self.world_model: nn.Module | None = None
-        self.return_normalizer: nn.Module | None = None
 
     @property
     def _keys_to_ignore_on_save(self):

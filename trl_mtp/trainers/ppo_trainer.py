@@ -1,6 +1,7 @@
-"""`PPOTrainer`: TRL's former PPO (RLHF with a critic) on current TRL/transformers, with MTP heads.
+"""`MTPPPOTrainer` (alias `PPOTrainer`): TRL's former PPO (RLHF with a critic) on current TRL/transformers, with MTP
+heads.
 
-    trainer = PPOTrainer(model="path/or/hub-id", args=PPOConfig(output_dir="ppo", response_length=16),
+    trainer = MTPPPOTrainer(model="path/or/hub-id", args=MTPPPOConfig(output_dir="ppo", response_length=16),
                          train_dataset=dataset_with_prompt_column, processing_class=tokenizer,
                          reward_funcs=[task.reward])            # or reward_model="path/to/reward-model"
     trainer.train()
@@ -16,15 +17,15 @@ One PPO iteration (= one `global_step`), as "The N+ Implementation Details of RL
                     L = L_clip(policy) + vf_coef * L_clip(value) + lambda_mtp * L_mtp
 
 Extension points: `generate_rollouts` (one method that samples responses: speculative decoding plugs in there),
-`compute_advantages` (return normalisation), `compute_losses` (returns a dict of named loss terms: a world model
-adds its own). The maths is in `ppo_core.py`, one function per equation.
+`compute_advantages` (return normalisation), `value_loss` (the critic's loss), `auxiliary_losses` (named loss terms
+added to PPO's), `after_optimizer_step`, `_auxiliary_modules` (clipped apart from the policy). The world model
+(`WorldModelPPOTrainer`, a subclass) plugs in through them. The maths is in `ppo_core.py`, one function per equation.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import os
 import time
@@ -39,17 +40,13 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import get_last_checkpoint
 
 from trl_mtp.losses import IGNORE_INDEX
-from trl_mtp.model import CONFIG_FILE, HEADS_FILE
 from trl_mtp.trainers import ppo_core as core
 from trl_mtp.trainers.mtp_mixin import HEADS_MODULE, MTPTrainerMixin
-from trl_mtp.trainers.ppo_config import PPOConfig
+from trl_mtp.trainers.ppo_config import MTPPPOConfig
 from trl_mtp.trainers.ppo_models import PolicyAndValue, disable_dropout, load_sequence_classifier, per_token_scores
-from trl_mtp.world_model import PercentileNormalizer, TwoHotHead, TwoHotValueHead, WorldModel
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 VALUE_MODEL_DIR = "value_model"
-WORLD_MODEL_FILE = "world_model.safetensors"
-WORLD_MODEL_MODULES = ("world_model", "return_normalizer")  # PolicyAndValue children saved in WORLD_MODEL_FILE
 
 
 @dataclass
@@ -107,12 +104,12 @@ def sampling_only_from(model, generation_config: GenerationConfig):
         model.generation_config = saved
 
 
-class PPOTrainer(MTPTrainerMixin, Trainer):
+class MTPPPOTrainer(MTPTrainerMixin, Trainer):
     """PPO with a critic, TRL's former algorithm and metric names, plus MTP heads trained on the rollouts.
 
     Args:
         model: the policy: a path or hub id, a `PreTrainedModel` (heads built from `args`), or an `MTPForCausalLM`.
-        args: a `PPOConfig`.
+        args: an `MTPPPOConfig`.
         train_dataset: a `datasets.Dataset` with a `prompt` column (text, or chat messages); other columns are passed
             to the reward functions by name.
         processing_class: the tokenizer (needs a pad token; an EOS token with `stop_token="eos"`).
@@ -129,10 +126,12 @@ class PPOTrainer(MTPTrainerMixin, Trainer):
         callbacks, optimizers: as in `transformers.Trainer`.
     """
 
+    config_class = MTPPPOConfig
+
     def __init__(
         self,
         model,
-        args: PPOConfig | None = None,
+        args: MTPPPOConfig | None = None,
         train_dataset=None,
         processing_class=None,
         reward_funcs: Callable | list[Callable] | None = None,
@@ -143,14 +142,15 @@ class PPOTrainer(MTPTrainerMixin, Trainer):
         callbacks=None,
         optimizers=(None, None),
     ):
+        name = type(self).__name__
         if args is None:
-            args = PPOConfig(output_dir="ppo")
-        elif not isinstance(args, PPOConfig):
-            raise ValueError(f"args={type(args).__name__}: PPOTrainer needs a PPOConfig")
+            args = self.config_class(output_dir="ppo")
+        elif not isinstance(args, self.config_class):
+            raise ValueError(f"args={type(args).__name__}: {name} needs a {self.config_class.__name__}")
         if processing_class is None or processing_class.pad_token_id is None:
-            raise ValueError("processing_class: PPOTrainer needs a tokenizer with a pad token")
+            raise ValueError(f"processing_class: {name} needs a tokenizer with a pad token")
         if train_dataset is None or "prompt" not in train_dataset.column_names:
-            raise ValueError("train_dataset: PPOTrainer needs a dataset with a 'prompt' column")
+            raise ValueError(f"train_dataset: {name} needs a dataset with a 'prompt' column")
         if callable(reward_funcs):
             reward_funcs = [reward_funcs]
         if bool(reward_funcs) == (reward_model is not None):
@@ -205,25 +205,9 @@ class PPOTrainer(MTPTrainerMixin, Trainer):
         self.local_mini_batch_size = self.local_batch_size // args.num_mini_batches
         self.batch_size = self.local_batch_size * self.accelerator.num_processes  # rollouts per iteration, all processes
 
-    def _build_policy_and_value(self, base, value_model, args: PPOConfig) -> PolicyAndValue:
-        """The trained module tree; with `world_model`, the two-hot critic, the `WorldModel` and the return normaliser
-        are children of it (one optimizer, one device move)."""
-        trunk = self.mtp_model.trunk
-        if not args.world_model:
-            return PolicyAndValue(base, trunk, value_model)
-        if value_model is not None:
-            raise ValueError("world_model=True needs the value head on the policy (value_model=None): the critic reads "
-                             "the world model's latents")
-        hidden_size = trunk.model.config.get_text_config().hidden_size
-        value_head = TwoHotValueHead(hidden_size, args.wm_num_bins) if args.wm_critic == "twohot" else None
-        policy_and_value = PolicyAndValue(base, trunk, None, value_head)
-        policy_and_value.world_model = WorldModel(trunk, self.mtp_model.heads, args, policy_and_value.value_head)
-        if args.wm_return_norm == "percentile":
-            policy_and_value.return_normalizer = PercentileNormalizer(args.wm_return_norm_decay)
-        return policy_and_value
-
-    def _unwrapped(self) -> PolicyAndValue:
-        return self.accelerator.unwrap_model(self.model_wrapped if self.model_wrapped is not None else self.model)
+    def _build_policy_and_value(self, base, value_model, args: MTPPPOConfig) -> PolicyAndValue:
+        """The trained module tree: everything the optimizer, DDP and checkpoints see as one."""
+        return PolicyAndValue(base, self.mtp_model.trunk, value_model)
 
     # == the training loop ==========================================================================================
     def num_iterations(self) -> int:
@@ -448,17 +432,14 @@ class PPOTrainer(MTPTrainerMixin, Trainer):
         return (per_func.nan_to_num(0.0) * weights).sum(dim=1)  # None (not applicable) counts as 0
 
     def compute_advantages(self, rollouts: Rollouts) -> tuple[torch.Tensor, torch.Tensor]:
-        """GAE advantages and returns (A + V, the critic's target). Advantages are whitened over the batch (N+ details
-        #21), or with the world model's `wm_return_norm="percentile"` divided by max(1, EMA(P95) - EMA(P5)) of the
-        returns (DreamerV3 return normalisation: no mean shift, small returns never scaled up)."""
-        advantages, returns = core.gae_advantages(rollouts.rewards, rollouts.values, rollouts.mask,
-                                                  self.args.gamma, self.args.lam)
-        normalizer = getattr(self._unwrapped(), "return_normalizer", None)
-        if normalizer is None or not rollouts.mask.any():
-            return core.masked_whiten(advantages, rollouts.mask), returns
-        scale = normalizer.update(returns[rollouts.mask])
-        self._metrics["train"]["wm/return_scale"].append(scale.item())
-        return (advantages / scale).masked_fill(~rollouts.mask, 0.0), returns
+        """GAE advantages and returns (A + V, the critic's target); advantages whitened over the batch (N+ details
+        #21)."""
+        advantages, returns = self.gae(rollouts)
+        return core.masked_whiten(advantages, rollouts.mask), returns
+
+    def gae(self, rollouts: Rollouts) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw GAE advantages and returns, before any normalisation."""
+        return core.gae_advantages(rollouts.rewards, rollouts.values, rollouts.mask, self.args.gamma, self.args.lam)
 
     # == 6: the update ===============================================================================================
     def update(self, rollouts: Rollouts) -> None:
@@ -487,26 +468,15 @@ class PPOTrainer(MTPTrainerMixin, Trainer):
                     self.clip_each_group(args.max_grad_norm)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
-                unwrapped = self._unwrapped()
-                if getattr(unwrapped, "world_model", None) is not None:
-                    unwrapped.world_model.update_slow_critic(unwrapped.value_head)
+                self.after_optimizer_step()
         self._log_update_metrics(stats)
 
-    def _clip_groups(self) -> tuple[list, list]:
-        """(MTP head, world-model and world-model critic parameters, every other trainable parameter): clipped
-        separately."""
-        if not hasattr(self, "_clip_groups_cache"):
-            heads = {id(p) for p in self.mtp_model.heads.parameters()}
-            world_model = getattr(self.model, "world_model", None)
-            if world_model is not None:  # the critic it trains goes with it: its gradients never rescale the policy's
-                heads |= {id(p) for p in [*world_model.parameters(), *self.model.value_head.parameters()]}
-            params = [p for p in self.model.parameters() if p.requires_grad]
-            self._clip_groups_cache = ([p for p in params if id(p) in heads], [p for p in params if id(p) not in heads])
-        return self._clip_groups_cache
+    def after_optimizer_step(self) -> None:
+        """Called after each optimizer step (the world model updates its slow critic here); PPO has nothing to do."""
 
     def compute_losses(self, model, batch: Rollouts) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """The loss terms of one micro-batch, by name (the total is their sum), and detached statistics.
-        Add a term here (or in an override) to train something more: it is summed, backpropagated and logged."""
+        Terms from `auxiliary_losses` are summed, backpropagated and logged with PPO's."""
         args, C = self.args, batch.context_length
         full_logits, values = model(batch.query_responses, batch.attention_mask)
         hidden = self.mtp_model.trunk.hidden  # this forward's h [B, L, d], graph attached
@@ -515,39 +485,36 @@ class PPOTrainer(MTPTrainerMixin, Trainer):
         policy_loss, policy_stats = core.clipped_policy_loss(
             new_logprobs, batch.logprobs, batch.advantages, batch.mask, args.cliprange)
         unwrapped = self.accelerator.unwrap_model(model)
-        world_model = getattr(unwrapped, "world_model", None)
-        if world_model is not None:
-            # the world model trains the critic too: the critic reads h as the world model routes it (sg(h) decoupled)
-            features = world_model.critic_features(hidden[:, C - 1 : -1])
-        if isinstance(unwrapped.value_head, TwoHotHead):
-            # two-hot critic: cross-entropy to twohot(R), no clipping  (DreamerV3, eq. 10-11)
-            value_loss = core.masked_mean(unwrapped.value_head.loss(features, batch.returns), batch.mask)
-            value_stats = {"clipfrac": torch.zeros((), device=value_loss.device)}
-        else:
-            new_values = values[:, C - 1 : -1] if world_model is None else unwrapped.value_head(features)
-            value_loss, value_stats = core.clipped_value_loss(
-                new_values, batch.values, batch.returns, batch.mask, args.cliprange_value)
+        value_loss, value_stats = self.value_loss(unwrapped, hidden[:, C - 1 : -1], values[:, C - 1 : -1], batch)
         # MTP on the rollout tokens, from the hidden states of the forward above: labels = the response only
         labels = batch.query_responses.masked_fill(batch.attention_mask == 0, IGNORE_INDEX)
         labels[:, :C] = IGNORE_INDEX
         mtp_term = self.mtp_loss_term({"input_ids": batch.query_responses, "labels": labels,
                                        "attention_mask": batch.attention_mask})
         terms = {"policy": policy_loss, "value": args.vf_coef * value_loss, "mtp": mtp_term}
-        wm_stats = {}
-        if getattr(unwrapped, "world_model", None) is not None:
-            wm_terms, wm_stats = unwrapped.world_model.losses(
-                hidden, batch.query_responses, batch.attention_mask, C, full_logits.detach(), batch.rewards,
-                batch.mask, unwrapped.value_head)
-            terms.update(wm_terms)
+        extra_terms, extra_stats = self.auxiliary_losses(unwrapped, hidden, full_logits.detach(), batch)
+        terms.update(extra_terms)
         with torch.no_grad():
             stats = {
                 "policy/approxkl": policy_stats["approxkl"], "policy/clipfrac": policy_stats["clipfrac"],
                 "policy/entropy": core.masked_mean(core.entropy_from_logits(logits), batch.mask),  # real tokens only
                 "val/ratio": policy_stats["ratio"], "val/clipfrac": value_stats["clipfrac"],
                 "loss/policy_raw": policy_loss.detach(), "loss/value_raw": value_loss.detach(),
-                **{k: v.detach() for k, v in wm_stats.items()},
+                **{k: v.detach() for k, v in extra_stats.items()},
             }
         return terms, stats
+
+    def value_loss(self, model: PolicyAndValue, hidden: torch.Tensor, values: torch.Tensor,
+                   batch: Rollouts) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The critic's loss and its `clipfrac`, from this forward's response-position hidden states [B, R, d] and
+        values [B, R]: PPO's clipped value loss around V_old."""
+        return core.clipped_value_loss(values, batch.values, batch.returns, batch.mask, self.args.cliprange_value)
+
+    def auxiliary_losses(self, model: PolicyAndValue, hidden: torch.Tensor, logits: torch.Tensor,
+                         batch: Rollouts) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Loss terms trained beside PPO's (named; summed into the loss) and their statistics, from this forward's
+        hidden states [B, L, d] (graph attached) and detached logits [B, L, V]. PPO has none."""
+        return {}, {}
 
     # == logging =====================================================================================================
     def _mean_all(self, x: torch.Tensor) -> float:
@@ -569,16 +536,15 @@ class PPOTrainer(MTPTrainerMixin, Trainer):
 
     def _log_update_metrics(self, stats: dict[str, list]) -> None:
         metrics = self._metrics["train"]
-        for name in [n for n in stats if n.startswith("wm/")]:
-            metrics[name].append(self._mean_all(torch.stack(stats[name])))
-        for name in [n for n in stats if n.startswith("loss/") and not n.endswith("_raw")]:
-            if name not in ("loss/policy", "loss/value"):  # logged below as TRL's loss/policy_avg, loss/value_avg
-                metrics[name].append(self._mean_all(torch.stack(stats[name])))
-        ratios = self.accelerator.gather_for_metrics(torch.stack(stats["val/ratio"]).float())
-        metrics["val/ratio_var"].append(ratios.var().item() if ratios.numel() > 1 else 0.0)
         renamed = {"policy/approxkl": "policy/approxkl_avg", "policy/clipfrac": "policy/clipfrac_avg",
                    "policy/entropy": "policy/entropy_avg", "val/ratio": "val/ratio", "val/clipfrac": "val/clipfrac_avg",
                    "loss/policy_raw": "loss/policy_avg", "loss/value_raw": "loss/value_avg"}
+        # loss/policy and loss/value are logged as TRL's loss/policy_avg, loss/value_avg; any other statistic (the
+        # other loss terms, an auxiliary loss's own) as it is
+        for name in [n for n in stats if n not in renamed and n not in ("loss/policy", "loss/value")]:
+            metrics[name].append(self._mean_all(torch.stack(stats[name])))
+        ratios = self.accelerator.gather_for_metrics(torch.stack(stats["val/ratio"]).float())
+        metrics["val/ratio_var"].append(ratios.var().item() if ratios.numel() > 1 else 0.0)
         for name, logged in renamed.items():
             metrics[logged].append(self._mean_all(torch.stack(stats[name])))
 
@@ -600,20 +566,11 @@ class PPOTrainer(MTPTrainerMixin, Trainer):
         os.makedirs(output_dir, exist_ok=True)
         unwrapped = self.accelerator.unwrap_model(self.model_wrapped)
         unwrapped.policy.save_pretrained(output_dir)
-        heads = {k: v.detach().contiguous().cpu() for k, v in self.mtp_model.heads.state_dict().items()}
-        save_file(heads, os.path.join(output_dir, HEADS_FILE), metadata={"format": "pt"})
-        with open(os.path.join(output_dir, CONFIG_FILE), "w") as f:
-            json.dump(self.mtp_model.mtp_config.to_dict(), f, indent=2)
+        self.mtp_model.save_heads(output_dir)
         if unwrapped.value_head is not None:
-            state = {k: v.detach().contiguous().cpu() for k, v in unwrapped.value_head.state_dict().items()}
-            save_file(state, os.path.join(output_dir, VALUE_HEAD_FILE), metadata={"format": "pt"})
+            save_states(os.path.join(output_dir, VALUE_HEAD_FILE), {"": unwrapped.value_head})
         else:
             unwrapped.value_model.save_pretrained(os.path.join(output_dir, VALUE_MODEL_DIR))
-        world_state = {f"{name}.{k}": v.detach().contiguous().cpu() for name in WORLD_MODEL_MODULES
-                       if getattr(unwrapped, name, None) is not None
-                       for k, v in getattr(unwrapped, name).state_dict().items()}
-        if world_state:
-            save_file(world_state, os.path.join(output_dir, WORLD_MODEL_FILE), metadata={"format": "pt"})
         self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
@@ -621,19 +578,28 @@ class PPOTrainer(MTPTrainerMixin, Trainer):
         """Policy (or adapters), heads and critic from a checkpoint written by `_save`."""
         unwrapped = self.accelerator.unwrap_model(self.model)
         Trainer._load_from_checkpoint(self, resume_from_checkpoint, model=unwrapped.policy)
-        device = str(self.mtp_model.device)
-        self.mtp_model.heads.load_state_dict(load_file(os.path.join(resume_from_checkpoint, HEADS_FILE), device=device))
+        self.mtp_model.load_heads(resume_from_checkpoint)
         if unwrapped.value_head is not None:
-            unwrapped.value_head.load_state_dict(
-                load_file(os.path.join(resume_from_checkpoint, VALUE_HEAD_FILE), device=device))
+            load_states(os.path.join(resume_from_checkpoint, VALUE_HEAD_FILE), {"": unwrapped.value_head},
+                        device=str(self.mtp_model.device))
         else:
             Trainer._load_from_checkpoint(self, os.path.join(resume_from_checkpoint, VALUE_MODEL_DIR),
                                           model=unwrapped.value_model)
-        world_file = os.path.join(resume_from_checkpoint, WORLD_MODEL_FILE)
-        if os.path.isfile(world_file):
-            state = load_file(world_file, device=device)
-            for name in WORLD_MODEL_MODULES:
-                module = getattr(unwrapped, name, None)
-                if module is not None:
-                    prefix = f"{name}."
-                    module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+
+
+PPOTrainer = MTPPPOTrainer  # the former name (TRL's own `PPOTrainer` lives in trl.experimental.ppo)
+
+
+def save_states(path: str, modules: dict[str, torch.nn.Module]) -> None:
+    """The state dicts of `modules` in one safetensors file, each key prefixed with its module's name ("": none)."""
+    state = {f"{name}.{k}" if name else k: v.detach().contiguous().cpu()
+             for name, module in modules.items() for k, v in module.state_dict().items()}
+    save_file(state, path, metadata={"format": "pt"})
+
+
+def load_states(path: str, modules: dict[str, torch.nn.Module], device: str) -> None:
+    """Load into `modules` (strictly) what `save_states` wrote to `path`."""
+    state = load_file(path, device=device)
+    for name, module in modules.items():
+        prefix = f"{name}." if name else ""
+        module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})

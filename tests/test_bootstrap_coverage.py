@@ -4,7 +4,7 @@ Across seeds the tables use other intervals: tests/experiments/test_interval_cov
 
 import numpy as np
 
-from trl_mtp.experiments.bootstrap import bootstrap_ci
+from trl_mtp.bootstrap import bootstrap_ci
 
 
 def test_mean_of_normal_draws():

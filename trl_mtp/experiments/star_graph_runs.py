@@ -1,0 +1,134 @@
+"""Star-graph path finding from scratch, one token per node: where teacher-forced next-token training stalls.
+
+Bachmann & Nagarajan 2024: with teacher forcing, every node of the path after the first step is the unique child
+of the node before it (the "Clever Hans" cheat), so the loss leaves only the first step to learn, and a model that
+has learnt the cheat picks that step at chance: exact match near 1/degree. One run: a preset model trained from
+scratch on fresh training problems with `scratch_loop.train_rows` (AdamW, warm-up then cosine), the loss being
+the model's own: the base model's next-token cross-entropy on the path, or `MTPForCausalLM`'s
+main + lambda * MTP loss. What differs between runs:
+
+  `mtp`          MTP heads (`MTPConfig` fields): depth i at the last prompt position predicts node i+1 of the path
+                 from the graph alone, the teacherless signal, as an auxiliary loss of a teacher-forced model
+  `teacherless`  Bachmann & Nagarajan's teacherless objective: the path's input tokens are the dummy `$`, so every
+                 node is predicted from the graph alone (scored the same way: one forward over prompt + `$`s)
+  `target`       "path", or "reversed" (goal to start: each step is then the unique parent of the last; a control
+                 the cheat solves)
+
+Scores per eval item (the same items for every seed): exact match of the greedy path, the first step after the
+start right, and the path valid (a real arm from the start: the cheat's answer, right half the time at degree 2).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from trl_mtp.experiments import resumable
+from trl_mtp.experiments.scratch_loop import train_rows
+from trl_mtp.losses import IGNORE_INDEX
+
+TARGETS = ("path", "reversed")
+
+
+def encode_problems(task, problems, *, target: str = "path", teacherless: bool = False):
+    """(input_ids [N, P+L], labels [N, P+L], P): prompt then path, one token per node; labels only on the path.
+    Teacherless inputs carry `$` in place of the path (the labels stay the path)."""
+    if target not in TARGETS:
+        raise ValueError(f"target={target!r}: choose from {', '.join(TARGETS)}")
+    prompts = [task.encode_prompt(p.prompt) for p in problems]
+    paths = [task.encode_path(p.answer)[:: -1 if target == "reversed" else 1] for p in problems]
+    prompt_len = len(prompts[0])  # every graph of a task has the same number of edges, so the same length
+    labels = torch.tensor([prompt + path for prompt, path in zip(prompts, paths)])
+    input_ids = labels.clone()
+    labels[:, :prompt_len] = IGNORE_INDEX
+    if teacherless:
+        input_ids[:, prompt_len:] = task.symbol_id("$")
+    return input_ids, labels, prompt_len
+
+
+@torch.no_grad()
+def greedy_paths(model, input_ids: torch.Tensor, prompt_len: int, teacherless: bool) -> torch.Tensor:
+    """[N, L] predicted path: node by node, each fed back (teacher-forced models), or in one forward over the
+    prompt and the `$`s (teacherless models, as they were trained)."""
+    path_len = input_ids.size(1) - prompt_len
+    if teacherless:
+        logits = model(input_ids=input_ids).logits
+        return logits[:, prompt_len - 1: -1].argmax(-1)
+    x = input_ids[:, :prompt_len]
+    for _ in range(path_len):
+        x = torch.cat([x, model(input_ids=x).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return x[:, prompt_len:]
+
+
+def score_paths(task, problems, predicted: torch.Tensor, target: str) -> dict[str, list[int]]:
+    """Per item: `correct` (exact match), `first_step` (the node after the start right), `valid` (the prediction is
+    an arm of the graph from the start, whatever arm)."""
+    correct, first_step, valid = [], [], []
+    for problem, pred in zip(problems, predicted.tolist()):
+        path = task.encode_path(problem.answer)
+        forward = pred[::-1] if target == "reversed" else pred
+        prompt = task.encode_prompt(problem.prompt)
+        edge_sep = task.symbol_id("|")
+        edges = prompt[: prompt.index(edge_sep)]
+        edge_set = {(edges[i], edges[i + 2]) for i in range(0, len(edges), 4)}  # a > b , ...
+        correct.append(int(forward == path))
+        first_step.append(int(forward[1] == path[1]))
+        valid.append(int(forward[0] == path[0] and all(e in edge_set for e in zip(forward, forward[1:]))))
+    return {"correct": correct, "first_step": first_step, "valid": valid}
+
+
+def evaluate(model, task, problems, *, target: str, teacherless: bool) -> dict[str, list[int]]:
+    input_ids, _, prompt_len = encode_problems(task, problems, target=target, teacherless=teacherless)
+    was_training = model.training
+    model.eval()
+    scores = score_paths(task, problems, greedy_paths(model, input_ids, prompt_len, teacherless), target)
+    model.train(was_training)
+    return scores
+
+
+@resumable
+def run_star_graph(base_dir, out_dir, *, seed: int, task: dict, model: dict, steps: int, batch_size: int = 64,
+                   lr: float = 1e-3, eval_n: int = 500, mtp: dict | None = None, teacherless: bool = False,
+                   target: str = "path", curve_every: int = 0, preset: str = "tiny-llama") -> dict:
+    """Train `preset` (config fields overridden by `model`) from scratch on star-graph `task` for `steps` steps of
+    `batch_size` fresh training problems (seeded by `seed`, as is the model's initialisation) and score it on
+    `eval_n` held-out problems (the same for every seed). `base_dir` is unused: nothing is pretrained.
+    `curve_every`: also score the first 200 eval items every that many steps (the learning curve)."""
+    from trl_mtp.config import MTPConfig
+    from trl_mtp.model import MTPForCausalLM
+    from trl_mtp.tasks.presets import build_model, count_parameters
+    from trl_mtp.tasks.registry import get_task
+
+    if mtp is not None and teacherless:
+        raise ValueError("mtp and teacherless=True together: choose one objective")
+    train_task = get_task("star_graph", seed=seed, **task)
+    eval_task = get_task("star_graph", seed=0, **task)
+    eos = train_task.symbol_id("<eos>")
+    net = build_model(preset, train_task.token_vocab_size(), seed=seed, pad_token_id=eos, eos_token_id=eos,
+                      bos_token_id=None, **model)
+    lm = MTPForCausalLM.from_base(net, MTPConfig(**mtp)) if mtp is not None else net
+    train_problems = train_task.problems("train", steps * batch_size)
+    eval_problems = eval_task.problems("eval", eval_n)
+    inputs, labels, _ = encode_problems(train_task, train_problems, target=target, teacherless=teacherless)
+
+    curve = []
+
+    def score_curve(step: int):
+        scored = evaluate(net, eval_task, eval_problems[:200], target=target, teacherless=teacherless)
+        curve.append({"step": step, "exact": sum(scored["correct"]) / len(scored["correct"]),
+                      "first_step": sum(scored["first_step"]) / len(scored["first_step"])})
+
+    start = time.time()
+    trained = train_rows(lm, inputs, labels, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                         every=curve_every, callback=score_curve)
+    train_seconds = time.time() - start
+    losses = trained["losses"]
+    scores = evaluate(net, eval_task, eval_problems, target=target, teacherless=teacherless)
+    return {"seed": seed, "steps": steps, "mtp": mtp, "teacherless": teacherless, "target": target,
+            "num_parameters": count_parameters(net), "train_seconds": train_seconds,
+            "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])), "losses": losses[:: max(1, steps // 100)],
+            "final_mtp_losses": trained["mtp_losses"], "curve": curve,
+            "accuracy": sum(scores["correct"]) / len(scores["correct"]),
+            "first_step_accuracy": sum(scores["first_step"]) / len(scores["first_step"]),
+            "valid_rate": sum(scores["valid"]) / len(scores["valid"]), **scores}
