@@ -125,4 +125,5 @@ def run_rl(base_dir, out_dir, *, algorithm: str = "ppo", task_name: str, task_pa
 
 
 # where `**config_fields` go: checked by experiment specs
-run_rl.forwards_to = ("trl_mtp.trainers.ppo_config:PPOConfig", "trl_mtp.trainers.grpo_config:MTPGRPOConfig")
+run_rl.forwards_to = ("trl_mtp.trainers.world_model_ppo_config:WorldModelPPOConfig",  # MTPPPOConfig's fields + wm_*
+                      "trl_mtp.trainers.grpo_config:MTPGRPOConfig")
