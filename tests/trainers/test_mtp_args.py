@@ -11,7 +11,7 @@ import pytest
 from trl_mtp.config import MTPConfig
 from trl_mtp.trainers import mtp_args
 
-CONFIGS = ["MTPSFTConfig", "MTPGRPOConfig", "MTPRLOOConfig", "MTPDPOConfig", "PPOConfig"]
+CONFIGS = ["MTPSFTConfig", "MTPGRPOConfig", "MTPRLOOConfig", "MTPDPOConfig", "MTPPPOConfig", "WorldModelPPOConfig"]
 MTP_FIELDS = [f.name for f in dataclasses.fields(MTPConfig)]
 
 

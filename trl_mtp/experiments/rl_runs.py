@@ -124,6 +124,6 @@ def run_rl(base_dir, out_dir, *, algorithm: str = "ppo", task_name: str, task_pa
             "metrics": {k: v for k, v in last.items() if k.startswith(("wm/", "val/", "loss/", "mtp/", "spec/"))}}
 
 
-# where `**config_fields` go: checked by experiment specs
-run_rl.forwards_to = ("trl_mtp.trainers.world_model_ppo_config:WorldModelPPOConfig",  # MTPPPOConfig's fields + wm_*
+# where `**config_fields` go (the world-model config holds PPO's fields too): checked by experiment specs
+run_rl.forwards_to = ("trl_mtp.trainers.world_model_ppo_config:WorldModelPPOConfig",
                       "trl_mtp.trainers.grpo_config:MTPGRPOConfig")
