@@ -86,7 +86,7 @@ def test_interrupted_experiment_resumes_skipping_finished_runs(tmp_path):
     assert again.returncode == 0, err[-3000:]
     assert calls.read_text().split() == ["0", "1", "1", "2"]  # seed 0 ran once: the rerun skipped it
     assert all((runs / f"seed{s}" / "result.json").is_file() for s in range(3))
-    assert "Finished runs: 3 of 3" in (tmp_path / "runs" / "table.md").read_text()
+    assert "Finished runs: 3 of 3" in (tmp_path / "docs" / "results" / "interrupted" / "table.md").read_text()
 
 
 @pytest.mark.slow
