@@ -93,7 +93,7 @@ CHECKPOINTS: dict[str, Checkpoint] = {
              final_logit_softcapping=30.0, tie_word_embeddings=True, hidden_activation="gelu_pytorch_tanh"),
         dict(bos_token_id=2, eos_token_id=[1, 107], pad_token_id=0, cache_implementation="hybrid"),
         attn_implementation="eager",
-        what="sliding window 8 on layer 1 of 2; soft-capping 50 / 30; tied embeddings; hybrid cache",
+        what="sliding window 8 on the first of 2 layers; soft-capping 50 / 30; tied embeddings; hybrid cache",
         # Gemma scales its embeddings by sqrt(hidden): with random weights the token's own embedding then outweighs
         # every layer and greedy decoding repeats one token forever. Post-norm gains of 16 (Gemma norms multiply by
         # 1 + weight) give the layers their weight back: ~3.5 nats, no loop

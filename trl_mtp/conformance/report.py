@@ -102,13 +102,13 @@ def autocast_agreement(names, families, dtype=torch.bfloat16, prompts: int = 16,
     from trl_mtp.conformance.subjects import room, tiny_subject
 
     counts = dict(sequences=0, fp32_differing=0, autocast_differing=0, tokens=0, tokens_before_parting=0)
-    parted_margins, margins, by_name = [], [], {}
+    parted_margins, margins, by_name, where_parted = [], [], {}, []
     for name in names:
         subject = tiny_subject(name, seed)
         for family in families:
             model = subject.mtp(family).to(device)
             rows, row_masks = subject.prompts([8 + i % 9 for i in range(prompts)], model.device)
-            for row, row_mask in zip(rows, row_masks):
+            for prompt, (row, row_mask) in enumerate(zip(rows, row_masks)):
                 ids = row[row_mask.bool()][None]
                 mask = torch.ones_like(ids)
                 new = room(model, ids.size(1), new_tokens)
@@ -134,6 +134,7 @@ def autocast_agreement(names, families, dtype=torch.bfloat16, prompts: int = 16,
                     j = int(parted[0]) if len(parted) else width - T
                     counts["autocast_differing"] += 1
                     tally["autocast_differing"] += 1
+                    where_parted.append(f"{name}/{family}/prompt {prompt}")
                     counts["tokens_before_parting"] += j
                     parted_margins.append(float(step_margins[min(j, steps - 1)]))
                 else:
@@ -147,7 +148,7 @@ def autocast_agreement(names, families, dtype=torch.bfloat16, prompts: int = 16,
             "median_margin_all_steps": float(margins.median()),
             "fraction_steps_margin_at_most_largest_parted": float((margins <= max(parted_margins, default=0))
                                                                   .double().mean()),
-            "by_checkpoint": by_name}
+            "by_checkpoint": by_name, "parted": where_parted}
 
 
 def main(argv=None) -> int:
