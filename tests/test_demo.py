@@ -30,13 +30,34 @@ def test_resumable_runs_once_and_reads_back(tmp_path):
 @pytest.mark.slow
 def test_demo_prints_the_table_and_writes_the_report(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TRL_MTP_CACHE": str(tmp_path / "cache")}
-    cmd = [sys.executable, "-m", "trl_mtp.cli", "demo", "--pretrain-steps", "5", "--sft-steps", "30", "--rl-steps", "2",
-           "--eval-n", "4", "--report-dir", str(tmp_path / "report")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "trl_mtp.cli",
+        "demo",
+        "--pretrain-steps",
+        "5",
+        "--sft-steps",
+        "30",
+        "--rl-steps",
+        "2",
+        "--eval-n",
+        "4",
+        "--report-dir",
+        str(tmp_path / "report"),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=Path(__file__).parents[1])
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
-    for row in ("tiny-llama base", "NTP-SFT", "MTP-SFT (sequential, D=2)", "head acc depth 2", "90% CI",
-                "MTP-SFT -> PPO+MTP", "accepted length after RL"):
+    for row in (
+        "tiny-llama base",
+        "NTP-SFT",
+        "MTP-SFT (sequential, D=2)",
+        "head acc depth 2",
+        "90% CI",
+        "MTP-SFT -> PPO+MTP",
+        "accepted length after RL",
+    ):
         assert row in out, row
     assert re.findall(r"^\[(\d+)/8\] ", out, re.M) == [str(i) for i in range(1, 9)]  # one line per stage
     # the trainers' per-step log dicts go to train.log in each run folder, not to the terminal

@@ -34,9 +34,18 @@ def logged(trainer, name: str) -> list[float]:
 
 def test_sft_mtp_metrics_in_tensorboard(tmp_path, tokenizer, tiny_model):
     args = MTPSFTConfig(
-        output_dir=str(tmp_path / "run"), report_to=["tensorboard"], max_steps=4,
-        logging_steps=2, per_device_train_batch_size=8, learning_rate=1e-3, activation_checkpointing=False,
-        save_strategy="no", dataloader_pin_memory=False, disable_tqdm=True, bf16=False, head_type="blockwise",
+        output_dir=str(tmp_path / "run"),
+        report_to=["tensorboard"],
+        max_steps=4,
+        logging_steps=2,
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        activation_checkpointing=False,
+        save_strategy="no",
+        dataloader_pin_memory=False,
+        disable_tqdm=True,
+        bf16=False,
+        head_type="blockwise",
         num_mtp_heads=2,
     )
     model = tiny_model()
@@ -50,18 +59,34 @@ def test_sft_mtp_metrics_in_tensorboard(tmp_path, tokenizer, tiny_model):
 
 def test_ppo_speculative_rollouts_log_spec_metrics_to_tensorboard(tmp_path, tokenizer, tiny_model):
     args = PPOConfig(
-        output_dir=str(tmp_path / "run"), report_to=["tensorboard"], max_steps=2,
-        per_device_train_batch_size=4, num_mini_batches=2, num_ppo_epochs=1, response_length=6, learning_rate=1e-3,
-        save_strategy="no", disable_tqdm=True, seed=0, dataloader_pin_memory=False, head_type="blockwise",
-        num_mtp_heads=2, mode="decoupled", speculative_rollouts=True,
+        output_dir=str(tmp_path / "run"),
+        report_to=["tensorboard"],
+        max_steps=2,
+        per_device_train_batch_size=4,
+        num_mini_batches=2,
+        num_ppo_epochs=1,
+        response_length=6,
+        learning_rate=1e-3,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+        dataloader_pin_memory=False,
+        head_type="blockwise",
+        num_mtp_heads=2,
+        mode="decoupled",
+        speculative_rollouts=True,
     )
     model = tiny_model()
-    trainer = PPOTrainer(model, args, train_dataset=get_task("copy", length=3).train(16), processing_class=tokenizer,
-                         reward_funcs=lambda prompts, completions, **_: [0.0] * len(prompts))
+    trainer = PPOTrainer(
+        model,
+        args,
+        train_dataset=get_task("copy", length=3).train(16),
+        processing_class=tokenizer,
+        reward_funcs=lambda prompts, completions, **_: [0.0] * len(prompts),
+    )
     trainer.train()
     tb = scalars(tmp_path / "run")  # TensorBoard writes under output_dir/runs by default
     for name in ("spec/mean_accepted_length", "spec/acceptance_pos_1", "spec/acceptance_pos_2", "mtp/loss_depth_1"):
         values = tb[f"train/{name}"]
         assert len(values) == 2 and all(math.isfinite(v) for v in values), name
         assert values == pytest.approx(logged(trainer, name), rel=1e-6), name
-

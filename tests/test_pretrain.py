@@ -39,11 +39,17 @@ def test_blocks_are_deterministic(tokenizer):
     assert "graph:" in tokenizer.decode(star[0])
 
 
-@pytest.mark.parametrize("kwargs,bad", [
-    (dict(preset="nope"), "nope"), (dict(task="nope"), "nope"), (dict(steps=-1), "-1"),
-    (dict(batch_size=0), "batch_size"), (dict(lr=0), "lr"),
-    (dict(task_params={"star_graph": {"degree": -2}}), "degree"),
-])
+@pytest.mark.parametrize(
+    "kwargs,bad",
+    [
+        (dict(preset="nope"), "nope"),
+        (dict(task="nope"), "nope"),
+        (dict(steps=-1), "-1"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(lr=0), "lr"),
+        (dict(task_params={"star_graph": {"degree": -2}}), "degree"),
+    ],
+)
 def test_bad_arguments(kwargs, bad):
     with pytest.raises(ValueError, match=bad):
         pretrain_base(**kwargs)

@@ -50,8 +50,9 @@ def _documents(source: str, tokenizer, n_tokens: int, seed: int, task_params: di
     return [x + [eos] for x in ids]
 
 
-def pretraining_blocks(task: str, tokenizer, n_blocks: int, seq_len: int, seed: int,
-                       task_params: dict | None = None) -> torch.Tensor:
+def pretraining_blocks(
+    task: str, tokenizer, n_blocks: int, seq_len: int, seed: int, task_params: dict | None = None
+) -> torch.Tensor:
     """[n_blocks, seq_len] token ids: documents of `task` (or `mix`) shuffled, concatenated and cut."""
     task_params = task_params or {}
     n_tokens = n_blocks * seq_len
@@ -89,9 +90,19 @@ def _check_args(preset, task, steps, seq_len, batch_size, lr, seed):
         raise ValueError(f"lr must be positive, got {lr!r}")
 
 
-def pretrain_base(preset: str = "tiny-llama", task: str = "mix", steps: int = 300, seq_len: int = 128,
-                  batch_size: int = 16, lr: float = 3e-3, seed: int = 0, out_dir: str | Path | None = None,
-                  cache: bool = True, task_params: dict | None = None, verbose: bool = False) -> Path:
+def pretrain_base(
+    preset: str = "tiny-llama",
+    task: str = "mix",
+    steps: int = 300,
+    seq_len: int = 128,
+    batch_size: int = 16,
+    lr: float = 3e-3,
+    seed: int = 0,
+    out_dir: str | Path | None = None,
+    cache: bool = True,
+    task_params: dict | None = None,
+    verbose: bool = False,
+) -> Path:
     """Train a plain next-token base from `preset` on `task` data ('stdlib', a task name, or 'mix') and save it
     (model + tokenizer + `pretrain_info.json`) into `out_dir`, or into the cache keyed by all arguments.
 
@@ -102,10 +113,25 @@ def pretrain_base(preset: str = "tiny-llama", task: str = "mix", steps: int = 30
     for name in task_params or {}:
         get_task(name, **task_params[name])  # fail early on unknown tasks or parameters
     tokenizer = get_tokenizer()
-    args = dict(preset=preset, task=task, steps=steps, seq_len=seq_len, batch_size=batch_size, lr=lr, seed=seed,
-                task_params=task_params or {})
-    key = stable_hash({**args, "tokenizer": tokenizer.name_or_path.rsplit("/", 1)[-1], "python": sys.version,
-                       "torch": torch.__version__, "version": 1})
+    args = dict(
+        preset=preset,
+        task=task,
+        steps=steps,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        task_params=task_params or {},
+    )
+    key = stable_hash(
+        {
+            **args,
+            "tokenizer": tokenizer.name_or_path.rsplit("/", 1)[-1],
+            "python": sys.version,
+            "torch": torch.__version__,
+            "version": 1,
+        }
+    )
     target = Path(out_dir) if out_dir is not None else cache_root() / "pretrain" / f"{preset}-{task}-{key}"
     info_path = target / INFO_FILE
     if cache and info_path.exists() and json.loads(info_path.read_text()).get("key") == key:
@@ -117,15 +143,16 @@ def pretrain_base(preset: str = "tiny-llama", task: str = "mix", steps: int = 30
     model.train()
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=lr, betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95)
+    )
     losses = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for step in range(steps):
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(step, steps, lr)
-            batch = blocks[step * batch_size:(step + 1) * batch_size]
+            batch = blocks[step * batch_size : (step + 1) * batch_size]
             loss = model(input_ids=batch, labels=batch).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -135,9 +162,15 @@ def pretrain_base(preset: str = "tiny-llama", task: str = "mix", steps: int = 30
             if verbose and (step % max(1, steps // 10) == 0 or step == steps - 1):
                 print(f"pretrain step {step + 1}/{steps} loss {losses[-1]:.3f}", flush=True)
 
-    info = {"key": key, "args": args, "final_loss": sum(losses[-10:]) / max(1, len(losses[-10:])) if losses else None,
-            "losses": losses[:: max(1, steps // 100)], "wall_time_s": round(time.time() - start, 2),
-            "num_parameters": sum(p.numel() for p in model.parameters()), "tokens_seen": steps * batch_size * seq_len}
+    info = {
+        "key": key,
+        "args": args,
+        "final_loss": sum(losses[-10:]) / max(1, len(losses[-10:])) if losses else None,
+        "losses": losses[:: max(1, steps // 100)],
+        "wall_time_s": round(time.time() - start, 2),
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "tokens_seen": steps * batch_size * seq_len,
+    }
     # Save into a temporary sibling, then rename: a concurrent reader never sees half a model.
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))

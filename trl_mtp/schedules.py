@@ -55,7 +55,9 @@ def validate_schedule(
         raise ValueError(f"mtp_window_schedule={mtp_window_schedule!r}: choose one of {', '.join(WINDOW_SCHEDULES)}")
 
 
-def mtp_lambda_at(step: int, total_steps: int, *, start: float, end: float, schedule: str, step_fraction: float = 0.675) -> float:
+def mtp_lambda_at(
+    step: int, total_steps: int, *, start: float, end: float, schedule: str, step_fraction: float = 0.675
+) -> float:
     """The MTP loss weight at optimizer step `step` of `total_steps`."""
     progress = min(max(step / max(total_steps, 1), 0.0), 1.0)
     if schedule == "constant":
@@ -97,7 +99,11 @@ def mtp_step_plan(
     """The full plan for one step: weight, window and whether the MTP loss applies at all."""
     return MTPStepPlan(
         mtp_lambda=mtp_lambda_at(
-            step, total_steps, start=mtp_lambda, end=mtp_lambda_end, schedule=mtp_lambda_schedule,
+            step,
+            total_steps,
+            start=mtp_lambda,
+            end=mtp_lambda_end,
+            schedule=mtp_lambda_schedule,
             step_fraction=mtp_lambda_step_fraction,
         ),
         window=mtp_window_at(step, total_steps, num_heads=num_heads, schedule=mtp_window_schedule),

@@ -37,10 +37,25 @@ def test_name_completion_scores_by_hand():
 
 
 def test_short_runs(tmp_path):
-    model = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-             "num_key_value_heads": 2}
+    model = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+    }
     for name, mtp in (("ntp", None), ("mtp", {"head_type": "parallel", "num_mtp_heads": 1})):
-        result = run_induction(None, tmp_path / name, seed=0, task={"sentences": 3}, model=model, steps=3,
-                               batch_size=4, eval_n=5, curve_every=3, mtp=mtp)
+        result = run_induction(
+            None,
+            tmp_path / name,
+            seed=0,
+            task={"sentences": 3},
+            model=model,
+            steps=3,
+            batch_size=4,
+            eval_n=5,
+            curve_every=3,
+            mtp=mtp,
+        )
         assert len(result["induction"]) > 0 and [c["step"] for c in result["curve"]] == [3]
         assert (result["final_mtp_losses"] is None) == (mtp is None)

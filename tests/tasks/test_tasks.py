@@ -59,8 +59,18 @@ def test_reward_conversational(name):
 def test_reward_malformed_scores_zero(name):
     task = get_task(name)
     prompt = task.eval(1)["prompt"][0]
-    bad = [None, 5, "", "garbage", {}, [], [{"role": "assistant"}], [{"role": "user", "content": "1"}],
-           [{"role": "assistant", "content": None}], b"bytes"]
+    bad = [
+        None,
+        5,
+        "",
+        "garbage",
+        {},
+        [],
+        [{"role": "assistant"}],
+        [{"role": "user", "content": "1"}],
+        [{"role": "assistant", "content": None}],
+        b"bytes",
+    ]
     assert task.reward([prompt] * len(bad), bad) == [0.0] * len(bad)
     assert task.reward(["not a prompt", None, 7], ["1", "1", "1"]) == [0.0] * 3
 
@@ -76,7 +86,7 @@ def test_arithmetic():
 def test_star_graph_structure():
     task = get_task("star_graph", degree=4, path_length=5, nodes=30)
     for p in task.problems("train", 50):
-        edges_text, query = p.prompt[len("graph:"):-1].split("|")
+        edges_text, query = p.prompt[len("graph:") : -1].split("|")
         edges = [tuple(e.split(">")) for e in edges_text.split(",")]
         start, goal = query.split(">")
         assert len(edges) == 4 * 4 and len({b for _, b in edges}) == 16
@@ -89,8 +99,7 @@ def test_star_graph_structure():
 @settings(max_examples=30, deadline=None)
 @given(degree=st.integers(1, 5), path_length=st.integers(2, 6), seed=st.integers(0, 1000))
 def test_star_graph_solve_matches_generator(degree, path_length, seed):
-    task = get_task("star_graph", degree=degree, path_length=path_length, nodes=degree * path_length + 5,
-                    seed=seed)
+    task = get_task("star_graph", degree=degree, path_length=path_length, nodes=degree * path_length + 5, seed=seed)
     for p in task.problems("train", 3):
         assert task.reward([p.prompt], [p.answer]) == [1.0]
 
@@ -101,15 +110,18 @@ def test_sort_and_copy():
     assert get_task("sort").reward(["copy:31,7,58="], ["31,7,58"]) == [0.0]  # another task's prompt
 
 
-@pytest.mark.parametrize("name,params,bad", [
-    ("nope", {}, "nope"),
-    ("arithmetic", {"digits": -1}, "digits"),
-    ("arithmetic", {"op": "/"}, "op"),
-    ("arithmetic", {"bogus": 1}, "bogus"),
-    ("star_graph", {"nodes": 5}, "nodes=5"),
-    ("sort", {"length": "3"}, "length"),
-    ("copy", {"seed": -2}, "seed"),
-])
+@pytest.mark.parametrize(
+    "name,params,bad",
+    [
+        ("nope", {}, "nope"),
+        ("arithmetic", {"digits": -1}, "digits"),
+        ("arithmetic", {"op": "/"}, "op"),
+        ("arithmetic", {"bogus": 1}, "bogus"),
+        ("star_graph", {"nodes": 5}, "nodes=5"),
+        ("sort", {"length": "3"}, "length"),
+        ("copy", {"seed": -2}, "seed"),
+    ],
+)
 def test_bad_parameters(name, params, bad):
     with pytest.raises(ValueError, match=bad):
         get_task(name, **params)
@@ -144,4 +156,5 @@ def test_datasets_are_trl_formats(tokenizer):
     assert is_conversational(example)
     rendered = maybe_apply_chat_template(example, tokenizer)
     assert rendered["prompt"].endswith("<|assistant|>\n") and rendered["completion"].startswith(
-        example["completion"][0]["content"])
+        example["completion"][0]["content"]
+    )

@@ -16,8 +16,17 @@ def test_build_is_byte_identical(tmp_path):
         assert filecmp.cmp(a / name, b / name, shallow=False), name
 
 
-@pytest.mark.parametrize("text", ["def f(x):\n    return x + 1\n", "12345+678=13023", "héllo wörld ✓ 😀",
-                                  "graph:12>5,5>33|12>33=", "  leading and trailing  ", ""])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "def f(x):\n    return x + 1\n",
+        "12345+678=13023",
+        "héllo wörld ✓ 😀",
+        "graph:12>5,5>33|12>33=",
+        "  leading and trailing  ",
+        "",
+    ],
+)
 def test_round_trip(tokenizer, text):
     assert tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"]) == text
 

@@ -38,9 +38,18 @@ def sft_args(tmp_path):
 
     def make(**overrides):
         defaults = dict(
-            output_dir=str(tmp_path / "run"), max_steps=4, per_device_train_batch_size=8, learning_rate=1e-3,
-            logging_steps=1, report_to=[], activation_checkpointing=False, save_strategy="no",
-            dataloader_pin_memory=False, num_mtp_heads=2, seed=0, disable_tqdm=True,
+            output_dir=str(tmp_path / "run"),
+            max_steps=4,
+            per_device_train_batch_size=8,
+            learning_rate=1e-3,
+            logging_steps=1,
+            report_to=[],
+            activation_checkpointing=False,
+            save_strategy="no",
+            dataloader_pin_memory=False,
+            num_mtp_heads=2,
+            seed=0,
+            disable_tqdm=True,
         )
         return MTPSFTConfig(**{**defaults, **overrides})
 

@@ -25,6 +25,7 @@ mode, max_grad_norm = (sys.argv[4], float(sys.argv[5])) if len(sys.argv) > 4 els
 if engine == "fsdp2":
     enable_cpu_fsdp()
 if "local-norms" in sys.argv[6:]:  # the broken clipping a test must catch: each rank clips on its shard's norm
+
     def clip_on_local_norm(params, max_norm):
         grads = [p.grad.to_local() for p in params if p.grad is not None]
         norm = torch.stack([g.norm() for g in grads]).norm()
@@ -35,20 +36,38 @@ if "local-norms" in sys.argv[6:]:  # the broken clipping a test must catch: each
     torch.nn.utils.clip_grad_norm_ = clip_on_local_norm
 tokenizer = get_tokenizer()
 args = MTPSFTConfig(
-    output_dir=out_dir, max_steps=3, per_device_train_batch_size=batch, learning_rate=1e-3, logging_steps=1,
-    report_to=[], activation_checkpointing=False, save_strategy="no", dataloader_pin_memory=False,
+    output_dir=out_dir,
+    max_steps=3,
+    per_device_train_batch_size=batch,
+    learning_rate=1e-3,
+    logging_steps=1,
+    report_to=[],
+    activation_checkpointing=False,
+    save_strategy="no",
+    dataloader_pin_memory=False,
     use_cpu=not engine.startswith("zero"),  # accelerate only takes the DeepSpeed path without use_cpu
-    ddp_backend="gloo" if engine.startswith("zero") else None,  # without GPUs accelerate finds no backend for DeepSpeed and would count 1 process
-    ddp_find_unused_parameters=False, mode=mode, max_grad_norm=max_grad_norm, head_type="sequential", num_mtp_heads=2, disable_tqdm=True,
+    ddp_backend="gloo"
+    if engine.startswith("zero")
+    else None,  # without GPUs accelerate finds no backend for DeepSpeed and would count 1 process
+    ddp_find_unused_parameters=False,
+    mode=mode,
+    max_grad_norm=max_grad_norm,
+    head_type="sequential",
+    num_mtp_heads=2,
+    disable_tqdm=True,
 )
 model = build_model("tiny-llama", len(tokenizer), tokenizer=tokenizer, num_hidden_layers=2)
 trainer = MTPSFTTrainer(model, args, train_dataset=get_task("arithmetic").train(32), processing_class=tokenizer)
 trainer.train()
 params = dict(trainer.model_wrapped.named_parameters())
 base = trainer.accelerator.unwrap_model(trainer.model_wrapped)
-shapes = {name: local_shape(params[key]) for name, key in [
-    ("eh_proj", next(k for k in params if k.endswith("mtp_heads.layers.0.eh_proj.weight"))),
-    ("q_proj", next(k for k in params if k.endswith("mtp_heads.layers.0.mtp_block.self_attn.q_proj.weight")))]}
+shapes = {
+    name: local_shape(params[key])
+    for name, key in [
+        ("eh_proj", next(k for k in params if k.endswith("mtp_heads.layers.0.eh_proj.weight"))),
+        ("q_proj", next(k for k in params if k.endswith("mtp_heads.layers.0.mtp_block.self_attn.q_proj.weight"))),
+    ]
+}
 tied = base.get_output_embeddings().weight is base.get_input_embeddings().weight
 trainer.save_model()
 losses = ",".join(f"{h['loss']:.5f}" for h in trainer.state.log_history if "loss" in h)
@@ -56,5 +75,13 @@ norms = ",".join(f"{h['grad_norm']:.5f}" for h in trainer.state.log_history if "
 # for docs/scaling.md: the mean step time (this run's 3 steps) and this process's peak resident memory
 step_s = trainer.state.log_history[-1]["train_runtime"] / trainer.state.global_step
 peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-report_and_exit(trainer.accelerator, mode=trainer.accelerator.distributed_type.value, losses=losses, norms=norms,
-                tied=tied, step_s=f"{step_s:.3f}", peak_mb=f"{peak_mb:.0f}", **shapes)
+report_and_exit(
+    trainer.accelerator,
+    mode=trainer.accelerator.distributed_type.value,
+    losses=losses,
+    norms=norms,
+    tied=tied,
+    step_s=f"{step_s:.3f}",
+    peak_mb=f"{peak_mb:.0f}",
+    **shapes,
+)

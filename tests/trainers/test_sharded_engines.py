@@ -55,15 +55,35 @@ def test_fsdp2_sft_shards_the_heads_and_matches_one_process(tmp_path, tokenizer,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", [2, pytest.param(3, marks=pytest.mark.xfail(strict=True, reason=(
-    "not supported yet: the heads run after the engine's forward, and ZeRO-3's parameter coordinator asserts on "
-    "their first fetch (a parameter NOT_AVAILABLE); seen with deepspeed 0.19.8")))])
+@pytest.mark.parametrize(
+    "stage",
+    [
+        2,
+        pytest.param(
+            3,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason=(
+                    "not supported yet: the heads run after the engine's forward, and ZeRO-3's parameter coordinator asserts on "
+                    "their first fetch (a parameter NOT_AVAILABLE); seen with deepspeed 0.19.8"
+                ),
+            ),
+        ),
+    ],
+)
 def test_deepspeed_zero_sft_matches_one_process(tmp_path, tokenizer, one_process, stage):
     pytest.importorskip("deepspeed")  # the `.[deepspeed]` extra
     # DeepSpeed on CPU: its CPU accelerator, and accelerate's DeepSpeed path, which `use_cpu` would turn off
     env = {"DS_ACCELERATOR": "cpu", "ACCELERATE_USE_CPU": None}
-    reports = launch(RUN, str(tmp_path), f"zero{stage}", "2", port=29582 + stage, env=env,
-                     config_file=EXAMPLES / f"deepspeed_zero{stage}.yaml")
+    reports = launch(
+        RUN,
+        str(tmp_path),
+        f"zero{stage}",
+        "2",
+        port=29582 + stage,
+        env=env,
+        config_file=EXAMPLES / f"deepspeed_zero{stage}.yaml",
+    )
     assert {r["mode"] for r in reports} == {"DEEPSPEED"}
     if stage == 3:  # parameters partitioned: each rank holds a flat half (128*256/2, 128*128/2)
         assert [(r["eh_proj"], r["q_proj"]) for r in reports] == [("16384", "8192")] * 2
@@ -81,10 +101,20 @@ def test_save_takes_the_heads_from_the_gathered_state_dict(tmp_path, tokenizer):
     from trl_mtp.tasks.presets import build_model
     from trl_mtp.tasks.registry import get_task
 
-    args = MTPSFTConfig(output_dir=str(tmp_path / "run"), report_to=[], use_cpu=True, num_mtp_heads=1,
-                        head_type="sequential", activation_checkpointing=False)
-    trainer = MTPSFTTrainer(build_model("tiny-llama", len(tokenizer), tokenizer=tokenizer, num_hidden_layers=1),
-                            args, train_dataset=get_task("arithmetic").train(4), processing_class=tokenizer)
+    args = MTPSFTConfig(
+        output_dir=str(tmp_path / "run"),
+        report_to=[],
+        use_cpu=True,
+        num_mtp_heads=1,
+        head_type="sequential",
+        activation_checkpointing=False,
+    )
+    trainer = MTPSFTTrainer(
+        build_model("tiny-llama", len(tokenizer), tokenizer=tokenizer, num_hidden_layers=1),
+        args,
+        train_dataset=get_task("arithmetic").train(4),
+        processing_class=tokenizer,
+    )
     gathered = {k: v + 1 if k.startswith("mtp_heads.") else v for k, v in trainer.model.state_dict().items()}
     trainer._save(str(tmp_path / "saved"), state_dict=gathered)
     saved = MTPForCausalLM.from_pretrained(str(tmp_path / "saved")).heads.state_dict()
@@ -99,21 +129,33 @@ def test_fsdp2_decoupled_clipping_uses_each_groups_full_norm(tmp_path, tokenizer
     ranks), else each rank would clip its shard by a different factor. With max_grad_norm=0.05 every step clips
     (the logged norms are ~1-10), so the run equals the 1-process run only if the group norms are the full ones."""
     reference = run_one(RUN, str(tmp_path / "one"), "none", "4", "decoupled", "0.05")
-    reports = launch(RUN, str(tmp_path / "two"), "fsdp2", "2", "decoupled", "0.05", port=29586,
-                     config_file=EXAMPLES / "fsdp.yaml")
+    reports = launch(
+        RUN, str(tmp_path / "two"), "fsdp2", "2", "decoupled", "0.05", port=29586, config_file=EXAMPLES / "fsdp.yaml"
+    )
     assert min(float(x) for x in reference["norms"].split(",")) > 0.5  # clipping is active on every step
-    worst = assert_equal_to_one_process(reports, tmp_path / "two", (reference, MTPForCausalLM.from_pretrained(
-        str(tmp_path / "one"))))
+    worst = assert_equal_to_one_process(
+        reports, tmp_path / "two", (reference, MTPForCausalLM.from_pretrained(str(tmp_path / "one")))
+    )
     for report in reports:
         got, want = ([float(x) for x in r["norms"].split(",")] for r in (report, reference))
         assert got == pytest.approx(want, rel=1e-4)
     print("FSDP2 decoupled, weights vs 1 process, max |diff|:", worst)
     # clipping each rank's shard on its own norm (the mistake this guards against) ends elsewhere
-    broken = launch(RUN, str(tmp_path / "broken"), "fsdp2", "2", "decoupled", "0.05", "local-norms", port=29587,
-                    config_file=EXAMPLES / "fsdp.yaml")
+    broken = launch(
+        RUN,
+        str(tmp_path / "broken"),
+        "fsdp2",
+        "2",
+        "decoupled",
+        "0.05",
+        "local-norms",
+        port=29587,
+        config_file=EXAMPLES / "fsdp.yaml",
+    )
     with pytest.raises(AssertionError):
-        assert_equal_to_one_process(broken, tmp_path / "broken", (reference, MTPForCausalLM.from_pretrained(
-            str(tmp_path / "one"))))
+        assert_equal_to_one_process(
+            broken, tmp_path / "broken", (reference, MTPForCausalLM.from_pretrained(str(tmp_path / "one")))
+        )
 
 
 def test_decoupled_mode_is_refused_where_deepspeed_clips():

@@ -9,8 +9,11 @@ def main(argv: list[str]) -> int:
     from trl_mtp.tasks import TASKS
     from trl_mtp.tasks.presets import PRESETS
 
-    parser = ArgumentParser(prog="trl-mtp pretrain", description="Train a plain next-token base model on the "
-                            "embedded data and save it with save_pretrained (cached by arguments).")
+    parser = ArgumentParser(
+        prog="trl-mtp pretrain",
+        description="Train a plain next-token base model on the "
+        "embedded data and save it with save_pretrained (cached by arguments).",
+    )
     parser.add_argument("--preset", default="tiny-llama", help=f"model preset: {', '.join(PRESETS)}")
     parser.add_argument("--task", default="mix", help=f"data: mix, {', '.join(TASKS)}")
     parser.add_argument("--steps", type=non_negative_int, default=300)
@@ -24,7 +27,17 @@ def main(argv: list[str]) -> int:
 
     from trl_mtp.pretrain import pretrain_base
 
-    out = pretrain_base(args.preset, args.task, steps=args.steps, seq_len=args.seq_len, batch_size=args.batch_size,
-                        lr=args.lr, seed=args.seed, out_dir=args.out, cache=not args.no_cache, verbose=True)
+    out = pretrain_base(
+        args.preset,
+        args.task,
+        steps=args.steps,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        out_dir=args.out,
+        cache=not args.no_cache,
+        verbose=True,
+    )
     print(out)
     return 0

@@ -49,8 +49,9 @@ class Task:
     def __init__(self, seed: int = 0, **params):
         unknown = sorted(set(params) - set(self.params))
         if unknown:
-            raise ValueError(f"unknown parameter {unknown[0]!r} for task {self.name!r}; "
-                             f"valid: {', '.join(self.params) or 'none'}")
+            raise ValueError(
+                f"unknown parameter {unknown[0]!r} for task {self.name!r}; valid: {', '.join(self.params) or 'none'}"
+            )
         self.seed = check_count(seed, "seed")
         self.config = {**self.params, **params}
         for key, value in self.config.items():
@@ -58,8 +59,7 @@ class Task:
             if isinstance(default, int) and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ValueError(f"task {self.name!r}: {key} must be an integer, got {value!r}")
             if isinstance(default, int) and value < self.min_values.get(key, 0):
-                raise ValueError(f"task {self.name!r}: {key} must be >= {self.min_values.get(key, 0)}, "
-                                 f"got {value!r}")
+                raise ValueError(f"task {self.name!r}: {key} must be >= {self.min_values.get(key, 0)}, got {value!r}")
             setattr(self, key, value)
         self.validate()
 
@@ -134,8 +134,10 @@ class PromptTask(Task):
 def to_row(prompt: str, completion: str, conversational: bool) -> dict:
     """One TRL prompt/completion example, plain or conversational."""
     if conversational:
-        return {"prompt": [{"role": "user", "content": prompt}],
-                "completion": [{"role": "assistant", "content": completion}]}
+        return {
+            "prompt": [{"role": "user", "content": prompt}],
+            "completion": [{"role": "assistant", "content": completion}],
+        }
     return {"prompt": prompt, "completion": completion}
 
 

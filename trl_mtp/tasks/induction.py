@@ -48,14 +48,17 @@ class NamedStories(Task):
         if self.characters > 3:
             raise ValueError(f"task 'named_stories': characters={self.characters}: the templates have 3 slots")
         if self.characters > self.first_parts:
-            raise ValueError(f"task 'named_stories': characters={self.characters} is more than the "
-                             f"{self.first_parts} first parts (each character's first part is its own)")
+            raise ValueError(
+                f"task 'named_stories': characters={self.characters} is more than the "
+                f"{self.first_parts} first parts (each character's first part is its own)"
+            )
 
     @property
     def vocab(self) -> list[str]:
         """Template words, then first parts `A0..`, second parts `B0..`, then the end token."""
-        return (_words() + [f"A{i}" for i in range(self.first_parts)] + [f"B{i}" for i in range(self.second_parts)]
-                + [EOS])
+        return (
+            _words() + [f"A{i}" for i in range(self.first_parts)] + [f"B{i}" for i in range(self.second_parts)] + [EOS]
+        )
 
     def token_vocab_size(self) -> int:
         return len(self.vocab)

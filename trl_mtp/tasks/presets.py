@@ -13,9 +13,15 @@ MAX_POSITIONS = 1024  # star-graph prompts with digits split one per token reach
 
 
 def _llama(hidden: int, layers: int, heads: int, intermediate: int) -> dict:
-    return dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                num_key_value_heads=heads, intermediate_size=intermediate, max_position_embeddings=MAX_POSITIONS,
-                tie_word_embeddings=True)
+    return dict(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        intermediate_size=intermediate,
+        max_position_embeddings=MAX_POSITIONS,
+        tie_word_embeddings=True,
+    )
 
 
 def _qwen3(hidden: int, layers: int, heads: int, intermediate: int) -> dict:
@@ -25,8 +31,16 @@ def _qwen3(hidden: int, layers: int, heads: int, intermediate: int) -> dict:
 
 def _gpt2(hidden: int, layers: int, heads: int) -> dict:
     # GPT-2's default dropout (0.1) only adds noise to runs this short; 0 keeps training deterministic.
-    return dict(n_embd=hidden, n_layer=layers, n_head=heads, n_positions=MAX_POSITIONS, tie_word_embeddings=True,
-                resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    return dict(
+        n_embd=hidden,
+        n_layer=layers,
+        n_head=heads,
+        n_positions=MAX_POSITIONS,
+        tie_word_embeddings=True,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
 
 
 # name -> (config class, config kwargs, description). Parameter counts are for vocab 2048.
@@ -52,14 +66,18 @@ def build_config(preset: str, vocab_size: int, *, tokenizer=None, **overrides):
     # No family default special ids (GPT-2's 50256 lies outside a small vocab): they come from the tokenizer.
     kwargs = dict(kwargs, vocab_size=vocab_size, bos_token_id=None, eos_token_id=None, pad_token_id=None)
     if tokenizer is not None:
-        kwargs.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                      pad_token_id=tokenizer.pad_token_id)
+        kwargs.update(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
     kwargs.update(overrides)
     return config_class(**kwargs)
 
 
-def build_model(preset: str, vocab_size: int, *, seed: int = 0, tokenizer=None,
-                attn_implementation: str = "sdpa", **overrides) -> PreTrainedModel:
+def build_model(
+    preset: str, vocab_size: int, *, seed: int = 0, tokenizer=None, attn_implementation: str = "sdpa", **overrides
+) -> PreTrainedModel:
     """A randomly initialised causal LM from `preset`, the same weights for the same `seed`.
 
     `tokenizer` (optional) sets bos/eos/pad ids in the config (and so in the generation config); any config

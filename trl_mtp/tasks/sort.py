@@ -10,7 +10,7 @@ def parse_list(prompt: str, prefix: str) -> list[int]:
     body = prompt.strip()
     if not (body.startswith(prefix + ":") and body.endswith("=")):
         raise ValueError(f"not a {prefix} prompt: {prompt!r}")
-    return [int(x) for x in body[len(prefix) + 1:-1].split(",")]
+    return [int(x) for x in body[len(prefix) + 1 : -1].split(",")]
 
 
 class Sort(PromptTask):

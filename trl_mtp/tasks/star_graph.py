@@ -30,14 +30,17 @@ class StarGraph(PromptTask):
     def validate(self) -> None:
         needed = 1 + self.degree * (self.path_length - 1)
         if self.nodes < needed:
-            raise ValueError(f"task 'star_graph': nodes={self.nodes} is too few for degree={self.degree} and "
-                             f"path_length={self.path_length} (needs >= {needed})")
+            raise ValueError(
+                f"task 'star_graph': nodes={self.nodes} is too few for degree={self.degree} and "
+                f"path_length={self.path_length} (needs >= {needed})"
+            )
 
     def generate(self, rng) -> Problem:
         labels = rng.sample(range(self.nodes), 1 + self.degree * (self.path_length - 1))
         start, rest = labels[0], labels[1:]
-        arms = [[start] + rest[i * (self.path_length - 1):(i + 1) * (self.path_length - 1)]
-                for i in range(self.degree)]
+        arms = [
+            [start] + rest[i * (self.path_length - 1) : (i + 1) * (self.path_length - 1)] for i in range(self.degree)
+        ]
         edges = [(a, b) for arm in arms for a, b in zip(arm, arm[1:])]
         goal = rng.choice(arms)[-1]
         key = f"{sorted(edges)}|{start}>{goal}"
@@ -73,8 +76,10 @@ class StarGraph(PromptTask):
         """`graph:12>5,5>33|12>33=` as [12, >, 5, ',', 5, >, 33, |, 12, >, 33, =]: one token per node and symbol."""
         if not _PROMPT.match(prompt.strip()):
             raise ValueError(f"not a star-graph prompt: {prompt!r}")
-        return [int(t) if t.isdigit() else self.symbol_id(t)
-                for t in re.findall(r"\d+|[>,|=]", prompt.strip().removeprefix("graph:"))]
+        return [
+            int(t) if t.isdigit() else self.symbol_id(t)
+            for t in re.findall(r"\d+|[>,|=]", prompt.strip().removeprefix("graph:"))
+        ]
 
     def encode_path(self, answer: str) -> list[int]:
         """The answer `12,5,33` as its node tokens [12, 5, 33] (no separators: one token per step)."""

@@ -32,7 +32,11 @@ class MTPDPOTrainer(MTPTrainerMixin, DPOTrainer):
         input_ids = inputs["input_ids"]
         labels = input_ids.masked_fill(inputs["completion_mask"] == 0, -100)
         labels[input_ids.size(0) // 2 :] = -100  # [chosen; rejected]: the heads learn the chosen responses only
-        mtp_inputs = {"input_ids": input_ids, "labels": labels, "attention_mask": inputs.get("attention_mask"),
-                      "position_ids": inputs.get("position_ids")}
+        mtp_inputs = {
+            "input_ids": input_ids,
+            "labels": labels,
+            "attention_mask": inputs.get("attention_mask"),
+            "position_ids": inputs.get("position_ids"),
+        }
         loss = self.add_mtp_loss(loss, mtp_inputs)
         return (loss, outputs) if return_outputs else loss

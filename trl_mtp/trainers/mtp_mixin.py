@@ -39,7 +39,9 @@ def load_mtp_model(model, args) -> MTPForCausalLM:
     if isinstance(model, PreTrainedModel):
         return MTPForCausalLM.from_base(model, args.mtp_config())
     if not isinstance(model, (str, os.PathLike)):
-        raise ValueError(f"model={type(model).__name__}: expected a path, a hub id, a PreTrainedModel or an MTPForCausalLM")
+        raise ValueError(
+            f"model={type(model).__name__}: expected a path, a hub id, a PreTrainedModel or an MTPForCausalLM"
+        )
     init_kwargs = dict(args.model_init_kwargs or {})
     if os.path.isfile(os.path.join(model, CONFIG_FILE)):
         return _train_with(MTPForCausalLM.from_pretrained(model, **init_kwargs), args, source=model)
@@ -48,7 +50,9 @@ def load_mtp_model(model, args) -> MTPForCausalLM:
     try:
         base = AutoModelForCausalLM.from_pretrained(model, **init_kwargs)
     except OSError as err:  # no such local folder, and the hub can't provide it (offline, or a typo)
-        raise FileNotFoundError(f"model={model!r}: not a local model directory and not loadable from the hub ({err})") from err
+        raise FileNotFoundError(
+            f"model={model!r}: not a local model directory and not loadable from the hub ({err})"
+        ) from err
     return MTPForCausalLM.from_base(base, args.mtp_config())
 
 
@@ -57,8 +61,12 @@ def _train_with(mtp_model: MTPForCausalLM, args, source=None) -> MTPForCausalLM:
     wanted = args.mtp_config()
     mtp_model.set_loss_config(wanted)
     if mtp_model.mtp_config != wanted:
-        logger.warning("%s has trained heads (%s, D=%d): they are kept, not rebuilt from the arguments' head fields",
-                       source or "the model", mtp_model.mtp_config.head_type, mtp_model.mtp_config.num_mtp_heads)
+        logger.warning(
+            "%s has trained heads (%s, D=%d): they are kept, not rebuilt from the arguments' head fields",
+            source or "the model",
+            mtp_model.mtp_config.head_type,
+            mtp_model.mtp_config.num_mtp_heads,
+        )
     return mtp_model
 
 
@@ -99,8 +107,11 @@ class MTPTrainerMixin:
 
         if getattr(peft_config, "target_modules", None) == "all-linear":
             return True
-        return any(check_target_module_exists(peft_config, f"{HEADS_MODULE}.{name}")
-                   for name, _ in self.mtp_model.heads.named_modules() if name)
+        return any(
+            check_target_module_exists(peft_config, f"{HEADS_MODULE}.{name}")
+            for name, _ in self.mtp_model.heads.named_modules()
+            if name
+        )
 
     def _after_parent_init(self) -> None:
         """PEFT freezes every non-adapter parameter: the heads stay trainable."""
@@ -125,7 +136,9 @@ class MTPTrainerMixin:
             return torch.zeros((), device=self.mtp_model.device)
         return 0.0 * sum(p.sum() for p in self.mtp_model.heads.parameters() if p.requires_grad)
 
-    def add_mtp_loss(self, loss: torch.Tensor, inputs: dict, num_items_in_batch=None, divisor: float = 1.0) -> torch.Tensor:
+    def add_mtp_loss(
+        self, loss: torch.Tensor, inputs: dict, num_items_in_batch=None, divisor: float = 1.0
+    ) -> torch.Tensor:
         """The parent's loss plus the MTP term in training; in evaluation the parent's loss, MTP metrics logged.
 
         `inputs` needs `input_ids`, `labels` (unshifted, -100 ignored) and optionally `attention_mask` /
@@ -157,8 +170,12 @@ class MTPTrainerMixin:
         if not plan.apply:
             return touch
         out = self.mtp_model.compute_mtp_loss(
-            inputs["input_ids"], inputs["labels"], inputs.get("attention_mask"), inputs.get("position_ids"),
-            num_depths=plan.window, num_items_in_batch=num_items_in_batch,
+            inputs["input_ids"],
+            inputs["labels"],
+            inputs.get("attention_mask"),
+            inputs.get("position_ids"),
+            num_depths=plan.window,
+            num_items_in_batch=num_items_in_batch,
         )
         self._log_mtp_metrics(mode, out, plan.window)
         term = plan.mtp_lambda * out.loss
@@ -171,8 +188,14 @@ class MTPTrainerMixin:
         """MTP inputs of a rollout batch (TRL's on-policy layout: left-padded prompts, right-padded completions):
         the heads learn the completion tokens only."""
         input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-        labels = torch.cat([torch.full_like(prompt_ids, -100), completion_ids.masked_fill(completion_mask == 0, -100)], 1)
-        return {"input_ids": input_ids, "labels": labels, "attention_mask": torch.cat([prompt_mask, completion_mask], 1)}
+        labels = torch.cat(
+            [torch.full_like(prompt_ids, -100), completion_ids.masked_fill(completion_mask == 0, -100)], 1
+        )
+        return {
+            "input_ids": input_ids,
+            "labels": labels,
+            "attention_mask": torch.cat([prompt_mask, completion_mask], 1),
+        }
 
     def _log_mtp_metrics(self, mode: str, out, window: int) -> None:
         """Token-weighted per-depth means over all processes, appended to TRL's metric lists (logged by `log`)."""
@@ -213,9 +236,11 @@ class MTPTrainerMixin:
         clip = self.accelerator.state.deepspeed_plugin.deepspeed_config.get("gradient_clipping", 0.0)
         clip = self.args.max_grad_norm if clip == "auto" else clip
         if clip and clip > 0:
-            raise ValueError(f"mode='decoupled' with DeepSpeed gradient_clipping={clip}: DeepSpeed clips all gradients "
-                             "on one norm, so the heads would rescale the policy's update; use FSDP or DDP, or set "
-                             "gradient_clipping / max_grad_norm to 0")
+            raise ValueError(
+                f"mode='decoupled' with DeepSpeed gradient_clipping={clip}: DeepSpeed clips all gradients "
+                "on one norm, so the heads would rescale the policy's update; use FSDP or DDP, or set "
+                "gradient_clipping / max_grad_norm to 0"
+            )
 
     def _clip_grad_norm(self, model):
         """Decoupled mode: the heads' and the policy's gradients are clipped on separate norms, so the heads never

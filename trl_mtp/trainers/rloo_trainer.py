@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from trl import RLOOTrainer
 
-from trl_mtp.trainers.rloo_config import MTPRLOOConfig
 from trl_mtp.trainers.mtp_mixin import MTPOnPolicyMixin
+from trl_mtp.trainers.rloo_config import MTPRLOOConfig
 
 
 class MTPRLOOTrainer(MTPOnPolicyMixin, RLOOTrainer):

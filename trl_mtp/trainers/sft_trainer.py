@@ -35,7 +35,9 @@ class MTPSFTTrainer(MTPTrainerMixin, SFTTrainer):
         self._after_parent_init()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        result = super().compute_loss(
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
         loss, outputs = result if return_outputs else (result, None)
         loss = self.add_mtp_loss(loss, inputs, num_items_in_batch)
         return (loss, outputs) if return_outputs else loss
