@@ -71,17 +71,21 @@ def test_a_new_bucket_borrows_the_nearest_times_scaled():
     assert DraftPlanner(2).seconds(32, 1) is None
 
 
-def test_refresh_retries_the_best_choices_oldest_neighbour():
-    """Every refresh_every-th round re-measures the best choice's neighbour measured longest ago (here the best is 2,
-    its neighbours 1 and 3: 1 is older), not the oldest choice overall (0), which can cost several rounds' time."""
-    times = {(1, 0): 1.0, (1, 1): 1.0, (1, 2): 1.0, (1, 3): 2.0}
-    planner = measured(DraftPlanner(3, refresh_every=4, prior_weight=0.0), times)
-    planner.kept, planner.verified = [9.0, 9.0, 1.0], [10.0, 10.0, 10.0]  # E = 1, 1.9, 2.71, 2.791
-    planner.measured_at = {(1, 0): 0, (1, 1): 2, (1, 2): 5, (1, 3): 7}
+def test_refresh_retries_plain_or_a_neighbour_of_the_best():
+    """Every refresh_every-th round re-measures, of plain decoding and the best choice's neighbours, the one measured
+    longest ago (the best is 3 here: 2 is older than 0), never a choice further away (1, the oldest overall, which at
+    large batches can cost several rounds' time); plain decoding is re-measured too (one slow measurement must not
+    lock it out)."""
+    times = {(1, 0): 1.0, (1, 1): 1.0, (1, 2): 1.0, (1, 3): 1.0, (1, 4): 3.0}
+    planner = measured(DraftPlanner(4, refresh_every=4, prior_weight=0.0), times)
+    planner.kept, planner.verified = [9.0, 9.0, 9.0, 1.0], [10.0] * 4  # E = 1, 1.9, 2.71, 3.439, 3.51
+    planner.measured_at = {(1, 0): 3, (1, 1): 0, (1, 2): 2, (1, 3): 5, (1, 4): 6}
     planner.rounds = 8
-    assert planner.choose(1) == 2  # exploiting: 2.71 / 1.0 beats 2.791 / 2.0
+    assert planner.choose(1) == 3  # exploiting: 3.439 / 1.0 beats 3.51 / 3.0
     planner.rounds = 7  # the 8th round: a refresh
-    assert planner.choose(1) == 1
+    assert planner.choose(1) == 2
+    planner.measured_at[(1, 2)] = 7
+    assert planner.choose(1) == 0
 
 
 @pytest.mark.parametrize(

@@ -11,10 +11,11 @@ The planner picks
 
 so speculation stops where it does not pay: at large batches, where verifying k + 1 tokens per row costs about k + 1
 forwards, or when the heads drift away from the policy. A choice never measured is tried once before the planner
-exploits (the largest first: it also measures every depth's acceptance); every `refresh_every` rounds the best
-choice's neighbour (k - 1 or k + 1) measured longest ago in the current bucket is tried again, so the estimates follow
-the machine's load and the policy's drift (a depth's acceptance is only seen when it drafts) at the cost of one
-round in `refresh_every` at most one draft away from the best.
+exploits (the largest first: it also measures every depth's acceptance); every `refresh_every` rounds, of plain
+decoding and the best choice's neighbours (k - 1, k + 1), the one measured longest ago in the current bucket is tried
+again, so the estimates follow the machine's load and the policy's drift (a depth's acceptance is only seen when it
+drafts), and one unlucky measurement cannot lock plain decoding out, at the cost of one round in `refresh_every`
+off the best (plain decoding is the cheapest round, a neighbour one draft away).
 
 Every choice is lossless: a round with any number of drafts commits exactly what the base alone would (greedy: the
 same tokens; sampling: the same distribution, the choice depending on past rounds only), so the output does not
@@ -44,7 +45,7 @@ class DraftPlanner:
     max_drafts: int
     acceptance_memory: float = 0.98
     time_memory: float = 0.8
-    refresh_every: int = 64
+    refresh_every: int = 32
     prior_acceptance: float = 0.5
     prior_weight: float = 1.0
     kept: list[float] = field(default_factory=list)  # per depth: rows that kept draft i, drafts 1..i-1 kept
@@ -108,9 +109,9 @@ class DraftPlanner:
         if unmeasured:
             return unmeasured[-1]
         best = max(choices, key=lambda k: self.expected_tokens(k) / estimates[k])
-        if self.rounds % self.refresh_every == self.refresh_every - 1:  # re-measure a neighbour of the best
-            neighbours = [k for k in (best - 1, best + 1) if k in choices]
-            return min(neighbours, key=lambda k: self.measured_at.get((bucket, k), -1), default=best)
+        if self.rounds % self.refresh_every == self.refresh_every - 1:  # re-measure plain or a neighbour of the best
+            candidates = [k for k in {0, best - 1, best + 1} if k in choices and k != best]
+            return min(candidates, key=lambda k: self.measured_at.get((bucket, k), -1), default=best)
         return best
 
     def observe(self, batch_size: int, k: int, seconds: float, accepted: list[int]) -> None:

@@ -2,8 +2,10 @@
 
 Combined scoring and proposal model: ONE forward of the base over [x, d_1 .. d_D] (the last committed token x and
 the D drafted tokens) scores the drafts with the main head and, from the same forward's hidden states, the MTP heads
-propose the next D drafts. A round is four named stages, each in one place:
+propose the next D drafts. A round is these named stages, each in one place:
 
+    choose    how many drafts this round verifies, 0..D: all of them, or with `adaptive_draft_tokens` the number
+              that maximises expected tokens per measured second (`trl_mtp.adaptive_drafting`)  `DraftPlanner.choose`
     propose   drafts d_1..d_D (and their distributions q_i when sampling) from the heads     `Drafter.propose`
     verify    one base forward over [x, d_1..d_D] with the KV cache: main-head logits p_0..p_D  `verify`
     process   `generate`'s logits processors and warpers at every position, with that position's prefix
@@ -16,10 +18,13 @@ propose the next D drafts. A round is four named stages, each in one place:
               the longest accepted row, mark the other rows' rejected slots as holes in the 2-D attention mask,
               and let the drafter extend / crop its own caches; planned on the device and read back once per
               round (the loop's lengths and counts are Python ints from that read)                 `update_cache`
+    observe   the planner learns the round's time and per-depth acceptance (Python numbers)     `DraftPlanner.observe`
+    drop      rows that finished leave the batch, the cache and the drafter's state       `DecodeState.drop_finished`
 
 so a row gains k + 1 tokens per base forward (k = accepted drafts), and the output is what the base alone produces
 under the model's generation config, as `generate` applies it: token for token under greedy decoding, in
-distribution under sampling. Near the model's position limit a round drafts fewer tokens (`drafts_that_fit`).
+distribution under sampling, whatever number of drafts each round takes. Near the model's position limit a round
+drafts fewer tokens (`drafts_that_fit`).
 
 Batches: one shared cache of "slots". A row's slots hold its left padding, its committed tokens and holes (slots of
 drafts rejected in that row but kept because another row accepted more); the 2-D mask marks valid slots, and every
@@ -622,9 +627,9 @@ class ParallelDrafter(Drafter):
 class SequentialDrafter(Drafter):
     """sequential (DeepSeek-V3): h_i(t) = Block_i(W_i [enorm(emb(x_{t+i})); hnorm(h_{i-1}(t))]), a causal chain.
 
-    Depth i's cache entry at position t is final once x_{t+i} is committed, i.e. for t <= n - i (n = a row's valid
-    slots; its token at position n is committed, not yet in the base's cache). Each round the drafting depths are
-    recomputed over a window of slots [start, S): from the first slot any row may still need (position n - D + 1), or
+    Depth i's cache entry at position t is final once computed with x_{t+i} committed (n = a row's valid slots; its
+    token at position n is committed, not yet in the base's cache). Each round the drafting depths are
+    recomputed over a window of slots [start, S): from the first slot any row may still need (position n - D), or
     the first slot a drafting depth has not computed since (a round that drafts fewer depths leaves the others
     behind: `valid` is kept per depth), to the end;
     inside the window a token x_{t+i} not yet known is the draft of an earlier depth at the drafting position n - 1,
