@@ -35,6 +35,7 @@ from dataclasses import dataclass, fields
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch.distributed.fsdp import register_fsdp_forward_method
 from transformers import GenerationConfig, TemperatureLogitsWarper, Trainer, TrainerState
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import get_last_checkpoint
@@ -262,6 +263,9 @@ class MTPPPOTrainer(MTPTrainerMixin, Trainer):
             self.model, self.optimizer, self.lr_scheduler
         )
         self.callback_handler.optimizer, self.callback_handler.lr_scheduler = self.optimizer, self.lr_scheduler
+        # sampling calls `generate`, not the root's forward: under FSDP2 only a registered forward method gathers the
+        # parameters the sharded root holds (and runs its lazy init first); a no-op on any other engine
+        register_fsdp_forward_method(self.accelerator.unwrap_model(self.model_wrapped), "generate")
 
         self.state = TrainerState(
             stateful_callbacks=[
@@ -347,7 +351,7 @@ class MTPPPOTrainer(MTPTrainerMixin, Trainer):
         """[B, <= response_length] sampled response tokens for left-padded `queries`; anything after a row's stop token
         is ignored. The one place that samples: replace it to roll out with speculative decoding."""
         generation_config = self.rollout_generation_config()
-        unwrapped = self.accelerator.unwrap_model(self.model_wrapped).policy
+        unwrapped = self.accelerator.unwrap_model(self.model_wrapped)  # `generate` on the root: see `train`
         responses = []
         with sampling_only_from(self.mtp_model.base_model, generation_config):
             for i in range(0, queries.size(0), self.args.local_rollout_forward_batch_size):
