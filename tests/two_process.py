@@ -65,6 +65,11 @@ def local_shape(param) -> str:
     return "x".join(map(str, param.shape))
 
 
+def full_shape(param) -> str:
+    """The whole parameter's shape as `AxB`, however it is sharded (a ZeRO-3 parameter's own shape is empty)."""
+    return "x".join(map(str, getattr(param, "ds_shape", param.shape)))
+
+
 def parse_reports(stdout: str) -> list[dict[str, str]]:
     return [
         {"rank": rank, "world": world, **dict(pair.split("=", 1) for pair in pairs.split())}
