@@ -278,7 +278,10 @@ class MTPTrainerMixin:
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model=model)
-        self.mtp_model.load_heads(resume_from_checkpoint)
+        # FSDP's own checkpoint holds the whole module tree, heads included, and has just been loaded into the
+        # shards (the heads file's full tensors cannot be copied into them); DeepSpeed resumes without this method
+        if not self.is_fsdp_enabled:
+            self.mtp_model.load_heads(resume_from_checkpoint)
 
 
 class MTPOnPolicyMixin(MTPTrainerMixin):
