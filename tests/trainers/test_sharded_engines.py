@@ -219,3 +219,32 @@ def test_fsdp2_resume_equals_uninterrupted(tmp_path, initial_model):
     # the check sees a resume that loses part of the state (here Adam's moments: a fresh optimizer at step 2)
     with pytest.raises(AssertionError):
         assert_equal(run("broken", "resume-fresh-optimizer", 29598), "broken")
+
+
+@pytest.mark.slow
+def test_fsdp2_lora_trains_adapters_and_heads_like_one_process(tmp_path, initial_model):
+    """LoRA on the trunk's attention, heads trained in full, under FSDP2: the adapters are sharded with the rest, the
+    run equals the 1-process run, and the saved folder loads with the adapter attached or merged (exported)."""
+    pytest.importorskip("peft")
+    reference = run_one(RUN, initial_model, str(tmp_path / "one"), "none", "4", "coupled", "1.0", "lora")
+    reports = launch(
+        RUN,
+        initial_model,
+        str(tmp_path / "two"),
+        "fsdp2",
+        "2",
+        "coupled",
+        "1.0",
+        "lora",
+        port=29599,
+        config_file=EXAMPLES / "fsdp.yaml",
+    )
+    assert [(r["lora_A"], r["lora_A_full"]) for r in reports] == [("2x128", "4x128")] * 2  # A [r=4, 128], dim 0 split
+    worst = assert_equal_to_one_process(
+        reports, tmp_path / "two", (reference, MTPForCausalLM.from_pretrained(str(tmp_path / "one")))
+    )
+    print("FSDP2 LoRA, weights vs 1 process, max |diff|:", worst)
+    trained = MTPForCausalLM.from_pretrained(str(tmp_path / "two")).state_dict()
+    assert any(v.abs().max() > 0 for k, v in trained.items() if "lora_B" in k)  # B starts at 0: the adapters learned
+    merged = MTPForCausalLM.from_pretrained(str(tmp_path / "two"), merge_lora=True)  # exported as a plain model
+    assert not any("lora" in k for k in merged.state_dict())
