@@ -1,17 +1,18 @@
 """Our PPO or MTP-GRPO under FSDP2 or DeepSpeed ZeRO-2 as users launch them (accelerate config + the trainer), run by
-test_sharded_rl.py in 2 CPU processes (gloo), or in 1 process.
+test_sharded_rl.py in 2 CPU processes (gloo).
 
-argv: the initial model's folder, output_dir, trainer (ppo | grpo), engine (fsdp2 | zero2 | none), mode (coupled |
-decoupled), and optionally `no-unshard` (PPO's sampling without the FSDP2 root's parameters gathered, for the test). Reports, per
-rank: whether lm_head is still the input embedding, a fingerprint of every trained parameter after training, in full (FSDP2's shards gathered), and before it, and
-the first logged loss terms. 2 iterations of a tiny Llama with 2 sequential heads.
+argv: the initial model's folder, output_dir, trainer (ppo | grpo), engine (ddp | fsdp2 | zero2), mode (coupled |
+decoupled), and optionally `no-unshard` (PPO's sampling without the FSDP2 root's parameters gathered, for the test).
+2 iterations of a tiny Llama with 2 sequential heads, then `save_model`. Reports, per rank: whether lm_head is still
+the input embedding, fingerprints (`two_process.fingerprint`) of every trained parameter before and after training
+and of the causal LM with its heads after it (what the saved folder must hold), and the first logged MTP loss.
 """
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the launch helpers
-from two_process import enable_cpu_fsdp, report_and_exit  # noqa: E402
+from two_process import enable_cpu_fsdp, fingerprint, report_and_exit  # noqa: E402
 
 from trl_mtp import MTPGRPOConfig, MTPGRPOTrainer, MTPPPOConfig, MTPPPOTrainer  # noqa: E402
 from trl_mtp.tasks.registry import get_task  # noqa: E402
@@ -30,17 +31,6 @@ def parity(prompts, completions, completion_ids, **kwargs):
     """A reward that varies between samples (an untrained policy writes no digits: a task reward would be 0
     everywhere), so the policy gets a gradient from the RL loss."""
     return [float(sum(ids) % 2) for ids in completion_ids]
-
-
-def fingerprint(module) -> str:
-    """sum and sum of squares (float64) over every parameter, gathered in full: equal on ranks that hold the same
-    model."""
-    total, squares = 0.0, 0.0
-    for param in module.parameters():
-        full = param.full_tensor() if hasattr(param, "full_tensor") else param
-        total += full.detach().double().sum().item()
-        squares += full.detach().double().square().sum().item()
-    return f"{total:.10e},{squares:.10e}"
 
 
 common = dict(
@@ -77,13 +67,17 @@ else:
 before = fingerprint(trainer.model)
 trainer.train()
 first = next(h for h in trainer.state.log_history if "mtp/loss" in h)
+trained = trainer.accelerator.unwrap_model(trainer.model_wrapped)
+policy = fingerprint(trained.policy if algorithm == "ppo" else trained)  # the causal LM with its heads attached
+trainer.save_model()
 base = trainer.mtp_model.base_model
 report_and_exit(
     trainer.accelerator,
     mode=trainer.accelerator.distributed_type.value,
     tied=base.get_output_embeddings().weight is base.get_input_embeddings().weight,
     before=before,
-    after=fingerprint(trainer.accelerator.unwrap_model(trainer.model_wrapped)),
+    after=fingerprint(trained),
+    policy=policy,
     mtp_loss=f"{first['mtp/loss']:.6f}",
     steps=trainer.state.global_step,
 )

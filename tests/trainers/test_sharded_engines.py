@@ -49,11 +49,16 @@ def assert_equal_to_one_process(reports, out_dir, one_process):
 
 @pytest.mark.slow
 def test_fsdp2_sft_shards_the_heads_and_matches_one_process(tmp_path, initial_model, one_process):
-    reports = launch(RUN, initial_model, str(tmp_path), "fsdp2", "2", port=29581, config_file=EXAMPLES / "fsdp.yaml")
+    reports = launch_fsdp2(initial_model, tmp_path, port=29581)
     assert {r["mode"] for r in reports} == {"FSDP"}  # accelerate's FSDP2 path, not the MULTI_CPU fallback
     # fully_shard splits dim 0 across the 2 ranks: eh_proj [128, 256] and the head block's q_proj [128, 128]
     assert [(r["eh_proj"], r["q_proj"]) for r in reports] == [("64x256", "64x128")] * 2
     print("FSDP2 weights vs 1 process, max |diff|:", assert_equal_to_one_process(reports, tmp_path, one_process))
+
+
+def launch_fsdp2(initial_model, out_dir, *args, port):
+    """The run in 2 processes with the FSDP2 example config; `args` after the per-device batch size (2)."""
+    return launch(RUN, initial_model, str(out_dir), "fsdp2", "2", *args, port=port, config_file=EXAMPLES / "fsdp.yaml")
 
 
 # DeepSpeed on CPU: its CPU accelerator, and accelerate's DeepSpeed path, which `use_cpu` would turn off
@@ -135,17 +140,7 @@ def test_fsdp2_decoupled_clipping_uses_each_groups_full_norm(tmp_path, initial_m
     ranks), else each rank would clip its shard by a different factor. With max_grad_norm=0.05 every step clips
     (the logged norms are ~1-10), so the run equals the 1-process run only if the group norms are the full ones."""
     reference = run_one(RUN, initial_model, str(tmp_path / "one"), "none", "4", "decoupled", "0.05")
-    reports = launch(
-        RUN,
-        initial_model,
-        str(tmp_path / "two"),
-        "fsdp2",
-        "2",
-        "decoupled",
-        "0.05",
-        port=29586,
-        config_file=EXAMPLES / "fsdp.yaml",
-    )
+    reports = launch_fsdp2(initial_model, tmp_path / "two", "decoupled", "0.05", port=29586)
     assert min(float(x) for x in reference["norms"].split(",")) > 0.5  # clipping is active on every step
     worst = assert_equal_to_one_process(
         reports, tmp_path / "two", (reference, MTPForCausalLM.from_pretrained(str(tmp_path / "one")))
@@ -155,18 +150,7 @@ def test_fsdp2_decoupled_clipping_uses_each_groups_full_norm(tmp_path, initial_m
         assert got == pytest.approx(want, rel=1e-4)
     print("FSDP2 decoupled, weights vs 1 process, max |diff|:", worst)
     # clipping each rank's shard on its own norm (the mistake this guards against) ends elsewhere
-    broken = launch(
-        RUN,
-        initial_model,
-        str(tmp_path / "broken"),
-        "fsdp2",
-        "2",
-        "decoupled",
-        "0.05",
-        "local-norms",
-        port=29587,
-        config_file=EXAMPLES / "fsdp.yaml",
-    )
+    broken = launch_fsdp2(initial_model, tmp_path / "broken", "decoupled", "0.05", "local-norms", port=29587)
     with pytest.raises(AssertionError):
         assert_equal_to_one_process(
             broken, tmp_path / "broken", (reference, MTPForCausalLM.from_pretrained(str(tmp_path / "one")))
@@ -202,8 +186,7 @@ def test_fsdp2_resume_equals_uninterrupted(tmp_path, initial_model):
     ends: same losses, same weights."""
 
     def run(out_dir, flag, port):
-        args = (initial_model, str(tmp_path / out_dir), "fsdp2", "2", "coupled", "1.0", flag)
-        return launch(RUN, *args, port=port, config_file=EXAMPLES / "fsdp.yaml")
+        return launch_fsdp2(initial_model, tmp_path / out_dir, "coupled", "1.0", flag, port=port)
 
     def assert_equal(reports, out_dir):
         assert reports[0]["losses"] == whole[0]["losses"] and len(whole[0]["losses"].split(",")) == 4
@@ -227,18 +210,7 @@ def test_fsdp2_lora_trains_adapters_and_heads_like_one_process(tmp_path, initial
     run equals the 1-process run, and the saved folder loads with the adapter attached or merged (exported)."""
     pytest.importorskip("peft")
     reference = run_one(RUN, initial_model, str(tmp_path / "one"), "none", "4", "coupled", "1.0", "lora")
-    reports = launch(
-        RUN,
-        initial_model,
-        str(tmp_path / "two"),
-        "fsdp2",
-        "2",
-        "coupled",
-        "1.0",
-        "lora",
-        port=29599,
-        config_file=EXAMPLES / "fsdp.yaml",
-    )
+    reports = launch_fsdp2(initial_model, tmp_path / "two", "coupled", "1.0", "lora", port=29599)
     assert [(r["lora_A"], r["lora_A_full"]) for r in reports] == [("2x128", "4x128")] * 2  # A [r=4, 128], dim 0 split
     worst = assert_equal_to_one_process(
         reports, tmp_path / "two", (reference, MTPForCausalLM.from_pretrained(str(tmp_path / "one")))

@@ -2,7 +2,8 @@
 configs, 2 iterations of a tiny Llama with 2 sequential heads (sharded_rl_run.py).
 
 Each engine run must: keep lm_head tied to the input embedding, leave every rank with the same parameters (a
-fingerprint of the full, gathered parameters), and move them. A 1-process run cannot be compared: each process
+fingerprint of the full, gathered parameters), move them, and save a gathered checkpoint that
+`MTPForCausalLM.from_pretrained` loads with the trained weights. A 1-process run cannot be compared: each process
 samples its own rollouts from its own random stream, and one process sampling the global batch draws other tokens.
 The 2-process DDP run samples exactly what the FSDP2 run samples (same seeds per rank, same prompts), so FSDP2 must
 end where DDP ends (seen: equal to 1e-10 relative). ZeRO-2 runs coupled (the example config clips in the engine, on
@@ -14,7 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from two_process import launch
+from two_process import fingerprint, launch
+
+from trl_mtp import MTPForCausalLM
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "accelerate"
 RUN = Path(__file__).with_name("sharded_rl_run.py")
@@ -30,15 +33,17 @@ def run(initial_model, out_dir, algorithm, engine, mode, *extra):
     return launch(RUN, initial_model, str(out_dir), algorithm, engine, mode, *extra, port=port, **config)
 
 
-def fingerprint(report, key):
-    return [float(x) for x in report[key].split(",")]
+def numbers(text: str) -> list[float]:
+    return [float(x) for x in text.split(",")]
 
 
-def assert_ranks_agree_and_moved(reports):
+def assert_ranks_agree_moved_and_saved(reports, out_dir):
     assert all(r["tied"] == "True" for r in reports)  # lm_head is still the input embedding under the engine
     assert all(r["steps"] == "2" for r in reports)
     assert reports[0]["after"] == reports[1]["after"], reports  # every rank holds the same model
-    assert fingerprint(reports[0], "after") != pytest.approx(fingerprint(reports[0], "before"), rel=1e-6)
+    assert numbers(reports[0]["after"]) != pytest.approx(numbers(reports[0]["before"]), rel=1e-6)
+    saved = fingerprint(MTPForCausalLM.from_pretrained(str(out_dir)))  # the gathered checkpoint, heads included
+    assert numbers(saved) == pytest.approx(numbers(reports[0]["policy"]), rel=1e-9)
 
 
 @pytest.mark.slow
@@ -47,10 +52,10 @@ def test_fsdp2_rl_matches_ddp(tmp_path, initial_model, algorithm):
     """FSDP2, decoupled (the RL default; each group clipped on its full norm), against DDP sampling the same."""
     reports = run(initial_model, tmp_path / "fsdp2", algorithm, "fsdp2", "decoupled")
     assert {r["mode"] for r in reports} == {"FSDP"}  # accelerate's FSDP2 path, not the MULTI_CPU fallback
-    assert_ranks_agree_and_moved(reports)
+    assert_ranks_agree_moved_and_saved(reports, tmp_path / "fsdp2")
     reference = run(initial_model, tmp_path / "ddp", algorithm, "ddp", "decoupled")
     assert reports[0]["mtp_loss"] == reference[0]["mtp_loss"]  # the same rollouts at the first step
-    assert fingerprint(reports[0], "after") == pytest.approx(fingerprint(reference[0], "after"), rel=1e-8)
+    assert numbers(reports[0]["after"]) == pytest.approx(numbers(reference[0]["after"]), rel=1e-8)
 
 
 @pytest.mark.slow
@@ -59,7 +64,7 @@ def test_zero2_rl_runs_and_ranks_agree(tmp_path, initial_model, algorithm):
     pytest.importorskip("deepspeed")  # the `.[deepspeed]` extra
     reports = run(initial_model, tmp_path, algorithm, "zero2", "coupled")
     assert {r["mode"] for r in reports} == {"DEEPSPEED"}
-    assert_ranks_agree_and_moved(reports)
+    assert_ranks_agree_moved_and_saved(reports, tmp_path)
 
 
 @pytest.mark.slow

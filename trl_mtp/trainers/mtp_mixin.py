@@ -70,6 +70,16 @@ def _train_with(mtp_model: MTPForCausalLM, args, source=None) -> MTPForCausalLM:
     return mtp_model
 
 
+def split_heads(state_dict: dict | None) -> tuple[dict | None, dict | None]:
+    """(the heads' tensors, keys relative to the heads; every other entry) of a state dict of the trained module tree
+    (the heads under `mtp_heads`, at any depth: a PEFT model nests the base); (None, None) for None."""
+    if state_dict is None:
+        return None, None
+    prefix = f"{HEADS_MODULE}."
+    heads = {k.split(prefix, 1)[1]: v for k, v in state_dict.items() if prefix in k}
+    return heads, {k: v for k, v in state_dict.items() if prefix not in k}
+
+
 class MTPTrainerMixin:
     """Mixed in before a TRL trainer: `class MTPSFTTrainer(MTPTrainerMixin, SFTTrainer)`."""
 
@@ -265,13 +275,9 @@ class MTPTrainerMixin:
     # -- save and resume ------------------------------------------------------------------------------------------
     def _save(self, output_dir: str | None = None, state_dict=None):
         output_dir = output_dir if output_dir is not None else self.args.output_dir
-        heads = None  # the head modules' own tensors
-        if state_dict is not None:
-            # gathered by FSDP / DeepSpeed ZeRO-3: the heads' full tensors are in it (the modules hold only this
-            # rank's shard); they are saved in their own file below
-            prefix = f"{HEADS_MODULE}."
-            heads = {k.split(prefix, 1)[1]: v for k, v in state_dict.items() if prefix in k}
-            state_dict = {k: v for k, v in state_dict.items() if prefix not in k}
+        # gathered by FSDP / DeepSpeed ZeRO-3: the heads' full tensors are in it (the modules hold only this rank's
+        # shard); they are saved in their own file below. None: the modules' own tensors
+        heads, state_dict = split_heads(state_dict)
         super()._save(output_dir, state_dict=state_dict)
         if self.args.should_save:
             self.mtp_model.save_heads(output_dir, state=heads)
