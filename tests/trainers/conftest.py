@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from trl_mtp.tasks.registry import get_task
+from trl_mtp.embedded.tasks.registry import get_task
 
 
 @pytest.fixture

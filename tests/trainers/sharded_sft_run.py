@@ -16,9 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the 
 from two_process import enable_cpu_fsdp, local_shape, report_and_exit  # noqa: E402
 
 from trl_mtp import MTPSFTConfig, MTPSFTTrainer  # noqa: E402
-from trl_mtp.tasks.presets import build_model  # noqa: E402
-from trl_mtp.tasks.registry import get_task  # noqa: E402
-from trl_mtp.tasks.tokenizer import get_tokenizer  # noqa: E402
+from trl_mtp.embedded.presets import build_model  # noqa: E402
+from trl_mtp.embedded.tasks.registry import get_task  # noqa: E402
+from trl_mtp.embedded.tokenizer import get_tokenizer  # noqa: E402
 
 out_dir, engine, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
 mode, max_grad_norm = (sys.argv[4], float(sys.argv[5])) if len(sys.argv) > 4 else ("coupled", 1.0)

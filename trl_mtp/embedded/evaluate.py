@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from trl_mtp.tasks.base import PromptTask, check_count
+from trl_mtp.embedded.tasks.base import PromptTask, check_count
 
 
 def left_padded_batches(model, tokenizer, texts: list[str], batch_size: int):
