@@ -17,10 +17,10 @@ from trl_mtp.trainers.mtp_mixin import MTPTrainerMixin
 class MTPDPOTrainer(MTPTrainerMixin, DPOTrainer):
     """`DPOTrainer` + MTP heads; `model` as in `MTPSFTTrainer`, other arguments are `DPOTrainer`'s."""
 
+    config_class, default_output_dir = MTPDPOConfig, "mtp-dpo"
+
     def __init__(self, model, ref_model=None, args: MTPDPOConfig | None = None, *, peft_config=None, **kwargs):
-        args = args if args is not None else MTPDPOConfig(output_dir="mtp-dpo")
-        if not isinstance(args, MTPDPOConfig):
-            raise ValueError(f"args={type(args).__name__}: MTPDPOTrainer needs an MTPDPOConfig")
+        args = self._checked_args(args)
         base = self._prepare_mtp_model(model, args, peft_config)
         super().__init__(model=base, ref_model=ref_model, args=args, peft_config=peft_config, **kwargs)
         self._after_parent_init()

@@ -74,8 +74,21 @@ class MTPTrainerMixin:
     """Mixed in before a TRL trainer: `class MTPSFTTrainer(MTPTrainerMixin, SFTTrainer)`."""
 
     mtp_model: MTPForCausalLM
+    config_class: type  # the config the trainer takes (its MTP fields and TRL's); set by each trainer
+    default_output_dir: str  # where a trainer built with args=None writes
 
     # -- set-up ----------------------------------------------------------------------------------------------
+    @classmethod
+    def _checked_args(cls, args):
+        """The trainer's config: `args`, or the config class's defaults for None. Any other class is refused with
+        one line naming it, before a model is loaded (a TRL config lacks the MTP fields; another method's config
+        would train with the wrong loss)."""
+        if args is None:
+            return cls.config_class(output_dir=cls.default_output_dir)
+        if not isinstance(args, cls.config_class):
+            raise ValueError(f"args={type(args).__name__}: {cls.__name__} needs a {cls.config_class.__name__}")
+        return args
+
     def _prepare_mtp_model(self, model, args, peft_config=None) -> PreTrainedModel:
         """Resolve `model`, attach its heads to the base as `mtp_heads`; returns the base for the TRL parent."""
         self.mtp_model = load_mtp_model(model, args)

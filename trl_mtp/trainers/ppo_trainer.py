@@ -132,7 +132,7 @@ class MTPPPOTrainer(MTPTrainerMixin, Trainer):
         callbacks, optimizers: as in `transformers.Trainer`.
     """
 
-    config_class = MTPPPOConfig
+    config_class, default_output_dir = MTPPPOConfig, "ppo"
 
     def __init__(
         self,
@@ -148,11 +148,8 @@ class MTPPPOTrainer(MTPTrainerMixin, Trainer):
         callbacks=None,
         optimizers=(None, None),
     ):
+        args = self._checked_args(args)
         name = type(self).__name__
-        if args is None:
-            args = self.config_class(output_dir="ppo")
-        elif not isinstance(args, self.config_class):
-            raise ValueError(f"args={type(args).__name__}: {name} needs a {self.config_class.__name__}")
         if processing_class is None or processing_class.pad_token_id is None:
             raise ValueError(f"processing_class: {name} needs a tokenizer with a pad token")
         if train_dataset is None or "prompt" not in train_dataset.column_names:
