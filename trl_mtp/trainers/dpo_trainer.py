@@ -11,7 +11,7 @@ from __future__ import annotations
 from trl import DPOTrainer
 
 from trl_mtp.trainers.dpo_config import MTPDPOConfig
-from trl_mtp.trainers.mtp_mixin import MTPTrainerMixin
+from trl_mtp.trainers.mtp_mixin import ModelSource, MTPTrainerMixin
 
 
 class MTPDPOTrainer(MTPTrainerMixin, DPOTrainer):
@@ -19,7 +19,9 @@ class MTPDPOTrainer(MTPTrainerMixin, DPOTrainer):
 
     config_class, default_output_dir = MTPDPOConfig, "mtp-dpo"
 
-    def __init__(self, model, ref_model=None, args: MTPDPOConfig | None = None, *, peft_config=None, **kwargs):
+    def __init__(
+        self, model: ModelSource, ref_model=None, args: MTPDPOConfig | None = None, *, peft_config=None, **kwargs
+    ):
         args = self._checked_args(args)
         base = self._prepare_mtp_model(model, args, peft_config)
         super().__init__(model=base, ref_model=ref_model, args=args, peft_config=peft_config, **kwargs)

@@ -41,7 +41,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from trl_mtp.losses import IGNORE_INDEX
 from trl_mtp.trainers import ppo_core as core
-from trl_mtp.trainers.mtp_mixin import HEADS_MODULE, MTPTrainerMixin
+from trl_mtp.trainers.mtp_mixin import HEADS_MODULE, ModelSource, MTPTrainerMixin
 from trl_mtp.trainers.ppo_config import MTPPPOConfig
 from trl_mtp.trainers.ppo_models import PolicyAndValue, disable_dropout, load_sequence_classifier, per_token_scores
 
@@ -136,7 +136,7 @@ class MTPPPOTrainer(MTPTrainerMixin, Trainer):
 
     def __init__(
         self,
-        model,
+        model: ModelSource,
         args: MTPPPOConfig | None = None,
         train_dataset=None,
         processing_class=None,

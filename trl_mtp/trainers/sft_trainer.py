@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from trl import SFTTrainer
 
-from trl_mtp.trainers.mtp_mixin import MTPTrainerMixin
+from trl_mtp.trainers.mtp_mixin import ModelSource, MTPTrainerMixin
 from trl_mtp.trainers.sft_config import MTPSFTConfig
 
 
@@ -26,7 +26,7 @@ class MTPSFTTrainer(MTPTrainerMixin, SFTTrainer):
 
     config_class, default_output_dir = MTPSFTConfig, "mtp-sft"
 
-    def __init__(self, model, args: MTPSFTConfig | None = None, *, peft_config=None, **kwargs):
+    def __init__(self, model: ModelSource, args: MTPSFTConfig | None = None, *, peft_config=None, **kwargs):
         args = self._checked_args(args)
         base = self._prepare_mtp_model(model, args, peft_config)
         args.model_init_kwargs = None  # they served loading `model` (if a path); SFTTrainer gets an instance
