@@ -15,8 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the 
 from two_process import enable_cpu_fsdp, fingerprint, report_and_exit  # noqa: E402
 
 from trl_mtp import MTPGRPOConfig, MTPGRPOTrainer, MTPPPOConfig, MTPPPOTrainer  # noqa: E402
-from trl_mtp.tasks.registry import get_task  # noqa: E402
-from trl_mtp.tasks.tokenizer import get_tokenizer  # noqa: E402
+from trl_mtp.embedded.tasks.registry import get_task  # noqa: E402
+from trl_mtp.embedded.tokenizer import get_tokenizer  # noqa: E402
 
 model_dir, out_dir, algorithm, engine, mode = sys.argv[1:6]
 if engine == "fsdp2":

@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the 
 from two_process import enable_cpu_fsdp, full_shape, local_shape, report_and_exit  # noqa: E402
 
 from trl_mtp import MTPSFTConfig, MTPSFTTrainer  # noqa: E402
-from trl_mtp.tasks.registry import get_task  # noqa: E402
-from trl_mtp.tasks.tokenizer import get_tokenizer  # noqa: E402
+from trl_mtp.embedded.tasks.registry import get_task  # noqa: E402
+from trl_mtp.embedded.tokenizer import get_tokenizer  # noqa: E402
 
 model_dir, out_dir, engine, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 mode, max_grad_norm = (sys.argv[5], float(sys.argv[6])) if len(sys.argv) > 5 else ("coupled", 1.0)

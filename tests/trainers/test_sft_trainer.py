@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from trl_mtp import MTPForCausalLM, MTPSFTConfig, MTPSFTTrainer
+from trl_mtp.embedded.tasks.registry import get_task
 from trl_mtp.schedules import mtp_lambda_at, mtp_window_at
-from trl_mtp.tasks.registry import get_task
 
 
 def step_logs(trainer):

@@ -109,8 +109,8 @@ def test_save_takes_the_heads_from_the_gathered_state_dict(tmp_path, tokenizer):
     state dict to `_save`, and the heads file must be written from it (writing the modules' own tensors saved shards,
     or failed on FSDP2's DTensors)."""
     from trl_mtp import MTPSFTConfig, MTPSFTTrainer
-    from trl_mtp.tasks.presets import build_model
-    from trl_mtp.tasks.registry import get_task
+    from trl_mtp.embedded.presets import build_model
+    from trl_mtp.embedded.tasks.registry import get_task
 
     args = MTPSFTConfig(
         output_dir=str(tmp_path / "run"),

@@ -42,7 +42,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from trl_mtp.losses import IGNORE_INDEX
 from trl_mtp.trainers import ppo_core as core
-from trl_mtp.trainers.mtp_mixin import HEADS_MODULE, MTPTrainerMixin, split_heads
+from trl_mtp.trainers.mtp_mixin import HEADS_MODULE, ModelSource, MTPTrainerMixin, split_heads
 from trl_mtp.trainers.ppo_config import MTPPPOConfig
 from trl_mtp.trainers.ppo_models import PolicyAndValue, disable_dropout, load_sequence_classifier, per_token_scores
 
@@ -133,11 +133,11 @@ class MTPPPOTrainer(MTPTrainerMixin, Trainer):
         callbacks, optimizers: as in `transformers.Trainer`.
     """
 
-    config_class = MTPPPOConfig
+    config_class, default_output_dir = MTPPPOConfig, "ppo"
 
     def __init__(
         self,
-        model,
+        model: ModelSource,
         args: MTPPPOConfig | None = None,
         train_dataset=None,
         processing_class=None,
@@ -149,11 +149,8 @@ class MTPPPOTrainer(MTPTrainerMixin, Trainer):
         callbacks=None,
         optimizers=(None, None),
     ):
+        args = self._checked_args(args)
         name = type(self).__name__
-        if args is None:
-            args = self.config_class(output_dir="ppo")
-        elif not isinstance(args, self.config_class):
-            raise ValueError(f"args={type(args).__name__}: {name} needs a {self.config_class.__name__}")
         if processing_class is None or processing_class.pad_token_id is None:
             raise ValueError(f"processing_class: {name} needs a tokenizer with a pad token")
         if train_dataset is None or "prompt" not in train_dataset.column_names:

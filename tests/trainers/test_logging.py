@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from trl_mtp import MTPSFTConfig, MTPSFTTrainer, PPOConfig, PPOTrainer
-from trl_mtp.tasks.registry import get_task
+from trl_mtp.embedded.tasks.registry import get_task
 
 
 def tensorboard_scalars(output_dir: Path) -> dict[str, list[float]]:
