@@ -612,7 +612,9 @@ def test_heads_are_saved_and_loaded_in_one_place(tiny_model, tokenizer, prompts,
     for name in ("save_heads", "load_heads"):
         original = getattr(MTPForCausalLM, name)
         monkeypatch.setattr(
-            MTPForCausalLM, name, lambda self, directory, _f=original, _n=name: calls.append(_n) or _f(self, directory)
+            MTPForCausalLM,
+            name,
+            lambda self, directory, _f=original, _n=name, **kw: calls.append(_n) or _f(self, directory, **kw),
         )
     trainer = MTPPPOTrainer(
         tiny_model(),
