@@ -54,12 +54,12 @@ def stage_pretrain(ctx: dict) -> None:
 
 
 def stage_evaluate_base(ctx: dict) -> None:
-    """Greedy exact-match accuracy of the base on every task, and its held-out stdlib NLL."""
+    """Greedy exact-match accuracy of the base on the demo's tasks, and its held-out stdlib NLL."""
     evaluate_into(ctx, ctx["base_model"], ctx["base_name"])
 
 
 def evaluate_into(ctx: dict, model, model_name: str) -> None:
-    """Evaluate `model` on every task (accuracy with a 90% bootstrap CI) and stdlib NLL; append rows to ctx."""
+    """Evaluate `model` on the demo's tasks (accuracy with a 90% bootstrap CI) and stdlib NLL; append rows to ctx."""
     from trl_mtp.bootstrap import bootstrap_ci
     from trl_mtp.embedded.evaluate import evaluate_task, heldout_nll
     from trl_mtp.embedded.tasks import get_task
@@ -117,7 +117,7 @@ def logged_to(log_file: Path):
 
 
 def stage_sft(ctx: dict) -> None:
-    """From the same base: next-token SFT vs MTP-SFT on the mixture of the prompt tasks, scored side by side."""
+    """From the same base: next-token SFT vs MTP-SFT on the mixture of the demo's tasks, scored side by side."""
     from trl_mtp.bootstrap import bootstrap_ci
     from trl_mtp.diagnostics.recorder import DEFAULT_EVERY
     from trl_mtp.embedded.cache import cache_root, stable_hash
@@ -347,12 +347,13 @@ STAGES = [
 
 
 def main(argv: list[str]) -> int:
+    from trl_mtp.config import HEAD_TYPES
     from trl_mtp.embedded.presets import PRESETS
 
     parser = ArgumentParser(
         prog="trl-mtp demo",
-        description="Build the tokenizer and a tiny base model, "
-        "pretrain it briefly (cached), evaluate it on every embedded task, print a table.",
+        description="Build the tokenizer and a tiny base model (pretrained, cached); from it, next-token vs MTP SFT "
+        f"and PPO with MTP on {', '.join(DEMO_TASKS)}; print one table and write an HTML report.",
     )
     parser.add_argument("--preset", default="tiny-llama", choices=list(PRESETS))
     parser.add_argument("--pretrain-steps", type=non_negative_int, default=600)
@@ -362,7 +363,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--rl-steps", type=non_negative_int, default=20, help=f"PPO iterations of the RL stage on {RL_TASK} (0: skip)"
     )
-    parser.add_argument("--mtp-head", default="sequential", choices=["blockwise", "parallel", "sequential", "medusa"])
+    parser.add_argument("--mtp-head", default="sequential", choices=HEAD_TYPES)
     parser.add_argument("--mtp-heads", type=positive_int, default=2, help="D, extra tokens predicted")
     parser.add_argument("--report-dir", default="mtp-report", help="where the demo writes its report")
     parser.add_argument("--model", default=None, help="evaluate this model (path or hub id) instead of a tiny base")
