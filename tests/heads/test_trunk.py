@@ -12,8 +12,8 @@ from transformers import DynamicCache
 
 import trl_mtp.decoding
 from trl_mtp.config import MTPConfig
+from trl_mtp.embedded.presets import build_model
 from trl_mtp.model import MTPForCausalLM
-from trl_mtp.tasks.presets import build_model
 
 # transformers' own generation internals, which `generate` itself calls and which have no public equivalent
 TRANSFORMERS_INTERNALS = {

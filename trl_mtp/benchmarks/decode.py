@@ -55,7 +55,7 @@ def parse_args(argv):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0, help="seed of the shuffled orders")
     parser.add_argument("--pretrain-task", default="stdlib", help="the base's pretraining data ('stdlib', 'mix')")
-    parser.add_argument("--preset", default="tiny-llama", help="the base's model preset (`trl_mtp.tasks.presets`)")
+    parser.add_argument("--preset", default="tiny-llama", help="the base's model preset (`trl_mtp.embedded.presets`)")
     parser.add_argument("--pretrain-steps", type=int, default=600, help="pretraining steps of the base")
     parser.add_argument(
         "--fixed-k", default="", help="comma-separated draft counts j (< D) run as methods mtp-<family>-k<j>"
