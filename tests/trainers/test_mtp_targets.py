@@ -151,3 +151,66 @@ def test_trainer_sets_the_adaptive_weight_from_the_trunk_gradients(sign, ceiling
         accelerator=types.SimpleNamespace(reduce=lambda tensor, reduction: tensor),
     )
     assert MTPTrainerMixin._adaptive_lambda(trainer, policy_loss, mtp_loss, ceiling) == pytest.approx(expected)
+
+
+def first_token_parity(completion_ids, **kwargs):
+    """A reward an untrained policy gets half the time: some advantages are positive, some not."""
+    return [float(ids[0] % 2) for ids in completion_ids]
+
+
+@pytest.mark.slow
+def test_grpo_heads_see_the_filtered_labels_and_the_adaptive_weight(tiny_model, tokenizer, tmp_path, monkeypatch):
+    """GRPO, coupled, with the filter and the adaptive weight: the labels the heads' loss gets are the completion
+    labels with every non-positive-advantage sample ignored, and the logged weight stays within [0, mtp_lambda]."""
+    from trl_mtp import MTPGRPOConfig, MTPGRPOTrainer
+    from trl_mtp.trainers import mtp_mixin
+
+    seen = []  # (advantages, labels before the filter, labels the heads' loss got)
+    filter_in = {}
+
+    def spy_filter(labels, advantages, sample_filter, mask=None):
+        filter_in.update(advantages=advantages.clone(), labels=labels.clone())
+        return filter_mtp_labels(labels, advantages, sample_filter, mask)
+
+    def spy_add(self, loss, inputs, **kwargs):
+        seen.append((filter_in["advantages"], filter_in["labels"], inputs["labels"].clone()))
+        return original_add(self, loss, inputs, **kwargs)
+
+    original_add = mtp_mixin.MTPTrainerMixin.add_mtp_loss
+    monkeypatch.setattr(mtp_mixin, "filter_mtp_labels", spy_filter)
+    monkeypatch.setattr(mtp_mixin.MTPTrainerMixin, "add_mtp_loss", spy_add)
+    args = MTPGRPOConfig(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=6,
+        generation_batch_size=8,
+        learning_rate=1e-3,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        dataloader_pin_memory=False,
+        disable_tqdm=True,
+        num_mtp_heads=2,
+        mode="coupled",
+        mtp_lambda=0.5,
+        mtp_lambda_schedule="adaptive",
+        mtp_sample_filter="positive_advantage",
+    )
+    trainer = MTPGRPOTrainer(
+        tiny_model(),
+        reward_funcs=first_token_parity,
+        args=args,
+        train_dataset=get_task("copy", length=2, max_value=9).train(16),
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    assert seen, "the heads' loss never ran"
+    for advantages, before, after in seen:
+        positive = advantages > 0
+        assert torch.equal(after[positive], before[positive])
+        assert (after[~positive] == IGNORE_INDEX).all()
+    assert any((a > 0).any() and (a <= 0).any() for a, _, _ in seen), "no batch mixed kept and dropped samples"
+    lambdas = [h["mtp/lambda"] for h in trainer.state.log_history if "mtp/lambda" in h]
+    assert lambdas and all(0.0 <= v <= 0.5 for v in lambdas)
