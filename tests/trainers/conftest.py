@@ -54,3 +54,30 @@ def sft_args(tmp_path):
         return MTPSFTConfig(**{**defaults, **overrides})
 
     return make
+
+
+@pytest.fixture
+def ppo_args(tmp_path):
+    """`ppo_args(**overrides)`: a small `MTPPPOConfig` (2 iterations of 4 rollouts, 2 epochs of 2 mini-batches)."""
+    from trl_mtp import MTPPPOConfig
+
+    def make(**overrides):
+        defaults = dict(
+            output_dir=str(tmp_path / "run"),
+            max_steps=2,
+            per_device_train_batch_size=4,
+            num_mini_batches=2,
+            num_ppo_epochs=2,
+            response_length=6,
+            learning_rate=1e-3,
+            temperature=1.0,
+            report_to=[],
+            save_strategy="no",
+            disable_tqdm=True,
+            seed=0,
+            num_mtp_heads=2,
+            dataloader_pin_memory=False,
+        )
+        return MTPPPOConfig(**{**defaults, **overrides})
+
+    return make

@@ -94,19 +94,10 @@ def test_bad_alarm_settings_are_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_coupled_ppo_logs_alarms_grad_norms_and_the_adaptive_lambda(tiny_model, tokenizer, tmp_path):
+def test_coupled_ppo_logs_alarms_grad_norms_and_the_adaptive_lambda(tiny_model, tokenizer, ppo_args):
     """A short coupled PPO run with the alarms on, speculative rollouts and the adaptive weight: every log carries
     the alarm metrics (0/1), the per-group gradient norms they read, and a weight within [0, mtp_lambda]."""
-    args = MTPPPOConfig(
-        output_dir=str(tmp_path),
-        max_steps=2,
-        per_device_train_batch_size=4,
-        response_length=4,
-        learning_rate=1e-3,
-        report_to=[],
-        save_strategy="no",
-        disable_tqdm=True,
-        num_mtp_heads=2,
+    args = ppo_args(
         mode="coupled",
         mtp_lambda=0.5,
         mtp_lambda_schedule="adaptive",

@@ -8,7 +8,7 @@ import types
 import pytest
 import torch
 
-from trl_mtp import MTPConfig, MTPForCausalLM, MTPPPOConfig, MTPPPOTrainer
+from trl_mtp import MTPConfig, MTPForCausalLM, MTPPPOTrainer
 from trl_mtp.losses import IGNORE_INDEX
 from trl_mtp.tasks.registry import get_task
 from trl_mtp.trainers import mtp_targets, ppo_trainer
@@ -64,21 +64,12 @@ def test_only_positive_samples_reach_the_heads_loss(tiny_model, monkeypatch):
     assert filtered_loss().item() != pytest.approx(alone.item(), rel=1e-3)
 
 
-def test_ppo_heads_learn_from_positive_samples_only(tiny_model, tokenizer, tmp_path, monkeypatch):
+def test_ppo_heads_learn_from_positive_samples_only(tiny_model, tokenizer, ppo_args, monkeypatch):
     """PPO's MTP term on a hand-built batch: with the filter, it equals the term of the positive-advantage rows
     alone (a sample's advantage: the mean over its response tokens); with the filter bypassed it does not."""
-    args = MTPPPOConfig(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=4,
-        response_length=4,
-        report_to=[],
-        num_mtp_heads=2,
-        mode="decoupled",
-        mtp_sample_filter="positive_advantage",
-    )
     trainer = MTPPPOTrainer(
         tiny_model(),
-        args=args,
+        args=ppo_args(mode="decoupled", mtp_sample_filter="positive_advantage"),
         train_dataset=get_task("copy", length=3).train(8),
         processing_class=tokenizer,
         reward_funcs=lambda completions, **kw: [0.0] * len(completions),

@@ -69,30 +69,6 @@ def prompts():
     return get_task("copy", length=3).train(32)
 
 
-@pytest.fixture
-def ppo_args(tmp_path):
-    def make(**overrides):
-        defaults = dict(
-            output_dir=str(tmp_path / "run"),
-            max_steps=2,
-            per_device_train_batch_size=4,
-            num_mini_batches=2,
-            num_ppo_epochs=2,
-            response_length=6,
-            learning_rate=1e-3,
-            temperature=1.0,
-            report_to=[],
-            save_strategy="no",
-            disable_tqdm=True,
-            seed=0,
-            num_mtp_heads=2,
-            dataloader_pin_memory=False,
-        )
-        return MTPPPOConfig(**{**defaults, **overrides})
-
-    return make
-
-
 def policy_state(trainer) -> dict[str, torch.Tensor]:
     """The policy's own weights (no heads, no critic)."""
     return {
