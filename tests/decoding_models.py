@@ -9,8 +9,8 @@ import torch
 
 from trl_mtp.config import HEAD_TYPES, MTPConfig
 from trl_mtp.decoding import speculative_generate
+from trl_mtp.embedded.presets import build_model
 from trl_mtp.model import MTPForCausalLM
-from trl_mtp.tasks.presets import build_model
 
 FAMILIES = HEAD_TYPES  # every head family, from the one list
 VOCAB, PAD = 96, 0

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from trl_mtp.tasks.presets import build_model
+from trl_mtp.embedded.presets import build_model
 
 
 def tiny_base(arch: str, vocab_size: int, seed: int = 0):

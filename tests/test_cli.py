@@ -20,7 +20,7 @@ def test_help_lists_subcommands():
 
 
 def test_tasks_shows_every_task():
-    from trl_mtp.tasks import TASKS
+    from trl_mtp.embedded.tasks import TASKS
 
     result = run_cli("tasks")
     assert result.returncode == 0, result.stderr

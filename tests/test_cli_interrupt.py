@@ -98,7 +98,7 @@ def test_interrupted_experiment_resumes_skipping_finished_runs(tmp_path):
 
 @pytest.mark.slow
 def test_interrupted_sft_saves_a_checkpoint_and_resumes_from_it(tmp_path, tokenizer):
-    from trl_mtp.tasks.presets import build_model
+    from trl_mtp.embedded.presets import build_model
 
     base = tmp_path / "base"
     build_model("tiny-gpt2", len(tokenizer), tokenizer=tokenizer).save_pretrained(base)

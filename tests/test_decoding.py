@@ -17,8 +17,8 @@ from decoding_models import FAMILIES, PAD, VOCAB, check_identity, make_model, ra
 import trl_mtp.decoding as decoding
 from trl_mtp.config import MTPConfig
 from trl_mtp.decoding import pool_acceptance, slot_positions
+from trl_mtp.embedded.presets import build_model
 from trl_mtp.model import MTPForCausalLM
-from trl_mtp.tasks.presets import build_model
 
 
 # -- greedy: identical to generate -----------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from transformers.cache_utils import DynamicSlidingWindowLayer
 
 import trl_mtp.decoding as decoding
 from trl_mtp.decoding import new_cache
-from trl_mtp.tasks.presets import build_model
+from trl_mtp.embedded.presets import build_model
 
 TINY = dict(
     vocab_size=96,

@@ -11,8 +11,8 @@ from transformers import AutoModelForCausalLM
 
 from trl_mtp import MTPConfig, MTPForCausalLM
 from trl_mtp.cli import main as cli_main
+from trl_mtp.embedded.presets import build_model
 from trl_mtp.native import allow_stock_mtp, export_native, stock_mtp_model
-from trl_mtp.tasks.presets import build_model
 
 DEPTHS = {"glm4_moe": 2, "deepseek_v3": 2, "mellum": 1}
 
@@ -178,7 +178,7 @@ def short_sft(tmp_path, max_steps):
 
 def test_sft_trained_layer_exports_and_stock_transformers_drafts_with_it(tmp_path, tokenizer):
     from trl_mtp import MTPSFTTrainer
-    from trl_mtp.tasks.registry import get_task
+    from trl_mtp.embedded.tasks.registry import get_task
 
     base = native_base("glm4_moe", vocab_size=len(tokenizer), tokenizer=tokenizer)
     trainer = MTPSFTTrainer(
@@ -240,7 +240,7 @@ def test_lora_run_exports_with_its_adapter_merged(tmp_path, tokenizer):
     from peft import LoraConfig
 
     from trl_mtp import MTPSFTTrainer
-    from trl_mtp.tasks.registry import get_task
+    from trl_mtp.embedded.tasks.registry import get_task
 
     native_base("glm4_moe", vocab_size=len(tokenizer), tokenizer=tokenizer).save_pretrained(tmp_path / "base")
     base = AutoModelForCausalLM.from_pretrained(tmp_path / "base")  # loaded from a folder: the adapter names it

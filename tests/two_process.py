@@ -65,6 +65,22 @@ def local_shape(param) -> str:
     return "x".join(map(str, param.shape))
 
 
+def full_shape(param) -> str:
+    """The whole parameter's shape as `AxB`, however it is sharded (a ZeRO-3 parameter's own shape is empty)."""
+    return "x".join(map(str, getattr(param, "ds_shape", param.shape)))
+
+
+def fingerprint(module) -> str:
+    """`sum,sum of squares` (float64) over every parameter of `module`, FSDP2's shards gathered in full (a
+    collective: every rank calls it): equal on ranks, and in a saved copy, that hold the same model."""
+    total, squares = 0.0, 0.0
+    for param in module.parameters():
+        full = (param.full_tensor() if hasattr(param, "full_tensor") else param).detach().double()
+        total += full.sum().item()
+        squares += full.square().sum().item()
+    return f"{total:.10e},{squares:.10e}"
+
+
 def parse_reports(stdout: str) -> list[dict[str, str]]:
     return [
         {"rank": rank, "world": world, **dict(pair.split("=", 1) for pair in pairs.split())}

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import torch
 
 from trl_mtp.decoding import accept_greedy, left_pad
+from trl_mtp.model import MTPForCausalLM
 
 
 @dataclass
@@ -108,7 +109,7 @@ def _propose(model, batch: _Batch, last: torch.Tensor, branches: int, pad: int):
 
 @torch.no_grad()
 def lookahead_search(
-    model,
+    model: MTPForCausalLM,
     prompt_ids: list[int],
     value_fn=None,
     *,
@@ -228,7 +229,7 @@ def lookahead_search(
 
 @torch.no_grad()
 def best_of_n(
-    model,
+    model: MTPForCausalLM,
     prompt_ids: list[int],
     value_fn,
     *,

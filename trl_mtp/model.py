@@ -126,7 +126,9 @@ class MTPForCausalLM(nn.Module):
 
     # -- construction, save, load --------------------------------------------------------------------
     @classmethod
-    def from_base(cls, model_or_path, mtp_config: MTPConfig | None = None, **load_kwargs) -> MTPForCausalLM:
+    def from_base(
+        cls, model_or_path: str | os.PathLike | PreTrainedModel, mtp_config: MTPConfig | None = None, **load_kwargs
+    ) -> MTPForCausalLM:
         """New heads on a base model (a `PreTrainedModel`, or a path / hub id loaded with `AutoModelForCausalLM`).
         Sequential heads on a checkpoint with native MTP layers start their first depths from those layers."""
         if isinstance(model_or_path, (str, os.PathLike)):
@@ -168,7 +170,7 @@ class MTPForCausalLM(nn.Module):
         self.heads.load_state_dict(state, strict=True)
 
     @classmethod
-    def from_pretrained(cls, directory, merge_lora: bool = False, **load_kwargs) -> MTPForCausalLM:
+    def from_pretrained(cls, directory: str | os.PathLike, merge_lora: bool = False, **load_kwargs) -> MTPForCausalLM:
         """Load what `save_pretrained` wrote, or a checkpoint with transformers-native MTP layers (DeepSeek-V3, GLM-4.5,
         Mellum: loaded as sequential heads, see `trl_mtp.native`); `load_kwargs` go to `from_pretrained` of the base.
         A LoRA run loads as its base with the adapter attached, or, with `merge_lora=True`, with the adapter merged

@@ -9,8 +9,8 @@ import torch
 import trl_mtp.benchmarks.decode as bench
 from trl_mtp.config import MTPConfig
 from trl_mtp.decoding import DRAFTERS, ParallelDrafter, left_pad
+from trl_mtp.embedded.presets import build_model
 from trl_mtp.model import MTPForCausalLM
-from trl_mtp.tasks.presets import build_model
 
 
 def test_orders_are_fresh_shuffles_of_every_method():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trl_mtp.tasks.registry import get_task
+from trl_mtp.embedded.tasks.registry import get_task
 
 SFT = dict(
     max_steps=4,

@@ -6,8 +6,8 @@ import json
 
 from trl_mtp.config import MTPConfig
 from trl_mtp.diagnostics.consistency import consistency_probe, task_contexts
+from trl_mtp.embedded.tasks.registry import get_task
 from trl_mtp.model import MTPForCausalLM
-from trl_mtp.tasks.registry import get_task
 
 
 def test_depth_zero_is_the_policy_and_tables_are_complete(tiny_model, tokenizer):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from trl_mtp.diagnostics import MTPRecorder, make_probe_batch
-from trl_mtp.tasks.registry import get_task
+from trl_mtp.embedded.tasks.registry import get_task
 
 
 def read_records(run_dir):

@@ -3,9 +3,9 @@ first part in the model's greedy prediction."""
 
 import torch
 
+from trl_mtp.embedded.tasks.induction import NamedStories
 from trl_mtp.experiments.induction_runs import name_completion, pad_stories, run_induction
 from trl_mtp.losses import IGNORE_INDEX
-from trl_mtp.tasks.induction import NamedStories
 
 
 class _Oracle(torch.nn.Module):

@@ -167,7 +167,7 @@ def test_finished_runs_made_with_other_arguments_are_refused(tmp_path, capsys):
         ({"metrics": [{"name": "acc", "items": "correct", "format": "+.3f"}]}, "+.3f"),
         ({"seeds": [0, 0]}, "[0, 0]"),
         ({"common": {"seed": 3}}, "'seed'"),
-        ({"base": {"run": "trl_mtp.pretrain:no_such_base"}}, "no_such_base"),
+        ({"base": {"run": "trl_mtp.embedded.pretrain:no_such_base"}}, "no_such_base"),
         ({"results": 3}, "results: expected a folder, got 3"),
     ],
 )
@@ -245,7 +245,7 @@ def test_a_real_sft_spec_end_to_end(tmp_path, capsys):
         run="trl_mtp.experiments.sft_runs:run_sft",
         seeds=[0],
         base={
-            "run": "trl_mtp.pretrain:pretrain_base",
+            "run": "trl_mtp.embedded.pretrain:pretrain_base",
             "args": {"preset": "tiny-llama", "task": "copy", "steps": 5, "seq_len": 32, "batch_size": 4},
         },
         common={

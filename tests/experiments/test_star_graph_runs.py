@@ -4,11 +4,11 @@ apart, and one short run per objective."""
 import pytest
 import torch
 
+from trl_mtp.embedded.tasks import get_task
+from trl_mtp.embedded.tasks.base import Problem
 from trl_mtp.experiments import star_graph_runs
 from trl_mtp.experiments.star_graph_runs import encode_problems, greedy_paths, run_star_graph, score_paths
 from trl_mtp.losses import IGNORE_INDEX
-from trl_mtp.tasks import get_task
-from trl_mtp.tasks.base import Problem
 
 TASK = dict(degree=2, path_length=3, nodes=10)
 # centre 0 with arms 0-1-2 and 0-3-4; the goal is 4

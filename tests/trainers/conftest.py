@@ -1,11 +1,22 @@
-"""Fixtures of the trainer tests: small datasets, a config factory, fp16's gradient path (`tiny_model` is in
-tests/conftest.py)."""
+"""Fixtures of the trainer tests: small datasets, a config factory, fp16's gradient path, the sharded runs' initial
+model (`tiny_model` is in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from trl_mtp.tasks.registry import get_task
+from trl_mtp.embedded.tasks.registry import get_task
+
+
+@pytest.fixture(scope="session")
+def initial_model(tmp_path_factory, tokenizer):
+    """The folder every sharded run (tests/trainers/sharded_*_run.py) starts from, as users start from a checkpoint:
+    a tiny Llama (2 layers, tied embeddings), no heads yet."""
+    from trl_mtp.embedded.presets import build_model
+
+    folder = tmp_path_factory.mktemp("initial_model")
+    build_model("tiny-llama", len(tokenizer), tokenizer=tokenizer, num_hidden_layers=2).save_pretrained(folder)
+    return str(folder)
 
 
 @pytest.fixture

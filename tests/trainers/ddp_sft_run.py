@@ -4,9 +4,9 @@ import sys
 from pathlib import Path
 
 from trl_mtp import MTPSFTConfig, MTPSFTTrainer
-from trl_mtp.tasks.presets import build_model
-from trl_mtp.tasks.registry import get_task
-from trl_mtp.tasks.tokenizer import get_tokenizer
+from trl_mtp.embedded.presets import build_model
+from trl_mtp.embedded.tasks.registry import get_task
+from trl_mtp.embedded.tokenizer import get_tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the report helper
 from two_process import report_and_exit  # noqa: E402

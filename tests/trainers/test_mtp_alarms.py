@@ -11,7 +11,7 @@ import pytest
 from transformers import TrainerControl, TrainerState
 
 from trl_mtp import MTPGRPOConfig, MTPPPOConfig, MTPPPOTrainer
-from trl_mtp.tasks.registry import get_task
+from trl_mtp.embedded.tasks.registry import get_task
 from trl_mtp.trainers import mtp_alarms
 from trl_mtp.trainers.mtp_alarms import MTPAlarmCallback
 from trl_mtp.trainers.mtp_mixin import MTPTrainerMixin

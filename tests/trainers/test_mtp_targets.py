@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from trl_mtp import MTPConfig, MTPForCausalLM, MTPPPOTrainer
+from trl_mtp.embedded.tasks.registry import get_task
 from trl_mtp.losses import IGNORE_INDEX
-from trl_mtp.tasks.registry import get_task
 from trl_mtp.trainers import mtp_targets, ppo_trainer
 from trl_mtp.trainers.mtp_mixin import MTPTrainerMixin
 from trl_mtp.trainers.mtp_targets import adaptive_lambda, filter_mtp_labels, sample_advantages, trunk_gradients

@@ -16,8 +16,8 @@ from transformers import AutoModelForCausalLM, GenerationConfig, LlamaForSequenc
 from two_process import launch
 
 from trl_mtp import MTPForCausalLM, MTPPPOConfig, MTPPPOTrainer
-from trl_mtp.tasks.presets import build_config
-from trl_mtp.tasks.registry import get_task
+from trl_mtp.embedded.presets import build_config
+from trl_mtp.embedded.tasks.registry import get_task
 from trl_mtp.trainers import ppo_trainer
 
 PPO_METRICS = (
@@ -355,7 +355,7 @@ def test_dropout_is_off_so_the_first_ratio_is_exactly_one(preset, dropout, tempe
     """GPT-2's dropout of 0.1: pi_old comes from eval mode and the update from train mode, so with dropout on (the
     former behaviour, `disable_dropout=False`) the first ratio was 1.047 (T = 1) / 1.086 (T = 0.7) with 10% / 15% of
     tokens clipped. With `disable_dropout` (the default) it is exactly 1 and nothing is clipped."""
-    from trl_mtp.tasks.presets import build_model
+    from trl_mtp.embedded.presets import build_model
 
     stats = {}
     for disable in (True, False):
@@ -389,7 +389,7 @@ def dropout_rates(model) -> list[float]:
 
 
 def test_dropout_is_off_in_reference_reward_and_value_models(tokenizer, prompts, ppo_args):
-    from trl_mtp.tasks.presets import build_config, build_model
+    from trl_mtp.embedded.presets import build_config, build_model
 
     def classifier():
         return LlamaForSequenceClassification(
@@ -588,7 +588,9 @@ def test_heads_are_saved_and_loaded_in_one_place(tiny_model, tokenizer, prompts,
     for name in ("save_heads", "load_heads"):
         original = getattr(MTPForCausalLM, name)
         monkeypatch.setattr(
-            MTPForCausalLM, name, lambda self, directory, _f=original, _n=name: calls.append(_n) or _f(self, directory)
+            MTPForCausalLM,
+            name,
+            lambda self, directory, _f=original, _n=name, **kw: calls.append(_n) or _f(self, directory, **kw),
         )
     trainer = MTPPPOTrainer(
         tiny_model(),
@@ -618,7 +620,7 @@ def test_old_names_are_aliases():
 @pytest.mark.slow
 def test_reward_goes_up_on_an_easy_task(tokenizer, ppo_args):
     """From a briefly pretrained base (digits and commas), PPO raises the share of digits it writes."""
-    from trl_mtp.pretrain import pretrain_base
+    from trl_mtp.embedded.pretrain import pretrain_base
 
     base = AutoModelForCausalLM.from_pretrained(pretrain_base("tiny-llama", "copy", steps=60, seq_len=64, batch_size=8))
     args = ppo_args(

@@ -9,7 +9,7 @@ import torch
 from datasets import Dataset
 
 from trl_mtp import MTPDPOConfig, MTPDPOTrainer, MTPGRPOConfig, MTPGRPOTrainer, MTPRLOOConfig, MTPRLOOTrainer
-from trl_mtp.tasks.registry import get_task
+from trl_mtp.embedded.tasks.registry import get_task
 
 COMMON = dict(
     max_steps=2,

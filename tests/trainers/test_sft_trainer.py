@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from trl_mtp import MTPForCausalLM, MTPSFTConfig, MTPSFTTrainer
+from trl_mtp.config import HEAD_TYPES
+from trl_mtp.embedded.tasks.registry import get_task
 from trl_mtp.schedules import mtp_lambda_at, mtp_window_at
-from trl_mtp.tasks.registry import get_task
 
 
 def step_logs(trainer):
@@ -20,7 +21,7 @@ def head_state(trainer):
     return {k: v.detach().clone() for k, v in trainer.mtp_model.heads.state_dict().items()}
 
 
-@pytest.mark.parametrize("head_type", ["blockwise", "parallel", "sequential", "medusa"])
+@pytest.mark.parametrize("head_type", HEAD_TYPES)
 def test_each_family_trains_and_logs_depth_metrics(head_type, tiny_model, sft_args, arithmetic_train, tokenizer):
     trainer = MTPSFTTrainer(
         tiny_model(), sft_args(head_type=head_type), train_dataset=arithmetic_train, processing_class=tokenizer

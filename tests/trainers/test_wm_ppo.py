@@ -14,8 +14,8 @@ import torch
 
 import trl_mtp.world_model as world_model_module
 from trl_mtp import MTPPPOConfig, MTPPPOTrainer, WorldModelPPOConfig, WorldModelPPOTrainer
+from trl_mtp.embedded.tasks.registry import get_task
 from trl_mtp.heads.base import shift_tokens
-from trl_mtp.tasks.registry import get_task
 from trl_mtp.world_model import PercentileNormalizer, PrefixRollouts, TwoHotValueHead, WorldModel
 
 WM_METRICS = (

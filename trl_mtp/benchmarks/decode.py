@@ -113,7 +113,7 @@ def ratio_summary(baseline_seconds: list[float], method_seconds: list[float]) ->
 # running the methods
 # ----------------------------------------------------------------------------------------------------------------------
 def held_out_prompts(tokenizer, n: int, length: int) -> list[list[int]]:
-    from trl_mtp.tasks.registry import get_task
+    from trl_mtp.embedded.tasks.registry import get_task
 
     prompts = []
     for text in get_task("stdlib").texts("eval"):

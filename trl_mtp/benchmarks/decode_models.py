@@ -18,14 +18,14 @@ from pathlib import Path
 import torch
 
 from trl_mtp.config import HEAD_TYPES
-from trl_mtp.tasks.cache import cache_root, stable_hash
+from trl_mtp.embedded.cache import cache_root, stable_hash
 
 
 def self_distill_texts(base_dir: Path, n: int, prompt_tokens: int, new_tokens: int, batch_size: int = 32) -> list[str]:
     """`n` texts: a train-split code prefix of `prompt_tokens` tokens + the base's greedy continuation."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trl_mtp.tasks.registry import get_task
+    from trl_mtp.embedded.tasks.registry import get_task
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir).eval()
@@ -64,7 +64,7 @@ def trained_models(
 ) -> dict[str, Path]:
     """family -> directory of an `MTPForCausalLM` checkpoint (same base for all), trained now or read from the cache.
     `pretrain_task`: the base's pretraining data (`pretrain_base`'s task: 'stdlib', 'mix', ...)."""
-    from trl_mtp.pretrain import pretrain_base
+    from trl_mtp.embedded.pretrain import pretrain_base
 
     base_dir = pretrain_base(preset, pretrain_task, steps=pretrain_steps, verbose=verbose)
     out: dict[str, Path] = {}

@@ -33,7 +33,7 @@ TARGET_MEMORY = 1.15
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="trl-mtp bench train-step", description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", default="small-llama", help="model preset of trl_mtp.tasks.presets")
+    parser.add_argument("--preset", default="small-llama", help="model preset of trl_mtp.embedded.presets")
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--batch", type=int, default=1)
@@ -63,7 +63,7 @@ def parse_args(argv):
 
 
 def build_base(args):
-    from trl_mtp.tasks.presets import build_model
+    from trl_mtp.embedded.presets import build_model
 
     overrides = {}
     gpt2 = "gpt2" in args.preset

@@ -28,7 +28,7 @@ RL_TASK = "sort"
 
 def stage_tokenizer(ctx: dict) -> None:
     """Build (or load from the cache) the offline tokenizer."""
-    from trl_mtp.tasks.tokenizer import get_tokenizer
+    from trl_mtp.embedded.tokenizer import get_tokenizer
 
     ctx["tokenizer"] = get_tokenizer()
     print(f"tokenizer: vocab {len(ctx['tokenizer'])}, {ctx['tokenizer'].name_or_path}")
@@ -45,7 +45,7 @@ def stage_pretrain(ctx: dict) -> None:
         ctx["base_model"], ctx["tokenizer"] = load_model_and_tokenizer(args.model)
         ctx["base_name"] = args.model
         return
-    from trl_mtp.pretrain import pretrain_base
+    from trl_mtp.embedded.pretrain import pretrain_base
 
     ctx["base_dir"] = pretrain_base(args.preset, "mix", steps=args.pretrain_steps, seed=args.seed, verbose=True)
     ctx["base_model"] = AutoModelForCausalLM.from_pretrained(ctx["base_dir"])
@@ -54,15 +54,15 @@ def stage_pretrain(ctx: dict) -> None:
 
 
 def stage_evaluate_base(ctx: dict) -> None:
-    """Greedy exact-match accuracy of the base on every task, and its held-out stdlib NLL."""
+    """Greedy exact-match accuracy of the base on the demo's tasks, and its held-out stdlib NLL."""
     evaluate_into(ctx, ctx["base_model"], ctx["base_name"])
 
 
 def evaluate_into(ctx: dict, model, model_name: str) -> None:
-    """Evaluate `model` on every task (accuracy with a 90% bootstrap CI) and stdlib NLL; append rows to ctx."""
+    """Evaluate `model` on the demo's tasks (accuracy with a 90% bootstrap CI) and stdlib NLL; append rows to ctx."""
     from trl_mtp.bootstrap import bootstrap_ci
-    from trl_mtp.tasks import get_task
-    from trl_mtp.tasks.evaluate import evaluate_task, heldout_nll
+    from trl_mtp.embedded.evaluate import evaluate_task, heldout_nll
+    from trl_mtp.embedded.tasks import get_task
 
     args, tokenizer = ctx["args"], ctx["tokenizer"]
     for name, params in DEMO_TASKS.items():
@@ -117,11 +117,11 @@ def logged_to(log_file: Path):
 
 
 def stage_sft(ctx: dict) -> None:
-    """From the same base: next-token SFT vs MTP-SFT on the mixture of the prompt tasks, scored side by side."""
+    """From the same base: next-token SFT vs MTP-SFT on the mixture of the demo's tasks, scored side by side."""
     from trl_mtp.bootstrap import bootstrap_ci
     from trl_mtp.diagnostics.recorder import DEFAULT_EVERY
+    from trl_mtp.embedded.cache import cache_root, stable_hash
     from trl_mtp.experiments.sft_runs import run_sft
-    from trl_mtp.tasks.cache import cache_root, stable_hash
 
     args = ctx["args"]
     if "base_dir" not in ctx or args.sft_steps == 0:
@@ -199,8 +199,8 @@ def stage_rl(ctx: dict) -> None:
     reward, held-out accuracy, and the heads' mean accepted length (greedy self-speculative decoding) before vs after.
     The run records what the heads predicted for the sampled tokens (for the report)."""
     from trl_mtp.bootstrap import bootstrap_ci
+    from trl_mtp.embedded.cache import cache_root, stable_hash
     from trl_mtp.experiments.rl_runs import run_rl
-    from trl_mtp.tasks.cache import cache_root, stable_hash
 
     args, start = ctx["args"], ctx.get("mtp_run")
     if start is None or args.rl_steps == 0:
@@ -347,12 +347,13 @@ STAGES = [
 
 
 def main(argv: list[str]) -> int:
-    from trl_mtp.tasks.presets import PRESETS
+    from trl_mtp.config import HEAD_TYPES
+    from trl_mtp.embedded.presets import PRESETS
 
     parser = ArgumentParser(
         prog="trl-mtp demo",
-        description="Build the tokenizer and a tiny base model, "
-        "pretrain it briefly (cached), evaluate it on every embedded task, print a table.",
+        description="Build the tokenizer and a tiny base model (pretrained, cached); from it, next-token vs MTP SFT "
+        f"and PPO with MTP on {', '.join(DEMO_TASKS)}; print one table and write an HTML report.",
     )
     parser.add_argument("--preset", default="tiny-llama", choices=list(PRESETS))
     parser.add_argument("--pretrain-steps", type=non_negative_int, default=600)
@@ -362,7 +363,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--rl-steps", type=non_negative_int, default=20, help=f"PPO iterations of the RL stage on {RL_TASK} (0: skip)"
     )
-    parser.add_argument("--mtp-head", default="sequential", choices=["blockwise", "parallel", "sequential", "medusa"])
+    parser.add_argument("--mtp-head", default="sequential", choices=HEAD_TYPES)
     parser.add_argument("--mtp-heads", type=positive_int, default=2, help="D, extra tokens predicted")
     parser.add_argument("--report-dir", default="mtp-report", help="where the demo writes its report")
     parser.add_argument("--model", default=None, help="evaluate this model (path or hub id) instead of a tiny base")

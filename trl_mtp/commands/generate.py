@@ -49,7 +49,7 @@ def _lookahead(args, model, tokenizer) -> list[tuple[str, dict]]:
 
     value_fn = None
     if args.value_task is not None:
-        from trl_mtp.tasks.registry import get_task
+        from trl_mtp.embedded.tasks.registry import get_task
 
         value_fn = get_task(args.value_task).reward
     out = []

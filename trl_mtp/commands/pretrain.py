@@ -6,8 +6,8 @@ from trl_mtp.commands.common import ArgumentParser, non_negative_int, positive_i
 
 
 def main(argv: list[str]) -> int:
-    from trl_mtp.tasks import TASKS
-    from trl_mtp.tasks.presets import PRESETS
+    from trl_mtp.embedded.presets import PRESETS
+    from trl_mtp.embedded.tasks import TASKS
 
     parser = ArgumentParser(
         prog="trl-mtp pretrain",
@@ -25,7 +25,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-cache", action="store_true", help="train even if a matching run is saved")
     args = parser.parse_args(argv)
 
-    from trl_mtp.pretrain import pretrain_base
+    from trl_mtp.embedded.pretrain import pretrain_base
 
     out = pretrain_base(
         args.preset,

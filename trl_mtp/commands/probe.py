@@ -12,7 +12,7 @@ from trl_mtp.commands.common import ArgumentParser, model_folder, non_negative_i
 
 
 def main(argv: list[str]) -> int:
-    from trl_mtp.tasks.registry import TASKS
+    from trl_mtp.embedded.tasks.registry import TASKS
 
     parser = ArgumentParser(
         prog="trl-mtp probe",
@@ -33,8 +33,8 @@ def main(argv: list[str]) -> int:
     from transformers import AutoTokenizer
 
     from trl_mtp.diagnostics.consistency import consistency_probe, task_contexts
+    from trl_mtp.embedded.tasks.registry import get_task
     from trl_mtp.model import MTPForCausalLM
-    from trl_mtp.tasks.registry import get_task
 
     model = MTPForCausalLM.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

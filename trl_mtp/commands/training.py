@@ -93,7 +93,7 @@ def load_model(script_args, model_args, training_args):
     from trl_mtp.trainers.mtp_mixin import load_mtp_model
 
     if model_args.model_name_or_path is None:
-        from trl_mtp.pretrain import pretrain_base
+        from trl_mtp.embedded.pretrain import pretrain_base
 
         model_path = str(pretrain_base(script_args.preset, "mix", steps=script_args.pretrain_steps, verbose=True))
     else:
@@ -116,7 +116,7 @@ def load_model(script_args, model_args, training_args):
 def embedded_task(script_args, needs_prompts: str | None = None):
     """The embedded task named by `--dataset_name`, or None for a `datasets` name. `needs_prompts` (the command's
     name): the task must have prompts and answers (not the `stdlib` text corpus)."""
-    from trl_mtp.tasks.registry import PROMPT_TASKS, TASKS, get_task
+    from trl_mtp.embedded.tasks.registry import PROMPT_TASKS, TASKS, get_task
 
     if script_args.dataset_name not in TASKS:
         return None
@@ -136,7 +136,7 @@ def hub_splits(script_args):
     embedded task (a typo of one is the usual cause, and offline the hub cannot say so)."""
     from datasets import load_dataset
 
-    from trl_mtp.tasks.registry import TASKS
+    from trl_mtp.embedded.tasks.registry import TASKS
 
     name = script_args.dataset_name
     try:
@@ -236,7 +236,7 @@ def score_and_finish(trainer, task, policy, tokenizer, script_args) -> None:
         and script_args.num_eval_examples
         and trainer.accelerator.is_main_process
     ):
-        from trl_mtp.tasks.evaluate import evaluate_task
+        from trl_mtp.embedded.evaluate import evaluate_task
 
         policy = policy.merge_and_unload() if hasattr(policy, "merge_and_unload") else policy
         result = evaluate_task(

@@ -100,8 +100,8 @@ def second_token_acceptance_on_task(model_dir: Path, task_name: str, task_params
     """DeepSeek's second-token acceptance on an embedded task: greedy answers to `n` eval prompts, one draft."""
     from transformers import AutoTokenizer
 
+    from trl_mtp.embedded.tasks.registry import get_task
     from trl_mtp.model import MTPForCausalLM
-    from trl_mtp.tasks.registry import get_task
 
     model = MTPForCausalLM.from_pretrained(model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

@@ -69,9 +69,9 @@ def run_induction(
     stories seeded by `seed`, as is the initialisation) for `steps` steps; score name completion on `eval_n`
     held-out stories (task seed 0, the same for every seed). `base_dir` is unused."""
     from trl_mtp.config import MTPConfig
+    from trl_mtp.embedded.presets import build_model, count_parameters
+    from trl_mtp.embedded.tasks.induction import NamedStories
     from trl_mtp.model import MTPForCausalLM
-    from trl_mtp.tasks.induction import NamedStories
-    from trl_mtp.tasks.presets import build_model, count_parameters
 
     train_task, eval_task = NamedStories(seed=seed, **task), NamedStories(seed=0, **task)
     eos = train_task.token_vocab_size() - 1

@@ -55,8 +55,8 @@ def run_method(
     import torch
     from transformers import AutoTokenizer
 
+    from trl_mtp.embedded.tasks.registry import get_task
     from trl_mtp.model import MTPForCausalLM
-    from trl_mtp.tasks.registry import get_task
 
     if method not in METHODS:
         raise ValueError(f"method={method!r}: choose from {', '.join(METHODS)}")

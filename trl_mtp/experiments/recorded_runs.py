@@ -27,8 +27,8 @@ def probe_task(
     from transformers import AutoTokenizer
 
     from trl_mtp.diagnostics.consistency import consistency_probe, task_contexts
+    from trl_mtp.embedded.tasks.registry import get_task
     from trl_mtp.model import MTPForCausalLM
-    from trl_mtp.tasks.registry import get_task
 
     model = MTPForCausalLM.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -62,8 +62,8 @@ def recorded_sft_run(
 ) -> Path:
     """MTP-SFT of the base in `base_dir` with the recorder on (`run_sft(record_every=...)` on the prompt-task
     mixture); saved into `out_dir`; consistency-probed on `probe`."""
+    from trl_mtp.embedded.tasks import PROMPT_TASKS
     from trl_mtp.experiments.sft_runs import run_sft
-    from trl_mtp.tasks import PROMPT_TASKS
 
     out_dir = Path(out_dir)
     tasks = {name: {"seed": seed} for name in sorted(PROMPT_TASKS, key=lambda name: name != "arithmetic")}
@@ -92,7 +92,7 @@ def recorded_grpo_run(
         return out_dir
     from transformers import AutoTokenizer
 
-    from trl_mtp.tasks.registry import get_task
+    from trl_mtp.embedded.tasks.registry import get_task
     from trl_mtp.trainers import MTPGRPOConfig, MTPGRPOTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

@@ -79,7 +79,7 @@ def task_acceptance(mtp_model, tokenizer, prompts: list[str], *, max_new_tokens:
     import torch
 
     from trl_mtp.decoding import pool_acceptance
-    from trl_mtp.tasks.evaluate import left_padded_batches
+    from trl_mtp.embedded.evaluate import left_padded_batches
 
     stats = []
     for enc in left_padded_batches(mtp_model, tokenizer, prompts, batch_size):
@@ -98,7 +98,7 @@ def task_acceptance(mtp_model, tokenizer, prompts: list[str], *, max_new_tokens:
 
 def score(mtp_model, tokenizer, task, eval_n: int, max_new_tokens: int) -> dict:
     """Held-out greedy exact match of the base, and its heads' speculative acceptance on the same prompts."""
-    from trl_mtp.tasks.evaluate import evaluate_task
+    from trl_mtp.embedded.evaluate import evaluate_task
 
     scored = evaluate_task(mtp_model.base_model, tokenizer, task, n=eval_n, max_new_tokens=max_new_tokens)
     prompts = list(task.eval(eval_n)["prompt"])
@@ -133,8 +133,8 @@ def run_rl(
     rollouts) every that many iterations into `out_dir/diagnostics`, for `trl-mtp report`."""
     from transformers import AutoTokenizer
 
+    from trl_mtp.embedded.tasks.registry import get_task
     from trl_mtp.model import MTPForCausalLM
-    from trl_mtp.tasks.registry import get_task
     from trl_mtp.trainers import (
         MTPGRPOConfig,
         MTPGRPOTrainer,

@@ -26,7 +26,7 @@ def train_rows(
     """Train `lm` for `steps` steps on rows `[step * batch_size, (step + 1) * batch_size)` of `inputs` / `labels`.
     `callback(step)` runs every `every` steps and after the last (1-based step). Returns the loss per step and the
     last step's per-depth MTP losses (None for a plain LM)."""
-    from trl_mtp.pretrain import _lr_at
+    from trl_mtp.embedded.pretrain import _lr_at
 
     if inputs.size(0) < steps * batch_size:
         raise ValueError(f"{inputs.size(0)} rows are too few for {steps} steps of batch {batch_size}")

@@ -30,7 +30,7 @@ def task_mixture(tasks: dict[str, dict], n_train: int, seed: int):
     """`n_train` training examples of each task (name -> parameters), shuffled together."""
     from datasets import concatenate_datasets
 
-    from trl_mtp.tasks.registry import get_task
+    from trl_mtp.embedded.tasks.registry import get_task
 
     parts = [get_task(name, **params).train(n_train) for name, params in tasks.items()]
     return concatenate_datasets(parts).shuffle(seed=seed)
@@ -62,8 +62,8 @@ def run_sft(
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from trl_mtp.tasks.evaluate import evaluate_task, heldout_nll
-    from trl_mtp.tasks.registry import get_task
+    from trl_mtp.embedded.evaluate import evaluate_task, heldout_nll
+    from trl_mtp.embedded.tasks.registry import get_task
     from trl_mtp.trainers import MTPSFTConfig, MTPSFTTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
@@ -127,8 +127,8 @@ def cached_sft_model(
     """A model SFT'd (with `mtp` heads, or next-token when None) from the cached pretrained base and saved with its
     heads: the common start of experiments that decode or do RL from it. Trained once, then read from the trl-mtp
     cache (`name/<hash of the arguments>`)."""
-    from trl_mtp.pretrain import pretrain_base
-    from trl_mtp.tasks.cache import cache_root, stable_hash
+    from trl_mtp.embedded.cache import cache_root, stable_hash
+    from trl_mtp.embedded.pretrain import pretrain_base
 
     base = pretrain_base(preset, "mix", steps=pretrain_steps, seed=0)
     out = (

@@ -110,9 +110,9 @@ def run_star_graph(
     `eval_n` held-out problems (the same for every seed). `base_dir` is unused: nothing is pretrained.
     `curve_every`: also score the first 200 eval items every that many steps (the learning curve)."""
     from trl_mtp.config import MTPConfig
+    from trl_mtp.embedded.presets import build_model, count_parameters
+    from trl_mtp.embedded.tasks.registry import get_task
     from trl_mtp.model import MTPForCausalLM
-    from trl_mtp.tasks.presets import build_model, count_parameters
-    from trl_mtp.tasks.registry import get_task
 
     if mtp is not None and teacherless:
         raise ValueError("mtp and teacherless=True together: choose one objective")

@@ -23,14 +23,18 @@ from trl_mtp.losses import depth_weights
 from trl_mtp.model import CONFIG_FILE, MTPForCausalLM
 from trl_mtp.schedules import MTPStepPlan
 from trl_mtp.trainers.mtp_alarms import MTPAlarmCallback
+from trl_mtp.trainers.mtp_args import MTPArguments
 from trl_mtp.trainers.mtp_targets import adaptive_lambda, filter_mtp_labels, trunk_gradients
 
 logger = logging.getLogger(__name__)
 
 HEADS_MODULE = "mtp_heads"  # name of the heads inside the trained module tree
 
+# what a trainer's `model` may be: a path or hub id, a base model (new heads), an MTP model (its trained heads)
+ModelSource = str | os.PathLike | PreTrainedModel | MTPForCausalLM
 
-def load_mtp_model(model, args) -> MTPForCausalLM:
+
+def load_mtp_model(model: ModelSource, args: MTPArguments) -> MTPForCausalLM:
     """`model` (an `MTPForCausalLM`, a `PreTrainedModel`, or a path / hub id) as an `MTPForCausalLM`.
 
     A path holding an MTP checkpoint, or an `MTPForCausalLM`, keeps its trained heads (their architecture fields);
@@ -58,7 +62,7 @@ def load_mtp_model(model, args) -> MTPForCausalLM:
     return MTPForCausalLM.from_base(base, args.mtp_config())
 
 
-def _train_with(mtp_model: MTPForCausalLM, args, source=None) -> MTPForCausalLM:
+def _train_with(mtp_model: MTPForCausalLM, args: MTPArguments, source=None) -> MTPForCausalLM:
     """Trained heads keep what they are; the run's arguments say how they are trained."""
     wanted = args.mtp_config()
     mtp_model.set_loss_config(wanted)
@@ -72,13 +76,36 @@ def _train_with(mtp_model: MTPForCausalLM, args, source=None) -> MTPForCausalLM:
     return mtp_model
 
 
+def split_heads(state_dict: dict | None) -> tuple[dict | None, dict | None]:
+    """(the heads' tensors, keys relative to the heads; every other entry) of a state dict of the trained module tree
+    (the heads under `mtp_heads`, at any depth: a PEFT model nests the base); (None, None) for None."""
+    if state_dict is None:
+        return None, None
+    prefix = f"{HEADS_MODULE}."
+    heads = {k.split(prefix, 1)[1]: v for k, v in state_dict.items() if prefix in k}
+    return heads, {k: v for k, v in state_dict.items() if prefix not in k}
+
+
 class MTPTrainerMixin:
     """Mixed in before a TRL trainer: `class MTPSFTTrainer(MTPTrainerMixin, SFTTrainer)`."""
 
     mtp_model: MTPForCausalLM
+    config_class: type  # the config the trainer takes (its MTP fields and TRL's); set by each trainer
+    default_output_dir: str  # where a trainer built with args=None writes
 
     # -- set-up ----------------------------------------------------------------------------------------------
-    def _prepare_mtp_model(self, model, args, peft_config=None) -> PreTrainedModel:
+    @classmethod
+    def _checked_args(cls, args: MTPArguments | None) -> MTPArguments:
+        """The trainer's config: `args`, or the config class's defaults for None. Any other class is refused with
+        one line naming it, before a model is loaded (a TRL config lacks the MTP fields; another method's config
+        would train with the wrong loss)."""
+        if args is None:
+            return cls.config_class(output_dir=cls.default_output_dir)
+        if not isinstance(args, cls.config_class):
+            raise ValueError(f"args={type(args).__name__}: {cls.__name__} needs a {cls.config_class.__name__}")
+        return args
+
+    def _prepare_mtp_model(self, model: ModelSource, args: MTPArguments, peft_config=None) -> PreTrainedModel:
         """Resolve `model`, attach its heads to the base as `mtp_heads`; returns the base for the TRL parent."""
         self.mtp_model = load_mtp_model(model, args)
         base = self.mtp_model.base_model
@@ -318,20 +345,19 @@ class MTPTrainerMixin:
     # -- save and resume ------------------------------------------------------------------------------------------
     def _save(self, output_dir: str | None = None, state_dict=None):
         output_dir = output_dir if output_dir is not None else self.args.output_dir
-        heads = None  # the head modules' own tensors
-        if state_dict is not None:
-            # gathered by FSDP / DeepSpeed ZeRO-3: the heads' full tensors are in it (the modules hold only this
-            # rank's shard); they are saved in their own file below
-            prefix = f"{HEADS_MODULE}."
-            heads = {k.split(prefix, 1)[1]: v for k, v in state_dict.items() if prefix in k}
-            state_dict = {k: v for k, v in state_dict.items() if prefix not in k}
+        # gathered by FSDP / DeepSpeed ZeRO-3: the heads' full tensors are in it (the modules hold only this rank's
+        # shard); they are saved in their own file below. None: the modules' own tensors
+        heads, state_dict = split_heads(state_dict)
         super()._save(output_dir, state_dict=state_dict)
         if self.args.should_save:
             self.mtp_model.save_heads(output_dir, state=heads)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model=model)
-        self.mtp_model.load_heads(resume_from_checkpoint)
+        # FSDP's own checkpoint holds the whole module tree, heads included, and has just been loaded into the
+        # shards (the heads file's full tensors cannot be copied into them); DeepSpeed resumes without this method
+        if not self.is_fsdp_enabled:
+            self.mtp_model.load_heads(resume_from_checkpoint)
 
 
 class MTPOnPolicyMixin(MTPTrainerMixin):

@@ -105,6 +105,19 @@ class PolicyAndValue(nn.Module):
         # read by Trainer when it loads the policy's weights: the heads are saved in their own file
         return getattr(self.policy, "_keys_to_ignore_on_save", None)
 
+    def tie_weights(self) -> None:
+        """Tie the policy's (and a separate critic's) LM head to its input embedding again. accelerate's FSDP2
+        loading rebuilds the parameters from a state dict and re-ties them only through the root's `tie_weights`:
+        without this, the LM head would train as a copy of its own."""
+        self.policy.tie_weights()
+        if self.value_model is not None:
+            self.value_model.tie_weights()
+
+    def generate(self, *args, **kwargs) -> torch.Tensor:
+        """The policy's `generate`, called on this module: the trainer registers it as a forward method of the
+        sharded root, so FSDP2 gathers the parameters the root holds (embeddings, final norm, LM head) around it."""
+        return self.policy.generate(*args, **kwargs)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits [B, T, V], values [B, T]); the trunk keeps this forward's hidden state for the MTP loss."""
         position_ids = position_ids_from_mask(attention_mask)

@@ -35,13 +35,14 @@ from dataclasses import dataclass, fields
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch.distributed.fsdp import register_fsdp_forward_method
 from transformers import GenerationConfig, TemperatureLogitsWarper, Trainer, TrainerState
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import get_last_checkpoint
 
 from trl_mtp.losses import IGNORE_INDEX
 from trl_mtp.trainers import ppo_core as core
-from trl_mtp.trainers.mtp_mixin import HEADS_MODULE, MTPTrainerMixin
+from trl_mtp.trainers.mtp_mixin import HEADS_MODULE, ModelSource, MTPTrainerMixin, split_heads
 from trl_mtp.trainers.mtp_targets import filter_mtp_labels
 from trl_mtp.trainers.ppo_config import MTPPPOConfig
 from trl_mtp.trainers.ppo_models import PolicyAndValue, disable_dropout, load_sequence_classifier, per_token_scores
@@ -133,11 +134,11 @@ class MTPPPOTrainer(MTPTrainerMixin, Trainer):
         callbacks, optimizers: as in `transformers.Trainer`.
     """
 
-    config_class = MTPPPOConfig
+    config_class, default_output_dir = MTPPPOConfig, "ppo"
 
     def __init__(
         self,
-        model,
+        model: ModelSource,
         args: MTPPPOConfig | None = None,
         train_dataset=None,
         processing_class=None,
@@ -149,11 +150,8 @@ class MTPPPOTrainer(MTPTrainerMixin, Trainer):
         callbacks=None,
         optimizers=(None, None),
     ):
+        args = self._checked_args(args)
         name = type(self).__name__
-        if args is None:
-            args = self.config_class(output_dir="ppo")
-        elif not isinstance(args, self.config_class):
-            raise ValueError(f"args={type(args).__name__}: {name} needs a {self.config_class.__name__}")
         if processing_class is None or processing_class.pad_token_id is None:
             raise ValueError(f"processing_class: {name} needs a tokenizer with a pad token")
         if train_dataset is None or "prompt" not in train_dataset.column_names:
@@ -263,6 +261,11 @@ class MTPPPOTrainer(MTPTrainerMixin, Trainer):
             self.model, self.optimizer, self.lr_scheduler
         )
         self.callback_handler.optimizer, self.callback_handler.lr_scheduler = self.optimizer, self.lr_scheduler
+        if self.is_deepspeed_enabled:  # as Trainer.train sets it: `save_model` reads the engine from here
+            self.deepspeed = self.model_wrapped
+        # sampling calls `generate`, not the root's forward: under FSDP2 only a registered forward method gathers the
+        # parameters the sharded root holds (and runs its lazy init first); a no-op on any other engine
+        register_fsdp_forward_method(self.accelerator.unwrap_model(self.model_wrapped), "generate")
 
         self.state = TrainerState(
             stateful_callbacks=[
@@ -348,7 +351,7 @@ class MTPPPOTrainer(MTPTrainerMixin, Trainer):
         """[B, <= response_length] sampled response tokens for left-padded `queries`; anything after a row's stop token
         is ignored. The one place that samples: replace it to roll out with speculative decoding."""
         generation_config = self.rollout_generation_config()
-        unwrapped = self.accelerator.unwrap_model(self.model_wrapped).policy
+        unwrapped = self.accelerator.unwrap_model(self.model_wrapped)  # `generate` on the root: see `train`
         responses = []
         with sampling_only_from(self.mtp_model.base_model, generation_config):
             for i in range(0, queries.size(0), self.args.local_rollout_forward_batch_size):
@@ -636,12 +639,21 @@ class MTPPPOTrainer(MTPTrainerMixin, Trainer):
             return
         os.makedirs(output_dir, exist_ok=True)
         unwrapped = self.accelerator.unwrap_model(self.model_wrapped)
-        unwrapped.policy.save_pretrained(output_dir)
-        self.mtp_model.save_heads(output_dir)
+        # under FSDP / ZeRO-3 the Trainer passes the gathered full state dict (the modules hold only their shards);
+        # None: the modules' own tensors
+        heads, policy = split_heads(sub_state(state_dict, "policy."))
+        unwrapped.policy.save_pretrained(output_dir, state_dict=policy)
+        self.mtp_model.save_heads(output_dir, state=heads)
         if unwrapped.value_head is not None:
-            save_states(os.path.join(output_dir, VALUE_HEAD_FILE), {"": unwrapped.value_head})
+            value = sub_state(state_dict, "value_head.")
+            save_states(
+                os.path.join(output_dir, VALUE_HEAD_FILE),
+                {"": unwrapped.value_head},
+                None if value is None else {"": value},
+            )
         else:
-            unwrapped.value_model.save_pretrained(os.path.join(output_dir, VALUE_MODEL_DIR))
+            value_dir = os.path.join(output_dir, VALUE_MODEL_DIR)
+            unwrapped.value_model.save_pretrained(value_dir, state_dict=sub_state(state_dict, "value_model."))
         self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
@@ -665,14 +677,23 @@ class MTPPPOTrainer(MTPTrainerMixin, Trainer):
 PPOTrainer = MTPPPOTrainer  # the former name (TRL's own `PPOTrainer` lives in trl.experimental.ppo)
 
 
-def save_states(path: str, modules: dict[str, torch.nn.Module]) -> None:
-    """The state dicts of `modules` in one safetensors file, each key prefixed with its module's name ("": none)."""
+def save_states(path: str, modules: dict[str, torch.nn.Module], states: dict[str, dict] | None = None) -> None:
+    """The state dicts of `modules` in one safetensors file, each key prefixed with its module's name ("": none).
+    `states`: tensors to write instead of a module's own, by name (its gathered full tensors under FSDP / ZeRO-3)."""
+    states = states or {}
     state = {
         f"{name}.{k}" if name else k: v.detach().contiguous().cpu()
         for name, module in modules.items()
-        for k, v in module.state_dict().items()
+        for k, v in (states[name] if name in states else module.state_dict()).items()
     }
     save_file(state, path, metadata={"format": "pt"})
+
+
+def sub_state(state_dict: dict | None, prefix: str) -> dict | None:
+    """The entries of `state_dict` under `prefix`, the prefix removed; None for None."""
+    if state_dict is None:
+        return None
+    return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
 def load_states(path: str, modules: dict[str, torch.nn.Module], device: str) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trl_mtp.tasks.sort import Sort, parse_list
+from trl_mtp.embedded.tasks.sort import Sort, parse_list
 
 
 class Copy(Sort):  # same inputs as sort, identity answer

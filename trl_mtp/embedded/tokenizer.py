@@ -16,8 +16,8 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from trl_mtp.tasks.cache import cache_root, stable_hash
-from trl_mtp.tasks.stdlib import read_source, stdlib_files
+from trl_mtp.embedded.cache import cache_root, stable_hash
+from trl_mtp.embedded.tasks.stdlib import read_source, stdlib_files
 
 RECIPE_VERSION = 1  # bump when the recipe below changes, so cached tokenizers are rebuilt
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
@@ -43,7 +43,7 @@ CHAT_TEMPLATE = (
 
 def training_text(max_chars: int) -> list[str]:
     """The tokenizer's training text: train-split stdlib files in sorted order up to `max_chars`, plus task text."""
-    from trl_mtp.tasks.base import split_of
+    from trl_mtp.embedded.tasks.base import split_of
 
     texts, total = [TASK_TEXT * 50], 0
     for rel, path in stdlib_files():

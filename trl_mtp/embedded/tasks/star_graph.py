@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from trl_mtp.tasks.base import Problem, PromptTask
+from trl_mtp.embedded.tasks.base import Problem, PromptTask
 
 _PROMPT = re.compile(r"^graph:((?:\d+>\d+,)*\d+>\d+)\|(\d+)>(\d+)=$")
 SYMBOLS = (">", ",", "|", "=", "<eos>", "$")  # token ids nodes + 0 .. nodes + 5 in the one-token-per-node encoding

@@ -9,8 +9,9 @@ from __future__ import annotations
 import math
 
 import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from trl_mtp.tasks.base import PromptTask, check_count
+from trl_mtp.embedded.tasks.base import PromptTask, check_count
 
 
 def left_padded_batches(model, tokenizer, texts: list[str], batch_size: int):
@@ -31,7 +32,13 @@ def left_padded_batches(model, tokenizer, texts: list[str], batch_size: int):
 
 @torch.no_grad()
 def generate_completions(
-    model, tokenizer, prompts: list, *, batch_size: int = 32, max_new_tokens: int = 32, conversational: bool = False
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list,
+    *,
+    batch_size: int = 32,
+    max_new_tokens: int = 32,
+    conversational: bool = False,
 ) -> list[str]:
     """Greedy completions of `prompts` (plain strings, or chat messages when `conversational`), batched with
     left padding, decoded without special tokens."""
@@ -51,8 +58,8 @@ def generate_completions(
 
 
 def evaluate_task(
-    model,
-    tokenizer,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
     task: PromptTask,
     n: int = 200,
     batch_size: int = 32,
@@ -87,7 +94,13 @@ def evaluate_task(
 
 
 @torch.no_grad()
-def heldout_nll(model, tokenizer, texts: list[str], max_length: int = 512, batch_size: int = 8) -> float:
+def heldout_nll(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    max_length: int = 512,
+    batch_size: int = 8,
+) -> float:
     """Mean next-token negative log-likelihood (nats per token) of `model` over `texts` (each truncated to
     `max_length` tokens); exp() of it is the perplexity."""
     was_training = model.training

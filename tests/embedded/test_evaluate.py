@@ -1,7 +1,7 @@
 import math
 
-from trl_mtp.tasks import get_task
-from trl_mtp.tasks.evaluate import evaluate_task, generate_completions, heldout_nll
+from trl_mtp.embedded.evaluate import evaluate_task, generate_completions, heldout_nll
+from trl_mtp.embedded.tasks import get_task
 
 
 def test_evaluate_task_shapes(tokenizer, tiny_model):
@@ -32,7 +32,7 @@ def test_heldout_nll(tokenizer, tiny_model):
 
 def test_evaluate_task_scores_right_answers(tokenizer, monkeypatch):
     """With completions that are the targets (scripted, not generated), accuracy is 1; shifted, 0."""
-    import trl_mtp.tasks.evaluate as ev
+    import trl_mtp.embedded.evaluate as ev
 
     task = get_task("sort")
     targets = list(task.eval(5)["completion"])

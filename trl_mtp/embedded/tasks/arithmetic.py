@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from trl_mtp.tasks.base import Problem, PromptTask
+from trl_mtp.embedded.tasks.base import Problem, PromptTask
 
 _PROMPT = re.compile(r"^(\d+)([+*])(\d+)=$")
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from trl_mtp.tasks.presets import PRESETS, build_model, count_parameters
+from trl_mtp.embedded.presets import PRESETS, build_model, count_parameters
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))

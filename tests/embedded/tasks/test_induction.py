@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from trl_mtp.tasks.induction import NamedStories
+from trl_mtp.embedded.tasks.induction import NamedStories
 
 
 def _mentions(task, ids):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 
-from trl_mtp.tasks.base import Task, check_count
+from trl_mtp.embedded.tasks.base import Task, check_count
 
 # {0}, {1}, {2}: the characters (a name each time); every sentence ends with "."
 SENTENCES = (

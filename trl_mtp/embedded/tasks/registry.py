@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from trl_mtp.tasks.arithmetic import Arithmetic
-from trl_mtp.tasks.base import Task
-from trl_mtp.tasks.copy import Copy
-from trl_mtp.tasks.sort import Sort
-from trl_mtp.tasks.star_graph import StarGraph
-from trl_mtp.tasks.stdlib import Stdlib
+from trl_mtp.embedded.tasks.arithmetic import Arithmetic
+from trl_mtp.embedded.tasks.base import Task
+from trl_mtp.embedded.tasks.copy import Copy
+from trl_mtp.embedded.tasks.sort import Sort
+from trl_mtp.embedded.tasks.star_graph import StarGraph
+from trl_mtp.embedded.tasks.stdlib import Stdlib
 
 TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (Arithmetic, StarGraph, Sort, Copy, Stdlib)}
 PROMPT_TASKS = [name for name in TASKS if name != "stdlib"]  # the ones with prompts, answers and rewards

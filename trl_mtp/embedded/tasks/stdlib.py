@@ -12,7 +12,7 @@ import sysconfig
 from functools import lru_cache
 from pathlib import Path
 
-from trl_mtp.tasks.base import Task, check_count, split_of
+from trl_mtp.embedded.tasks.base import Task, check_count, split_of
 
 _SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
 

@@ -3,8 +3,8 @@ scratch on the task)."""
 
 import pytest
 
-from trl_mtp.tasks import get_task
-from trl_mtp.tasks.star_graph import SYMBOLS
+from trl_mtp.embedded.tasks import get_task
+from trl_mtp.embedded.tasks.star_graph import SYMBOLS
 
 
 def test_encoding_by_hand():

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from trl_mtp.pretrain import pretrain_base, pretraining_blocks
+from trl_mtp.embedded.pretrain import pretrain_base, pretraining_blocks
 
 
 def test_short_pretrain_and_cache_hit(tokenizer):
@@ -61,8 +61,8 @@ def test_pretraining_on_a_task_learns(tokenizer):
     chance and answers with numbers (copying them exactly takes longer than a test may run)."""
     import math
 
-    from trl_mtp.tasks import get_task
-    from trl_mtp.tasks.evaluate import evaluate_task, heldout_nll
+    from trl_mtp.embedded.evaluate import evaluate_task, heldout_nll
+    from trl_mtp.embedded.tasks import get_task
 
     path = pretrain_base("tiny-llama", "copy", steps=150, seq_len=64, batch_size=16, lr=3e-3)
     info = json.loads((path / "pretrain_info.json").read_text())

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from trl_mtp.tasks.tokenizer import build_tokenizer, get_tokenizer, tokenizer_dir
+from trl_mtp.embedded.tokenizer import build_tokenizer, get_tokenizer, tokenizer_dir
 
 
 def test_build_is_byte_identical(tmp_path):

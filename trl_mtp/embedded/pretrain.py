@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from trl_mtp.tasks.base import check_count
-from trl_mtp.tasks.cache import cache_root, stable_hash
-from trl_mtp.tasks.presets import PRESETS, build_model
-from trl_mtp.tasks.registry import PROMPT_TASKS, TASKS, get_task
-from trl_mtp.tasks.tokenizer import get_tokenizer
+from trl_mtp.embedded.cache import cache_root, stable_hash
+from trl_mtp.embedded.presets import PRESETS, build_model
+from trl_mtp.embedded.tasks.base import check_count
+from trl_mtp.embedded.tasks.registry import PROMPT_TASKS, TASKS, get_task
+from trl_mtp.embedded.tokenizer import get_tokenizer
 
 DATA_SOURCES = ("mix", *TASKS)
 MIX_TASK_FRACTION = 0.3  # share of `mix` tokens that are task examples, split evenly across the tasks

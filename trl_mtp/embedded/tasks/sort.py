@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trl_mtp.tasks.base import Problem, PromptTask
+from trl_mtp.embedded.tasks.base import Problem, PromptTask
 
 
 def parse_list(prompt: str, prefix: str) -> list[int]:

@@ -46,7 +46,7 @@ def test_demo_prints_the_table_and_writes_the_report(tmp_path):
         "--report-dir",
         str(tmp_path / "report"),
     ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=Path(__file__).parents[1])
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=Path(__file__).parents[2])
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     for row in (

@@ -2,8 +2,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trl_mtp.tasks import PROMPT_TASKS, TASKS, get_task
-from trl_mtp.tasks.base import split_of
+from trl_mtp.embedded.tasks import PROMPT_TASKS, TASKS, get_task
+from trl_mtp.embedded.tasks.base import split_of
 
 
 def test_registry():
