@@ -69,6 +69,169 @@ def prompts():
     return get_task("copy", length=3).train(32)
 
 
+def policy_state(trainer) -> dict[str, torch.Tensor]:
+    """The policy's own weights (no heads, no critic)."""
+    return {
+        k: v.detach().clone()
+        for k, v in trainer.mtp_model.base_model.state_dict().items()
+        if not k.startswith("mtp_heads.")
+    }
+
+
+class ScriptedPPOTrainer(MTPPPOTrainer):
+    """Rollouts replaced by fixed responses: the `generate_rollouts` hook at work."""
+
+    scripted: torch.Tensor
+
+    def generate_rollouts(self, queries, query_mask):
+        return self.scripted[: queries.size(0)].to(queries.device)
+
+
+# -- scoring, padding, penalty --------------------------------------------------------------------------------------
+def test_truncation_penalty_and_score_position(tiny_model, tokenizer, prompts, ppo_args):
+    """The stop token (not the EOS) truncates and decides the missing-EOS penalty; the score sits on the last real
+    token; reward functions see the truncated completion."""
+    stop, eos = tokenizer.convert_tokens_to_ids("7"), tokenizer.eos_token_id
+    seen = []
+
+    def one(prompts, completions, completion_ids, **kwargs):
+        seen.extend(completion_ids)
+        return [1.0] * len(prompts)
+
+    args = ppo_args(
+        stop_token_id=stop, missing_eos_penalty=0.5, kl_coef=0.0, per_device_train_batch_size=2, num_mini_batches=1
+    )
+    trainer = ScriptedPPOTrainer(
+        tiny_model(), args, train_dataset=prompts, processing_class=tokenizer, reward_funcs=one
+    )
+    a, b = tokenizer.convert_tokens_to_ids("3"), tokenizer.convert_tokens_to_ids(",")
+    trainer.scripted = torch.tensor([[a, stop, b, b], [a, eos, b, a]])
+    rollouts = trainer.make_rollouts(0)
+    assert seen == [[a, stop], [a, eos, b, a]]
+    assert rollouts.responses[0].tolist() == [a, stop, tokenizer.pad_token_id, tokenizer.pad_token_id]
+    assert rollouts.mask.tolist() == [[True, True, False, False], [True, True, True, True]]
+    assert rollouts.scores.tolist() == [1.0, 0.5]  # row 1 has an EOS but no stop token: penalised
+    assert rollouts.rewards.tolist() == [[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.5]]
+    assert (rollouts.advantages[~rollouts.mask] == 0).all() and (rollouts.values[~rollouts.mask] == 0).all()
+
+
+def tiny_classifier(tokenizer, seed: int):
+    config = build_config("tiny-llama", len(tokenizer), tokenizer=tokenizer, num_labels=1, num_hidden_layers=2)
+    torch.manual_seed(seed)
+    return LlamaForSequenceClassification(config).eval()
+
+
+def test_reward_model_score_is_independent_of_padding(tiny_model, tokenizer, ppo_args):
+    """Prompts of different lengths are left-padded, responses right-padded after the stop token: each row's score
+    equals the reward model's own score of that row alone, unpadded."""
+    dataset = get_task("copy", length=1).train(1).select([0] * 2)
+    dataset = dataset.map(
+        lambda row, i: {"prompt": row["prompt"] if i == 0 else "copy:1,2,3,4,5,6="}, with_indices=True
+    )
+    reward_model = tiny_classifier(tokenizer, seed=1)
+    args = ppo_args(per_device_train_batch_size=2, num_mini_batches=1)
+    trainer = ScriptedPPOTrainer(
+        tiny_model(), args, train_dataset=dataset, processing_class=tokenizer, reward_model=reward_model
+    )
+    eos, a = tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("3")
+    trainer.scripted = torch.tensor([[a, eos, a, a], [a, a, a, a]])
+    rollouts = trainer.make_rollouts(0)
+    for row in range(2):
+        ids = rollouts.query_responses[row][rollouts.attention_mask[row].bool()].unsqueeze(0)
+        with torch.no_grad():
+            alone = reward_model(input_ids=ids).logits[0, 0]
+        torch.testing.assert_close(rollouts.scores[row], alone, atol=1e-4, rtol=1e-4)
+    assert rollouts.attention_mask[0, 0] == 0  # the short prompt really was left-padded
+
+
+# -- a run: metrics, ratio, MTP ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_logs_every_metric_and_first_ratio_is_one(temperature, tiny_model, tokenizer, prompts, ppo_args):
+    """One epoch, one mini-batch: the update runs on the very policy that sampled, so ratio = 1 exactly
+    (the log-probs of rollout and update agree, N+ details' sanity check), at any temperature."""
+    args = ppo_args(max_steps=2, num_ppo_epochs=1, num_mini_batches=1, temperature=temperature)
+    trainer = MTPPPOTrainer(
+        tiny_model(),
+        args,
+        train_dataset=prompts,
+        processing_class=tokenizer,
+        reward_funcs=[zero_reward, digit_fraction],
+    )
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "objective/kl" in h]
+    assert len(logs) == 2
+    for name in PPO_METRICS + MTP_METRICS + ("rewards/digit_fraction/mean",):
+        assert name in logs[-1] and isinstance(logs[-1][name], (int, float)), name
+    assert logs[0]["val/ratio"] == pytest.approx(1.0, abs=1e-5)
+    assert logs[0]["policy/approxkl_avg"] == pytest.approx(0.0, abs=1e-7)
+    assert logs[0]["policy/clipfrac_avg"] == 0.0
+    assert logs[0]["objective/kl"] == pytest.approx(0.0, abs=1e-6)  # the reference is a copy of the start
+    assert logs[-1]["episode"] == 2 * 4
+
+
+def test_decoupled_mtp_leaves_the_policy_to_ppo(tiny_model, tokenizer, prompts, ppo_args):
+    """Decoupled (the default): the policy after an update is the same with or without the MTP loss, while the
+    heads learn. Coupled: the MTP loss moves the policy."""
+    results = {}
+    for mode, mtp_lambda in (("decoupled", 0.0), ("decoupled", 1.0), ("coupled", 1.0)):
+        trainer = MTPPPOTrainer(
+            tiny_model(),
+            ppo_args(mode=mode, mtp_lambda=mtp_lambda),
+            train_dataset=prompts,
+            processing_class=tokenizer,
+            reward_funcs=first_token_parity,
+        )
+        heads_before = {k: v.clone() for k, v in trainer.mtp_model.heads.state_dict().items()}
+        trainer.train()
+        heads_after = trainer.mtp_model.heads.state_dict()
+        results[mode, mtp_lambda] = (
+            policy_state(trainer),
+            any(not torch.equal(heads_before[k], heads_after[k]) for k in heads_before),
+        )
+    base, with_mtp, coupled = results["decoupled", 0.0], results["decoupled", 1.0], results["coupled", 1.0]
+    initial = {k: v for k, v in tiny_model().state_dict().items()}
+    assert any(not torch.equal(base[0][k], initial[k]) for k in base[0])  # PPO did move the policy
+    assert all(torch.equal(base[0][k], with_mtp[0][k]) for k in base[0])
+    assert with_mtp[1] and not base[1]  # heads learn only with lambda > 0
+    assert any(not torch.equal(base[0][k], coupled[0][k]) for k in base[0])
+
+
+@pytest.mark.parametrize("head_type", ["sequential", "parallel"])
+def test_mtp_variants_train_and_log(head_type, tiny_model, tokenizer, prompts, ppo_args):
+    args = ppo_args(
+        head_type=head_type,
+        mode="coupled",
+        mtp_lambda=0.3,
+        mtp_lambda_schedule="linear",
+        mtp_lambda_end=0.1,
+        mtp_window_schedule="forward",
+        max_steps=2,
+    )
+    trainer = MTPPPOTrainer(
+        tiny_model(), args, train_dataset=prompts, processing_class=tokenizer, reward_funcs=first_token_parity
+    )
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "mtp/loss" in h]
+    assert [h["mtp/window"] for h in logs] == [1.0, 2.0]  # forward curriculum over the 2 iterations
+    assert logs[0]["mtp/lambda"] == pytest.approx(0.3) and logs[1]["mtp/lambda"] == pytest.approx(0.2)
+    assert all(math.isfinite(h["mtp/loss_depth_1"]) for h in logs)
+
+
+def test_speculative_rollouts_train_and_log_acceptance(tiny_model, tokenizer, prompts, ppo_args):
+    args = ppo_args(speculative_rollouts=True, head_type="blockwise", num_mtp_heads=3, mode="decoupled")
+    trainer = MTPPPOTrainer(
+        tiny_model(), args, train_dataset=prompts, processing_class=tokenizer, reward_funcs=first_token_parity
+    )
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "spec/mean_accepted_length" in h]
+    assert len(logs) == 2
+    for h in logs:
+        assert 1.0 <= h["spec/mean_accepted_length"] <= 4.0
+        rates = [h[f"spec/acceptance_pos_{i}"] for i in (1, 2, 3)]
+        assert all(0.0 <= r <= 1.0 for r in rates) and rates == sorted(rates, reverse=True)
+        assert math.isfinite(h["objective/scores"])
+
+
 def test_adaptive_draft_tokens_in_rollouts(tiny_model, tokenizer, prompts, ppo_args):
     """One planner serves every rollout of the run (its rounds add up over iterations) and chooses fewer than D drafts
     in some rounds; the rollouts log drafts per round, acceptance per depth and tokens per second."""

@@ -22,7 +22,9 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from trl_mtp.losses import depth_weights
 from trl_mtp.model import CONFIG_FILE, MTPForCausalLM
 from trl_mtp.schedules import MTPStepPlan
+from trl_mtp.trainers.mtp_alarms import MTPAlarmCallback
 from trl_mtp.trainers.mtp_args import MTPArguments
+from trl_mtp.trainers.mtp_targets import adaptive_lambda, filter_mtp_labels, trunk_gradients
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +147,24 @@ class MTPTrainerMixin:
         for param in self.mtp_model.heads.parameters():
             param.requires_grad_(True)
         self._refuse_engine_clipping()
+        if getattr(self.args, "mtp_alarms", False):
+            alarms = MTPAlarmCallback(
+                self.args.alarm_acceptance_drop,
+                self.args.alarm_entropy_fraction,
+                self.args.alarm_grad_norm_ratio,
+                self.args.alarm_action,
+                respond=self.respond_to_alarm,
+            )
+            # first: the printer and the reporting callbacks then see the alarm metrics it adds to each log
+            self.callback_handler.callbacks.insert(0, alarms)
+
+    def respond_to_alarm(self, action: str) -> None:
+        """The automatic response of `alarm_action`: stop the MTP loss training the policy, or stop speculating."""
+        if action == "decouple":
+            self.args.mode = "decoupled"
+            self.mtp_model.set_loss_config(self.args.mtp_config())
+        elif action == "stop_speculation":
+            self.args.speculative_rollouts = False
 
     # -- the loss ---------------------------------------------------------------------------------------------
     def _current_plan(self, training: bool) -> MTPStepPlan:
@@ -172,7 +192,8 @@ class MTPTrainerMixin:
         `position_ids`. `divisor`: the parent's own loss scaling for gradient accumulation when it does not pass
         `num_items_in_batch` (GRPO/RLOO divide each micro-batch mean by the accumulation steps)."""
         training = self.model.training
-        term = self.mtp_loss_term(inputs, num_items_in_batch, training=training) / divisor
+        # the policy loss at the MTP term's scale (before the division by `divisor`), for the adaptive lambda
+        term = self.mtp_loss_term(inputs, num_items_in_batch, training=training, policy_loss=loss * divisor) / divisor
         if not training:
             return loss
         loss = loss + term
@@ -182,19 +203,22 @@ class MTPTrainerMixin:
             loss = loss.detach().requires_grad_()
         return loss
 
-    def mtp_loss_term(self, inputs: dict, num_items_in_batch=None, training: bool = True) -> torch.Tensor:
+    def mtp_loss_term(
+        self, inputs: dict, num_items_in_batch=None, training: bool = True, policy_loss: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """lambda * MTP loss for the batch the parent trainer just ran forward, and its metrics.
 
         Scaled like TRL scales its own loss: divided by `num_items_in_batch` (gradient accumulation) and multiplied
-        by the number of processes when tokens are averaged across devices."""
+        by the number of processes when tokens are averaged across devices. `policy_loss` (graph attached, at the
+        MTP loss's scale) is what the adaptive lambda schedule balances the MTP loss against."""
         mode = "train" if training else "eval"
         plan = self._current_plan(training)
         metrics = self._metrics[mode]
-        metrics["mtp/lambda"].append(plan.mtp_lambda)
         metrics["mtp/window"].append(float(plan.window))
         metrics["mtp/applied"].append(float(plan.apply))
         touch = self._touch_heads()
         if not plan.apply:
+            metrics["mtp/lambda"].append(plan.mtp_lambda)
             return touch
         out = self.mtp_model.compute_mtp_loss(
             inputs["input_ids"],
@@ -205,10 +229,24 @@ class MTPTrainerMixin:
             num_items_in_batch=num_items_in_batch,
         )
         self._log_mtp_metrics(mode, out, plan.window)
-        term = plan.mtp_lambda * out.loss
+        mtp_lambda = plan.mtp_lambda
+        if training and policy_loss is not None and self._adaptive_lambda_applies():
+            mtp_lambda = self._adaptive_lambda(policy_loss, out.loss, ceiling=plan.mtp_lambda)
+        metrics["mtp/lambda"].append(mtp_lambda)
+        term = mtp_lambda * out.loss
         if num_items_in_batch is not None and getattr(self.args, "average_tokens_across_devices", False):
             term = term * self.accelerator.num_processes
         return (term if training else term.detach()) + touch
+
+    def _adaptive_lambda_applies(self) -> bool:
+        return self.args.mtp_lambda_schedule == "adaptive" and self.args.mode == "coupled"
+
+    def _adaptive_lambda(self, policy_loss: torch.Tensor, mtp_loss: torch.Tensor, ceiling: float) -> float:
+        """The adaptive weight of `trl_mtp.trainers.mtp_targets`, from both losses' gradients on the trunk's hidden
+        state, summed over processes (every process then uses the same weight)."""
+        alignment, mtp_sq_norm = trunk_gradients(policy_loss, mtp_loss, self.mtp_model.trunk.hidden)
+        sums = self.accelerator.reduce(torch.stack([alignment, mtp_sq_norm]), reduction="sum")
+        return adaptive_lambda(sums[0].item(), sums[1].item(), ceiling)
 
     @staticmethod
     def completion_mtp_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask) -> dict:
@@ -274,9 +312,23 @@ class MTPTrainerMixin:
         rescale the policy's update (with one global norm they would). Returns the norm over both groups."""
         from accelerate.utils import DistributedType
 
-        if self.args.mode != "decoupled" or self.accelerator.distributed_type == DistributedType.DEEPSPEED:
-            return super()._clip_grad_norm(model)  # DeepSpeed: refused at set-up when it clips
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            return super()._clip_grad_norm(model)  # the gradients live in the engine; refused at set-up when it clips
+        if self.args.mode != "decoupled":
+            self._log_grad_norms()  # fp16: before the parent unscales, so both carry the loss scale (ratio exact)
+            return super()._clip_grad_norm(model)
         return self.clip_each_group(self.args.max_grad_norm)
+
+    def _log_grad_norms(self) -> None:
+        """`mtp/grad_norm_heads` (the heads' parameters) and `mtp/grad_norm_policy` (every trainable parameter
+        outside the auxiliary modules), before clipping: what the gradient-norm alarm compares."""
+        _, policy = self._clip_groups()
+        for name, params in (("heads", list(self.mtp_model.heads.parameters())), ("policy", policy)):
+            grads = [p.grad for p in params if p.grad is not None]
+            if grads:
+                norm = torch.nn.utils.get_total_norm(grads)
+                norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+                self._metrics["train"][f"mtp/grad_norm_{name}"].append(norm.item())
 
     def clip_each_group(self, max_norm: float) -> torch.Tensor:
         """Clip each group of `_clip_groups` on its own norm; returns the norm over both groups. The gradients are
@@ -285,6 +337,7 @@ class MTPTrainerMixin:
         Under FSDP2 the gradients are DTensor shards: torch's `clip_grad_norm_` reduces the squared local sums across
         ranks, so each group's norm is its full norm (returned as a replicated DTensor, read with `full_tensor`)."""
         self.accelerator.unscale_gradients()
+        self._log_grad_norms()
         norms = [torch.nn.utils.clip_grad_norm_(group, max_norm) for group in self._clip_groups() if group]
         norms = [n.full_tensor() if hasattr(n, "full_tensor") else torch.as_tensor(n) for n in norms]
         return torch.stack([n.float() for n in norms]).norm()
@@ -315,6 +368,9 @@ class MTPOnPolicyMixin(MTPTrainerMixin):
         loss = super()._compute_loss(model, inputs)
         mtp_inputs = self.completion_mtp_inputs(
             inputs["prompt_ids"], inputs["prompt_mask"], inputs["completion_ids"], inputs["completion_mask"]
+        )
+        mtp_inputs["labels"] = filter_mtp_labels(
+            mtp_inputs["labels"], inputs["advantages"], self.args.mtp_sample_filter, inputs["completion_mask"]
         )
         divisor = self.current_gradient_accumulation_steps if self.model.training else 1.0
         return self.add_mtp_loss(loss, mtp_inputs, divisor=divisor)

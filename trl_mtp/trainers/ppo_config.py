@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from trl_mtp.trainers.mtp_args import MTPArguments
+from trl_mtp.trainers.mtp_args import MTPArguments, RLHeadArguments
 
 KL_ESTIMATORS = ("k1", "k3")
 
@@ -18,7 +18,7 @@ def reject(config, name: str, why: str):
 
 
 @dataclass
-class MTPPPOConfig(MTPArguments, TrainingArguments):
+class MTPPPOConfig(RLHeadArguments, MTPArguments, TrainingArguments):
     r"""
     Configuration of [`MTPPPOTrainer`]: every field of `transformers.TrainingArguments`, the PPO fields of TRL's former
     `PPOConfig` (same names and meanings), and the MTP fields of [`MTPSFTConfig`] (`head_type`, `num_mtp_heads`,

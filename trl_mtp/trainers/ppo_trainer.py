@@ -44,6 +44,7 @@ from trl_mtp.adaptive_drafting import DraftPlanner
 from trl_mtp.losses import IGNORE_INDEX
 from trl_mtp.trainers import ppo_core as core
 from trl_mtp.trainers.mtp_mixin import HEADS_MODULE, ModelSource, MTPTrainerMixin, split_heads
+from trl_mtp.trainers.mtp_targets import filter_mtp_labels
 from trl_mtp.trainers.ppo_config import MTPPPOConfig
 from trl_mtp.trainers.ppo_models import PolicyAndValue, disable_dropout, load_sequence_classifier, per_token_scores
 
@@ -555,11 +556,14 @@ class MTPPPOTrainer(MTPTrainerMixin, Trainer):
         )
         unwrapped = self.accelerator.unwrap_model(model)
         value_loss, value_stats = self.value_loss(unwrapped, hidden[:, C - 1 : -1], values[:, C - 1 : -1], batch)
-        # MTP on the rollout tokens, from the hidden states of the forward above: labels = the response only
+        # MTP on the rollout tokens, from the hidden states of the forward above: labels = the response only, of
+        # the samples `mtp_sample_filter` keeps
         labels = batch.query_responses.masked_fill(batch.attention_mask == 0, IGNORE_INDEX)
         labels[:, :C] = IGNORE_INDEX
+        labels = filter_mtp_labels(labels, batch.advantages, args.mtp_sample_filter, batch.mask)
         mtp_term = self.mtp_loss_term(
-            {"input_ids": batch.query_responses, "labels": labels, "attention_mask": batch.attention_mask}
+            {"input_ids": batch.query_responses, "labels": labels, "attention_mask": batch.attention_mask},
+            policy_loss=policy_loss,
         )
         terms = {"policy": policy_loss, "value": args.vf_coef * value_loss, "mtp": mtp_term}
         extra_terms, extra_stats = self.auxiliary_losses(unwrapped, hidden, full_logits.detach(), batch)
