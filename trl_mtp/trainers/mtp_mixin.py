@@ -40,6 +40,7 @@ def load_mtp_model(model: ModelSource, args: MTPArguments) -> MTPForCausalLM:
     A path holding an MTP checkpoint, or an `MTPForCausalLM`, keeps its trained heads (their architecture fields);
     how they are trained (`mode`, targets, weights: `LOSS_FIELDS`) always comes from `args`. Anything else gets new
     heads built from the MTP fields of `args`."""
+    torch.manual_seed(args.seed)  # new heads, and the modules the trainer builds next, from the run's seed
     if isinstance(model, MTPForCausalLM):
         return _train_with(model, args)
     if isinstance(model, PreTrainedModel):
