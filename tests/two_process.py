@@ -71,13 +71,18 @@ def full_shape(param) -> str:
 
 
 def fingerprint(module) -> str:
-    """`sum,sum of squares` (float64) over every parameter of `module`, FSDP2's shards gathered in full (a
-    collective: every rank calls it): equal on ranks, and in a saved copy, that hold the same model."""
+    """`sum,sum of squares` (float64) over every parameter of `module`, FSDP2's shards and ZeRO-3's partitions
+    gathered in full (a collective: every rank calls it): equal on ranks, and in a saved copy, that hold the same
+    model."""
+    from trl_mtp.heads.trunk import gathered
+
     total, squares = 0.0, 0.0
-    for param in module.parameters():
-        full = (param.full_tensor() if hasattr(param, "full_tensor") else param).detach().double()
-        total += full.sum().item()
-        squares += full.square().sum().item()
+    params = list(module.parameters())
+    with gathered(params):
+        for param in params:
+            full = (param.full_tensor() if hasattr(param, "full_tensor") else param).detach().double()
+            total += full.sum().item()
+            squares += full.square().sum().item()
     return f"{total:.10e},{squares:.10e}"
 
 

@@ -1,18 +1,20 @@
-"""Our PPO or MTP-GRPO under FSDP2 or DeepSpeed ZeRO-2 as users launch them (accelerate config + the trainer), run by
+"""Our PPO or MTP-GRPO under FSDP2 or DeepSpeed ZeRO-2 / ZeRO-3 as users launch them (accelerate config + the trainer), run by
 test_sharded_rl.py in 2 CPU processes (gloo).
 
-argv: the initial model's folder, output_dir, trainer (ppo | grpo), engine (ddp | fsdp2 | zero2), mode (coupled |
-decoupled), and optionally `no-unshard` (PPO's sampling without the FSDP2 root's parameters gathered, for the test).
+argv: the initial model's folder, output_dir, trainer (ppo | grpo), engine (ddp | fsdp2 | zero2 | zero3), mode (coupled |
+decoupled), and optionally `no-unshard` (PPO's sampling without the FSDP2 root's parameters gathered, for the test)
+or `no-gather` (PPO's reference copied from ZeRO-3's empty partitions, for the test).
 2 iterations of a tiny Llama with 2 sequential heads, then `save_model`. Reports, per rank: whether lm_head is still
 the input embedding, fingerprints (`two_process.fingerprint`) of every trained parameter before and after training
-and of the causal LM with its heads after it (what the saved folder must hold), and the first logged MTP loss.
+and of the causal LM with its heads after it (what the saved folder must hold), the first logged MTP loss, and
+the first head's eh_proj as this rank holds it and in full (ZeRO-3 partitions it).
 """
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the launch helpers
-from two_process import enable_cpu_fsdp, fingerprint, report_and_exit  # noqa: E402
+from two_process import enable_cpu_fsdp, fingerprint, full_shape, local_shape, report_and_exit  # noqa: E402
 
 from trl_mtp import MTPGRPOConfig, MTPGRPOTrainer, MTPPPOConfig, MTPPPOTrainer  # noqa: E402
 from trl_mtp.embedded.tasks.registry import get_task  # noqa: E402
@@ -25,6 +27,22 @@ if "no-unshard" in sys.argv[6:]:  # the broken rollout a test must catch: sampli
     import trl_mtp.trainers.ppo_trainer
 
     trl_mtp.trainers.ppo_trainer.register_fsdp_forward_method = lambda module, name: None
+if "no-gather" in sys.argv[6:]:  # the broken reference a test must catch: copied from ZeRO-3's empty partitions
+    import copy
+
+    from transformers import PreTrainedModel
+
+    from trl_mtp.heads.trunk import Trunk
+
+    copy_module = Trunk.copy_module
+
+    def copy_without_gathering(self, module):  # the heads' layers are still copied from the gathered trunk
+        if not isinstance(module, PreTrainedModel):
+            return copy_module(self, module)
+        with self.hooks_removed():
+            return copy.deepcopy(module)
+
+    Trunk.copy_module = copy_without_gathering
 
 
 def parity(prompts, completions, completion_ids, **kwargs):
@@ -67,6 +85,7 @@ else:
 before = fingerprint(trainer.model)
 trainer.train()
 first = next(h for h in trainer.state.log_history if "mtp/loss" in h)
+eh_proj = next(p for name, p in trainer.model_wrapped.named_parameters() if name.endswith("0.eh_proj.weight"))
 trained = trainer.accelerator.unwrap_model(trainer.model_wrapped)
 policy = fingerprint(trained.policy if algorithm == "ppo" else trained)  # the causal LM with its heads attached
 trainer.save_model()
@@ -80,4 +99,6 @@ report_and_exit(
     policy=policy,
     mtp_loss=f"{first['mtp/loss']:.6f}",
     steps=trainer.state.global_step,
+    eh_proj=local_shape(eh_proj),
+    eh_proj_full=full_shape(eh_proj),
 )

@@ -1,4 +1,4 @@
-"""Our PPO and MTP-GRPO in 2 CPU processes (gloo) under FSDP2 and DeepSpeed ZeRO-2, launched with the example
+"""Our PPO and MTP-GRPO in 2 CPU processes (gloo) under FSDP2 and DeepSpeed ZeRO-2 / ZeRO-3, launched with the example
 configs, 2 iterations of a tiny Llama with 2 sequential heads (sharded_rl_run.py).
 
 Each engine run must: keep lm_head tied to the input embedding, leave every rank with the same parameters (a
@@ -6,8 +6,9 @@ fingerprint of the full, gathered parameters), move them, and save a gathered ch
 `MTPForCausalLM.from_pretrained` loads with the trained weights. A 1-process run cannot be compared: each process
 samples its own rollouts from its own random stream, and one process sampling the global batch draws other tokens.
 The 2-process DDP run samples exactly what the FSDP2 run samples (same seeds per rank, same prompts), so FSDP2 must
-end where DDP ends (seen: equal to 1e-10 relative). ZeRO-2 runs coupled (the example config clips in the engine, on
-one norm: decoupled mode is refused there) and clips on one global norm where DDP clips each group: not compared.
+end where DDP ends (seen: equal to 1e-10 relative). ZeRO-2 and ZeRO-3 run coupled (the example configs clip in the
+engine, on one norm: decoupled mode is refused there) and clip on one global norm where DDP clips each group: not
+compared.
 """
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ from trl_mtp import MTPForCausalLM
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "accelerate"
 RUN = Path(__file__).with_name("sharded_rl_run.py")
 DEEPSPEED_ON_CPU = {"DS_ACCELERATOR": "cpu", "ACCELERATE_USE_CPU": None}
-PORTS = {("ppo", "ddp"): 29591, ("ppo", "fsdp2"): 29592, ("ppo", "zero2"): 29593}
+PORTS = {("ppo", "ddp"): 29591, ("ppo", "fsdp2"): 29592, ("ppo", "zero2"): 29593, ("ppo", "zero3"): 29594}
 
 
 def run(initial_model, out_dir, algorithm, engine, mode, *extra):
     port = PORTS[("ppo", engine)] + (10 if algorithm == "grpo" else 0) + (20 if extra else 0)
     config = {"ddp": {}, "fsdp2": {"config_file": EXAMPLES / "fsdp.yaml"}}.get(engine)
-    if config is None:
-        config = {"config_file": EXAMPLES / "deepspeed_zero2.yaml", "env": DEEPSPEED_ON_CPU}
+    if config is None:  # zero2 | zero3
+        config = {"config_file": EXAMPLES / f"deepspeed_{engine}.yaml", "env": DEEPSPEED_ON_CPU}
     return launch(RUN, initial_model, str(out_dir), algorithm, engine, mode, *extra, port=port, **config)
 
 
@@ -59,12 +60,26 @@ def test_fsdp2_rl_matches_ddp(tmp_path, initial_model, algorithm):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("engine", ["zero2", "zero3"])
 @pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
-def test_zero2_rl_runs_and_ranks_agree(tmp_path, initial_model, algorithm):
+def test_zero_rl_runs_and_ranks_agree(tmp_path, initial_model, algorithm, engine):
     pytest.importorskip("deepspeed")  # the `.[deepspeed]` extra
-    reports = run(initial_model, tmp_path, algorithm, "zero2", "coupled")
+    reports = run(initial_model, tmp_path, algorithm, engine, "coupled")
     assert {r["mode"] for r in reports} == {"DEEPSPEED"}
+    assert [r["eh_proj_full"] for r in reports] == ["128x256"] * 2
+    # ZeRO-3 partitions the parameters: each rank holds a flat half of eh_proj (128*256/2); ZeRO-2 holds them full
+    assert [r["eh_proj"] for r in reports] == ["16384" if engine == "zero3" else "128x256"] * 2
     assert_ranks_agree_moved_and_saved(reports, tmp_path)
+
+
+@pytest.mark.slow
+def test_zero3_ppo_reference_is_copied_from_the_gathered_parameters(tmp_path, initial_model):
+    """Under ZeRO-3 the loaded base holds empty partitions: PPO's frozen KL reference (a copy of the initial policy,
+    outside the engine, which never gathers it) must be copied from the gathered parameters. Copied without the
+    gathering, its weights are empty tensors and the first reference pass fails."""
+    pytest.importorskip("deepspeed")
+    with pytest.raises(AssertionError, match="must be 2-D"):
+        run(initial_model, tmp_path, "ppo", "zero3", "coupled", "no-gather")
 
 
 @pytest.mark.slow

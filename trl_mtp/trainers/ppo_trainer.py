@@ -25,7 +25,6 @@ added to PPO's), `after_optimizer_step`, `_auxiliary_modules` (clipped apart fro
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import os
 import time
@@ -178,8 +177,9 @@ class MTPPPOTrainer(MTPTrainerMixin, Trainer):
         base = self._prepare_mtp_model(model, args, peft_config)
         init_kwargs = args.model_init_kwargs if isinstance(args.model_init_kwargs, dict) else {}
         if ref_model is None and peft_config is None:
-            with self.mtp_model.trunk.hooks_removed():  # the copy must not write into the policy's capture
-                ref_model = copy.deepcopy(base)
+            # without our capture hooks, and from the full parameters under ZeRO-3 (the base holds empty partitions
+            # there): a plain full copy on every rank, which the engine never partitions
+            ref_model = self.mtp_model.trunk.copy_module(base)
             if hasattr(ref_model, HEADS_MODULE):
                 delattr(ref_model, HEADS_MODULE)
         elif isinstance(ref_model, (str, os.PathLike)):
