@@ -10,7 +10,7 @@ want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
   .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
-  .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,deepspeed]'
+  .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,deepspeed,tracking]'
   echo "$want" > "$stamp"
 fi
 # The report test renders the HTML pages in headless chromium: install it where this script can (root, apt-get);

@@ -35,7 +35,7 @@ def trl_mtp_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tokenizer(trl_mtp_cache):
     """The embedded tokenizer, built once per session into the session cache."""
-    from trl_mtp.tasks.tokenizer import get_tokenizer
+    from trl_mtp.embedded.tokenizer import get_tokenizer
 
     return get_tokenizer()
 
@@ -44,7 +44,7 @@ def tokenizer(trl_mtp_cache):
 def tiny_model(tokenizer):
     """`tiny_model(preset="tiny-llama", seed=0)`: a fresh randomly initialised preset model on the embedded
     tokenizer (session-scoped: the factory holds nothing, so module- and session-scoped fixtures can use it)."""
-    from trl_mtp.tasks.presets import build_model
+    from trl_mtp.embedded.presets import build_model
 
     def make(preset: str = "tiny-llama", seed: int = 0):
         return build_model(preset, len(tokenizer), tokenizer=tokenizer, seed=seed)
@@ -57,7 +57,7 @@ def model_folders(tmp_path_factory, tokenizer) -> dict:
     """{"base": a tiny Llama saved as a model folder, "mtp": the same with sequential heads (D=2) saved as an MTP
     checkpoint}, each with the embedded tokenizer: what a user passes as `--model` or to `from_pretrained`."""
     from trl_mtp import MTPConfig, MTPForCausalLM
-    from trl_mtp.tasks.presets import build_model
+    from trl_mtp.embedded.presets import build_model
 
     root = tmp_path_factory.mktemp("model-folders")
     base = build_model("tiny-llama", len(tokenizer), tokenizer=tokenizer)

@@ -9,15 +9,16 @@ import torch
 
 from trl_mtp.config import HEAD_TYPES, MTPConfig
 from trl_mtp.decoding import speculative_generate
+from trl_mtp.embedded.presets import build_model
 from trl_mtp.model import MTPForCausalLM
-from trl_mtp.tasks.presets import build_model
 
 FAMILIES = HEAD_TYPES  # every head family, from the one list
 VOCAB, PAD = 96, 0
 
 
-def wrap(base, family: str, depths: int = 3, seed: int = 0, perturb: float = 0.0,
-         perturb_from: int = 1) -> MTPForCausalLM:
+def wrap(
+    base, family: str, depths: int = 3, seed: int = 0, perturb: float = 0.0, perturb_from: int = 1
+) -> MTPForCausalLM:
     """`base` (float64) with fresh heads of `family`; with `perturb`, noise on the heads of depth > perturb_from
     (module-list index; by default depth 1 stays good): rejections at varying depths."""
     model = MTPForCausalLM(base.double(), MTPConfig(head_type=family, num_mtp_heads=depths)).double().eval()
@@ -31,8 +32,16 @@ def wrap(base, family: str, depths: int = 3, seed: int = 0, perturb: float = 0.0
     return model
 
 
-def make_model(family: str, preset: str = "tiny-llama", depths: int = 3, seed: int = 0, vocab: int = VOCAB,
-               perturb: float = 0.0, perturb_from: int = 1, **overrides) -> MTPForCausalLM:
+def make_model(
+    family: str,
+    preset: str = "tiny-llama",
+    depths: int = 3,
+    seed: int = 0,
+    vocab: int = VOCAB,
+    perturb: float = 0.0,
+    perturb_from: int = 1,
+    **overrides,
+) -> MTPForCausalLM:
     small = dict(n_layer=2) if "gpt2" in preset else dict(num_hidden_layers=2)
     base = build_model(preset, vocab, seed=seed, **{**small, **overrides})
     return wrap(base, family, depths, seed, perturb, perturb_from)
@@ -50,16 +59,24 @@ def random_batch(seed: int, batch: int, max_len: int = 14, vocab: int = VOCAB, m
 
 def reference(model, ids, mask, max_new_tokens, eos=None, **settings):
     """Greedy `generate`; eos None: no EOS (not the config's)."""
-    return model.base_model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                                     eos_token_id=[] if eos is None else eos, pad_token_id=PAD, **settings)
+    return model.base_model.generate(
+        ids,
+        attention_mask=mask,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=[] if eos is None else eos,
+        pad_token_id=PAD,
+        **settings,
+    )
 
 
 def check_identity(model, ids, mask, max_new_tokens, eos=None, **settings):
     """Greedy speculative output == `generate`'s, row by row (eos None: no EOS); -> the speculative stats."""
     eos = [] if eos is None else eos
     ref = reference(model, ids, mask, max_new_tokens, eos, **settings)
-    out, stats = speculative_generate(model, ids, mask, max_new_tokens=max_new_tokens, eos_token_id=eos,
-                                      pad_token_id=PAD, do_sample=False, **settings)
+    out, stats = speculative_generate(
+        model, ids, mask, max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=PAD, do_sample=False, **settings
+    )
     T = ids.size(1)
     assert torch.equal(out, ref), f"\nspeculative {out[:, T:].tolist()}\ngenerate    {ref[:, T:].tolist()}"
     return stats

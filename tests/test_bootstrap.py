@@ -27,11 +27,14 @@ def test_constant_and_reproducible():
     assert bootstrap_ci([0, 1, 1, 0, 1], confidence=0.5)[2] <= bootstrap_ci([0, 1, 1, 0, 1], confidence=0.99)[2]
 
 
-@pytest.mark.parametrize("call", [
-    lambda: bootstrap_ci([]),
-    lambda: bootstrap_ci([[1, 2]]),
-    lambda: bootstrap_ci([1, 0], confidence=1.5),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: bootstrap_ci([]),
+        lambda: bootstrap_ci([[1, 2]]),
+        lambda: bootstrap_ci([1, 0], confidence=1.5),
+    ],
+)
 def test_bad_input(call):
     with pytest.raises(ValueError):
         call()

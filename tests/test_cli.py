@@ -9,8 +9,7 @@ from trl_mtp.cli import COMMANDS
 
 
 def run_cli(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "trl_mtp.cli", *args], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "trl_mtp.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
 def test_help_lists_subcommands():
@@ -21,7 +20,7 @@ def test_help_lists_subcommands():
 
 
 def test_tasks_shows_every_task():
-    from trl_mtp.tasks import TASKS
+    from trl_mtp.embedded.tasks import TASKS
 
     result = run_cli("tasks")
     assert result.returncode == 0, result.stderr
@@ -30,16 +29,19 @@ def test_tasks_shows_every_task():
     assert "graph:" in result.stdout and "completion:" in result.stdout
 
 
-@pytest.mark.parametrize("args,bad", [
-    (["pretrain", "--task", "nope", "--steps", "1"], "nope"),
-    (["pretrain", "--preset", "giant-llama", "--steps", "1"], "giant-llama"),
-    (["pretrain", "--steps", "-5"], "-5"),
-    (["pretrain", "--bogus"], "--bogus"),
-    (["demo", "--model", "./no/such/model"], "./no/such/model"),
-    (["demo", "--eval-n", "0"], "0"),
-    (["tasks", "--seed", "x"], "'x'"),
-    (["no-such-command"], "no-such-command"),
-])
+@pytest.mark.parametrize(
+    "args,bad",
+    [
+        (["pretrain", "--task", "nope", "--steps", "1"], "nope"),
+        (["pretrain", "--preset", "giant-llama", "--steps", "1"], "giant-llama"),
+        (["pretrain", "--steps", "-5"], "-5"),
+        (["pretrain", "--bogus"], "--bogus"),
+        (["demo", "--model", "./no/such/model"], "./no/such/model"),
+        (["demo", "--eval-n", "0"], "0"),
+        (["tasks", "--seed", "x"], "'x'"),
+        (["no-such-command"], "no-such-command"),
+    ],
+)
 def test_bad_input_is_one_line(args, bad):
     result = run_cli(*args)
     assert result.returncode == 2
@@ -48,8 +50,21 @@ def test_bad_input_is_one_line(args, bad):
 
 
 def test_pretrain_writes_a_model(tmp_path):
-    result = run_cli("pretrain", "--preset", "tiny-gpt2", "--task", "sort", "--steps", "2", "--seq-len", "16",
-                     "--batch-size", "2", "--out", str(tmp_path / "base"))
+    result = run_cli(
+        "pretrain",
+        "--preset",
+        "tiny-gpt2",
+        "--task",
+        "sort",
+        "--steps",
+        "2",
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "2",
+        "--out",
+        str(tmp_path / "base"),
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == str(tmp_path / "base")
     assert (tmp_path / "base" / "config.json").exists() and (tmp_path / "base" / "pretrain_info.json").exists()

@@ -43,24 +43,48 @@ def test_corrupt_config_json_is_named_and_kept(folders, tmp_path, capsys):
     (mtp / "config.json").write_text('{"model_type": ')
     before = digest(mtp)
     fails_in_one_line(["generate", "--model", str(mtp), "--prompt", "a"], capsys, "config.json", "not valid JSON")
-    fails_in_one_line(["sft", "--model", str(mtp), "--output_dir", str(tmp_path / "out"), "--max_steps", "1"],
-                      capsys, "config.json", "not valid JSON")
+    fails_in_one_line(
+        ["sft", "--model", str(mtp), "--output_dir", str(tmp_path / "out"), "--max_steps", "1"],
+        capsys,
+        "config.json",
+        "not valid JSON",
+    )
     assert digest(mtp) == before and not (tmp_path / "out").exists()
 
 
 def test_model_pointing_at_a_file_says_so(folders, capsys):
-    for command in (["generate", "--prompt", "a"], ["sft", "--output_dir", "unused"], ["probe"], ["export", "--native", "x"]):
+    for command in (
+        ["generate", "--prompt", "a"],
+        ["sft", "--output_dir", "unused"],
+        ["probe"],
+        ["export", "--native", "x"],
+    ):
         file = str(folders / "mtp" / "config.json")
-        argv = [command[0], file, *command[1:]] if command[0] in ("probe", "export") else \
-            [command[0], "--model", file, *command[1:]]
+        argv = (
+            [command[0], file, *command[1:]]
+            if command[0] in ("probe", "export")
+            else [command[0], "--model", file, *command[1:]]
+        )
         line = fails_in_one_line(argv, capsys, file, "is a file, not a model folder")
         assert "does not exist" not in line
 
 
 @pytest.mark.parametrize("command", ["sft", "grpo", "dpo"])
 def test_mistyped_task_name_suggests_the_task(folders, tmp_path, capsys, command):
-    fails_in_one_line([command, "--model", str(folders / "base"), "--dataset_name", "star_grap", "--output_dir",
-                       str(tmp_path / "out")], capsys, "'star_grap'", "did you mean the embedded task 'star_graph'")
+    fails_in_one_line(
+        [
+            command,
+            "--model",
+            str(folders / "base"),
+            "--dataset_name",
+            "star_grap",
+            "--output_dir",
+            str(tmp_path / "out"),
+        ],
+        capsys,
+        "'star_grap'",
+        "did you mean the embedded task 'star_graph'",
+    )
     assert not (tmp_path / "out").exists()  # it fails before anything is loaded or written
 
 
@@ -70,24 +94,48 @@ def test_empty_prompt_is_refused(folders, capsys, prompts, named):
     fails_in_one_line(argv + [x for p in prompts for x in ("--prompt", p)], capsys, "--prompt ''", named)
 
 
-@pytest.mark.parametrize("args, named", [
-    (["--do-sample", "--top-p", "1.5"], "1.5"),
-    (["--do-sample", "--top-p", "0"], "--top-p"),
-    (["--do-sample", "--temperature", "0"], "--temperature"),
-    (["--do-sample", "--temperature", "-1"], "-1"),
-    (["--do-sample", "--top-k", "-1"], "-1"),
-    (["--top-p", "0.9"], "--top-p 0.9 only applies to sampling"),  # would be silently ignored by greedy decoding
-    (["--temperature", "0.7"], "--temperature 0.7 only applies to sampling"),
-    (["--lookahead", "--do-sample"], "--do-sample"),
-])
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["--do-sample", "--top-p", "1.5"], "1.5"),
+        (["--do-sample", "--top-p", "0"], "--top-p"),
+        (["--do-sample", "--temperature", "0"], "--temperature"),
+        (["--do-sample", "--temperature", "-1"], "-1"),
+        (["--do-sample", "--top-k", "-1"], "-1"),
+        (["--top-p", "0.9"], "--top-p 0.9 only applies to sampling"),  # would be silently ignored by greedy decoding
+        (["--temperature", "0.7"], "--temperature 0.7 only applies to sampling"),
+        (["--lookahead", "--do-sample"], "--do-sample"),
+    ],
+)
 def test_sampling_settings_are_checked(folders, capsys, args, named):
     fails_in_one_line(["generate", "--model", str(folders / "mtp"), "--prompt", "a", *args], capsys, named)
 
 
 def test_good_generate_still_runs(folders, capsys):
-    assert cli.main(["generate", "--model", str(folders / "mtp"), "--prompt", "a", "--prompt", "b c", "--do-sample",
-                     "--top-p", "0.9", "--temperature", "0.8", "--top-k", "5", "--max-new-tokens", "3",
-                     "--json"]) == 0
+    assert (
+        cli.main(
+            [
+                "generate",
+                "--model",
+                str(folders / "mtp"),
+                "--prompt",
+                "a",
+                "--prompt",
+                "b c",
+                "--do-sample",
+                "--top-p",
+                "0.9",
+                "--temperature",
+                "0.8",
+                "--top-k",
+                "5",
+                "--max-new-tokens",
+                "3",
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert len(out["completions"]) == 2 and out["stats"]["new_tokens"] <= 6
 
@@ -99,8 +147,13 @@ def test_mtp_config_disagreeing_with_the_weights_names_both(folders, tmp_path, c
     config[field] = value
     (mtp / "mtp_config.json").write_text(json.dumps(config))
     before = digest(mtp)
-    line = fails_in_one_line(["generate", "--model", str(mtp), "--prompt", "a"], capsys, "mtp_config.json says",
-                             f"{field}={value!r}", "mtp_heads.safetensors holds")
+    line = fails_in_one_line(
+        ["generate", "--model", str(mtp), "--prompt", "a"],
+        capsys,
+        "mtp_config.json says",
+        f"{field}={value!r}",
+        "mtp_heads.safetensors holds",
+    )
     assert "head_type='sequential', num_mtp_heads=2" in line  # what the weights are, from the file's metadata
     assert digest(mtp) == before
 

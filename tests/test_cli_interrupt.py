@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-RUN_MODULE = '''
+RUN_MODULE = """
 import os, time
 from pathlib import Path
 
@@ -26,7 +26,7 @@ def run(base_dir, out_dir, *, seed, x):
     while seed == 1 and Path(os.environ["HOLD"]).exists():  # the second run waits for the Ctrl-C
         time.sleep(0.05)
     return {"x": x, "seed": seed, "train_seconds": 0.0}
-'''
+"""
 
 SPEC = """name: interrupted
 run: "grid_run:run"
@@ -47,8 +47,14 @@ def env(**extra) -> dict:
 
 
 def trl_mtp(*args, cwd, environ, stdout=subprocess.PIPE) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "trl_mtp.cli", *args], cwd=cwd, env=environ, text=True,
-                            stdout=stdout, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "trl_mtp.cli", *args],
+        cwd=cwd,
+        env=environ,
+        text=True,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+    )
 
 
 def wait_for(condition, timeout: float, what: str):
@@ -92,18 +98,48 @@ def test_interrupted_experiment_resumes_skipping_finished_runs(tmp_path):
 
 @pytest.mark.slow
 def test_interrupted_sft_saves_a_checkpoint_and_resumes_from_it(tmp_path, tokenizer):
-    from trl_mtp.tasks.presets import build_model
+    from trl_mtp.embedded.presets import build_model
 
     base = tmp_path / "base"
     build_model("tiny-gpt2", len(tokenizer), tokenizer=tokenizer).save_pretrained(base)
     tokenizer.save_pretrained(base)
     out = tmp_path / "out"
     max_steps = 120
-    command = ["sft", "--model", str(base), "--dataset_name", "sort", "--task_params", '{"length": 3, "max_value": 9}',
-               "--num_train_examples", "64", "--num_eval_examples", "0", "--output_dir", str(out), "--max_steps",
-               str(max_steps), "--per_device_train_batch_size", "2", "--logging_steps", "1", "--save_steps", "1000",
-               "--report_to", "none", "--activation_checkpointing", "false", "--dataloader_pin_memory", "false",
-               "--head_type", "parallel", "--num_mtp_heads", "1", "--learning_rate", "1e-3"]
+    command = [
+        "sft",
+        "--model",
+        str(base),
+        "--dataset_name",
+        "sort",
+        "--task_params",
+        '{"length": 3, "max_value": 9}',
+        "--num_train_examples",
+        "64",
+        "--num_eval_examples",
+        "0",
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        str(max_steps),
+        "--per_device_train_batch_size",
+        "2",
+        "--logging_steps",
+        "1",
+        "--save_steps",
+        "1000",
+        "--report_to",
+        "none",
+        "--activation_checkpointing",
+        "false",
+        "--dataloader_pin_memory",
+        "false",
+        "--head_type",
+        "parallel",
+        "--num_mtp_heads",
+        "1",
+        "--learning_rate",
+        "1e-3",
+    ]
     log = tmp_path / "first.log"
     with open(log, "w") as stdout:
         proc = trl_mtp(*command, cwd=tmp_path, environ=env(), stdout=stdout)

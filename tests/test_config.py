@@ -29,8 +29,14 @@ def test_bad_value_raises_naming_the_field(field, value):
 
 
 def test_defaults_valid_and_dict_round_trip():
-    config = MTPConfig(head_type="sequential", num_mtp_heads=4, mode="decoupled", decoupled_target="self_distill",
-                       self_distill_topk=8, mtp_depth_decay=0.8)
+    config = MTPConfig(
+        head_type="sequential",
+        num_mtp_heads=4,
+        mode="decoupled",
+        decoupled_target="self_distill",
+        self_distill_topk=8,
+        mtp_depth_decay=0.8,
+    )
     assert MTPConfig.from_dict(config.to_dict()) == config
     assert MTPConfig().num_mtp_heads == 2
 

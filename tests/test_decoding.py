@@ -14,11 +14,11 @@ import pytest
 import torch
 from decoding_models import FAMILIES, PAD, VOCAB, check_identity, make_model, random_batch, reference
 
-from trl_mtp.config import MTPConfig
 import trl_mtp.decoding as decoding
+from trl_mtp.config import MTPConfig
 from trl_mtp.decoding import pool_acceptance, slot_positions
+from trl_mtp.embedded.presets import build_model
 from trl_mtp.model import MTPForCausalLM
-from trl_mtp.tasks.presets import build_model
 
 
 # -- greedy: identical to generate -----------------------------------------------------------------------------------
@@ -94,7 +94,7 @@ def test_eos_inside_accepted_block(family, monkeypatch):
     T = ids.size(1)
     for j in range(1, 12):  # EOS = the row-0 token at generated index j (first occurrence), reached as a draft
         eos = int(free[0, T + j])
-        if eos in free[0, T:T + j].tolist():
+        if eos in free[0, T : T + j].tolist():
             continue
         stats = check_identity(model, ids, mask, 40, eos=eos)
         assert stats["mean_accepted_length"] > 4.0  # oracle drafts: whole blocks accepted, EOS inside one
@@ -113,7 +113,7 @@ def test_rejections_at_chosen_depths(family, monkeypatch):
 def test_batch_rows_finish_at_different_times():
     model = make_model("blockwise", perturb=0.3)
     ids, mask = random_batch(11, 5)
-    free = reference(model, ids, mask, 20)[:, ids.size(1):]
+    free = reference(model, ids, mask, 20)[:, ids.size(1) :]
     eos = int(free[2, 5])  # row 2 ends at its 6th token at the latest; others whenever they meet this token
     stats = check_identity(model, ids, mask, 20, eos=eos)
     assert min(len([k for k in r if k >= 0]) for r in stats["accepted_per_round"]) < ids.size(0)  # some rows stopped
@@ -124,29 +124,44 @@ def test_stats_fields_and_method():
     ids, mask = random_batch(0, 1)
     out, stats = model.speculative_generate(ids, mask, max_new_tokens=10, eos_token_id=None, pad_token_id=PAD)
     assert out.shape == (1, ids.size(1) + 10)
-    for key in ("mean_accepted_length", "acceptance_by_position", "forwards", "drafted", "accepted", "wall_time_s",
-                "tokens_per_s", "new_tokens"):
+    for key in (
+        "mean_accepted_length",
+        "acceptance_by_position",
+        "forwards",
+        "drafted",
+        "accepted",
+        "wall_time_s",
+        "tokens_per_s",
+        "new_tokens",
+    ):
         assert key in stats
     assert stats["new_tokens"] == 10 and len(stats["acceptance_by_position"]) == 3
     assert stats["forwards"] < 10  # accept-heavy: fewer base forwards than tokens
-    assert stats["mean_accepted_length"] == pytest.approx(1 + sum(stats["acceptance_by_position"]) *
-                                                          (stats["forwards"] - 1) / stats["forwards"])
+    assert stats["mean_accepted_length"] == pytest.approx(
+        1 + sum(stats["acceptance_by_position"]) * (stats["forwards"] - 1) / stats["forwards"]
+    )
 
 
 def test_pooled_acceptance_weighs_every_round_of_every_row_alike():
     model = make_model("sequential", perturb=0.5)  # depth 1 good, deeper heads noisy: rounds keep 0..3 drafts
     ids, mask = random_batch(3, 4)
-    calls = [model.speculative_generate(ids[i:i + 1], mask[i:i + 1, :], max_new_tokens=12, eos_token_id=None,
-                                        pad_token_id=PAD)[1] for i in range(4)]
+    calls = [
+        model.speculative_generate(
+            ids[i : i + 1], mask[i : i + 1, :], max_new_tokens=12, eos_token_id=None, pad_token_id=PAD
+        )[1]
+        for i in range(4)
+    ]
     kept = [k for st in calls for round_ in st["accepted_per_round"] for k in round_ if k >= 0]
     pooled = pool_acceptance(calls)
     assert pooled["mean_accepted_length"] == pytest.approx((sum(k + 1 for k in kept) + 4) / (len(kept) + 4))
     assert pooled["acceptance_by_position"] == pytest.approx([sum(k > i for k in kept) / len(kept) for i in range(3)])
     assert len(set(kept)) > 1  # rounds differ, so pooling differs from a mean of per-call means in general
-    assert pool_acceptance(calls[:1]) == {key: calls[0][key] for key in ("mean_accepted_length",
-                                                                          "acceptance_by_position")}
-    fewer = model.speculative_generate(ids[:1], mask[:1], max_new_tokens=4, eos_token_id=None, pad_token_id=PAD,
-                                       num_draft_tokens=1)[1]
+    assert pool_acceptance(calls[:1]) == {
+        key: calls[0][key] for key in ("mean_accepted_length", "acceptance_by_position")
+    }
+    fewer = model.speculative_generate(
+        ids[:1], mask[:1], max_new_tokens=4, eos_token_id=None, pad_token_id=PAD, num_draft_tokens=1
+    )[1]
     with pytest.raises(ValueError, match=r"same number of tokens, got \[1, 3\]"):
         pool_acceptance([calls[0], fewer])
 
@@ -188,15 +203,25 @@ def test_sequential_window_follows_the_rows_still_decoding(monkeypatch):
     D + the holes of one round) however long the others go on; counting finished rows made it grow every round."""
     model = make_model("sequential", depths=3, perturb=0.3)
     ids, mask = random_batch(11, 5)
-    free = reference(model, ids, mask, 40)[:, ids.size(1):]
+    free = reference(model, ids, mask, 40)[:, ids.size(1) :]
     eos = int(free[2, 2])  # row 2 ends at its 3rd token at the latest; others run on
     windows = _sequential_windows(model, ids, mask, 40, eos, monkeypatch)
     assert max(windows[1:]) <= 2 * (3 + 1) + 1, windows  # round 1 recomputes the prompt
     assert len(windows) > 8  # long enough that a pinned window would have grown past the bound
 
     monkeypatch.undo()  # the recording propose of the first run
-    monkeypatch.setattr(decoding.SequentialDrafter, "plan_figure", lambda self, mask, n_valid, done: (  # every row
-        slot_positions(mask) > (n_valid - self.num_depths)[:, None]).float().argmax(1).long())
+    monkeypatch.setattr(
+        decoding.SequentialDrafter,
+        "plan_figure",
+        lambda self, mask, n_valid, done: (
+            (  # every row
+                slot_positions(mask) > (n_valid - self.num_depths)[:, None]
+            )
+            .float()
+            .argmax(1)
+            .long()
+        ),
+    )
     pinned = _sequential_windows(model, ids, mask, 40, eos, monkeypatch)
     assert max(pinned[1:]) > 2 * (3 + 1) + 1, pinned  # the old rule (all rows) lets the window grow
 
@@ -227,8 +252,9 @@ def test_one_host_read_per_round(family, monkeypatch):
     totals = {}
     for max_new_tokens in (8, 24):
         calls = count_host_reads(monkeypatch)
-        _, stats = model.speculative_generate(ids, mask, max_new_tokens=max_new_tokens, eos_token_id=[],
-                                              pad_token_id=PAD)
+        _, stats = model.speculative_generate(
+            ids, mask, max_new_tokens=max_new_tokens, eos_token_id=[], pad_token_id=PAD
+        )
         monkeypatch.undo()
         totals[max_new_tokens] = (calls[0], stats["forwards"])
     (short, short_forwards), (long, long_forwards) = totals[8], totals[24]
@@ -251,8 +277,9 @@ def test_host_read_counter_sees_a_read_per_round(monkeypatch):
     for max_new_tokens in (8, 24):
         with monkeypatch.context() as patch:
             calls = count_host_reads(patch)
-            forwards = model.speculative_generate(ids, mask, max_new_tokens=max_new_tokens, eos_token_id=[],
-                                                  pad_token_id=PAD)[1]["forwards"]
+            forwards = model.speculative_generate(
+                ids, mask, max_new_tokens=max_new_tokens, eos_token_id=[], pad_token_id=PAD
+            )[1]["forwards"]
         reads.append((calls[0], forwards))
     assert reads[1][0] - reads[0][0] == 2 * (reads[1][1] - reads[0][1])
 
@@ -284,8 +311,11 @@ def test_all_depths_projected_at_once_outside_the_capture_hook(family, monkeypat
 
     calls, forwards = count()
     assert calls == {"lm_head": 2 * forwards - 1, "norm_hook": forwards}
-    monkeypatch.setattr(decoding.Drafter, "project", lambda self, hiddens: torch.stack(
-        [self.heads.depth_logits(i, h) for i, h in enumerate(hiddens, start=1)], 1))
+    monkeypatch.setattr(
+        decoding.Drafter,
+        "project",
+        lambda self, hiddens: torch.stack([self.heads.depth_logits(i, h) for i, h in enumerate(hiddens, start=1)], 1),
+    )
     broken, forwards = count()
     assert broken["norm_hook"] == forwards + 3 * (forwards - 1)
 
@@ -314,8 +344,13 @@ def test_parallel_heads_run_over_kept_slots_only(monkeypatch):
     expected = [ids.size(1)] + [max(k for k in round_ if k >= 0) + 1 for round_ in stats["accepted_per_round"]]
     assert seen == expected and min(expected[1:]) < 4  # some round kept fewer than D + 1 = 4 slots
     observe = decoding.ParallelDrafter.observe
-    monkeypatch.setattr(decoding.ParallelDrafter, "observe", lambda self, state, hidden, kwargs, update: observe(
-        self, state, hidden, kwargs, dataclasses.replace(update, keep=update.new_start + hidden.size(1))))
-    with pytest.raises(Exception):  # every verified slot run: the drafts differ, the stats or the slots seen too
+    monkeypatch.setattr(
+        decoding.ParallelDrafter,
+        "observe",
+        lambda self, state, hidden, kwargs, update: observe(
+            self, state, hidden, kwargs, dataclasses.replace(update, keep=update.new_start + hidden.size(1))
+        ),
+    )
+    with pytest.raises(Exception):  # noqa: B017 (an assertion or a shape error: either shows it) every verified slot run: the drafts differ, the stats or the slots seen too
         seen, stats = slots_seen()
         assert seen == [ids.size(1)] + [max(k for k in r if k >= 0) + 1 for r in stats["accepted_per_round"]]

@@ -12,12 +12,21 @@ from transformers.cache_utils import DynamicSlidingWindowLayer
 
 import trl_mtp.decoding as decoding
 from trl_mtp.decoding import new_cache
-from trl_mtp.tasks.presets import build_model
+from trl_mtp.embedded.presets import build_model
 
-TINY = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=256)
-WINDOWED = {"mistral": dict(sliding_window=8),  # every layer windowed
-            "gemma2": dict(sliding_window=8, head_dim=16)}  # a windowed layer, then a full one; logit soft-capping
+TINY = dict(
+    vocab_size=96,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+)
+WINDOWED = {
+    "mistral": dict(sliding_window=8),  # every layer windowed
+    "gemma2": dict(sliding_window=8, head_dim=16),
+}  # a windowed layer, then a full one; logit soft-capping
 ATTENTION = {"mistral": "sdpa", "gemma2": "eager"}  # Gemma-2 has no sdpa path
 
 

@@ -20,12 +20,14 @@ def test_every_draft_length_is_lossless(family):
     mask = torch.ones_like(ids)
     mask[1, :3] = 0  # a left-padded row
     ids = ids.masked_fill(mask == 0, PAD)
-    ref = model.base_model.generate(ids, attention_mask=mask, max_new_tokens=15, do_sample=False,
-                                    eos_token_id=None, pad_token_id=PAD)
+    ref = model.base_model.generate(
+        ids, attention_mask=mask, max_new_tokens=15, do_sample=False, eos_token_id=None, pad_token_id=PAD
+    )
     forwards = []
     for k in range(model.heads.num_depths + 1):
-        out, stats = speculative_generate(model, ids, mask, max_new_tokens=15, eos_token_id=None, pad_token_id=PAD,
-                                          num_draft_tokens=k)
+        out, stats = speculative_generate(
+            model, ids, mask, max_new_tokens=15, eos_token_id=None, pad_token_id=PAD, num_draft_tokens=k
+        )
         assert torch.equal(out, ref), f"num_draft_tokens={k}"
         assert len(stats["acceptance_by_position"]) == k
         forwards.append(stats["forwards"])

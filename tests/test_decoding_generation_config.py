@@ -80,23 +80,34 @@ def test_default_top_k_50_applies_when_sampling():
     prompt = torch.tensor([[5, 9, 2, 31, 7]]).expand(300, -1)
 
     def ranks(**settings):  # rank, under the base's logits, of every sampled token (0 = most likely)
-        out, _ = speculative_generate(model, prompt, max_new_tokens=4, do_sample=True, eos_token_id=[],
-                                      pad_token_id=PAD, generator=torch.Generator().manual_seed(0), **settings)
+        out, _ = speculative_generate(
+            model,
+            prompt,
+            max_new_tokens=4,
+            do_sample=True,
+            eos_token_id=[],
+            pad_token_id=PAD,
+            generator=torch.Generator().manual_seed(0),
+            **settings,
+        )
         with torch.no_grad():
-            logits = model.base_model(out).logits[:, prompt.size(1) - 1:-1]
-        new = out[:, prompt.size(1):]
+            logits = model.base_model(out).logits[:, prompt.size(1) - 1 : -1]
+        new = out[:, prompt.size(1) :]
         return (logits > logits.gather(2, new[..., None])).sum(-1)
 
     assert int(ranks().max()) < 50
     assert float((ranks(top_k=0) >= 50).float().mean()) > 0.2
 
 
-@pytest.mark.parametrize("settings, named", [
-    (dict(guidance_scale=1.5), "UnbatchedClassifierFreeGuidanceLogitsProcessor"),
-    (dict(num_beams=2), "beam_search"),
-    (dict(num_return_sequences=2, do_sample=True), "num_return_sequences=2"),
-    (dict(tempreature=0.5), "tempreature"),
-])
+@pytest.mark.parametrize(
+    "settings, named",
+    [
+        (dict(guidance_scale=1.5), "UnbatchedClassifierFreeGuidanceLogitsProcessor"),
+        (dict(num_beams=2), "beam_search"),
+        (dict(num_return_sequences=2, do_sample=True), "num_return_sequences=2"),
+        (dict(tempreature=0.5), "tempreature"),
+    ],
+)
 def test_unsupported_settings_are_refused_by_name(settings, named):
     model = make_model("blockwise")
     with pytest.raises(ValueError, match=named):
@@ -109,7 +120,8 @@ def test_generation_config_argument_as_in_generate():
     model = make_model("parallel", perturb=0.3)
     ids, mask = random_batch(3, 2)
     config = GenerationConfig(do_sample=False, repetition_penalty=1.4, max_new_tokens=99)
-    ref = model.base_model.generate(ids, attention_mask=mask, generation_config=config, max_new_tokens=14,
-                                    pad_token_id=PAD)
+    ref = model.base_model.generate(
+        ids, attention_mask=mask, generation_config=config, max_new_tokens=14, pad_token_id=PAD
+    )
     out, _ = speculative_generate(model, ids, mask, max_new_tokens=14, pad_token_id=PAD, generation_config=config)
     assert torch.equal(out, ref)

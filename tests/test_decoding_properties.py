@@ -18,7 +18,7 @@ PROCESSORS = ({}, {"repetition_penalty": 2.0}, {"no_repeat_ngram_size": 2})
 accept_greedy = decoding.accept_greedy
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def model_for(family: str, depths: int):
     return make_model(family, depths=depths, perturb=0.3, seed=1)
 
@@ -31,18 +31,34 @@ def mismatch(family, depths, drafts, batch, seed, max_len, max_new_tokens, eos_i
     if eos_index is not None:  # an EOS token the greedy continuation of row 0 meets
         eos = int(reference(model, ids, mask, eos_index + 1, **processors)[0, -1])
     ref = reference(model, ids, mask, max_new_tokens, eos, **processors)
-    out, _ = speculative_generate(model, ids, mask, max_new_tokens=max_new_tokens, do_sample=False,
-                                  eos_token_id=eos, pad_token_id=PAD, num_draft_tokens=drafts, **processors)
+    out, _ = speculative_generate(
+        model,
+        ids,
+        mask,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=eos,
+        pad_token_id=PAD,
+        num_draft_tokens=drafts,
+        **processors,
+    )
     return None if torch.equal(out, ref) else f"speculative {out.tolist()}\ngenerate    {ref.tolist()}"
 
 
 @st.composite
 def examples(draw):
     depths = draw(st.integers(1, 4))
-    return dict(family=draw(st.sampled_from(FAMILIES)), depths=depths, drafts=draw(st.integers(0, depths)),
-                batch=draw(st.integers(1, 4)), seed=draw(st.integers(0, 2 ** 16)), max_len=draw(st.integers(1, 10)),
-                max_new_tokens=draw(st.integers(1, 14)), eos_index=draw(st.none() | st.integers(0, 8)),
-                processors=draw(st.sampled_from(PROCESSORS)))
+    return dict(
+        family=draw(st.sampled_from(FAMILIES)),
+        depths=depths,
+        drafts=draw(st.integers(0, depths)),
+        batch=draw(st.integers(1, 4)),
+        seed=draw(st.integers(0, 2**16)),
+        max_len=draw(st.integers(1, 10)),
+        max_new_tokens=draw(st.integers(1, 14)),
+        eos_index=draw(st.none() | st.integers(0, 8)),
+        processors=draw(st.sampled_from(PROCESSORS)),
+    )
 
 
 @settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
@@ -59,8 +75,17 @@ def keeps_one_more_draft(scores, drafts, sampler=None, draft_probs=None):
 
 
 def test_a_broken_acceptance_rule_breaks_the_property(monkeypatch):
-    example = dict(family="blockwise", depths=3, drafts=3, batch=3, seed=0, max_len=8, max_new_tokens=14,
-                   eos_index=None, processors={})
+    example = dict(
+        family="blockwise",
+        depths=3,
+        drafts=3,
+        batch=3,
+        seed=0,
+        max_len=8,
+        max_new_tokens=14,
+        eos_index=None,
+        processors={},
+    )
     assert mismatch(**example) is None
     monkeypatch.setattr(decoding, "accept_greedy", keeps_one_more_draft)
     assert mismatch(**example) is not None

@@ -40,9 +40,11 @@ def resamples_from_p(p, q, k):
     return p[torch.arange(p.size(0)), k]
 
 
-BROKEN = {"keeps last draft": ("draft_acceptance", keeps_last_draft),
-          "bonus from p_{D-1}": ("next_distribution", bonus_from_previous_position),
-          "resamples from p": ("next_distribution", resamples_from_p)}
+BROKEN = {
+    "keeps last draft": ("draft_acceptance", keeps_last_draft),
+    "bonus from p_{D-1}": ("next_distribution", bonus_from_previous_position),
+    "resamples from p": ("next_distribution", resamples_from_p),
+}
 
 
 # -- (1) one round, exactly -----------------------------------------------------------------------------------------
@@ -56,7 +58,7 @@ def round_law_error(V: int = 4, D: int = 3, seed: int = 0) -> float:
     drafts = torch.tensor(list(itertools.product(range(V), repeat=D)))  # [V^D, D]: every draft sequence
     rows = torch.arange(len(drafts))
     p_rows = torch.stack([given(p[j], drafts[:, :j]) for j in range(D + 1)], 1)  # [V^D, D+1, V]
-    q_rows = torch.stack([given(q[j], drafts[:, :j - 1]) for j in range(1, D + 1)], 1)  # [V^D, D, V]
+    q_rows = torch.stack([given(q[j], drafts[:, : j - 1]) for j in range(1, D + 1)], 1)  # [V^D, D, V]
     weight = q_rows[rows[:, None], torch.arange(D), drafts].prod(1)  # P(drafts) = prod_j q_j(d_j | d_<j)
     accept = decoding.draft_acceptance(p_rows[:, :D], q_rows, drafts)  # [V^D, D]
     kept_before = torch.cat([torch.ones_like(accept[:, :1]), accept.cumprod(1)], 1)  # P(d_1..d_k kept)
@@ -65,7 +67,7 @@ def round_law_error(V: int = 4, D: int = 3, seed: int = 0) -> float:
         p_k = kept_before[:, k] * (1 - accept[:, k] if k < D else 1)  # P(exactly k kept | drafts)
         token = decoding.next_distribution(p_rows, q_rows, torch.full((len(drafts),), k))  # [V^D, V]
         context = (drafts[:, :k] * V ** torch.arange(k - 1, -1, -1)).sum(1)  # y_0..y_{k-1} = d_1..d_k, as a number
-        block = torch.zeros(V ** k, V, dtype=torch.float64).index_add_(0, context, (weight * p_k)[:, None] * token)
+        block = torch.zeros(V**k, V, dtype=torch.float64).index_add_(0, context, (weight * p_k)[:, None] * token)
         block = block.view((V,) * (k + 1))  # P(block = y_0..y_k)
         for j in range(k + 1, D + 1):  # plain sampling continues: y_j ~ p_j(. | y_<j)
             block = block[..., None] * p[j]
@@ -106,8 +108,17 @@ PROMPTS = ([3, 7, 1, 9, 4, 2], [5, 8, 6])  # the second is left-padded in the ba
 
 
 def sampling_model(family: str, vocab: int = V, depths: int = D, sharpen: float = 4.0):
-    model = make_model(family, vocab=vocab, depths=depths, perturb=0.1, perturb_from=0, hidden_size=32,
-                       intermediate_size=64, num_attention_heads=2, num_key_value_heads=2)
+    model = make_model(
+        family,
+        vocab=vocab,
+        depths=depths,
+        perturb=0.1,
+        perturb_from=0,
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
     with torch.no_grad():  # sharper next-token distributions than a fresh model's near-uniform ones
         model.trunk.final_norm.weight.mul_(sharpen)
     return model
@@ -163,10 +174,18 @@ def left_padded(prompts, n_each: int):
 def speculative_samples(model, n_each: int, seed: int = 0, **settings):
     """(new tokens [len(PROMPTS) * n_each, D + 2] grouped by prompt, first verify round's kept drafts per row)."""
     ids, mask = left_padded(PROMPTS, n_each)
-    out, stats = speculative_generate(model, ids, mask, max_new_tokens=model.heads.num_depths + 2, do_sample=True,
-                                      eos_token_id=[], pad_token_id=PAD, generator=torch.Generator().manual_seed(seed),
-                                      **settings)
-    return out[:, ids.size(1):].view(len(PROMPTS), n_each, -1), torch.tensor(stats["accepted_per_round"][0])
+    out, stats = speculative_generate(
+        model,
+        ids,
+        mask,
+        max_new_tokens=model.heads.num_depths + 2,
+        do_sample=True,
+        eos_token_id=[],
+        pad_token_id=PAD,
+        generator=torch.Generator().manual_seed(seed),
+        **settings,
+    )
+    return out[:, ids.size(1) :].view(len(PROMPTS), n_each, -1), torch.tensor(stats["accepted_per_round"][0])
 
 
 @pytest.fixture(scope="module")
@@ -219,12 +238,18 @@ def test_checkpoint_generation_config_sampling_matches_generate(family):
     exact = exact_marginals(base, prompt, depths + 2, generate_processors(base, prompt))
     ids = torch.tensor([prompt] * 4000)
     torch.manual_seed(0)  # generate samples from the global generator
-    plain = base.generate(ids, max_new_tokens=depths + 2, eos_token_id=[], pad_token_id=PAD)[:, len(prompt):]
+    plain = base.generate(ids, max_new_tokens=depths + 2, eos_token_id=[], pad_token_id=PAD)[:, len(prompt) :]
     assert min(marginal_pvalues(plain, exact)) > 1e-4, "the enumerated reference is generate's distribution"
-    out, stats = speculative_generate(model, ids, max_new_tokens=depths + 2, eos_token_id=[], pad_token_id=PAD,
-                                      generator=torch.Generator().manual_seed(1))  # no settings: the config's
+    out, stats = speculative_generate(
+        model,
+        ids,
+        max_new_tokens=depths + 2,
+        eos_token_id=[],
+        pad_token_id=PAD,
+        generator=torch.Generator().manual_seed(1),
+    )  # no settings: the config's
     assert 0.05 < stats["acceptance_by_position"][0] < 0.95
-    assert min(marginal_pvalues(out[:, len(prompt):], exact)) > 1e-4
+    assert min(marginal_pvalues(out[:, len(prompt) :], exact)) > 1e-4
     # the same check has the power to see a sampler that ignores the config (the full softmax, temperature 1)
     full = exact_marginals(base, prompt, depths + 2)
-    assert min(marginal_pvalues(out[:, len(prompt):], full)) < 1e-6
+    assert min(marginal_pvalues(out[:, len(prompt) :], full)) < 1e-6

@@ -11,8 +11,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
-FENCE = re.compile(r"(?P<marker><!-- not runnable: (?P<reason>.+?) -->\s*\n)?(?P<indent>[ ]*)```python\n"
-                   r"(?P<code>.*?)\n(?P=indent)```", re.S)
+FENCE = re.compile(
+    r"(?P<marker><!-- not runnable: (?P<reason>.+?) -->\s*\n)?(?P<indent>[ ]*)```python\n"
+    r"(?P<code>.*?)\n(?P=indent)```",
+    re.S,
+)
 
 # placeholder in the docs -> what the test runs instead ({base}, {mtp}: tiny local folders made by the fixture)
 SUBSTITUTIONS = {

@@ -51,8 +51,9 @@ def test_twohot_encode_decode_round_trip():
     # hand-worked: bins [-1, 0, 1], y = 0.25 -> weights 0.75 on 0 and 0.25 on 1
     small = torch.tensor([-1.0, 0.0, 1.0])
     assert torch.allclose(twohot_encode(torch.tensor([0.25]), small), torch.tensor([[0.0, 0.75, 0.25]]))
-    assert torch.allclose(twohot_encode(torch.tensor([5.0, -5.0]), small),
-                          torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]))  # clamped to the range
+    assert torch.allclose(
+        twohot_encode(torch.tensor([5.0, -5.0]), small), torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    )  # clamped to the range
 
 
 def test_twohot_decode_hand_worked_and_exactly_zero_when_uniform():
@@ -101,15 +102,18 @@ def test_lambda_returns_hand_worked():
     # R_2 = v_2 = 20
     # R_1 = r_1 + g c_1 ((1 - l) v_2 + l R_2) = 2 + 0.9 * 0.5 * (10 + 10) = 11
     # R_0 = r_0 + g c_0 ((1 - l) v_1 + l R_1) = 1 + 0.9 * 1 * (5 + 5.5) = 10.45
-    returns = lambda_returns(torch.tensor([[1.0, 2.0]]), torch.tensor([[1.0, 0.5]]), torch.tensor([[0.0, 10.0, 20.0]]),
-                             gamma=0.9, lam=0.5)
+    returns = lambda_returns(
+        torch.tensor([[1.0, 2.0]]), torch.tensor([[1.0, 0.5]]), torch.tensor([[0.0, 10.0, 20.0]]), gamma=0.9, lam=0.5
+    )
     assert torch.allclose(returns, torch.tensor([[10.45, 11.0]]))
     # lam = 1, c = 1: Monte-Carlo return plus the bootstrap; lam = 0: one-step TD targets
     r, c, v = torch.tensor([[1.0, 1.0, 1.0]]), torch.ones(1, 3), torch.tensor([[0.0, 2.0, 3.0, 4.0]])
     assert torch.allclose(lambda_returns(r, c, v, 1.0, 1.0), torch.tensor([[7.0, 6.0, 5.0]]))
     assert torch.allclose(lambda_returns(r, c, v, 1.0, 0.0), torch.tensor([[3.0, 4.0, 5.0]]))
     # termination (c = 0) cuts everything after it
-    assert torch.allclose(lambda_returns(r, torch.tensor([[1.0, 0.0, 1.0]]), v, 1.0, 1.0), torch.tensor([[2.0, 1.0, 5.0]]))
+    assert torch.allclose(
+        lambda_returns(r, torch.tensor([[1.0, 0.0, 1.0]]), v, 1.0, 1.0), torch.tensor([[2.0, 1.0, 5.0]])
+    )
     with pytest.raises(ValueError):
         lambda_returns(r, c, v[:, :3])
 

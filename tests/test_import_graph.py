@@ -87,6 +87,7 @@ def cycles(graph: dict[str, set[str]]) -> list[set[str]]:
 def subpackage_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
     """The module graph with each subpackage (trl_mtp.heads, trl_mtp.diagnostics, ...) as one node: the layering
     between parts of the package, where two parts that import each other form a cycle of two."""
+
     def part(module):
         return ".".join(module.split(".")[:2])
 
@@ -114,8 +115,13 @@ def test_diagnostics_import_nothing_from_experiments():
     graph = import_graph()
     assert "trl_mtp.diagnostics.recorder" in graph["trl_mtp.experiments.sft_runs"]
     assert "trl_mtp.bootstrap" in graph["trl_mtp.diagnostics.consistency"]
-    reach_ins = {(module, imported) for module, deps in graph.items() if module.startswith("trl_mtp.diagnostics")
-                 for imported in deps if imported.startswith("trl_mtp.experiments")}
+    reach_ins = {
+        (module, imported)
+        for module, deps in graph.items()
+        if module.startswith("trl_mtp.diagnostics")
+        for imported in deps
+        if imported.startswith("trl_mtp.experiments")
+    }
     assert not reach_ins
     graph["trl_mtp.diagnostics.plots"].add("trl_mtp.experiments.intervals")  # the old reach-in, put back
     assert ["trl_mtp.diagnostics", "trl_mtp.experiments"] in unexpected_cycles(graph)

@@ -6,8 +6,8 @@ Tiny random models in float64 (a tie in float32 could flip an argmax between a v
 
 from __future__ import annotations
 
-import pytest
 import decoding_models
+import pytest
 import torch
 
 from trl_mtp.lookahead import best_of_n, lookahead_search
@@ -34,10 +34,12 @@ PROMPT = [5, 9, 13, 2, 7, 30]
 @pytest.mark.parametrize("family", ["sequential", "blockwise", "parallel"])
 def test_one_branch_one_beam_is_greedy(family):
     model = make_model(family)
-    ref = model.base_model.generate(torch.tensor([PROMPT]), max_new_tokens=12, do_sample=False, pad_token_id=PAD,
-                                    eos_token_id=None)[0, len(PROMPT):].tolist()
-    result = lookahead_search(model, PROMPT, beam_width=1, branches=1, max_forwards=100, max_new_tokens=12,
-                              pad_token_id=PAD)
+    ref = model.base_model.generate(
+        torch.tensor([PROMPT]), max_new_tokens=12, do_sample=False, pad_token_id=PAD, eos_token_id=None
+    )[0, len(PROMPT) :].tolist()
+    result = lookahead_search(
+        model, PROMPT, beam_width=1, branches=1, max_forwards=100, max_new_tokens=12, pad_token_id=PAD
+    )
     assert result.completion == ref
     # one row per round: the prefill + one verify per round, each committing 1 + accepted drafts
     assert result.stats["forwards"] == 1 + result.stats["expansions"] <= 12
@@ -52,8 +54,18 @@ def test_budget_is_never_exceeded_and_counted_exactly(budget):
         calls.append(len(completions))
         return [0.0] * len(completions)  # never satisfied: the search spends its whole budget
 
-    result = lookahead_search(model, PROMPT, value_fn, prompt_text="p", tokenizer=IdTokenizer(), beam_width=3,
-                              branches=2, max_forwards=budget, max_new_tokens=40, pad_token_id=PAD)
+    result = lookahead_search(
+        model,
+        PROMPT,
+        value_fn,
+        prompt_text="p",
+        tokenizer=IdTokenizer(),
+        beam_width=3,
+        branches=2,
+        max_forwards=budget,
+        max_new_tokens=40,
+        pad_token_id=PAD,
+    )
     stats = result.stats
     assert stats["forwards"] == budget  # 1 prefill + the candidate rows of every expansion, cut to the budget
     assert stats["base_calls"] == 1 + stats["expansions"]
@@ -63,22 +75,35 @@ def test_budget_is_never_exceeded_and_counted_exactly(budget):
 
 def test_value_preferring_a_known_string_finds_it():
     model = make_model()
-    greedy = lookahead_search(model, PROMPT, beam_width=1, branches=1, max_forwards=50, max_new_tokens=6,
-                              pad_token_id=PAD)
+    greedy = lookahead_search(
+        model, PROMPT, beam_width=1, branches=1, max_forwards=50, max_new_tokens=6, pad_token_id=PAD
+    )
     # the target: the base's 2nd choice of first token, then its greedy continuation. Branches start at block
     # boundaries (here the first token), and this one is not what greedy says.
     logits = model.base_model(torch.tensor([PROMPT])).logits[0, -1]
     second = int(logits.topk(2).indices[1])
-    rest = model.base_model.generate(torch.tensor([PROMPT + [second]]), max_new_tokens=5, do_sample=False,
-                                     pad_token_id=PAD, eos_token_id=None)[0, len(PROMPT) + 1:]
+    rest = model.base_model.generate(
+        torch.tensor([PROMPT + [second]]), max_new_tokens=5, do_sample=False, pad_token_id=PAD, eos_token_id=None
+    )[0, len(PROMPT) + 1 :]
     target = " ".join(map(str, [second] + rest.tolist()))
     assert target != " ".join(map(str, greedy.completion))
 
     def value_fn(prompts, completions):
         return [float(c == target) for c in completions]
 
-    found = lookahead_search(model, PROMPT, value_fn, prompt_text="p", tokenizer=IdTokenizer(), beam_width=4,
-                             branches=2, max_forwards=60, max_new_tokens=6, pad_token_id=PAD, stop_value=1.0)
+    found = lookahead_search(
+        model,
+        PROMPT,
+        value_fn,
+        prompt_text="p",
+        tokenizer=IdTokenizer(),
+        beam_width=4,
+        branches=2,
+        max_forwards=60,
+        max_new_tokens=6,
+        pad_token_id=PAD,
+        stop_value=1.0,
+    )
     assert found.value == 1.0
     assert " ".join(map(str, found.completion)) == target
     assert found.stats["forwards"] <= 60
@@ -91,15 +116,26 @@ def test_best_of_n_fits_its_budget():
         return [0.0] * len(completions)
 
     for speculative in (True, False):
-        result = best_of_n(model, PROMPT, value_fn, prompt_text="p", tokenizer=IdTokenizer(), max_forwards=20,
-                           max_new_tokens=6, pad_token_id=PAD, speculative_cost=speculative)
+        result = best_of_n(
+            model,
+            PROMPT,
+            value_fn,
+            prompt_text="p",
+            tokenizer=IdTokenizer(),
+            max_forwards=20,
+            max_new_tokens=6,
+            pad_token_id=PAD,
+            speculative_cost=speculative,
+        )
         assert 0 < result.stats["forwards"] <= 20
         if not speculative:  # plain sampling without EOS: 6 forwards per sample
             assert result.stats["samples"] == 3 and result.stats["forwards"] == 18
 
 
-@pytest.mark.parametrize("name, value", [("beam_width", 0), ("branches", 0), ("max_forwards", 0),
-                                         ("max_new_tokens", -1), ("beam_width", 1.5)])
+@pytest.mark.parametrize(
+    "name, value",
+    [("beam_width", 0), ("branches", 0), ("max_forwards", 0), ("max_new_tokens", -1), ("beam_width", 1.5)],
+)
 def test_bad_arguments_name_the_value(name, value):
     model = make_model()
     with pytest.raises(ValueError, match=name):

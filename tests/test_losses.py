@@ -26,8 +26,9 @@ def naive_target(labels, b, t, offset, attention_mask, position_ids):
 
 def naive_targets(labels, offset, attention_mask=None, position_ids=None):
     B, T = labels.shape
-    return torch.tensor([[naive_target(labels, b, t, offset, attention_mask, position_ids) for t in range(T)]
-                         for b in range(B)])
+    return torch.tensor(
+        [[naive_target(labels, b, t, offset, attention_mask, position_ids) for t in range(T)] for b in range(B)]
+    )
 
 
 def batch_with_masks(seed=0):
@@ -60,19 +61,28 @@ def naive_mtp_loss(model, ids, labels, mask=None, pos=None):
     with torch.no_grad():
         all_logits = model.mtp_logits(ids, mask, pos)
     cfg, D = model.mtp_config, model.mtp_config.num_mtp_heads
-    weights = [cfg.mtp_depth_decay ** i for i in range(D)]
+    weights = [cfg.mtp_depth_decay**i for i in range(D)]
     weights = [w / sum(weights) for w in weights] if cfg.mtp_normalize_depth_weights else weights
-    losses = [F.cross_entropy(all_logits[i].flatten(0, 1), naive_targets(labels, 2 + i, mask, pos).flatten(),
-                              ignore_index=-100) for i in range(D)]
-    return sum(w * l for w, l in zip(weights, losses)), torch.stack(losses)
+    losses = [
+        F.cross_entropy(
+            all_logits[i].flatten(0, 1), naive_targets(labels, 2 + i, mask, pos).flatten(), ignore_index=-100
+        )
+        for i in range(D)
+    ]
+    return sum(w * loss for w, loss in zip(weights, losses)), torch.stack(losses)
 
 
 @pytest.mark.parametrize("head_type", HEAD_TYPES)
 @pytest.mark.parametrize("packed", [False, True])
 def test_loss_equals_naive_reference(head_type, packed):
     torch.manual_seed(0)
-    config = MTPConfig(head_type=head_type, num_mtp_heads=3, mtp_loss_chunk_size=5, mtp_depth_decay=0.7,
-                       mtp_normalize_depth_weights=False)
+    config = MTPConfig(
+        head_type=head_type,
+        num_mtp_heads=3,
+        mtp_loss_chunk_size=5,
+        mtp_depth_decay=0.7,
+        mtp_normalize_depth_weights=False,
+    )
     model = MTPForCausalLM.from_base(tiny_base("llama", V), config)
     for p in model.heads.parameters():  # leave the zero init so every depth differs
         p.data.add_(0.05 * torch.randn_like(p))
@@ -107,8 +117,14 @@ def test_chunk_size_does_not_change_loss_or_grads():
 
 @pytest.mark.parametrize("topk", [None, 5])
 def test_self_distill_equals_naive_soft_ce(topk):
-    config = MTPConfig(head_type="blockwise", num_mtp_heads=2, mode="decoupled", decoupled_target="self_distill",
-                       self_distill_topk=topk, mtp_loss_chunk_size=4)
+    config = MTPConfig(
+        head_type="blockwise",
+        num_mtp_heads=2,
+        mode="decoupled",
+        decoupled_target="self_distill",
+        self_distill_topk=topk,
+        mtp_loss_chunk_size=4,
+    )
     model = MTPForCausalLM.from_base(tiny_base("llama", V), config)
     for p in model.heads.parameters():
         p.data.add_(0.05 * torch.randn_like(p))

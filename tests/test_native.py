@@ -11,16 +11,17 @@ from transformers import AutoModelForCausalLM
 
 from trl_mtp import MTPConfig, MTPForCausalLM
 from trl_mtp.cli import main as cli_main
+from trl_mtp.embedded.presets import build_model
 from trl_mtp.native import allow_stock_mtp, export_native, stock_mtp_model
-from trl_mtp.tasks.presets import build_model
 
 DEPTHS = {"glm4_moe": 2, "deepseek_v3": 2, "mellum": 1}
 
 
 def exported(model_type, tmp_path, depth=None, seed=0):
     """A native checkpoint of a tiny model whose sequential heads were moved off their initialisation."""
-    model = MTPForCausalLM.from_base(native_base(model_type, seed=seed),
-                                     MTPConfig(head_type="sequential", num_mtp_heads=depth or DEPTHS[model_type]))
+    model = MTPForCausalLM.from_base(
+        native_base(model_type, seed=seed), MTPConfig(head_type="sequential", num_mtp_heads=depth or DEPTHS[model_type])
+    )
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for p in model.heads.parameters():
@@ -39,7 +40,7 @@ def stock_teacher_forced_logits(directory, ids, depths):
     out = []
     for k in range(depths):
         n = T - 1 - k
-        prev = mtp.forward_layer(k, prev[:, :n], torch.arange(k + 1, T)[None], None, input_ids=ids[:, k + 1:])
+        prev = mtp.forward_layer(k, prev[:, :n], torch.arange(k + 1, T)[None], None, input_ids=ids[:, k + 1 :])
         out.append(mtp._project_to_logits(prev))
     return out
 
@@ -62,8 +63,9 @@ def test_import_gives_transformers_mtp_outputs(model_type, tmp_path):
         torch.testing.assert_close(ours[k, :, :n], stock, atol=2e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("model_type,depth", [("glm4_moe", 1), ("glm4_moe", 2), ("deepseek_v3", 1),
-                                              ("deepseek_v3", 2), ("mellum", 1)])
+@pytest.mark.parametrize(
+    "model_type,depth", [("glm4_moe", 1), ("glm4_moe", 2), ("deepseek_v3", 1), ("deepseek_v3", 2), ("mellum", 1)]
+)
 @torch.no_grad()
 def test_stock_use_mtp_drafts_with_the_exported_layers(model_type, depth, tmp_path):
     """Stock `generate(use_mtp=True)` runs on every exported architecture and depth, over a prompt longer than
@@ -86,17 +88,24 @@ def test_mellum_heads_draft_past_their_window_in_a_padded_batch():
     ids = torch.randint(2, 128, (2, 14), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)
     mask[1, :3] = 0
-    spec, stats = model.speculative_generate(ids, attention_mask=mask, max_new_tokens=12, eos_token_id=[],
-                                             pad_token_id=0)
-    plain = model.generate(ids, attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=0,
-                           eos_token_id=None)
+    spec, stats = model.speculative_generate(
+        ids, attention_mask=mask, max_new_tokens=12, eos_token_id=[], pad_token_id=0
+    )
+    plain = model.generate(
+        ids, attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=0, eos_token_id=None
+    )
     assert torch.equal(spec, plain) and stats["drafted"] > 0
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
-    "transformers: DeepSeek-V3's latent attention expands its KV to num_attention_heads heads, then repeats them "
-    "num_attention_heads // num_key_value_heads times; a multi-token forward after a cache fails in sdpa. When this "
-    "passes, the export check `_check_stock_attention` can go."))
+@pytest.mark.xfail(
+    strict=True,
+    raises=RuntimeError,
+    reason=(
+        "transformers: DeepSeek-V3's latent attention expands its KV to num_attention_heads heads, then repeats them "
+        "num_attention_heads // num_key_value_heads times; a multi-token forward after a cache fails in sdpa. When this "
+        "passes, the export check `_check_stock_attention` can go."
+    ),
+)
 @torch.no_grad()
 def test_upstream_latent_attention_with_fewer_kv_heads_fails_over_a_cache():
     """The minimal reproduction, without MTP: a base forward of 3 tokens after a cached prefix (what use_mtp's
@@ -129,8 +138,9 @@ def test_export_errors_name_the_bad_value(tmp_path):
     assert mellum.mtp_logits(torch.zeros(1, 12, dtype=torch.long)).shape == (2, 1, 12, 128)  # trains past one layer
     with pytest.raises(ValueError, match="num_mtp_heads=2"):
         export_native(mellum, tmp_path / "c")
-    deepseek = MTPForCausalLM.from_base(native_base("deepseek_v3", num_key_value_heads=2),
-                                        MTPConfig(head_type="sequential", num_mtp_heads=1))
+    deepseek = MTPForCausalLM.from_base(
+        native_base("deepseek_v3", num_key_value_heads=2), MTPConfig(head_type="sequential", num_mtp_heads=1)
+    )
     with pytest.raises(ValueError, match="num_key_value_heads=2 with num_attention_heads=4"):
         export_native(deepseek, tmp_path / "e")
     # a DeepSeek-style config names an MTP layer by default, but this checkpoint has none
@@ -149,19 +159,31 @@ def short_sft(tmp_path, max_steps):
     from trl_mtp import MTPSFTConfig
 
     return MTPSFTConfig(
-        output_dir=str(tmp_path / "run"), max_steps=max_steps, per_device_train_batch_size=8, learning_rate=3e-3,
-        logging_steps=10, report_to=[], activation_checkpointing=False, save_strategy="no", bf16=False,
-        dataloader_pin_memory=False, disable_tqdm=True, seed=0, head_type="sequential", num_mtp_heads=1,
+        output_dir=str(tmp_path / "run"),
+        max_steps=max_steps,
+        per_device_train_batch_size=8,
+        learning_rate=3e-3,
+        logging_steps=10,
+        report_to=[],
+        activation_checkpointing=False,
+        save_strategy="no",
+        bf16=False,
+        dataloader_pin_memory=False,
+        disable_tqdm=True,
+        seed=0,
+        head_type="sequential",
+        num_mtp_heads=1,
     )
 
 
 def test_sft_trained_layer_exports_and_stock_transformers_drafts_with_it(tmp_path, tokenizer):
     from trl_mtp import MTPSFTTrainer
-    from trl_mtp.tasks.registry import get_task
+    from trl_mtp.embedded.tasks.registry import get_task
 
     base = native_base("glm4_moe", vocab_size=len(tokenizer), tokenizer=tokenizer)
-    trainer = MTPSFTTrainer(base, short_sft(tmp_path, max_steps=30), train_dataset=get_task("copy").train(64),
-                            processing_class=tokenizer)
+    trainer = MTPSFTTrainer(
+        base, short_sft(tmp_path, max_steps=30), train_dataset=get_task("copy").train(64), processing_class=tokenizer
+    )
     before = trainer.mtp_model.heads.layers[0].eh_proj.weight.detach().clone()
     trainer.train()
     ours = trainer.mtp_model.eval()
@@ -177,7 +199,9 @@ def test_sft_trained_layer_exports_and_stock_transformers_drafts_with_it(tmp_pat
     calls, handle = count_forwards(stock)
     drafted = stock.generate(prompt, use_mtp=True, **kwargs)
     handle.remove()
-    spec, stats = ours.speculative_generate(prompt, max_new_tokens=24, eos_token_id=[], pad_token_id=tokenizer.pad_token_id)
+    spec, stats = ours.speculative_generate(
+        prompt, max_new_tokens=24, eos_token_id=[], pad_token_id=tokenizer.pad_token_id
+    )
     assert torch.equal(drafted, plain) and torch.equal(spec, plain)
     # stock transformers drafted with our trained layer: drafts were accepted (fewer main forwards than tokens),
     # and the same drafts as ours (same number of main forwards)
@@ -186,8 +210,27 @@ def test_sft_trained_layer_exports_and_stock_transformers_drafts_with_it(tmp_pat
 
     # the decode benchmark's comparison on the same checkpoint: every method gives greedy's output
     report = tmp_path / "bench.json"
-    assert cli_main(["bench", "decode", "--native", str(tmp_path / "native"), "--prompts", "1", "--prompt-tokens",
-                     "16", "--max-new-tokens", "12", "--repeats", "1", "--json", str(report)]) == 0
+    assert (
+        cli_main(
+            [
+                "bench",
+                "decode",
+                "--native",
+                str(tmp_path / "native"),
+                "--prompts",
+                "1",
+                "--prompt-tokens",
+                "16",
+                "--max-new-tokens",
+                "12",
+                "--repeats",
+                "1",
+                "--json",
+                str(report),
+            ]
+        )
+        == 0
+    )
     rows = json.loads(report.read_text())["batches"]["1"]
     assert set(rows) == {"greedy", "loop-k0", "prompt_lookup", "transformers-use_mtp", "mtp-sequential"}
     assert all(row["identical_to_greedy"] for row in rows.values())
@@ -197,13 +240,18 @@ def test_lora_run_exports_with_its_adapter_merged(tmp_path, tokenizer):
     from peft import LoraConfig
 
     from trl_mtp import MTPSFTTrainer
-    from trl_mtp.tasks.registry import get_task
+    from trl_mtp.embedded.tasks.registry import get_task
 
     native_base("glm4_moe", vocab_size=len(tokenizer), tokenizer=tokenizer).save_pretrained(tmp_path / "base")
     base = AutoModelForCausalLM.from_pretrained(tmp_path / "base")  # loaded from a folder: the adapter names it
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
-    trainer = MTPSFTTrainer(base, short_sft(tmp_path, max_steps=10), train_dataset=get_task("copy").train(64),
-                            processing_class=tokenizer, peft_config=lora)
+    trainer = MTPSFTTrainer(
+        base,
+        short_sft(tmp_path, max_steps=10),
+        train_dataset=get_task("copy").train(64),
+        processing_class=tokenizer,
+        peft_config=lora,
+    )
     trainer.train()
     trainer.save_model(str(tmp_path / "run"))
     assert (tmp_path / "run" / "adapter_config.json").is_file()
@@ -220,8 +268,9 @@ def test_lora_run_exports_with_its_adapter_merged(tmp_path, tokenizer):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)  # the export carries base + adapter, merged
     kwargs = dict(max_new_tokens=16, do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=None)
     drafted = stock.generate(prompt, use_mtp=True, **kwargs)
-    spec, _ = adapted.speculative_generate(prompt, max_new_tokens=16, eos_token_id=[],
-                                           pad_token_id=tokenizer.pad_token_id)
+    spec, _ = adapted.speculative_generate(
+        prompt, max_new_tokens=16, eos_token_id=[], pad_token_id=tokenizer.pad_token_id
+    )
     assert torch.equal(drafted, spec)
     with pytest.raises(ValueError, match="LoRA adapters: merge them first"):
         export_native(adapted, tmp_path / "unmerged")

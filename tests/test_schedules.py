@@ -8,10 +8,19 @@ from trl_mtp.schedules import mtp_lambda_at, mtp_step_plan, mtp_window_at, valid
 @pytest.mark.parametrize(
     "schedule, step, expected",
     [
-        ("constant", 0, 0.3), ("constant", 99, 0.3),
-        ("step", 0, 0.3), ("step", 67, 0.3), ("step", 68, 0.1), ("step", 100, 0.1),
-        ("linear", 0, 0.3), ("linear", 50, 0.2), ("linear", 100, 0.1),
-        ("cosine", 0, 0.3), ("cosine", 50, 0.2), ("cosine", 100, 0.1), ("cosine", 25, 0.1 + 0.2 * (1 + math.cos(math.pi / 4)) / 2),
+        ("constant", 0, 0.3),
+        ("constant", 99, 0.3),
+        ("step", 0, 0.3),
+        ("step", 67, 0.3),
+        ("step", 68, 0.1),
+        ("step", 100, 0.1),
+        ("linear", 0, 0.3),
+        ("linear", 50, 0.2),
+        ("linear", 100, 0.1),
+        ("cosine", 0, 0.3),
+        ("cosine", 50, 0.2),
+        ("cosine", 100, 0.1),
+        ("cosine", 25, 0.1 + 0.2 * (1 + math.cos(math.pi / 4)) / 2),
     ],
 )
 def test_lambda_schedule_values(schedule, step, expected):
@@ -44,8 +53,11 @@ def test_frequency_gates_steps():
 )
 def test_bad_schedule_values_name_the_field(field, value):
     kwargs = dict(
-        mtp_lambda_schedule="constant", mtp_lambda_end=0.1, mtp_lambda_step_fraction=0.5,
-        mtp_every_n_steps=1, mtp_window_schedule="off",
+        mtp_lambda_schedule="constant",
+        mtp_lambda_end=0.1,
+        mtp_lambda_step_fraction=0.5,
+        mtp_every_n_steps=1,
+        mtp_window_schedule="off",
     )
     kwargs[field] = value
     with pytest.raises(ValueError, match=field):

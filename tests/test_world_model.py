@@ -56,8 +56,14 @@ def test_repeat_rows_of_layer_kwargs():
     tensors without that batch axis (cache positions, broadcast masks) and non-tensors are kept."""
     mask = torch.arange(2 * 1 * 3 * 3).view(2, 1, 3, 3)
     cos, sin = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
-    kwargs = {"attention_mask": mask, "position_embeddings": (cos, sin), "cache_position": torch.arange(3),
-              "shared_mask": torch.ones(1, 1, 3, 3), "use_cache": False, "past_key_values": None}
+    kwargs = {
+        "attention_mask": mask,
+        "position_embeddings": (cos, sin),
+        "cache_position": torch.arange(3),
+        "shared_mask": torch.ones(1, 1, 3, 3),
+        "use_cache": False,
+        "past_key_values": None,
+    }
     out = repeat_rows(kwargs, batch=2, times=3)
     assert out["attention_mask"].shape == (6, 1, 3, 3)
     assert torch.equal(out["attention_mask"][:3], mask[:1].expand(3, 1, 3, 3))

@@ -65,24 +65,55 @@ def local_shape(param) -> str:
     return "x".join(map(str, param.shape))
 
 
+def full_shape(param) -> str:
+    """The whole parameter's shape as `AxB`, however it is sharded (a ZeRO-3 parameter's own shape is empty)."""
+    return "x".join(map(str, getattr(param, "ds_shape", param.shape)))
+
+
+def fingerprint(module) -> str:
+    """`sum,sum of squares` (float64) over every parameter of `module`, FSDP2's shards gathered in full (a
+    collective: every rank calls it): equal on ranks, and in a saved copy, that hold the same model."""
+    total, squares = 0.0, 0.0
+    for param in module.parameters():
+        full = (param.full_tensor() if hasattr(param, "full_tensor") else param).detach().double()
+        total += full.sum().item()
+        squares += full.square().sum().item()
+    return f"{total:.10e},{squares:.10e}"
+
+
 def parse_reports(stdout: str) -> list[dict[str, str]]:
-    return [{"rank": rank, "world": world, **dict(pair.split("=", 1) for pair in pairs.split())}
-            for rank, world, pairs in REPORT.findall(stdout)]
+    return [
+        {"rank": rank, "world": world, **dict(pair.split("=", 1) for pair in pairs.split())}
+        for rank, world, pairs in REPORT.findall(stdout)
+    ]
 
 
-def launch(script: Path, *args: str, port: int, config_file: Path | None = None,
-           env: dict[str, str | None] | None = None) -> list[dict[str, str]]:
+def launch(
+    script: Path, *args: str, port: int, config_file: Path | None = None, env: dict[str, str | None] | None = None
+) -> list[dict[str, str]]:
     """Run `script` in 2 CPU processes; return each rank's report (`rank`, `world` and its fields), by rank.
     `env`: extra environment variables; None removes one (DeepSpeed runs without ACCELERATE_USE_CPU)."""
     accelerate = Path(sys.executable).with_name("accelerate")
     # `accelerate launch --cpu --num_processes 2` starts one process; these forms start two (STACK_NOTES)
-    layout = ["--config_file", str(config_file)] if config_file else [
-        "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--dynamo_backend", "no"]
-    cmd = [str(accelerate), "launch", *layout, "--mixed_precision", "no", "--main_process_port", str(port),
-           str(script), *args]
+    layout = (
+        ["--config_file", str(config_file)]
+        if config_file
+        else ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--dynamo_backend", "no"]
+    )
+    cmd = [
+        str(accelerate),
+        "launch",
+        *layout,
+        "--mixed_precision",
+        "no",
+        "--main_process_port",
+        str(port),
+        str(script),
+        *args,
+    ]
     reports = parse_reports(_run(cmd, {"ACCELERATE_USE_CPU": "1", **(env or {})}))
-    assert sorted(report["rank"] for report in reports) == ["0", "1"], done.stdout
-    assert all(report["world"] == "2" for report in reports), done.stdout
+    assert sorted(report["rank"] for report in reports) == ["0", "1"], reports
+    assert all(report["world"] == "2" for report in reports), reports
     return sorted(reports, key=lambda report: report["rank"])
 
 
@@ -95,8 +126,12 @@ def run_one(script: Path, *args: str) -> dict[str, str]:
 def _run(cmd: list[str], env: dict[str, str | None]) -> str:
     # the script must import this checkout's trl_mtp, not whichever one the venv has installed
     root = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])), **env}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+        **env,
+    }
     env = {key: value for key, value in env.items() if value is not None}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

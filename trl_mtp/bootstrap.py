@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def bootstrap_ci(values, *, n_resamples: int = 10000, confidence: float = 0.9,
-                 seed: int = 0) -> tuple[float, float, float]:
+def bootstrap_ci(
+    values, *, n_resamples: int = 10000, confidence: float = 0.9, seed: int = 0
+) -> tuple[float, float, float]:
     """(mean, low, high): percentile bootstrap CI of the mean of per-item `values`, resampling items."""
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")

@@ -71,8 +71,13 @@ def one_line(err: BaseException) -> str:
 
 def _usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: trl-mtp <command> [args...]  |  trl-mtp --version", "", "Multi-token prediction on TRL.", "",
-             "commands:"]
+    lines = [
+        "usage: trl-mtp <command> [args...]  |  trl-mtp --version",
+        "",
+        "Multi-token prediction on TRL.",
+        "",
+        "commands:",
+    ]
     lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "Run `trl-mtp <command> --help` for a command's arguments."]
     return "\n".join(lines)

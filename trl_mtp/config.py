@@ -20,8 +20,15 @@ DECOUPLED_TARGETS = ("tokens", "self_distill")
 
 
 # the fields that say how the heads are trained, not what they are: a run sets them, whatever heads it starts from
-LOSS_FIELDS = ("mode", "decoupled_target", "self_distill_topk", "mtp_lambda", "mtp_depth_decay",
-               "mtp_normalize_depth_weights", "mtp_loss_chunk_size")
+LOSS_FIELDS = (
+    "mode",
+    "decoupled_target",
+    "self_distill_topk",
+    "mtp_lambda",
+    "mtp_depth_decay",
+    "mtp_normalize_depth_weights",
+    "mtp_loss_chunk_size",
+)
 
 
 @dataclass
@@ -119,14 +126,14 @@ class MTPConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def with_loss_of(self, other: "MTPConfig") -> "MTPConfig":
+    def with_loss_of(self, other: MTPConfig) -> MTPConfig:
         """These heads (the architecture fields) trained with `other`'s loss fields: how a run that starts from
         trained heads takes its own mode, targets and weights (an SFT checkpoint's `mode="coupled"` must not leak
         into a decoupled RL run)."""
         return dataclasses.replace(self, **{name: getattr(other, name) for name in LOSS_FIELDS})
 
     @classmethod
-    def from_dict(cls, data: dict) -> "MTPConfig":
+    def from_dict(cls, data: dict) -> MTPConfig:
         """Build from a dict; unknown keys are an error (a typo should not silently fall back to a default)."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)

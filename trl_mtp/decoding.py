@@ -62,56 +62,93 @@ def left_pad(rows: list[list[int]], pad: int, device=None) -> tuple[torch.Tensor
 # generation settings: the logits processors and warpers `generate` builds from the merged generation config
 # ----------------------------------------------------------------------------------------------------------------------
 # processors that read the scores only: one call covers every row and position
-POSITION_FREE = {lp.TemperatureLogitsWarper, lp.TopKLogitsWarper, lp.TopPLogitsWarper, lp.MinPLogitsWarper,
-                 lp.TypicalLogitsWarper, lp.EpsilonLogitsWarper, lp.EtaLogitsWarper, lp.TopHLogitsWarper,
-                 lp.SuppressTokensLogitsProcessor, lp.InfNanRemoveLogitsProcessor, lp.LogitNormalization}
+POSITION_FREE = {
+    lp.TemperatureLogitsWarper,
+    lp.TopKLogitsWarper,
+    lp.TopPLogitsWarper,
+    lp.MinPLogitsWarper,
+    lp.TypicalLogitsWarper,
+    lp.EpsilonLogitsWarper,
+    lp.EtaLogitsWarper,
+    lp.TopHLogitsWarper,
+    lp.SuppressTokensLogitsProcessor,
+    lp.InfNanRemoveLogitsProcessor,
+    lp.LogitNormalization,
+}
 # processors that are functions of (row, its prefix, its scores), keeping nothing between calls: applied per prefix
-PREFIX_FUNCTIONS = {lp.RepetitionPenaltyLogitsProcessor, lp.EncoderRepetitionPenaltyLogitsProcessor,
-                    lp.NoRepeatNGramLogitsProcessor, lp.EncoderNoRepeatNGramLogitsProcessor,
-                    lp.SequenceBiasLogitsProcessor, lp.NoBadWordsLogitsProcessor, lp.MinLengthLogitsProcessor,
-                    lp.MinNewTokensLengthLogitsProcessor, lp.ForcedBOSTokenLogitsProcessor,
-                    lp.ForcedEOSTokenLogitsProcessor, lp.ExponentialDecayLengthPenalty,
-                    lp.SuppressTokensAtBeginLogitsProcessor}
+PREFIX_FUNCTIONS = {
+    lp.RepetitionPenaltyLogitsProcessor,
+    lp.EncoderRepetitionPenaltyLogitsProcessor,
+    lp.NoRepeatNGramLogitsProcessor,
+    lp.EncoderNoRepeatNGramLogitsProcessor,
+    lp.SequenceBiasLogitsProcessor,
+    lp.NoBadWordsLogitsProcessor,
+    lp.MinLengthLogitsProcessor,
+    lp.MinNewTokensLengthLogitsProcessor,
+    lp.ForcedBOSTokenLogitsProcessor,
+    lp.ForcedEOSTokenLogitsProcessor,
+    lp.ExponentialDecayLengthPenalty,
+    lp.SuppressTokensAtBeginLogitsProcessor,
+}
 
 
-def generation_settings(base, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
-                        generation_config=None, **kwargs):
+def generation_settings(
+    base, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, generation_config=None, **kwargs
+):
     """(config, processors) as `generate` prepares them: the model's generation config (or `generation_config`)
     updated by the given settings (None: not given), transformers' defaults for the rest (top_k = 50 among them), and
     the logits processors and warpers `generate` builds from it, each one checked to apply position by position."""
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    unset = {name: kwargs.get(name) is None and getattr(generation_config, name, None) is None
-             and getattr(base.generation_config, name) is None for name in ("max_length", "min_length")}
+    unset = {
+        name: kwargs.get(name) is None
+        and getattr(generation_config, name, None) is None
+        and getattr(base.generation_config, name) is None
+        for name in ("max_length", "min_length")
+    }
     config, unused = base._prepare_generation_config(generation_config, **kwargs)
     if unused:
         raise ValueError(f"not generation settings: {', '.join(sorted(unused))}")
     mode = config.get_generation_mode()
     if mode not in (GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE):
-        raise ValueError(f"speculative decoding does greedy search and sampling, not {mode.value} (set by the "
-                         f"generation config: num_beams={config.num_beams}, penalty_alpha={config.penalty_alpha})")
+        raise ValueError(
+            f"speculative decoding does greedy search and sampling, not {mode.value} (set by the "
+            f"generation config: num_beams={config.num_beams}, penalty_alpha={config.penalty_alpha})"
+        )
     if config.num_return_sequences not in (None, 1):
-        raise ValueError(f"speculative decoding returns one sequence per prompt, got "
-                         f"num_return_sequences={config.num_return_sequences}")
+        raise ValueError(
+            f"speculative decoding returns one sequence per prompt, got "
+            f"num_return_sequences={config.num_return_sequences}"
+        )
     if config.stop_strings is not None:
         raise ValueError(f"speculative decoding stops at EOS tokens only, got stop_strings={config.stop_strings!r}")
     config.max_new_tokens = max_new_tokens
-    base._prepare_generated_length(config, has_default_max_length=unset["max_length"],
-                                   has_default_min_length=unset["min_length"],
-                                   model_input_name="input_ids", input_ids_length=input_ids.size(1),
-                                   inputs_tensor=input_ids)
+    base._prepare_generated_length(
+        config,
+        has_default_max_length=unset["max_length"],
+        has_default_min_length=unset["min_length"],
+        model_input_name="input_ids",
+        input_ids_length=input_ids.size(1),
+        inputs_tensor=input_ids,
+    )
     base._prepare_special_tokens(config, True, device=input_ids.device, batch_size=input_ids.size(0))
-    processors = base._get_logits_processor(config, input_ids_seq_length=input_ids.size(1),
-                                            encoder_input_ids=input_ids, device=input_ids.device,
-                                            model_kwargs={"attention_mask": attention_mask})
+    processors = base._get_logits_processor(
+        config,
+        input_ids_seq_length=input_ids.size(1),
+        encoder_input_ids=input_ids,
+        device=input_ids.device,
+        model_kwargs={"attention_mask": attention_mask},
+    )
     for processor in processors:
         if type(processor) not in POSITION_FREE | PREFIX_FUNCTIONS:
-            raise ValueError(f"speculative decoding cannot apply {type(processor).__name__} at every verify position "
-                             "(it keeps state between steps, or is not supported): unset the generation setting "
-                             "that adds it")
+            raise ValueError(
+                f"speculative decoding cannot apply {type(processor).__name__} at every verify position "
+                "(it keeps state between steps, or is not supported): unset the generation setting "
+                "that adds it"
+            )
     return config, processors
 
 
-def prefix_ids(state: "DecodeState", drafts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def prefix_ids(state: DecodeState, drafts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids [B, W], committed [B]): each row's prompt (left-padded) and committed tokens (`committed` of them), then
     `drafts` [B, m]; a position's prefix is a row's first `committed + j` ids, as `generate` would hold them."""
     ids = state.tokens.clone()
@@ -120,8 +157,9 @@ def prefix_ids(state: "DecodeState", drafts: torch.Tensor) -> tuple[torch.Tensor
     return ids.scatter_(1, cols, drafts), committed
 
 
-def apply_per_prefix(processors, ids: torch.Tensor, lengths: torch.Tensor, scores: torch.Tensor,
-                     active: torch.Tensor) -> torch.Tensor:
+def apply_per_prefix(
+    processors, ids: torch.Tensor, lengths: torch.Tensor, scores: torch.Tensor, active: torch.Tensor
+) -> torch.Tensor:
     """scores [B, n, V] with position (r, i) processed as `generate` would after the prefix ids[r, :lengths[r, i]]
     (active rows only). One call per prefix length: each call sees the whole batch, since processors may hold
     per-row settings (the prompt's padding, for instance); rows whose position has another length are not read."""
@@ -143,7 +181,7 @@ class Sampler:
     do_sample: bool = False
     generator: torch.Generator | None = None
 
-    def scores(self, state: "DecodeState", logits: torch.Tensor, drafts: torch.Tensor, first: int = 0) -> torch.Tensor:
+    def scores(self, state: DecodeState, logits: torch.Tensor, drafts: torch.Tensor, first: int = 0) -> torch.Tensor:
         """Processed scores [B, n, V] (float32, as `generate`) of logits [B, n, V] whose position i follows each
         row's committed tokens and drafts[:, :first + i] (drafts [B, m], m >= first + n - 1)."""
         scores = logits.float()
@@ -159,7 +197,7 @@ class Sampler:
         """One token per row of probs [N, V]."""
         return torch.multinomial(probs, 1, generator=self.generator).squeeze(-1)
 
-    def pick(self, state: "DecodeState", logits: torch.Tensor, drafts: torch.Tensor):
+    def pick(self, state: DecodeState, logits: torch.Tensor, drafts: torch.Tensor):
         """(token [B], its distribution [B, V] or None when greedy) from logits [B, V] at the position after each
         row's committed tokens and `drafts` [B, j]."""
         scores = self.scores(state, logits[:, None], drafts, first=drafts.size(1))[:, 0]
@@ -229,11 +267,18 @@ def new_cache(config) -> DynamicCache:
     if "chunked_attention" in layer_types:
         raise ValueError("speculative decoding does not support chunked attention (layer type 'chunked_attention')")
     cache = DynamicCache(config=config)
-    bad = sorted({f"{kind!r} ({type(layer).__name__})" for kind, layer in zip(layer_types, cache.layers)
-                  if type(layer) not in ROLLBACK_LAYERS})
+    bad = sorted(
+        {
+            f"{kind!r} ({type(layer).__name__})"
+            for kind, layer in zip(layer_types, cache.layers)
+            if type(layer) not in ROLLBACK_LAYERS
+        }
+    )
     if bad:
-        raise ValueError(f"speculative decoding needs a cache it can crop after rejected drafts; this model's layer "
-                         f"types {', '.join(bad)} keep a state that cannot be cropped")
+        raise ValueError(
+            f"speculative decoding needs a cache it can crop after rejected drafts; this model's layer "
+            f"types {', '.join(bad)} keep a state that cannot be cropped"
+        )
     cache.activate_past_recording()
     return cache
 
@@ -267,7 +312,7 @@ def shift_slots(x: torch.Tensor, dim: int, start: int, shift: torch.Tensor) -> t
     x = x.expand(shift.size(0), *x.shape[1:])
     source = start + (torch.arange(size, device=x.device)[None] - shift[:, None]).clamp(min=0)  # [B, size]
     index = source.view(x.size(0), *[1] * (dim - 1), size, *[1] * (x.dim() - dim - 1))
-    index = index.expand(*x.shape[:dim], size, *x.shape[dim + 1:])
+    index = index.expand(*x.shape[:dim], size, *x.shape[dim + 1 :])
     return torch.cat([x.narrow(dim, 0, start), x.gather(dim, index)], dim=dim)
 
 
@@ -286,7 +331,7 @@ class SlotUpdate:
     shift: torch.Tensor | None = None  # [B]; None: holes stay where they are
 
     @classmethod
-    def plan(cls, new_start: int, kept: torch.Tensor, window: int | None) -> "SlotUpdate":
+    def plan(cls, new_start: int, kept: torch.Tensor, window: int | None) -> SlotUpdate:
         """Planned on the device, without reading `kept` back: `keep` is set by `settle` once the round's one host
         read has it."""
         update = cls(new_start, None, kept)
@@ -431,8 +476,9 @@ class Drafter:
         # causal in depth, so the first depths do not depend on the later ones and stay exactly what they were
         self.num_depths = model.heads.num_depths if num_depths is None else num_depths
         # every depth projected by the base's own final norm and LM head: one call for all depths
-        self.shared_projection = (type(self.heads).depth_logits is MTPHeads.depth_logits
-                                  or getattr(self.heads, "share_lm_head", False))
+        self.shared_projection = type(self.heads).depth_logits is MTPHeads.depth_logits or getattr(
+            self.heads, "share_lm_head", False
+        )
 
     def project(self, hiddens: list[torch.Tensor]) -> torch.Tensor:
         """Logits [B, n, V] of depths 1..n from their pre-norm hiddens [B, d]: one norm and one LM head matmul for all
@@ -465,8 +511,11 @@ class Drafter:
         the drafts before it)."""
         drafts = state.tokens.new_zeros(state.tokens.size(0), 0)
         probs = []
-        if isinstance(logits_of_depth, torch.Tensor) and not sampler.do_sample and all(
-                type(p) in POSITION_FREE for p in sampler.processors):  # no prefix needed: every depth at once
+        if (
+            isinstance(logits_of_depth, torch.Tensor)
+            and not sampler.do_sample
+            and all(type(p) in POSITION_FREE for p in sampler.processors)
+        ):  # no prefix needed: every depth at once
             return sampler.scores(state, logits_of_depth, drafts).argmax(-1), None
         if isinstance(logits_of_depth, torch.Tensor):
             stacked = logits_of_depth
@@ -544,8 +593,10 @@ class SequentialDrafter(Drafter):
     def _extend(old, new, update: SlotUpdate):
         """Buffer of per-slot tensors [B, S, ...] (or tuples of them): append the new slots, move them by `update`."""
         if isinstance(new, (tuple, list)):
-            return tuple(SequentialDrafter._extend(None if old is None else o, n, update)
-                         for o, n in zip(old or [None] * len(new), new))
+            return tuple(
+                SequentialDrafter._extend(None if old is None else o, n, update)
+                for o, n in zip(old or [None] * len(new), new)
+            )
         full = new if old is None else torch.cat([old, new.expand(old.size(0), *new.shape[1:])], dim=1)
         return update.move(full)
 
@@ -562,8 +613,7 @@ class SequentialDrafter(Drafter):
         """The layer kwargs of this round's window, the same for every depth (its cache is set per depth)."""
         S = state.mask.size(1)
         kwargs = dict(self.layer_kwargs)
-        kwargs["attention_mask"] = window_attention_mask(state.mask, start, self.attn_implementation,
-                                                         self.hidden.dtype)
+        kwargs["attention_mask"] = window_attention_mask(state.mask, start, self.attn_implementation, self.hidden.dtype)
         for name, value in self.per_position.items():
             kwargs[name] = tuple(v[:, start:] for v in value) if isinstance(value, tuple) else value[:, start:]
         if "cache_position" in kwargs or "cache_position" in self.names:
@@ -591,8 +641,13 @@ class SequentialDrafter(Drafter):
             tokens = state.tokens.gather(1, col)
             tokens = torch.where(positions >= 0, tokens, self.trunk.pad_token_id)
             crop_cache(self.caches[depth - 1], start)
-            prev = self.heads.depth_hidden(depth, h0, prev_hidden=prev, tokens=tokens,
-                                           layer_kwargs=_with_cache(window_kwargs, self.caches[depth - 1], self.names))
+            prev = self.heads.depth_hidden(
+                depth,
+                h0,
+                prev_hidden=prev,
+                tokens=tokens,
+                layer_kwargs=_with_cache(window_kwargs, self.caches[depth - 1], self.names),
+            )
             return self.heads.depth_logits(depth, prev[rows, (state.last_slot - start).clamp(min=0)])
 
         self.computed = S
@@ -610,8 +665,12 @@ class SequentialDrafter(Drafter):
         self.start = min(min(first_open), self.computed)  # never past the slots a window has filled yet
 
 
-DRAFTERS = {"blockwise": PositionwiseDrafter, "medusa": PositionwiseDrafter,
-            "parallel": ParallelDrafter, "sequential": SequentialDrafter}
+DRAFTERS = {
+    "blockwise": PositionwiseDrafter,
+    "medusa": PositionwiseDrafter,
+    "parallel": ParallelDrafter,
+    "sequential": SequentialDrafter,
+}
 
 
 def make_drafter(model, num_depths: int | None = None) -> Drafter:
@@ -632,13 +691,28 @@ def verify(model, state: DecodeState, inputs: torch.Tensor, inputs_mask: torch.T
     inputs_mask = inputs_mask.long()
     state.mask = torch.cat([state.mask, inputs_mask], dim=1)
     position_ids = (state.n_valid[:, None] + inputs_mask.cumsum(1) - 1).masked_fill(inputs_mask == 0, 1)
-    out = model.base_model(input_ids=inputs, attention_mask=state.mask, position_ids=position_ids,
-                           past_key_values=state.cache, use_cache=True)
+    out = model.base_model(
+        input_ids=inputs,
+        attention_mask=state.mask,
+        position_ids=position_ids,
+        past_key_values=state.cache,
+        use_cache=True,
+    )
     return out.logits
 
 
-def update_cache(model, state: DecodeState, drafter: Drafter, new_start: int, n_new: int, k: torch.Tensor,
-                 next_token: torch.Tensor, drafts: torch.Tensor, max_new_tokens: int, eos: torch.Tensor | None):
+def update_cache(
+    model,
+    state: DecodeState,
+    drafter: Drafter,
+    new_start: int,
+    n_new: int,
+    k: torch.Tensor,
+    next_token: torch.Tensor,
+    drafts: torch.Tensor,
+    max_new_tokens: int,
+    eos: torch.Tensor | None,
+):
     """Commit each active row's k drafts + next token (cut at EOS or max_new_tokens), crop the cache to the longest
     accepted row, turn the other rows' rejected slots into holes (moved before every later window when the cache has
     sliding-window layers), let the drafter follow. Everything is planned on the device and read back once (the
@@ -673,7 +747,7 @@ def update_cache(model, state: DecodeState, drafter: Drafter, new_start: int, n_
     read = torch.stack([k, kept, state.n_valid, done.long()] + ([] if figure is None else [figure])).tolist()
     k_host, kept_host, state.n_valid_host, done_host = read[:4]
     update.settle(kept_host)
-    state.mask = mask[:, :update.keep]
+    state.mask = mask[:, : update.keep]
     update.move_cache(state.cache)
     state.last_slot = update.last_slot
     # the next input of each row is its last committed token (position n_valid); scratch room holds its drafts; a
@@ -693,8 +767,10 @@ def acceptance_summary(counts: dict) -> dict:
     """Mean accepted length and acceptance by position from a decode's raw `counts` (`speculative_generate`'s
     `stats["counts"]`): every verify round of every active row weighs the same."""
     verify_rounds = counts["verify_rounds"]
-    return {"mean_accepted_length": counts["tokens_uncut"] / counts["row_rounds"],
-            "acceptance_by_position": [c / verify_rounds if verify_rounds else 0.0 for c in counts["kept_by_position"]]}
+    return {
+        "mean_accepted_length": counts["tokens_uncut"] / counts["row_rounds"],
+        "acceptance_by_position": [c / verify_rounds if verify_rounds else 0.0 for c in counts["kept_by_position"]],
+    }
 
 
 def pool_acceptance(stats: list[dict]) -> dict:
@@ -768,9 +844,19 @@ def speculative_generate(
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     config, processors = generation_settings(
-        base, input_ids, attention_mask, max_new_tokens, generation_config, do_sample=do_sample,
-        temperature=temperature, top_k=top_k, top_p=top_p, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
-        **generation_kwargs)
+        base,
+        input_ids,
+        attention_mask,
+        max_new_tokens,
+        generation_config,
+        do_sample=do_sample,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        **generation_kwargs,
+    )
     eos = config._eos_token_tensor
     pad_token_id = 0 if config._pad_token_tensor is None else int(config._pad_token_tensor)
     sampler = Sampler(processors, bool(config.do_sample), generator)
@@ -778,18 +864,23 @@ def speculative_generate(
     B, T = input_ids.shape
     D = model.heads.num_depths if num_draft_tokens is None else num_draft_tokens
     if isinstance(D, bool) or not isinstance(D, int) or not 0 <= D <= model.heads.num_depths:
-        raise ValueError(f"num_draft_tokens must be an integer in 0..{model.heads.num_depths}, "
-                         f"got {num_draft_tokens!r}")
+        raise ValueError(
+            f"num_draft_tokens must be an integer in 0..{model.heads.num_depths}, got {num_draft_tokens!r}"
+        )
     max_positions = getattr(base.config.get_text_config(decoder=True), "max_position_embeddings", None)
     start_time = time.perf_counter()
 
     cache = new_cache(base.config)
     state = DecodeState(
         tokens=torch.cat([input_ids, input_ids.new_full((B, max_new_tokens + D + 2), pad_token_id)], dim=1),
-        prompt_len=T, pad_len=T - attention_mask.long().sum(1), mask=attention_mask.long()[:, :0],
+        prompt_len=T,
+        pad_len=T - attention_mask.long().sum(1),
+        mask=attention_mask.long()[:, :0],
         n_valid=torch.zeros(B, dtype=torch.long, device=device),
         generated=torch.zeros(B, dtype=torch.long, device=device),
-        done=torch.zeros(B, dtype=torch.bool, device=device), cache=cache, window=cache_window(cache),
+        done=torch.zeros(B, dtype=torch.bool, device=device),
+        cache=cache,
+        window=cache_window(cache),
     )
     drafter = make_drafter(model, D)
     was_training = model.training
@@ -817,8 +908,9 @@ def speculative_generate(
             logits = verify(model, state, inputs, active[:, None].expand_as(inputs))  # verify
             scores = sampler.scores(state, logits, drafts)  # process
             k, next_token = accept(scores, drafts, sampler, draft_probs)  # accept
-            k = update_cache(model, state, drafter, new_start, n + 1, k, next_token, drafts, max_new_tokens,
-                             eos)  # update
+            k = update_cache(
+                model, state, drafter, new_start, n + 1, k, next_token, drafts, max_new_tokens, eos
+            )  # update
             forwards += 1
             accepted_rounds.append([kr if a else -1 for kr, a in zip(k, active_host)])
             k_active = [kr for kr, a in zip(k, active_host) if a]

@@ -70,8 +70,9 @@ def twohot_loss(logits: torch.Tensor, target: torch.Tensor, bins: torch.Tensor) 
 # == lambda-returns, return normalisation, free bits =================================================================
 
 
-def lambda_returns(rewards: torch.Tensor, continues: torch.Tensor, values: torch.Tensor, gamma: float = 1.0,
-                   lam: float = 0.95) -> torch.Tensor:
+def lambda_returns(
+    rewards: torch.Tensor, continues: torch.Tensor, values: torch.Tensor, gamma: float = 1.0, lam: float = 0.95
+) -> torch.Tensor:
     """Bootstrapped lambda-returns of an imagined trajectory of H steps, right to left:
         R_H = v_H;   R_k = r_k + gamma c_k ((1 - lam) v_{k+1} + lam R_{k+1})
     `rewards`, `continues`: [N, H] (r_k, c_k of the transition from latent k to k + 1); `values`: [N, H + 1] (v_0 at the
@@ -118,5 +119,14 @@ def free_bits(kl: torch.Tensor, bits: float) -> torch.Tensor:
     return torch.clamp(kl, min=bits) if bits > 0 else kl
 
 
-__all__ = ["PercentileNormalizer", "free_bits", "lambda_returns", "symexp", "symlog", "twohot_bins", "twohot_decode",
-           "twohot_encode", "twohot_loss"]
+__all__ = [
+    "PercentileNormalizer",
+    "free_bits",
+    "lambda_returns",
+    "symexp",
+    "symlog",
+    "twohot_bins",
+    "twohot_decode",
+    "twohot_encode",
+    "twohot_loss",
+]

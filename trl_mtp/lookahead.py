@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import torch
 
 from trl_mtp.decoding import accept_greedy, left_pad
+from trl_mtp.model import MTPForCausalLM
 
 
 @dataclass
@@ -70,8 +71,9 @@ class _Batch:
     def __init__(self, model, rows: list[list[int]], pad: int):
         self.ids, mask = left_pad(rows, pad, model.device)
         position_ids = (mask.cumsum(1) - 1).clamp(min=0)
-        self.logits = model.base_model(input_ids=self.ids, attention_mask=mask, position_ids=position_ids,
-                                       use_cache=False).logits.float()
+        self.logits = model.base_model(
+            input_ids=self.ids, attention_mask=mask, position_ids=position_ids, use_cache=False
+        ).logits.float()
         self.hidden = model.trunk.hidden
         self.layer_kwargs = model.trunk.layer_call_kwargs() if model.heads.uses_layer_kwargs else None
 
@@ -92,8 +94,13 @@ def _propose(model, batch: _Batch, last: torch.Tensor, branches: int, pad: int):
         scratch[rows, last + 1] = top.indices[:, j]
         prev = batch.hidden
         for depth in range(1, D + 1):
-            prev = heads.depth_hidden(depth, batch.hidden, prev_hidden=prev, tokens=scratch[:, depth:depth + width],
-                                      layer_kwargs=batch.layer_kwargs)
+            prev = heads.depth_hidden(
+                depth,
+                batch.hidden,
+                prev_hidden=prev,
+                tokens=scratch[:, depth : depth + width],
+                layer_kwargs=batch.layer_kwargs,
+            )
             token = heads.depth_logits(depth, prev[rows, last]).argmax(-1)
             scratch[rows, last + 1 + depth] = token
             drafts[:, j, depth - 1] = token
@@ -101,24 +108,46 @@ def _propose(model, batch: _Batch, last: torch.Tensor, branches: int, pad: int):
 
 
 @torch.no_grad()
-def lookahead_search(model, prompt_ids: list[int], value_fn=None, *, prompt_text: str | None = None, tokenizer=None,
-                     beam_width: int = 2, branches: int = 2, max_forwards: int = 64, max_new_tokens: int = 32,
-                     eos_token_id: int | None = None, pad_token_id: int = 0, stop_value: float | None = None,
-                     value_on_partial: bool = False) -> SearchResult:
+def lookahead_search(
+    model: MTPForCausalLM,
+    prompt_ids: list[int],
+    value_fn=None,
+    *,
+    prompt_text: str | None = None,
+    tokenizer=None,
+    beam_width: int = 2,
+    branches: int = 2,
+    max_forwards: int = 64,
+    max_new_tokens: int = 32,
+    eos_token_id: int | None = None,
+    pad_token_id: int = 0,
+    stop_value: float | None = None,
+    value_on_partial: bool = False,
+) -> SearchResult:
     """Search continuations of one prompt (token ids) with an `MTPForCausalLM`; see the module docstring.
 
     `value_fn(prompts, completions) -> list[float]` gets texts (`prompt_text` and completions decoded with
     `tokenizer`); None ranks by base log-probability alone. `stop_value`: stop as soon as a complete candidate
     scores at least this (an oracle verifier's 1.0), so `stats["forwards"]` is what the search needed."""
-    for name, value in (("beam_width", beam_width), ("branches", branches), ("max_forwards", max_forwards),
-                        ("max_new_tokens", max_new_tokens)):
+    for name, value in (
+        ("beam_width", beam_width),
+        ("branches", branches),
+        ("max_forwards", max_forwards),
+        ("max_new_tokens", max_new_tokens),
+    ):
         _check_positive(name, value)
     if value_fn is not None and (tokenizer is None or prompt_text is None):
         raise ValueError("value_fn needs tokenizer and prompt_text to score texts")
     was_training = model.training
     model.eval()
-    stats = {"forwards": 1, "base_calls": 1, "scored_tokens": len(prompt_ids), "head_calls": 0, "expansions": 0,
-             "complete_candidates": 0}
+    stats = {
+        "forwards": 1,
+        "base_calls": 1,
+        "scored_tokens": len(prompt_ids),
+        "head_calls": 0,
+        "expansions": 0,
+        "complete_candidates": 0,
+    }
 
     def score(nodes: list[Node]) -> None:
         if value_fn is None or not nodes:
@@ -130,8 +159,7 @@ def lookahead_search(model, prompt_ids: list[int], value_fn=None, *, prompt_text
     try:
         batch = _Batch(model, [list(prompt_ids)], pad_token_id)  # the prefill
         root = Node([])
-        tokens, lps, drafts, calls = _propose(model, batch, torch.tensor([len(prompt_ids) - 1]), branches,
-                                              pad_token_id)
+        tokens, lps, drafts, calls = _propose(model, batch, torch.tensor([len(prompt_ids) - 1]), branches, pad_token_id)
         stats["head_calls"] += calls
         root.proposals = [(int(tokens[0, j]), float(lps[0, j]), drafts[0, j].tolist()) for j in range(branches)]
         beam, complete = [root], []
@@ -139,8 +167,13 @@ def lookahead_search(model, prompt_ids: list[int], value_fn=None, *, prompt_text
         while beam and stats["forwards"] < max_forwards:
             # expand: branch-major, cut to the budget left
             budget = max_forwards - stats["forwards"]
-            pairs = [(node, prop) for j in range(branches) for node in beam if j < len(node.proposals)
-                     for prop in [node.proposals[j]]][:budget]
+            pairs = [
+                (node, prop)
+                for j in range(branches)
+                for node in beam
+                if j < len(node.proposals)
+                for prop in [node.proposals[j]]
+            ][:budget]
             rows = [list(prompt_ids) + node.tokens + [b] + d for node, (b, _, d) in pairs]
             batch = _Batch(model, rows, pad_token_id)  # verify: ONE base forward over every candidate
             stats["forwards"] += len(rows)
@@ -160,7 +193,7 @@ def lookahead_search(model, prompt_ids: list[int], value_fn=None, *, prompt_text
                 if eos_token_id is not None and eos_token_id in block:
                     cut = block.index(eos_token_id)  # the EOS itself is not part of the text
                 room = max_new_tokens - len(node.tokens)
-                child = Node(node.tokens + block[:min(cut, room)], lp)
+                child = Node(node.tokens + block[: min(cut, room)], lp)
                 child.done = cut < len(block) or len(block) >= room
                 children.append(child)
                 last.append(start + k)
@@ -176,12 +209,14 @@ def lookahead_search(model, prompt_ids: list[int], value_fn=None, *, prompt_text
             if stop_value is not None and any(c.value is not None and c.value >= stop_value for c in done):
                 break
             if live and stats["forwards"] < max_forwards:  # propose the next branches from this same forward
-                tokens, lps, drafts, calls = _propose(model, batch, torch.tensor(last, device=batch.ids.device),
-                                                      branches, pad_token_id)
+                tokens, lps, drafts, calls = _propose(
+                    model, batch, torch.tensor(last, device=batch.ids.device), branches, pad_token_id
+                )
                 stats["head_calls"] += calls
                 for c, i in live:
-                    c.proposals = [(int(tokens[i, j]), float(lps[i, j]), drafts[i, j].tolist())
-                                   for j in range(branches)]
+                    c.proposals = [
+                        (int(tokens[i, j]), float(lps[i, j]), drafts[i, j].tolist()) for j in range(branches)
+                    ]
             beam = [c for c, _ in live]
     finally:
         model.train(was_training)
@@ -193,10 +228,22 @@ def lookahead_search(model, prompt_ids: list[int], value_fn=None, *, prompt_text
 
 
 @torch.no_grad()
-def best_of_n(model, prompt_ids: list[int], value_fn, *, prompt_text: str, tokenizer, max_forwards: int,
-              max_new_tokens: int = 32, eos_token_id: int | None = None, pad_token_id: int = 0,
-              temperature: float = 1.0, stop_value: float | None = None, seed: int = 0,
-              speculative_cost: bool = True) -> SearchResult:
+def best_of_n(
+    model: MTPForCausalLM,
+    prompt_ids: list[int],
+    value_fn,
+    *,
+    prompt_text: str,
+    tokenizer,
+    max_forwards: int,
+    max_new_tokens: int = 32,
+    eos_token_id: int | None = None,
+    pad_token_id: int = 0,
+    temperature: float = 1.0,
+    stop_value: float | None = None,
+    seed: int = 0,
+    speculative_cost: bool = True,
+) -> SearchResult:
     """The baseline at equal budget: plain samples, drawn one after the other while they fit in `max_forwards`
     row-forwards, the best by `value_fn` (ties: the first). A sample's cost is its forwards: with
     `speculative_cost` those of lossless speculative sampling with the heads (same distribution, fewer forwards:
@@ -208,19 +255,24 @@ def best_of_n(model, prompt_ids: list[int], value_fn, *, prompt_text: str, token
     n = max_forwards  # no sample costs less than one forward
     ids = torch.tensor([prompt_ids] * n, device=model.device)
     sequences, st = model.speculative_generate(
-        ids, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
+        ids,
+        max_new_tokens=max_new_tokens,
+        do_sample=True,
+        temperature=temperature,
         top_k=0,  # the full distribution at `temperature`, not generate's default top-50 cut
         eos_token_id=[] if eos_token_id is None else eos_token_id,  # None: no EOS (not the config's), as the search
-        pad_token_id=pad_token_id, generator=torch.Generator().manual_seed(seed))
+        pad_token_id=pad_token_id,
+        generator=torch.Generator().manual_seed(seed),
+    )
     rounds = torch.tensor(st["accepted_per_round"]).view(-1, n) if st["accepted_per_round"] else torch.zeros(0, n)
     spec_cost = 1 + (rounds >= 0).sum(0)  # the prefill, then one forward per round the row took part in
-    new = sequences[:, len(prompt_ids):]
+    new = sequences[:, len(prompt_ids) :]
     ended = (new == eos_token_id) if eos_token_id is not None else torch.zeros_like(new, dtype=torch.bool)
     # a row without EOS ran to max_new_tokens (counting non-pad tokens would miss sampled pad ids)
     lengths = torch.where(ended.any(1), ended.float().argmax(1) + 1, max_new_tokens)
     costs = spec_cost if speculative_cost else lengths
     fits = int((costs.cumsum(0) <= max_forwards).sum())
-    samples = [new[i, :lengths[i]].tolist() for i in range(fits)]
+    samples = [new[i, : lengths[i]].tolist() for i in range(fits)]
     samples = [s[:-1] if s and s[-1] == eos_token_id else s for s in samples]
     texts = tokenizer.batch_decode(samples, skip_special_tokens=True)
     values = [float(v) for v in value_fn([prompt_text] * len(texts), texts)] if texts else []

@@ -142,8 +142,13 @@ def chunked_head_loss(
     for start in range(0, n, step):
         chunk_stats: list = []
         args = (
-            logits_fn, hidden[start : start + step], labels[start : start + step],
-            None if teacher_hidden is None else teacher_hidden[start : start + step], teacher_fn, topk, chunk_stats,
+            logits_fn,
+            hidden[start : start + step],
+            labels[start : start + step],
+            None if teacher_hidden is None else teacher_hidden[start : start + step],
+            teacher_fn,
+            topk,
+            chunk_stats,
         )
         chunk_loss = checkpoint(_chunk_loss, *args, use_reentrant=False) if use_checkpoint else _chunk_loss(*args)
         loss_sum = loss_sum + chunk_loss

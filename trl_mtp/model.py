@@ -35,8 +35,13 @@ CONFIG_FILE = "mtp_config.json"
 
 
 # the JSON files of a model folder that loading reads first: a corrupt one is named before a library trace
-MODEL_JSON_FILES = ("config.json", CONFIG_FILE, "generation_config.json", "adapter_config.json",
-                    "tokenizer_config.json")
+MODEL_JSON_FILES = (
+    "config.json",
+    CONFIG_FILE,
+    "generation_config.json",
+    "adapter_config.json",
+    "tokenizer_config.json",
+)
 
 
 def check_model_dir(directory) -> None:
@@ -52,8 +57,9 @@ def check_model_dir(directory) -> None:
                 with open(file) as f:
                     json.load(f)
             except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                raise UserInputError(f"{file}: not valid JSON ({err}); the folder is damaged: restore or re-save "
-                                     "it") from None
+                raise UserInputError(
+                    f"{file}: not valid JSON ({err}); the folder is damaged: restore or re-save it"
+                ) from None
 
 
 def check_heads_match(directory, mtp_config: MTPConfig, expected: dict | None = None, state: dict | None = None):
@@ -63,18 +69,26 @@ def check_heads_match(directory, mtp_config: MTPConfig, expected: dict | None = 
     said = f"{CONFIG_FILE} says head_type={mtp_config.head_type!r}, num_mtp_heads={mtp_config.num_mtp_heads}"
     with safe_open(os.path.join(directory, HEADS_FILE), "pt") as f:
         meta = f.metadata() or {}
-    if "head_type" in meta and (meta["head_type"], meta["num_mtp_heads"]) != \
-            (mtp_config.head_type, str(mtp_config.num_mtp_heads)):
-        raise UserInputError(f"{directory}: {said}, but {HEADS_FILE} holds head_type={meta['head_type']!r}, "
-                             f"num_mtp_heads={meta['num_mtp_heads']}; restore the matching {CONFIG_FILE}")
+    if "head_type" in meta and (meta["head_type"], meta["num_mtp_heads"]) != (
+        mtp_config.head_type,
+        str(mtp_config.num_mtp_heads),
+    ):
+        raise UserInputError(
+            f"{directory}: {said}, but {HEADS_FILE} holds head_type={meta['head_type']!r}, "
+            f"num_mtp_heads={meta['num_mtp_heads']}; restore the matching {CONFIG_FILE}"
+        )
     if expected is None:
         return
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
-        found = "; ".join(f"{len(keys)} {what} (e.g. {keys[0]!r})" for what, keys in
-                          (("tensors missing", missing), ("unexpected tensors", unexpected)) if keys)
-        raise UserInputError(f"{directory}: {said}, but {HEADS_FILE} holds other heads: {found}; restore the "
-                             f"matching {CONFIG_FILE}")
+        found = "; ".join(
+            f"{len(keys)} {what} (e.g. {keys[0]!r})"
+            for what, keys in (("tensors missing", missing), ("unexpected tensors", unexpected))
+            if keys
+        )
+        raise UserInputError(
+            f"{directory}: {said}, but {HEADS_FILE} holds other heads: {found}; restore the matching {CONFIG_FILE}"
+        )
 
 
 @dataclass
@@ -112,7 +126,9 @@ class MTPForCausalLM(nn.Module):
 
     # -- construction, save, load --------------------------------------------------------------------
     @classmethod
-    def from_base(cls, model_or_path, mtp_config: MTPConfig | None = None, **load_kwargs) -> "MTPForCausalLM":
+    def from_base(
+        cls, model_or_path: str | os.PathLike | PreTrainedModel, mtp_config: MTPConfig | None = None, **load_kwargs
+    ) -> MTPForCausalLM:
         """New heads on a base model (a `PreTrainedModel`, or a path / hub id loaded with `AutoModelForCausalLM`).
         Sequential heads on a checkpoint with native MTP layers start their first depths from those layers."""
         if isinstance(model_or_path, (str, os.PathLike)):
@@ -135,8 +151,11 @@ class MTPForCausalLM(nn.Module):
         state = self.heads.state_dict() if state is None else state
         state = {name: t.detach().contiguous().cpu() for name, t in state.items()}
         # what the heads are, so that a mismatching mtp_config.json is named on load (`check_heads_match`)
-        metadata = {"format": "pt", "head_type": self.mtp_config.head_type,
-                    "num_mtp_heads": str(self.mtp_config.num_mtp_heads)}
+        metadata = {
+            "format": "pt",
+            "head_type": self.mtp_config.head_type,
+            "num_mtp_heads": str(self.mtp_config.num_mtp_heads),
+        }
         save_file(state, os.path.join(directory, HEADS_FILE), metadata=metadata)
         with open(os.path.join(directory, CONFIG_FILE), "w") as f:
             json.dump(self.mtp_config.to_dict(), f, indent=2)
@@ -151,7 +170,7 @@ class MTPForCausalLM(nn.Module):
         self.heads.load_state_dict(state, strict=True)
 
     @classmethod
-    def from_pretrained(cls, directory, merge_lora: bool = False, **load_kwargs) -> "MTPForCausalLM":
+    def from_pretrained(cls, directory: str | os.PathLike, merge_lora: bool = False, **load_kwargs) -> MTPForCausalLM:
         """Load what `save_pretrained` wrote, or a checkpoint with transformers-native MTP layers (DeepSeek-V3, GLM-4.5,
         Mellum: loaded as sequential heads, see `trl_mtp.native`); `load_kwargs` go to `from_pretrained` of the base.
         A LoRA run loads as its base with the adapter attached, or, with `merge_lora=True`, with the adapter merged
@@ -172,8 +191,10 @@ class MTPForCausalLM(nn.Module):
             with open(adapter_config) as f:
                 base_path = json.load(f)["base_model_name_or_path"]
             if not base_path:  # a base built in memory has no name: the adapter cannot say where its base is
-                raise ValueError(f"{adapter_config}: base_model_name_or_path={base_path!r}; set it to the folder or "
-                                 "hub id of the base the adapter was trained on")
+                raise ValueError(
+                    f"{adapter_config}: base_model_name_or_path={base_path!r}; set it to the folder or "
+                    "hub id of the base the adapter was trained on"
+                )
             base = AutoModelForCausalLM.from_pretrained(base_path, **load_kwargs)
             with warnings.catch_warnings():
                 # the adapter was trained with the heads attached and excluded from LoRA; here they are not
@@ -192,7 +213,7 @@ class MTPForCausalLM(nn.Module):
         return model
 
     @classmethod
-    def _from_native(cls, directory, **load_kwargs) -> "MTPForCausalLM":
+    def _from_native(cls, directory, **load_kwargs) -> MTPForCausalLM:
         """Sequential heads holding a checkpoint's native MTP layers (D = their number)."""
         base, mtp = load_native(directory, **load_kwargs)
         model = cls(base, MTPConfig(head_type="sequential", num_mtp_heads=len(mtp.layers)))
@@ -303,9 +324,15 @@ class MTPForCausalLM(nn.Module):
             got = None if hidden is None else tuple(hidden.shape[:2])
             raise RuntimeError(f"captured trunk hidden {got} does not match input_ids {tuple(input_ids.shape)}")
         return mtp_loss(
-            self.heads, hidden, input_ids, labels, self.mtp_config,
-            attention_mask=attention_mask, position_ids=position_ids,
-            num_depths=num_depths, num_items_in_batch=num_items_in_batch,
+            self.heads,
+            hidden,
+            input_ids,
+            labels,
+            self.mtp_config,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            num_depths=num_depths,
+            num_items_in_batch=num_items_in_batch,
         )
 
     def mtp_logits(
@@ -316,7 +343,9 @@ class MTPForCausalLM(nn.Module):
     ) -> torch.Tensor:
         """[D, B, T, V]: depth i (index i-1) at position t predicts token t+1+i. For inspection of small inputs."""
         self.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-        return torch.stack([
-            self.heads.depth_logits(depth, z)
-            for depth, z in self.heads.iter_depth_hiddens(self.trunk.hidden, input_ids)
-        ])
+        return torch.stack(
+            [
+                self.heads.depth_logits(depth, z)
+                for depth, z in self.heads.iter_depth_hiddens(self.trunk.hidden, input_ids)
+            ]
+        )

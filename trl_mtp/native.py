@@ -22,6 +22,7 @@ Stock transformers finds MTP tensors through the class's `_keys_to_ignore_on_loa
 checkpoints' layer index (DeepSeek-V3: 61; GLM-4.5: 92 or 46; Mellum: `mtp.`). A DeepSeek/GLM model with another
 depth needs `allow_stock_mtp(model)` on the loaded model before `generate(use_mtp=True)`.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,6 +33,7 @@ from contextlib import contextmanager
 import torch
 
 from trl_mtp.heads.native_layouts import ARCHITECTURES, native_layout
+
 
 def native_mtp_layers(directory) -> int:
     """`num_mtp_layers` of a local checkpoint of a supported architecture (0 when it has none or is not one)."""
@@ -56,7 +58,8 @@ def allow_stock_mtp(base) -> None:
     text = base.config.get_text_config()
     n = text.num_mtp_layers or 1
     base._keys_to_ignore_on_load_unexpected = [
-        re.escape(layout.prefix(text.num_hidden_layers, i)) + ".*" for i in range(n)]
+        re.escape(layout.prefix(text.num_hidden_layers, i)) + ".*" for i in range(n)
+    ]
 
 
 @contextmanager
@@ -81,7 +84,9 @@ def stock_mtp_model(base):
         try:
             return MtpModel.from_pretrained(base, device_map={"": base.device})
         except RuntimeError as err:  # transformers raises when MTP tensors are missing
-            raise ValueError(f"{base.config.name_or_path}: no native MTP weights ({str(err).splitlines()[0]})") from None
+            raise ValueError(
+                f"{base.config.name_or_path}: no native MTP weights ({str(err).splitlines()[0]})"
+            ) from None
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -90,8 +95,9 @@ def stock_mtp_model(base):
 def copy_native_layers(heads, mtp) -> int:
     """Put MtpModel's layers into the first depths of sequential `heads` (modules moved, not copied); -> how many."""
     if getattr(mtp, "use_shared_post_norm", False) or not mtp.use_post_norm:
-        raise ValueError(f"{type(heads.trunk.model).__name__}: a shared chain norm is not supported by the sequential "
-                         "family")
+        raise ValueError(
+            f"{type(heads.trunk.model).__name__}: a shared chain norm is not supported by the sequential family"
+        )
     n = min(len(mtp.layers), heads.num_depths)
     for depth, layer in zip(heads.layers[:n], mtp.layers[:n]):
         depth.enorm, depth.hnorm, depth.eh_proj = layer.enorm, layer.hnorm, layer.eh_proj
@@ -106,8 +112,10 @@ def load_native(directory, **load_kwargs):
     from transformers import AutoModelForCausalLM
 
     if native_mtp_layers(directory) < 1:
-        raise ValueError(f"{directory}: not a checkpoint with native MTP layers (no num_mtp_layers for a supported "
-                         f"architecture: {', '.join(ARCHITECTURES)})")
+        raise ValueError(
+            f"{directory}: not a checkpoint with native MTP layers (no num_mtp_layers for a supported "
+            f"architecture: {', '.join(ARCHITECTURES)})"
+        )
     base = AutoModelForCausalLM.from_pretrained(directory, **load_kwargs)
     return base, stock_mtp_model(base)
 
@@ -134,18 +142,20 @@ def native_state_dict(model) -> dict[str, torch.Tensor]:
     if model.heads.head_type != "sequential":
         raise ValueError(f"head_type={model.heads.head_type!r}: only sequential heads have a native MTP layout")
     D = model.heads.num_depths
-    if layout.max_layers is not None and D > layout.max_layers:
-        raise ValueError(f"num_mtp_heads={D}: {model.config.get_text_config().model_type} checkpoints hold at most "
-                         f"{layout.max_layers} MTP layer(s)")
+    if layout.max_layers is not None and layout.max_layers < D:
+        raise ValueError(
+            f"num_mtp_heads={D}: {model.config.get_text_config().model_type} checkpoints hold at most "
+            f"{layout.max_layers} MTP layer(s)"
+        )
     L = model.config.get_text_config().num_hidden_layers
     state = {}
     for i, depth in enumerate(model.heads.layers):
         for name, tensor in depth.state_dict().items():
             own = next((ours for ours in layout.names if name.startswith(ours + ".")), None)
             if own is not None:
-                key = layout.prefix(L, i) + layout.names[own] + name[len(own):]
+                key = layout.prefix(L, i) + layout.names[own] + name[len(own) :]
             elif name.startswith("mtp_block."):
-                key = layout.block_prefix(L, i) + name[len("mtp_block."):]
+                key = layout.block_prefix(L, i) + name[len("mtp_block.") :]
             else:
                 raise ValueError(f"sequential depth {i + 1}: parameter {name!r} has no place in the native layout")
             state[key] = tensor.detach().contiguous()
@@ -159,8 +169,10 @@ def export_native(model, directory, tokenizer=None) -> list[str]:
 
     base = model.base_model
     if getattr(base, "_hf_peft_config_loaded", False) or hasattr(base, "peft_config"):
-        raise ValueError("the model has LoRA adapters: merge them first (MTPForCausalLM.from_pretrained(run, "
-                         "merge_lora=True), or peft's merge_and_unload) and export the merged model")
+        raise ValueError(
+            "the model has LoRA adapters: merge them first (MTPForCausalLM.from_pretrained(run, "
+            "merge_lora=True), or peft's merge_and_unload) and export the merged model"
+        )
     _check_stock_attention(base.config)
     state = native_state_dict(model)
     # the block's tensors go through the base's own save-time conversions (e.g. fused experts -> one per expert)
@@ -185,9 +197,11 @@ def _check_stock_attention(config) -> None:
     No weight depends on num_key_value_heads there; released checkpoints set it equal."""
     text = config.get_text_config()
     if getattr(text, "kv_lora_rank", None) and text.num_key_value_heads != text.num_attention_heads:
-        raise ValueError(f"num_key_value_heads={text.num_key_value_heads} with num_attention_heads="
-                         f"{text.num_attention_heads}: transformers' latent attention fails on a cache unless they are "
-                         "equal; set config.num_key_value_heads = config.num_attention_heads (no weight depends on it)")
+        raise ValueError(
+            f"num_key_value_heads={text.num_key_value_heads} with num_attention_heads="
+            f"{text.num_attention_heads}: transformers' latent attention fails on a cache unless they are "
+            "equal; set config.num_key_value_heads = config.num_attention_heads (no weight depends on it)"
+        )
 
 
 def _add_tensors(directory: str, state: dict) -> None:

@@ -8,6 +8,8 @@ checkpoint (which restores `global_step`) continues every schedule exactly where
     step     : lambda_0 until s = f * S, then lambda_1        (DeepSeek-V3: 0.3 -> 0.1 after 10T of 14.8T tokens)
     linear   : lambda_0 + (lambda_1 - lambda_0) * s / S
     cosine   : lambda_1 + (lambda_0 - lambda_1) * (1 + cos(pi * s / S)) / 2
+    adaptive : lambda_0 is a ceiling; the trainer sets the weight of each micro-batch below it from the gradients
+               (coupled mode; the rule is in `trl_mtp.trainers.mtp_targets`)
 - frequency (`mtp_every_n_steps` = n): the MTP loss is applied at steps s with s % n == 0.
 - window curriculum (`mtp_window_schedule`), with D = num_mtp_heads and progress p = s / S:
     off     : k = D
@@ -21,7 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-LAMBDA_SCHEDULES = ("constant", "step", "linear", "cosine")
+LAMBDA_SCHEDULES = ("constant", "step", "linear", "cosine", "adaptive")
 WINDOW_SCHEDULES = ("off", "forward", "reverse")
 
 
@@ -55,10 +57,12 @@ def validate_schedule(
         raise ValueError(f"mtp_window_schedule={mtp_window_schedule!r}: choose one of {', '.join(WINDOW_SCHEDULES)}")
 
 
-def mtp_lambda_at(step: int, total_steps: int, *, start: float, end: float, schedule: str, step_fraction: float = 0.675) -> float:
+def mtp_lambda_at(
+    step: int, total_steps: int, *, start: float, end: float, schedule: str, step_fraction: float = 0.675
+) -> float:
     """The MTP loss weight at optimizer step `step` of `total_steps`."""
     progress = min(max(step / max(total_steps, 1), 0.0), 1.0)
-    if schedule == "constant":
+    if schedule in ("constant", "adaptive"):  # adaptive: the ceiling
         return start
     if schedule == "step":
         return start if progress < step_fraction else end
@@ -97,7 +101,11 @@ def mtp_step_plan(
     """The full plan for one step: weight, window and whether the MTP loss applies at all."""
     return MTPStepPlan(
         mtp_lambda=mtp_lambda_at(
-            step, total_steps, start=mtp_lambda, end=mtp_lambda_end, schedule=mtp_lambda_schedule,
+            step,
+            total_steps,
+            start=mtp_lambda,
+            end=mtp_lambda_end,
+            schedule=mtp_lambda_schedule,
             step_fraction=mtp_lambda_step_fraction,
         ),
         window=mtp_window_at(step, total_steps, num_heads=num_heads, schedule=mtp_window_schedule),

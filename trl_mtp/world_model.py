@@ -177,7 +177,9 @@ class WorldModel(nn.Module):
         return self.args.wm_repr_coef if self.args.wm_gradient == "coupled" else 0.0
 
     # -- the prior ------------------------------------------------------------------------------------------------
-    def prior_step(self, step: int, prev: torch.Tensor, tokens: torch.Tensor, layer_kwargs: dict | None) -> torch.Tensor:
+    def prior_step(
+        self, step: int, prev: torch.Tensor, tokens: torch.Tensor, layer_kwargs: dict | None
+    ) -> torch.Tensor:
         """h^_{t+step} = f(h^_{t+step-1}, emb(a_{t+step-1})) at every position t: the sequential head's depth `step`
         (depths beyond D reuse the last depth's block), or the MLP prior.  (DeepSeek-V3 MTP module, eq. 21-22)"""
         frozen = self.repr_scale == 0  # the embeddings are the policy's
@@ -207,19 +209,29 @@ class WorldModel(nn.Module):
             return self.features(hidden.detach()) if self.repr_scale == 0 else self.trunk.norm(hidden)
 
     # -- training losses ------------------------------------------------------------------------------------------
-    def losses(self, hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, context_length: int,
-               real_logits: torch.Tensor, rewards: torch.Tensor, response_mask: torch.Tensor,
-               value_head: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def losses(
+        self,
+        hidden: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        context_length: int,
+        real_logits: torch.Tensor,
+        rewards: torch.Tensor,
+        response_mask: torch.Tensor,
+        value_head: nn.Module,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """World-model loss terms of one micro-batch, from the trunk states of the update's own forward.
 
         `hidden` [B, L, d] (graph attached), `real_logits` [B, L, V] (the policy's logits, read detached),
         `rewards`/`response_mask` [B, R] (per-token rewards of the rollouts). Returns (terms, stats)."""
         with capture_preserved(self.trunk):
-            return self._losses(hidden, input_ids, attention_mask, context_length, real_logits, rewards,
-                                response_mask, value_head)
+            return self._losses(
+                hidden, input_ids, attention_mask, context_length, real_logits, rewards, response_mask, value_head
+            )
 
-    def _losses(self, hidden, input_ids, attention_mask, context_length, real_logits, rewards, response_mask,
-                value_head):
+    def _losses(
+        self, hidden, input_ids, attention_mask, context_length, real_logits, rewards, response_mask, value_head
+    ):
         args, C = self.args, context_length
         terms, stats = {}, {}
         h = scale_gradient(hidden, self.repr_scale)
@@ -246,13 +258,19 @@ class WorldModel(nn.Module):
         if args.wm_imagination_horizon > 0 and args.wm_imagination_coef > 0:
             target = self.imagine(hidden, input_ids, value_head, columns=range(C - 1, hidden.size(1) - 1))
             stats["wm/imagined_return"] = masked_mean(target, mask)
-            terms["wm_imagination"] = args.vf_coef * args.wm_imagination_coef * masked_mean(
-                critic_loss(value_head, critic_features, target), mask)
+            terms["wm_imagination"] = (
+                args.vf_coef
+                * args.wm_imagination_coef
+                * masked_mean(critic_loss(value_head, critic_features, target), mask)
+            )
         if self.slow_critic is not None:
             with torch.no_grad():
                 slow_values = self.slow_critic(critic_features.detach())
-            terms["wm_slow_critic"] = args.vf_coef * args.wm_slow_critic_coef * masked_mean(
-                critic_loss(value_head, critic_features, slow_values), mask)
+            terms["wm_slow_critic"] = (
+                args.vf_coef
+                * args.wm_slow_critic_coef
+                * masked_mean(critic_loss(value_head, critic_features, slow_values), mask)
+            )
         return terms, stats
 
     def _dynamics_losses(self, hidden, h, input_ids, attn, C, real_logits, stats) -> dict[str, torch.Tensor]:
@@ -290,8 +308,14 @@ class WorldModel(nn.Module):
 
     # -- imagination ------------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def imagine(self, hidden: torch.Tensor, input_ids: torch.Tensor, value_head: nn.Module, columns=None,
-                return_trajectory: bool = False):
+    def imagine(
+        self,
+        hidden: torch.Tensor,
+        input_ids: torch.Tensor,
+        value_head: nn.Module,
+        columns=None,
+        return_trajectory: bool = False,
+    ):
         """From each real prefix ending at a column t of `columns` (default: every column), an independent rollout of
         the prior for H steps, with tokens sampled from the policy at h_t and from the heads' logits of the predicted
         latents after it; the lambda-return R_0 [B, len(columns)] is a critic target at h_t. No gradient anywhere
@@ -361,8 +385,14 @@ class PrefixRollouts:
     exactly the chain the heads compute teacher-forced on that continuation (and what drafting computes with drafts).
     Positions after t are computed and never read (causal attention). Cost: one block call on [B * S, L] per step."""
 
-    def __init__(self, world_model: WorldModel, hidden: torch.Tensor, input_ids: torch.Tensor, columns: torch.Tensor,
-                 horizon: int):
+    def __init__(
+        self,
+        world_model: WorldModel,
+        hidden: torch.Tensor,
+        input_ids: torch.Tensor,
+        columns: torch.Tensor,
+        horizon: int,
+    ):
         self.world_model, self.columns = world_model, columns
         B, self.length = input_ids.shape
         S = columns.numel()
@@ -430,7 +460,17 @@ def resolve_dynamics(args) -> str:
 
 
 __all__ = [
-    "MLPDynamics", "PercentileNormalizer", "PrefixRollouts", "TwoHotHead", "TwoHotValueHead", "WorldModel",
-    "capture_preserved", "critic_loss", "latent_distance", "repeat_rows", "sample_tokens", "scale_gradient",
+    "MLPDynamics",
+    "PercentileNormalizer",
+    "PrefixRollouts",
+    "TwoHotHead",
+    "TwoHotValueHead",
+    "WorldModel",
+    "capture_preserved",
+    "critic_loss",
+    "latent_distance",
+    "repeat_rows",
+    "sample_tokens",
+    "scale_gradient",
     "token_kl",
 ]

@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 
 import trl_mtp.native
 from trl_mtp.cli import main as cli_main
+from trl_mtp.config import HEAD_TYPES
 from trl_mtp.conformance.subjects import tiny_subject
 from trl_mtp.native import export_native
 
@@ -73,8 +74,11 @@ def test_check_fails_native_layers_that_were_lost(tmp_path, capsys):
     assert row(out, "stock_use_mtp")[1] == "pass" and float(row(out, "greedy[sequential]")[2]) > 0
     # the MTP layers (model.layers.2.*: decoder layer 2 of a 2-layer model) dropped from the weights
     weights = load_file(native / "model.safetensors")
-    save_file({k: v for k, v in weights.items() if not k.startswith("model.layers.2.")}, native / "model.safetensors",
-              metadata={"format": "pt"})
+    save_file(
+        {k: v for k, v in weights.items() if not k.startswith("model.layers.2.")},
+        native / "model.safetensors",
+        metadata={"format": "pt"},
+    )
     code, out, err = check(capsys, native, "--paths", "greedy,stock_use_mtp")
     assert code == 1 and len(err) == 1 and "heads cannot be loaded" in err[0] and "no native MTP weights" in err[0]
 
@@ -99,11 +103,17 @@ def test_check_on_a_plain_base_runs_every_family(tmp_path, capsys):
     tiny_model("qwen3").save_pretrained(tmp_path)
     code, out, err = check(capsys, tmp_path, "--paths", "greedy")
     assert code == 0, err  # new heads draft little, and that is no failure for a base without heads
-    assert [row(out, f"greedy[{f}]")[1] for f in ("blockwise", "parallel", "sequential", "medusa")] == ["pass"] * 4
+    assert [row(out, f"greedy[{f}]")[1] for f in HEAD_TYPES] == ["pass"] * len(HEAD_TYPES)
 
 
-@pytest.mark.parametrize("args,bad", [(["/no/such/dir"], "/no/such/dir"), (["{dir}", "--paths", "greedy,nope"], "nope"),
-                                      (["{dir}", "--dtype", "int8"], "int8")])
+@pytest.mark.parametrize(
+    "args,bad",
+    [
+        (["/no/such/dir"], "/no/such/dir"),
+        (["{dir}", "--paths", "greedy,nope"], "nope"),
+        (["{dir}", "--dtype", "int8"], "int8"),
+    ],
+)
 def test_check_bad_input_is_one_line(args, bad, tmp_path, capsys):
     from trl_mtp.conformance.configs import tiny_model
 

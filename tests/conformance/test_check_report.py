@@ -7,10 +7,14 @@ from trl_mtp.conformance.report import format_table, markdown_matrix, verdict
 def test_markdown_matrix_numbers_each_kind_of_reason_once():
     refused = "model_type {!r} has no native MTP layers (native: deepseek_v3, glm4_moe, mellum)"
     results = {
-        "llama3": [Result("greedy[medusa]", "pass", acceptance=0.25), Result("native_export", "refused",
-                                                                              refused.format("llama"))],
-        "gpt2": [Result("greedy[medusa]", "fail", "IndexError: index out of range in self"),
-                 Result("native_export", "refused", refused.format("gpt2"))],
+        "llama3": [
+            Result("greedy[medusa]", "pass", acceptance=0.25),
+            Result("native_export", "refused", refused.format("llama")),
+        ],
+        "gpt2": [
+            Result("greedy[medusa]", "fail", "IndexError: index out of range in self"),
+            Result("native_export", "refused", refused.format("gpt2")),
+        ],
     }
     lines = markdown_matrix(results).splitlines()
     assert lines[0] == "| path | llama3 | gpt2 |"

@@ -77,8 +77,9 @@ def test_decoding_paths_fail_without_the_generation_configs_processors(monkeypat
     assert run_cell(qwen, "greedy", "blockwise").status == "pass"
     assert run_cell(llama, "sampled", "blockwise").status == "pass"
     real = decoding.generation_settings
-    monkeypatch.setattr(decoding, "generation_settings",
-                        lambda *args, **kwargs: (real(*args, **kwargs)[0], LogitsProcessorList()))
+    monkeypatch.setattr(
+        decoding, "generation_settings", lambda *args, **kwargs: (real(*args, **kwargs)[0], LogitsProcessorList())
+    )
     result = run_cell(qwen, "greedy", "blockwise")
     assert result.status == "fail" and "differs from generate" in result.reason
     result = run_cell(llama, "sampled", "blockwise")
@@ -89,8 +90,9 @@ def test_greedy_path_fails_when_holes_stay_inside_a_sliding_window(monkeypatch):
     subject = tiny_subject("mistral")
     assert run_cell(subject, "greedy", "parallel").status == "pass"
     real = decoding.SlotUpdate.plan
-    monkeypatch.setattr(decoding.SlotUpdate, "plan",
-                        classmethod(lambda cls, new_start, kept, window: real(new_start, kept, None)))
+    monkeypatch.setattr(
+        decoding.SlotUpdate, "plan", classmethod(lambda cls, new_start, kept, window: real(new_start, kept, None))
+    )
     assert run_cell(subject, "greedy", "parallel").status == "fail"
 
 
@@ -128,7 +130,7 @@ def test_sampling_check_passes_generate_and_fails_wrong_samplers(name):
 def test_ks_pvalue_of_uniform_and_of_shifted_values():
     u = torch.rand(500, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     assert ks_uniform_pvalue(u) > 0.05
-    assert ks_uniform_pvalue(u ** 0.7) < 1e-6  # pushed towards 1: a sampler too flat
+    assert ks_uniform_pvalue(u**0.7) < 1e-6  # pushed towards 1: a sampler too flat
 
 
 def test_memory_count_sees_a_hidden_copy_behind_a_hook():
@@ -149,15 +151,19 @@ def test_save_load_path_fails_when_heads_are_not_saved(monkeypatch):
     subject = tiny_subject("llama3")
     assert run_cell(subject, "save_load", "parallel").status == "pass"
     real = trl_mtp.model.save_file
-    monkeypatch.setattr(trl_mtp.model, "save_file",
-                        lambda state, path, **kw: real({k: torch.zeros_like(v) for k, v in state.items()}, path, **kw))
+    monkeypatch.setattr(
+        trl_mtp.model,
+        "save_file",
+        lambda state, path, **kw: real({k: torch.zeros_like(v) for k, v in state.items()}, path, **kw),
+    )
     result = run_cell(subject, "save_load", "parallel")
     assert result.status == "fail" and "heads' tensors differ" in result.reason
 
 
 def test_position_limit_path_refuses_a_long_context(monkeypatch):
-    long = dataclasses.replace(CHECKPOINTS["mistral"], config={**CHECKPOINTS["mistral"].config,
-                                                             "max_position_embeddings": 32768})
+    long = dataclasses.replace(
+        CHECKPOINTS["mistral"], config={**CHECKPOINTS["mistral"].config, "max_position_embeddings": 32768}
+    )
     monkeypatch.setitem(CHECKPOINTS, "mistral", long)
     result = run_cell(tiny_subject("mistral"), "position_limit", "blockwise")
     assert result.status == "refused" and "32768" in result.reason

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import pytest
 
-from trl_mtp.tasks.registry import get_task
+from trl_mtp.embedded.tasks.registry import get_task
 
-SFT = dict(max_steps=4, per_device_train_batch_size=8, learning_rate=1e-3, logging_steps=1, report_to=[],
-           activation_checkpointing=False, save_strategy="no", dataloader_pin_memory=False, num_mtp_heads=2,
-           seed=0, disable_tqdm=True, bf16=False)
+SFT = dict(
+    max_steps=4,
+    per_device_train_batch_size=8,
+    learning_rate=1e-3,
+    logging_steps=1,
+    report_to=[],
+    activation_checkpointing=False,
+    save_strategy="no",
+    dataloader_pin_memory=False,
+    num_mtp_heads=2,
+    seed=0,
+    disable_tqdm=True,
+    bf16=False,
+)
 
 
 @pytest.fixture(scope="session")
@@ -21,13 +32,14 @@ def recorded_run(tmp_path_factory, tokenizer, tiny_model):
     run_dir = tmp_path_factory.mktemp("recorded") / "sft-parallel"
     task = get_task("arithmetic")
     args = MTPSFTConfig(output_dir=str(run_dir), head_type="parallel", **SFT)
-    trainer = MTPSFTTrainer(tiny_model(), args,
-                            train_dataset=task.train(64), processing_class=tokenizer)
-    recorder = MTPRecorder(trainer.mtp_model, make_probe_batch(tokenizer, task.eval(8)), every=2,
-                           keep_snapshots=2, tokenizer=tokenizer)
+    trainer = MTPSFTTrainer(tiny_model(), args, train_dataset=task.train(64), processing_class=tokenizer)
+    recorder = MTPRecorder(
+        trainer.mtp_model, make_probe_batch(tokenizer, task.eval(8)), every=2, keep_snapshots=2, tokenizer=tokenizer
+    )
     trainer.add_callback(recorder)
     trainer.train()
     trainer.save_model(str(run_dir))
-    assert cli.main(["probe", str(run_dir), "--task", "arithmetic", "--n", "2", "--positions", "3",
-                     "--samples", "8"]) == 0
+    assert (
+        cli.main(["probe", str(run_dir), "--task", "arithmetic", "--n", "2", "--positions", "3", "--samples", "8"]) == 0
+    )
     return run_dir, trainer, recorder

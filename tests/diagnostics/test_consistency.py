@@ -6,8 +6,8 @@ import json
 
 from trl_mtp.config import MTPConfig
 from trl_mtp.diagnostics.consistency import consistency_probe, task_contexts
+from trl_mtp.embedded.tasks.registry import get_task
 from trl_mtp.model import MTPForCausalLM
-from trl_mtp.tasks.registry import get_task
 
 
 def test_depth_zero_is_the_policy_and_tables_are_complete(tiny_model, tokenizer):
@@ -19,8 +19,15 @@ def test_depth_zero_is_the_policy_and_tables_are_complete(tiny_model, tokenizer)
         calls.append(ids.shape)
         return {1: 0.5, 2: 0.75}
 
-    result = consistency_probe(model, data["contexts"], targets=data["targets"], positions=data["positions"],
-                               sequences=data["sequences"], n_samples=4, world_model=world_model)
+    result = consistency_probe(
+        model,
+        data["contexts"],
+        targets=data["targets"],
+        positions=data["positions"],
+        sequences=data["sequences"],
+        n_samples=4,
+        world_model=world_model,
+    )
     by_depth = {e["depth"]: e for e in result["by_depth"]}
     assert set(by_depth) == {0, 1, 2} and by_depth[0]["n"] == len(data["contexts"])
     # pairs whose future lies past the answer's EOS are left out

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from trl_mtp.diagnostics import MTPRecorder, make_probe_batch
-from trl_mtp.tasks.registry import get_task
+from trl_mtp.embedded.tasks.registry import get_task
 
 
 def read_records(run_dir):
@@ -53,22 +53,37 @@ def test_record_decoding_appends_stats(tmp_path, recorded_run):
     _, _, recorder = recorded_run
     recorder.record_decoding({"acceptance_by_position": [0.5, 0.25], "mean_accepted_length": 1.7, "other": 1}, step=3)
     line = json.loads((recorder.out_dir / "decoding.jsonl").read_text().splitlines()[-1])
-    assert line == {"step": 3, "source": "decoding", "acceptance_by_position": [0.5, 0.25],
-                    "mean_accepted_length": 1.7}
+    assert line == {"step": 3, "source": "decoding", "acceptance_by_position": [0.5, 0.25], "mean_accepted_length": 1.7}
 
 
 def test_grpo_rollouts_are_scored_by_every_head(tiny_model, tokenizer, tmp_path):
     from trl_mtp import MTPGRPOConfig, MTPGRPOTrainer
 
     task = get_task("copy", length=2, max_value=9)
-    args = MTPGRPOConfig(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, learning_rate=1e-3,
-                         logging_steps=1, report_to=[], activation_checkpointing=False, save_strategy="no",
-                         dataloader_pin_memory=False, num_mtp_heads=2, seed=0, disable_tqdm=True, num_generations=4,
-                         max_completion_length=8, generation_batch_size=4, bf16=False)
-    trainer = MTPGRPOTrainer(tiny_model(), reward_funcs=task.reward, args=args, train_dataset=task.train(16),
-                             processing_class=tokenizer)
-    recorder = MTPRecorder(trainer.mtp_model, make_probe_batch(tokenizer, task.eval(4)), every=1, decode_tokens=0,
-                           attention=False)
+    args = MTPGRPOConfig(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        logging_steps=1,
+        report_to=[],
+        activation_checkpointing=False,
+        save_strategy="no",
+        dataloader_pin_memory=False,
+        num_mtp_heads=2,
+        seed=0,
+        disable_tqdm=True,
+        num_generations=4,
+        max_completion_length=8,
+        generation_batch_size=4,
+        bf16=False,
+    )
+    trainer = MTPGRPOTrainer(
+        tiny_model(), reward_funcs=task.reward, args=args, train_dataset=task.train(16), processing_class=tokenizer
+    )
+    recorder = MTPRecorder(
+        trainer.mtp_model, make_probe_batch(tokenizer, task.eval(4)), every=1, decode_tokens=0, attention=False
+    )
     trainer.add_callback(recorder)
     trainer.train()
     records = read_records(tmp_path)
@@ -76,11 +91,13 @@ def test_grpo_rollouts_are_scored_by_every_head(tiny_model, tokenizer, tmp_path)
     assert scored, "no rollout was observed"
     assert [s["depth"] for s in scored[-1]["rollouts"]] == [0, 1, 2] and scored[-1]["rollouts"][0]["n"] > 0
     with np.load(tmp_path / "diagnostics" / "snapshots" / scored[-1]["snapshot"]) as snap:
-        sampled = snap["rollout_input_ids"][:, int(snap["rollout_prompt_length"]):]
+        sampled = snap["rollout_input_ids"][:, int(snap["rollout_prompt_length"]) :]
         targets = snap["rollout_targets"][0]  # main head: its targets are the sampled tokens, shifted by one
         P = int(snap["rollout_prompt_length"])
-        assert (targets[:, P - 1: P - 1 + sampled.shape[1]][targets[:, P - 1: P - 1 + sampled.shape[1]] != -100]
-                == sampled[targets[:, P - 1: P - 1 + sampled.shape[1]] != -100]).all()
+        assert (
+            targets[:, P - 1 : P - 1 + sampled.shape[1]][targets[:, P - 1 : P - 1 + sampled.shape[1]] != -100]
+            == sampled[targets[:, P - 1 : P - 1 + sampled.shape[1]] != -100]
+        ).all()
     assert "generate" not in vars(trainer.mtp_model.base_model)  # the observation hook is gone after training
     assert any("reward" in h for h in json.loads((tmp_path / "diagnostics" / "log_history.json").read_text()))
 

@@ -14,11 +14,19 @@ import numpy as np
 import pytest
 
 from trl_mtp import cli
-from trl_mtp.diagnostics.report import write_report
 from trl_mtp.bootstrap import bootstrap_ci
+from trl_mtp.diagnostics.report import write_report
 
-RUN_PLOTS = ["training_by_depth", "probe_by_depth", "entropy_histograms", "calibration", "acceptance", "attention",
-             "weights", "consistency"]
+RUN_PLOTS = [
+    "training_by_depth",
+    "probe_by_depth",
+    "entropy_histograms",
+    "calibration",
+    "acceptance",
+    "attention",
+    "weights",
+    "consistency",
+]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -70,23 +78,46 @@ def fake_runs(root):
     latest snapshot scored a sampled rollout: at t=1 the main head's top-1 is the sampled token, at t=2 it is not."""
     ntp = root / "ntp"
     ntp.mkdir()
-    (ntp / "result.json").write_text(json.dumps({"tasks": {"sort": {"accuracy": 0.5, "correct": [1, 0, 1, 0]}},
-                                                 "final_train_loss": 1.25, "train_seconds": 7.0}))
-    (ntp / "trainer_state.json").write_text(json.dumps({"log_history": [
-        {"step": 5, "loss": 2.0, "mean_token_accuracy": 0.4}, {"step": 10, "loss": 1.25, "mean_token_accuracy": 0.6}]}))
+    (ntp / "result.json").write_text(
+        json.dumps(
+            {
+                "tasks": {"sort": {"accuracy": 0.5, "correct": [1, 0, 1, 0]}},
+                "final_train_loss": 1.25,
+                "train_seconds": 7.0,
+            }
+        )
+    )
+    (ntp / "trainer_state.json").write_text(
+        json.dumps(
+            {
+                "log_history": [
+                    {"step": 5, "loss": 2.0, "mean_token_accuracy": 0.4},
+                    {"step": 10, "loss": 1.25, "mean_token_accuracy": 0.6},
+                ]
+            }
+        )
+    )
     rl = root / "rl"
     (rl / "diagnostics" / "snapshots").mkdir(parents=True)
-    (rl / "diagnostics" / "meta.json").write_text(json.dumps(
-        {"num_depths": 1, "head_type": "sequential", "vocab": {"tokens": ["tok_a", "tok_b", "tok_c", "tok_d"]}}))
+    (rl / "diagnostics" / "meta.json").write_text(
+        json.dumps(
+            {"num_depths": 1, "head_type": "sequential", "vocab": {"tokens": ["tok_a", "tok_b", "tok_c", "tok_d"]}}
+        )
+    )
     targets = np.full((2, 1, 4), -100)
     targets[0, 0, 1:3] = [2, 3]  # the sampled tokens, as the main head's targets
     targets[1, 0, 1] = 3  # depth 1 at t=1 predicts the token after next
     ids = np.zeros((2, 1, 4, 3), dtype=np.int64)
     ids[0, 0, 1], ids[0, 0, 2], ids[1, 0, 1] = [2, 0, 1], [1, 3, 0], [3, 1, 0]
-    np.savez(rl / "diagnostics" / "snapshots" / "step_0000002.npz", rollout_targets=targets, rollout_topk_ids=ids,
-             rollout_topk_probs=np.full((2, 1, 4, 3), 0.25, dtype=np.float32))
-    (rl / "result.json").write_text(json.dumps({"accuracy": 0.5, "correct": [1, 0], "accept_before": 1.5,
-                                                "accept_after": 1.25}))
+    np.savez(
+        rl / "diagnostics" / "snapshots" / "step_0000002.npz",
+        rollout_targets=targets,
+        rollout_topk_ids=ids,
+        rollout_topk_probs=np.full((2, 1, 4, 3), 0.25, dtype=np.float32),
+    )
+    (rl / "result.json").write_text(
+        json.dumps({"accuracy": 0.5, "correct": [1, 0], "accept_before": 1.5, "accept_after": 1.25})
+    )
     return ntp, rl
 
 
@@ -97,12 +128,12 @@ def test_runs_are_named_and_compared_on_their_results(tmp_path):
     assert (tmp_path / "report" / "NTP-SFT" / "index.html").is_file()
     assert "trl-mtp report: PPO+MTP on sort" in (tmp_path / "report" / "PPO+MTP_on_sort" / "index.html").read_text()
     low, high = bootstrap_ci([1, 0, 1, 0])[1:]
-    table = page[page.index("held-out results"):]
+    table = page[page.index("held-out results") :]
     assert f"<td>0.500 [{low:.3f}, {high:.3f}]</td>" in table  # NTP-SFT's sort accuracy with its CI
     assert "<th>NTP-SFT</th>" in table and "<th>PPO+MTP on sort</th>" in table
     assert "<td>1.500</td>" in table and "<td>1.250</td>" in table  # accepted length before / after RL
     # the RL run's sampled tokens against the heads' predictions, on the comparison page
-    rollout = page[page.index("PPO+MTP on sort: sampled tokens vs what each head predicted"):]
+    rollout = page[page.index("PPO+MTP on sort: sampled tokens vs what each head predicted") :]
     rows = re.findall(r"<tr><td>(\d+)</td>(.*?)</tr>", rollout)
     assert [t for t, _ in rows] == ["1", "2"]
     assert "<td>tok_c</td><td class='ok'>tok_c (0.25)" in rows[0][1]  # top-1 is the sampled token
@@ -120,8 +151,9 @@ def chromium_problem() -> str | None:
     """Why the rendering test cannot run here, or None."""
     if shutil.which("chromium") is None:
         return "chromium is not installed (scripts/setup.sh installs it when run as root where apt-get exists)"
-    done = subprocess.run(["chromium", "--headless", "--no-sandbox", "--version"], capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--version"], capture_output=True, text=True, timeout=60
+    )
     if done.returncode != 0:
         return f"chromium does not start: {(done.stderr or done.stdout).strip().splitlines()[:1]}"
     return None
@@ -133,9 +165,23 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
         pytest.skip(problem)
     shot = tmp_path / "page.png"
     page = report / "sft-parallel" / "index.html"
-    done = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
-                           "--enable-logging=stderr", "--v=0", f"--screenshot={shot}", "--window-size=1280,2000",
-                           page.resolve().as_uri()], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--allow-file-access-from-files",
+            "--enable-logging=stderr",
+            "--v=0",
+            f"--screenshot={shot}",
+            "--window-size=1280,2000",
+            page.resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert shot.is_file() and shot.stat().st_size > 10000
     # resource errors (a missing image) are logged by the network stack

@@ -29,26 +29,42 @@ def test_the_docs_tables_are_their_result_files(monkeypatch):
 
 def toy_results(tmp_path: Path) -> Path:
     """A finished 3-seed grid of two variants, written as result files; returns the results root."""
-    spec = Spec(name="toy", run="m:f", out=tmp_path / "runs", seeds=[0, 1, 2],
-                variants={"low": {}, "high": {}, "mid": {}}, baseline="low",
-                metrics=[Metric("acc", "correct", "items"), Metric("reward", "reward", "scalar", format=".2f")])
+    spec = Spec(
+        name="toy",
+        run="m:f",
+        out=tmp_path / "runs",
+        seeds=[0, 1, 2],
+        variants={"low": {}, "high": {}, "mid": {}},
+        baseline="low",
+        metrics=[Metric("acc", "correct", "items"), Metric("reward", "reward", "scalar", format=".2f")],
+    )
     results = {}
     for seed in spec.seeds:
         for variant, quality in (("low", 0.3), ("high", 0.7), ("mid", 0.5)):
             rng = np.random.default_rng(seed)
             correct = (rng.random(30) < quality).astype(int).tolist()
             results[Run(None, variant, seed, tmp_path / variant / str(seed), {})] = {
-                "correct": correct, "reward": quality + 0.01 * seed * (1 + quality)}
-    write_outputs(spec, results, tmp_path / "results" / "toy", plots=tmp_path / "runs", total_runs=9,
-                  command="trl-mtp experiment toy.yaml")
+                "correct": correct,
+                "reward": quality + 0.01 * seed * (1 + quality),
+            }
+    write_outputs(
+        spec,
+        results,
+        tmp_path / "results" / "toy",
+        plots=tmp_path / "runs",
+        total_runs=9,
+        command="trl-mtp experiment toy.yaml",
+    )
     return tmp_path / "results"
 
 
 def test_blocks_are_written_then_checked(tmp_path):
     root = toy_results(tmp_path)
     doc = tmp_path / "doc.md"
-    doc.write_text("# A doc\n\n<!-- results:toy -->\n<!-- /results -->\n\nText.\n\n"
-                   '<!-- results:toy baseline="mid" metrics="reward" variants="high|mid" -->\nold\n<!-- /results -->\n')
+    doc.write_text(
+        "# A doc\n\n<!-- results:toy -->\n<!-- /results -->\n\nText.\n\n"
+        '<!-- results:toy baseline="mid" metrics="reward" variants="high|mid" -->\nold\n<!-- /results -->\n'
+    )
     stale, broken = sync([doc], root, write=True)
     assert len(stale) == 2 and broken == []
     text = doc.read_text()
@@ -68,7 +84,7 @@ def test_result_files_that_disagree_are_caught(tmp_path):
     assert check_results(root / "toy") == []
     runs = root / "toy" / "runs.csv"
     lines = runs.read_text().splitlines()
-    lines[-1] = lines[-1][:lines[-1].rindex(",")] + ",0.99"  # mid seed 2's reward changed, its table not
+    lines[-1] = lines[-1][: lines[-1].rindex(",")] + ",0.99"  # mid seed 2's reward changed, its table not
     runs.write_text("\n".join(lines) + "\n")
     problems = check_results(root / "toy")
     assert problems == [f"{root / 'toy' / 'table.json'}: mid / reward differs from runs.csv"]
@@ -81,11 +97,14 @@ def test_result_files_that_disagree_are_caught(tmp_path):
         check_results(root / "toy")
 
 
-@pytest.mark.parametrize("options,bad", [
-    ({"baseline": "nope"}, "'nope'"),
-    ({"metrics": "acc|nope"}, "'nope'"),
-    ({"variants": "hgh"}, "'hgh'"),
-])
+@pytest.mark.parametrize(
+    "options,bad",
+    [
+        ({"baseline": "nope"}, "'nope'"),
+        ({"metrics": "acc|nope"}, "'nope'"),
+        ({"variants": "hgh"}, "'hgh'"),
+    ],
+)
 def test_bad_options_name_the_bad_value(tmp_path, options, bad):
     with pytest.raises(ValueError, match=bad):
         render("toy", options, toy_results(tmp_path))

@@ -3,9 +3,9 @@ first part in the model's greedy prediction."""
 
 import torch
 
+from trl_mtp.embedded.tasks.induction import NamedStories
 from trl_mtp.experiments.induction_runs import name_completion, pad_stories, run_induction
 from trl_mtp.losses import IGNORE_INDEX
-from trl_mtp.tasks.induction import NamedStories
 
 
 class _Oracle(torch.nn.Module):
@@ -37,10 +37,25 @@ def test_name_completion_scores_by_hand():
 
 
 def test_short_runs(tmp_path):
-    model = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-             "num_key_value_heads": 2}
+    model = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+    }
     for name, mtp in (("ntp", None), ("mtp", {"head_type": "parallel", "num_mtp_heads": 1})):
-        result = run_induction(None, tmp_path / name, seed=0, task={"sentences": 3}, model=model, steps=3,
-                               batch_size=4, eval_n=5, curve_every=3, mtp=mtp)
+        result = run_induction(
+            None,
+            tmp_path / name,
+            seed=0,
+            task={"sentences": 3},
+            model=model,
+            steps=3,
+            batch_size=4,
+            eval_n=5,
+            curve_every=3,
+            mtp=mtp,
+        )
         assert len(result["induction"]) > 0 and [c["step"] for c in result["curve"]] == [3]
         assert (result["final_mtp_losses"] is None) == (mtp is None)

@@ -82,9 +82,13 @@ SKEWED_SEEDS = (-1.3, 0.5, 0.1)
 
 
 def probit_items(rng, sets: int, n: int, mu: float, sd_seed: float, sd_item: float, m: int = ITEMS):
-    latent = (mu + rng.normal(0, sd_seed, (sets, n, 1)) + rng.normal(0, sd_item, (sets, 1, m))
-              + rng.normal(0, 1, (sets, n, m)))
-    return (latent > 0).astype(float), PHI(mu / math.sqrt(1 + sd_seed ** 2 + sd_item ** 2))
+    latent = (
+        mu
+        + rng.normal(0, sd_seed, (sets, n, 1))
+        + rng.normal(0, sd_item, (sets, 1, m))
+        + rng.normal(0, 1, (sets, n, m))
+    )
+    return (latent > 0).astype(float), PHI(mu / math.sqrt(1 + sd_seed**2 + sd_item**2))
 
 
 def probit_paired(rng, sets: int, n: int, _mu: float, sd_seed: float, sd_item: float, m: int = ITEMS):
@@ -93,10 +97,16 @@ def probit_paired(rng, sets: int, n: int, _mu: float, sd_seed: float, sd_item: f
     mus, scores = (-0.9, -1.1), []
     shared_seed, shared_item = rng.normal(0, sd_seed, (sets, n, 1)), rng.normal(0, sd_item, (sets, 1, m))
     for mu in mus:
-        latent = (mu + shared_seed + rng.normal(0, sd_seed / 2, (sets, n, 1)) + shared_item
-                  + rng.normal(0, sd_item / 2, (sets, 1, m)) + rng.normal(0, 1, (sets, n, m)))
+        latent = (
+            mu
+            + shared_seed
+            + rng.normal(0, sd_seed / 2, (sets, n, 1))
+            + shared_item
+            + rng.normal(0, sd_item / 2, (sets, 1, m))
+            + rng.normal(0, 1, (sets, n, m))
+        )
         scores.append((latent > 0).astype(float))
-    scale = math.sqrt(1 + 1.25 * sd_seed ** 2 + 1.25 * sd_item ** 2)
+    scale = math.sqrt(1 + 1.25 * sd_seed**2 + 1.25 * sd_item**2)
     return scores[0] - scores[1], PHI(mus[0] / scale) - PHI(mus[1] / scale)
 
 
@@ -166,22 +176,44 @@ def coverage_table(sets: int = 2000) -> str:
     """The report's table: coverage of each method (rows) at 3, 5 and 10 seeds (columns)."""
     rows = []
     for name, fn in [
-        ("per-run: percentile bootstrap (old)",
-         lambda rng, n: percentile_bootstrap_coverage(*normal_seeds(rng, sets, n), rng)),
+        (
+            "per-run: percentile bootstrap (old)",
+            lambda rng, n: percentile_bootstrap_coverage(*normal_seeds(rng, sets, n), rng),
+        ),
         ("per-run: t over seeds", lambda rng, n: t_coverage(*normal_seeds(rng, sets * 10, n))),
         ("paired per-run: t over seed differences", lambda rng, n: t_coverage(*paired_seeds(rng, sets * 10, n))),
-        *[(f"items ({r}): seeds then items bootstrap (old)",
-           lambda rng, n, r=r: seeds_then_items_bootstrap_coverage(*probit_items(rng, sets, n, *REGIMES[r]), rng))
-          for r in REGIMES],
-        *[(f"items ({r}): t over seed means only",
-           lambda rng, n, r=r: (lambda x, t: t_coverage(x.mean(-1), t))(*probit_items(rng, sets, n, *REGIMES[r])))
-          for r in REGIMES],
-        *[(f"items ({r}): two-way seeds x items",
-           lambda rng, n, r=r: seeds_items_coverage(*probit_items(rng, sets, n, *REGIMES[r]))) for r in REGIMES],
-        *[(f"paired items ({r}): two-way seeds x items",
-           lambda rng, n, r=r: seeds_items_coverage(*probit_paired(rng, sets, n, *REGIMES[r]))) for r in REGIMES],
-        ("items (skewed seeds, the limit): two-way seeds x items",
-         lambda rng, n: seeds_items_coverage(*probit_items(rng, sets, n, *SKEWED_SEEDS))),
+        *[
+            (
+                f"items ({r}): seeds then items bootstrap (old)",
+                lambda rng, n, r=r: seeds_then_items_bootstrap_coverage(*probit_items(rng, sets, n, *REGIMES[r]), rng),
+            )
+            for r in REGIMES
+        ],
+        *[
+            (
+                f"items ({r}): t over seed means only",
+                lambda rng, n, r=r: (lambda x, t: t_coverage(x.mean(-1), t))(*probit_items(rng, sets, n, *REGIMES[r])),
+            )
+            for r in REGIMES
+        ],
+        *[
+            (
+                f"items ({r}): two-way seeds x items",
+                lambda rng, n, r=r: seeds_items_coverage(*probit_items(rng, sets, n, *REGIMES[r])),
+            )
+            for r in REGIMES
+        ],
+        *[
+            (
+                f"paired items ({r}): two-way seeds x items",
+                lambda rng, n, r=r: seeds_items_coverage(*probit_paired(rng, sets, n, *REGIMES[r])),
+            )
+            for r in REGIMES
+        ],
+        (
+            "items (skewed seeds, the limit): two-way seeds x items",
+            lambda rng, n: seeds_items_coverage(*probit_items(rng, sets, n, *SKEWED_SEEDS)),
+        ),
     ]:
         rows.append(f"| {name} | " + " | ".join(f"{fn(np.random.default_rng(100 + n), n):.3f}" for n in SEEDS) + " |")
     head = "| method (nominal 0.90) | " + " | ".join(f"{n} seeds" for n in SEEDS) + " |"

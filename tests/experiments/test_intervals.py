@@ -20,8 +20,11 @@ def test_t_quantile_integrates_to_p(df):
     """For any real df the density integrated up to the quantile gives p (trapezoid rule on a fine grid)."""
     q = t_quantile(0.9, df)
     x = np.linspace(0, q, 200001)
-    density = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi) \
-        * (1 + x ** 2 / df) ** (-(df + 1) / 2)
+    density = (
+        math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2))
+        / math.sqrt(df * math.pi)
+        * (1 + x**2 / df) ** (-(df + 1) / 2)
+    )
     assert 0.5 + np.trapezoid(density, x) == pytest.approx(0.9, abs=1e-7)
 
 
@@ -38,7 +41,7 @@ def test_seeds_items_interval_by_hand():
     (MS_items = 1/2), residual mean square 1/6, so the shared items add (1/2 - 1/6) / 6 = 1/18 (t with 2 df)."""
     mean, low, high = seeds_items_interval([[1, 0, 1], [1, 0, 0]])
     assert mean == pytest.approx(0.5)
-    assert high - mean == pytest.approx(math.sqrt((6.313752 / 6) ** 2 + 2.919986 ** 2 / 18), rel=1e-6)
+    assert high - mean == pytest.approx(math.sqrt((6.313752 / 6) ** 2 + 2.919986**2 / 18), rel=1e-6)
     assert mean - low == pytest.approx(high - mean)
 
 
@@ -65,14 +68,17 @@ def test_one_seed_is_the_item_interval_and_vectorised_agrees():
         assert high - mean == pytest.approx(width)
 
 
-@pytest.mark.parametrize("call,bad", [
-    (lambda: t_interval([]), "non-empty"),
-    (lambda: t_interval([1, 2], confidence=1.0), "1.0"),
-    (lambda: t_quantile(0.4, 3), "0.4"),
-    (lambda: t_quantile(0.9, 0), "0"),
-    (lambda: seeds_items_interval([[1, 0], [1, 0, 1]]), r"\[2, 3\]"),
-    (lambda: seeds_items_interval([]), "non-empty"),
-])
+@pytest.mark.parametrize(
+    "call,bad",
+    [
+        (lambda: t_interval([]), "non-empty"),
+        (lambda: t_interval([1, 2], confidence=1.0), "1.0"),
+        (lambda: t_quantile(0.4, 3), "0.4"),
+        (lambda: t_quantile(0.9, 0), "0"),
+        (lambda: seeds_items_interval([[1, 0], [1, 0, 1]]), r"\[2, 3\]"),
+        (lambda: seeds_items_interval([]), "non-empty"),
+    ],
+)
 def test_bad_input_names_the_value(call, bad):
     with pytest.raises(ValueError, match=bad):
         call()

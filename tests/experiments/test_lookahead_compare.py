@@ -19,8 +19,9 @@ def model_dir(tmp_path_factory, tokenizer, tiny_model):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_each_method_scores_items_within_budget(method, model_dir, tmp_path):
-    result = run_method(model_dir, tmp_path / method, method=method, seed=1, task_name="copy", n=3, max_forwards=8,
-                        max_new_tokens=6)
+    result = run_method(
+        model_dir, tmp_path / method, method=method, seed=1, task_name="copy", n=3, max_forwards=8, max_new_tokens=6
+    )
     assert len(result["correct"]) == 3 and set(result["correct"]) <= {0.0, 1.0}
     if method not in ("greedy", "sample"):  # the references are unbounded (greedy) or one full sample
         assert max(result["forwards"]) <= 8

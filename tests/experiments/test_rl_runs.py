@@ -23,8 +23,9 @@ def test_task_acceptance_pools_rounds_over_prompts_and_batches(mtp_model, tokeni
     for prompt in PROMPTS:
         ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
         with torch.no_grad():
-            _, stats = mtp_model.speculative_generate(ids, max_new_tokens=10, pad_token_id=tokenizer.pad_token_id,
-                                                      eos_token_id=tokenizer.eos_token_id)
+            _, stats = mtp_model.speculative_generate(
+                ids, max_new_tokens=10, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id
+            )
         one_by_one.append([k for round_ in stats["accepted_per_round"] for k in round_ if k >= 0])
         # a single prompt reproduces speculative_generate's own statistic
         alone = task_acceptance(mtp_model, tokenizer, [prompt], max_new_tokens=10)
@@ -44,11 +45,24 @@ def test_run_rl_trains_scores_and_stores(algorithm, mtp_model, tokenizer, tmp_pa
     start = tmp_path / "start"
     mtp_model.save_pretrained(start)
     tokenizer.save_pretrained(start)
-    batch = {"ppo": {"per_device_train_batch_size": 4},
-             "grpo": {"per_device_train_batch_size": 4, "num_generations": 4, "generation_batch_size": 4}}[algorithm]
-    result = run_rl(start, tmp_path / "run", algorithm=algorithm, task_name="copy",
-                    task_params={"length": 2, "max_value": 10}, seed=0, steps=2, n_train=16, eval_n=6,
-                    max_new_tokens=6, mtp_lambda=0.3, **batch)
+    batch = {
+        "ppo": {"per_device_train_batch_size": 4},
+        "grpo": {"per_device_train_batch_size": 4, "num_generations": 4, "generation_batch_size": 4},
+    }[algorithm]
+    result = run_rl(
+        start,
+        tmp_path / "run",
+        algorithm=algorithm,
+        task_name="copy",
+        task_params={"length": 2, "max_value": 10},
+        seed=0,
+        steps=2,
+        n_train=16,
+        eval_n=6,
+        max_new_tokens=6,
+        mtp_lambda=0.3,
+        **batch,
+    )
     assert len(result["scores"]) == 2 and len(result["correct"]) == 6
     assert 1.0 <= result["accept_before"] <= 3.0 and 1.0 <= result["accept_after"] <= 3.0
     assert len(result["accept_by_position_after"]) == 2

@@ -23,10 +23,20 @@ def fake_run(base_dir, out_dir, *, seed, quality):
 def spec(tmp_path):
     CALLS.clear()
     path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "toy", "run": f"{__name__}:fake_run", "out": str(tmp_path / "runs"), "seeds": [0, 1, 2],
-        "variants": {"low": {"quality": 0.3}, "high": {"quality": 0.6}}, "baseline": "low",
-        "metrics": [{"name": "acc", "items": "correct"}]}, sort_keys=False))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "toy",
+                "run": f"{__name__}:fake_run",
+                "out": str(tmp_path / "runs"),
+                "seeds": [0, 1, 2],
+                "variants": {"low": {"quality": 0.3}, "high": {"quality": 0.6}},
+                "baseline": "low",
+                "metrics": [{"name": "acc", "items": "correct"}],
+            },
+            sort_keys=False,
+        )
+    )
     return str(path)
 
 
@@ -43,7 +53,7 @@ def test_seed_files_pair_the_seeds(spec, tmp_path):
     for shard in range(2):
         run_shard(spec, shard, 2)
     summary = write_seed_files(spec, tmp_path / "out")
-    rows = list(csv.DictReader(open(tmp_path / "out" / "per_seed.csv")))
+    rows = list(csv.DictReader((tmp_path / "out" / "per_seed.csv").read_text().splitlines()))
     by = {(r["variant"], int(r["seed"])): float(r["acc"]) for r in rows}
     diffs = [by[("high", s)] - by[("low", s)] for s in range(3)]
     got = summary["variants"]["high"]["acc"]["diff_vs_baseline"]

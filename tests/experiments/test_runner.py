@@ -26,8 +26,13 @@ def fake_run(base_dir, out_dir, *, seed, quality, n_items=40, fail=False):
     if fail:
         raise RuntimeError("this variant always breaks")
     correct = (np.random.default_rng(seed).random(n_items) < quality).astype(int).tolist()
-    return {"seed": seed, "correct": correct, "reward": quality + 0.01 * seed, "train_seconds": 2.0,
-            "base_dir": base_dir}
+    return {
+        "seed": seed,
+        "correct": correct,
+        "reward": quality + 0.01 * seed,
+        "train_seconds": 2.0,
+        "base_dir": base_dir,
+    }
 
 
 def write_spec(tmp_path, **changes) -> str:
@@ -73,15 +78,15 @@ def test_grid_runs_resumes_and_writes_the_table(tmp_path, capsys):
     stats = {(s["variant"], s["metric"]): s for s in table["stats"]}
     assert stats["high +x", "acc"]["value"] == pytest.approx(seeds_items_interval(high))
     assert stats["high +x", "acc"]["diff"] == pytest.approx(
-        seeds_items_interval([np.subtract(h, lo) for h, lo in zip(high, low)]))
+        seeds_items_interval([np.subtract(h, lo) for h, lo in zip(high, low)])
+    )
     assert stats["high +x", "reward"]["value"] == pytest.approx(t_interval([0.7, 0.71]))
     assert stats["high +x", "reward"]["diff"] == pytest.approx(t_interval([0.4, 0.4]))
     assert stats["low", "acc"]["diff"] is None  # the baseline has no difference to itself
     assert table["command"].startswith("trl-mtp experiment ") and table["finished_runs"] == 4
     assert table["commit"] == code_version()
-    runs = list(csv.DictReader(open(results / "runs.csv")))
-    assert [(r["variant"], r["seed"]) for r in runs] == [("low", "0"), ("low", "1"), ("high +x", "0"),
-                                                          ("high +x", "1")]
+    runs = list(csv.DictReader((results / "runs.csv").read_text().splitlines()))
+    assert [(r["variant"], r["seed"]) for r in runs] == [("low", "0"), ("low", "1"), ("high +x", "0"), ("high +x", "1")]
     assert runs[3]["acc (items)"] == " ".join(map(str, high[1])) and float(runs[3]["reward"]) == 0.71
 
     table = (results / "table.md").read_text()
@@ -99,8 +104,9 @@ def test_grid_runs_resumes_and_writes_the_table(tmp_path, capsys):
 
 
 def test_one_failing_variant_does_not_stop_the_others(tmp_path, capsys):
-    spec = write_spec(tmp_path, variants={"low": {"quality": 0.3}, "broken": {"quality": 0.5, "fail": True},
-                                          "high": {"quality": 0.7}})
+    spec = write_spec(
+        tmp_path, variants={"low": {"quality": 0.3}, "broken": {"quality": 0.5, "fail": True}, "high": {"quality": 0.7}}
+    )
     assert cli(["experiment", spec, "--no-progress"]) == 1
     assert len(CALLS) == 6  # every run was tried
     out = tmp_path / "runs"
@@ -149,19 +155,22 @@ def test_finished_runs_made_with_other_arguments_are_refused(tmp_path, capsys):
     assert "predate run_args.json" in captured.out and "1 finished" in captured.out
 
 
-@pytest.mark.parametrize("changes,bad", [
-    ({"varients": {}}, "'varients'"),
-    ({"run": "tests_nowhere.module:run"}, "tests_nowhere.module"),
-    ({"run": f"{__name__}:no_such_function"}, "no_such_function"),
-    ({"baseline": "NTP"}, "'NTP'"),
-    ({"metrics": [{"name": "acc", "items": "tasks..correct"}]}, "tasks..correct"),
-    ({"metrics": [{"name": "acc", "items": "correct", "scalar": "reward"}]}, "exactly one"),
-    ({"metrics": [{"name": "acc", "items": "correct", "format": "+.3f"}]}, "+.3f"),
-    ({"seeds": [0, 0]}, "[0, 0]"),
-    ({"common": {"seed": 3}}, "'seed'"),
-    ({"base": {"run": "trl_mtp.pretrain:no_such_base"}}, "no_such_base"),
-    ({"results": 3}, "results: expected a folder, got 3"),
-])
+@pytest.mark.parametrize(
+    "changes,bad",
+    [
+        ({"varients": {}}, "'varients'"),
+        ({"run": "tests_nowhere.module:run"}, "tests_nowhere.module"),
+        ({"run": f"{__name__}:no_such_function"}, "no_such_function"),
+        ({"baseline": "NTP"}, "'NTP'"),
+        ({"metrics": [{"name": "acc", "items": "tasks..correct"}]}, "tasks..correct"),
+        ({"metrics": [{"name": "acc", "items": "correct", "scalar": "reward"}]}, "exactly one"),
+        ({"metrics": [{"name": "acc", "items": "correct", "format": "+.3f"}]}, "+.3f"),
+        ({"seeds": [0, 0]}, "[0, 0]"),
+        ({"common": {"seed": 3}}, "'seed'"),
+        ({"base": {"run": "trl_mtp.embedded.pretrain:no_such_base"}}, "no_such_base"),
+        ({"results": 3}, "results: expected a folder, got 3"),
+    ],
+)
 def test_bad_spec_is_one_line_before_anything_runs(tmp_path, capsys, changes, bad):
     assert cli(["experiment", write_spec(tmp_path, **changes)]) == 2
     assert CALLS == []
@@ -173,7 +182,7 @@ def test_result_files_go_to_docs_results_unless_the_spec_names_a_folder(tmp_path
     from trl_mtp.experiments.spec import load_spec
 
     assert load_spec(write_spec(tmp_path)).results_dir == tmp_path / "results"
-    spec = yaml.safe_load(open(write_spec(tmp_path)))
+    spec = yaml.safe_load(Path(write_spec(tmp_path)).read_text())
     del spec["results"]
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     assert load_spec(tmp_path / "spec.yaml").results_dir == Path("docs/results/toy")
@@ -201,44 +210,68 @@ def test_metric_of_variants_not_run_yet_is_not_a_typo(tmp_path):
     first = write_spec(tmp_path, run=run, metrics=metrics)
     assert cli(["experiment", first, "--no-progress"]) == 0  # the grid before the variant with the extra metric
     CALLS.clear()
-    grown = write_spec(tmp_path, run=run, metrics=metrics,
-                       variants={"low": {"quality": 0.3}, "high +x": {"quality": 0.7},
-                                 "with extra": {"quality": 0.5, "extra": True}})
+    grown = write_spec(
+        tmp_path,
+        run=run,
+        metrics=metrics,
+        variants={"low": {"quality": 0.3}, "high +x": {"quality": 0.7}, "with extra": {"quality": 0.5, "extra": True}},
+    )
     assert cli(["experiment", grown, "--no-progress"]) == 0  # only the new variant's runs are missing: they run
     assert CALLS == [(0.5, 0), (0.5, 1)]
     assert "0.500" in (tmp_path / "results" / "table.md").read_text()
 
 
 def test_task_axis_folders_and_rows(tmp_path):
-    spec = write_spec(tmp_path, seeds=[0], tasks={"easy": {"n_items": 10}, "hard": {"n_items": 30}},
-                      metrics=[{"name": "acc", "items": "correct"}])
+    spec = write_spec(
+        tmp_path,
+        seeds=[0],
+        tasks={"easy": {"n_items": 10}, "hard": {"n_items": 30}},
+        metrics=[{"name": "acc", "items": "correct"}],
+    )
     assert cli(["experiment", spec, "--no-progress"]) == 0
     out = tmp_path / "runs"
     assert len(json.loads((out / "hard" / "high_plusx" / "seed0" / "result.json").read_text())["correct"]) == 30
     table = (tmp_path / "results" / "table.md").read_text()
     assert "| task | variant | seeds |" in table and "| hard | high +x | 1 |" in table
     assert "with one seed, per-item intervals hold the item spread only" in table
-    assert next(csv.DictReader(open(tmp_path / "results" / "runs.csv")))["task"] == "easy"
+    assert next(csv.DictReader((tmp_path / "results" / "runs.csv").read_text().splitlines()))["task"] == "easy"
 
 
 def test_a_real_sft_spec_end_to_end(tmp_path, capsys):
     """run_sft from a (cached, 5-step) pretrained base: NTP vs MTP, a few steps, through the whole pipeline (about
     10 s), with the progress bar on."""
     spec = write_spec(
-        tmp_path, run="trl_mtp.experiments.sft_runs:run_sft", seeds=[0],
-        base={"run": "trl_mtp.pretrain:pretrain_base", "args": {"preset": "tiny-llama", "task": "copy", "steps": 5,
-                                                                "seq_len": 32, "batch_size": 4}},
-        common={"steps": 3, "eval_n": 4, "n_train": 16, "tasks": {"copy": {"length": 3}}, "logging_steps": 1,
-                "per_device_train_batch_size": 4},
+        tmp_path,
+        run="trl_mtp.experiments.sft_runs:run_sft",
+        seeds=[0],
+        base={
+            "run": "trl_mtp.embedded.pretrain:pretrain_base",
+            "args": {"preset": "tiny-llama", "task": "copy", "steps": 5, "seq_len": 32, "batch_size": 4},
+        },
+        common={
+            "steps": 3,
+            "eval_n": 4,
+            "n_train": 16,
+            "tasks": {"copy": {"length": 3}},
+            "logging_steps": 1,
+            "per_device_train_batch_size": 4,
+        },
         variants={"NTP": {"mtp": None}, "sequential D=2": {"mtp": {"head_type": "sequential", "num_mtp_heads": 2}}},
         baseline="NTP",
-        metrics=[{"name": "copy acc", "items": "tasks.copy.correct"}, {"name": "train loss", "scalar": "final_train_loss"}])
+        metrics=[
+            {"name": "copy acc", "items": "tasks.copy.correct"},
+            {"name": "train loss", "scalar": "final_train_loss"},
+        ],
+    )
     assert cli(["experiment", spec]) == 0
     assert "2/2" in capsys.readouterr().err  # the progress bar's last state
     stats = json.loads((tmp_path / "results" / "table.json").read_text())["stats"]
-    assert [(s["variant"], s["metric"]) for s in stats] == [("NTP", "copy acc"), ("NTP", "train loss"),
-                                                           ("sequential D=2", "copy acc"),
-                                                           ("sequential D=2", "train loss")]
+    assert [(s["variant"], s["metric"]) for s in stats] == [
+        ("NTP", "copy acc"),
+        ("NTP", "train loss"),
+        ("sequential D=2", "copy acc"),
+        ("sequential D=2", "train loss"),
+    ]
     assert json.loads((tmp_path / "runs" / "sequential_D2" / "seed0" / "result.json").read_text())["steps"] == 3
 
 

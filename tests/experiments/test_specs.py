@@ -38,7 +38,8 @@ def test_variant_key_typo_fails_the_dry_run(tmp_path, capsys, monkeypatch):
     assert cli.main(argv) == 2
     assert capsys.readouterr().err.strip() == (
         "trl-mtp experiment: error: variant 'PPO': 'lerning_rate' is not an argument of "
-        "trl_mtp.experiments.rl_runs:run_rl; did you mean 'learning_rate'?")
+        "trl_mtp.experiments.rl_runs:run_rl; did you mean 'learning_rate'?"
+    )
     # without the check the typo passes the dry run (and would fail, or be ignored, hours into the grid)
     monkeypatch.setattr("trl_mtp.experiments.spec.check_argument_names", lambda spec: None)
     assert cli.main(argv) == 0

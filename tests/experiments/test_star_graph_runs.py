@@ -4,11 +4,11 @@ apart, and one short run per objective."""
 import pytest
 import torch
 
+from trl_mtp.embedded.tasks import get_task
+from trl_mtp.embedded.tasks.base import Problem
 from trl_mtp.experiments import star_graph_runs
 from trl_mtp.experiments.star_graph_runs import encode_problems, greedy_paths, run_star_graph, score_paths
 from trl_mtp.losses import IGNORE_INDEX
-from trl_mtp.tasks import get_task
-from trl_mtp.tasks.base import Problem
 
 TASK = dict(degree=2, path_length=3, nodes=10)
 # centre 0 with arms 0-1-2 and 0-3-4; the goal is 4
@@ -54,13 +54,21 @@ def test_greedy_paths_feed_back_or_read_one_forward():
     assert greedy_paths(_Scripted(), ids, 3, teacherless=True).tolist() == [[8, 1]]  # read off the given inputs
 
 
-@pytest.mark.parametrize("objective", [{}, {"mtp": {"head_type": "parallel", "num_mtp_heads": 2}},
-                                       {"teacherless": True}, {"target": "reversed"}])
+@pytest.mark.parametrize(
+    "objective",
+    [{}, {"mtp": {"head_type": "parallel", "num_mtp_heads": 2}}, {"teacherless": True}, {"target": "reversed"}],
+)
 def test_short_run_of_each_objective(tmp_path, objective):
-    model = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-             "num_key_value_heads": 2}
-    result = run_star_graph(None, tmp_path, seed=0, task=TASK, model=model, steps=4, batch_size=4, eval_n=6,
-                            curve_every=2, **objective)
+    model = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+    }
+    result = run_star_graph(
+        None, tmp_path, seed=0, task=TASK, model=model, steps=4, batch_size=4, eval_n=6, curve_every=2, **objective
+    )
     assert len(result["correct"]) == len(result["valid"]) == 6
     assert [c["step"] for c in result["curve"]] == [2, 4]
     assert (result["final_mtp_losses"] is not None) == ("mtp" in objective)

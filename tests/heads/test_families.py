@@ -13,8 +13,11 @@ def registry_mismatches(head_types, head_families, drafters, time_targets) -> li
     found = []
     if tuple(head_families) != tuple(head_types):
         found.append(f"head classes {tuple(head_families)} != {tuple(head_types)}")
-    found += [f"{name} -> {cls.__name__} (head_type {cls.head_type!r})" for name, cls in head_families.items()
-              if cls.head_type != name or not issubclass(cls, MTPHeads)]
+    found += [
+        f"{name} -> {cls.__name__} (head_type {cls.head_type!r})"
+        for name, cls in head_families.items()
+        if cls.head_type != name or not issubclass(cls, MTPHeads)
+    ]
     for what, names in (("drafters", drafters), ("train-step targets", time_targets)):
         if set(names) != set(head_types):
             found.append(f"{what} {sorted(names)} != {sorted(head_types)}")
@@ -31,7 +34,9 @@ def test_the_check_catches_a_family_missing_or_misnamed_anywhere():
     assert len(registry_mismatches(added, HEAD_FAMILIES, DRAFTERS, TARGET_TIME)) == 3
     no_medusa_drafter = {name: d for name, d in DRAFTERS.items() if name != "medusa"}
     assert registry_mismatches(HEAD_TYPES, HEAD_FAMILIES, no_medusa_drafter, TARGET_TIME) == [
-        f"drafters ['blockwise', 'parallel', 'sequential'] != {sorted(HEAD_TYPES)}"]
+        f"drafters ['blockwise', 'parallel', 'sequential'] != {sorted(HEAD_TYPES)}"
+    ]
     swapped = {**HEAD_FAMILIES, "parallel": HEAD_FAMILIES["sequential"]}  # the registry pointing at the wrong class
     assert registry_mismatches(HEAD_TYPES, swapped, DRAFTERS, TARGET_TIME) == [
-        "parallel -> SequentialHeads (head_type 'sequential')"]
+        "parallel -> SequentialHeads (head_type 'sequential')"
+    ]

@@ -41,10 +41,13 @@ def test_causality(arch, head_type):
             for i in range(1, 4):
                 last_unaffected = s - 1 - (i if head_type == "sequential" else 0)
                 if last_unaffected >= 0:
-                    assert torch.allclose(before[i - 1, :, : last_unaffected + 1], after[i - 1, :, : last_unaffected + 1],
-                                          atol=1e-6), (s, i)
+                    assert torch.allclose(
+                        before[i - 1, :, : last_unaffected + 1], after[i - 1, :, : last_unaffected + 1], atol=1e-6
+                    ), (s, i)
                 # and the change is visible right after (the test can fail)
-                assert not torch.allclose(before[i - 1, :, last_unaffected + 1 :], after[i - 1, :, last_unaffected + 1 :])
+                assert not torch.allclose(
+                    before[i - 1, :, last_unaffected + 1 :], after[i - 1, :, last_unaffected + 1 :]
+                )
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -121,8 +124,9 @@ def test_heads_learn_repetitive_corpus(head_type):
     chance is 1/7 at best. The trunk is trained too (coupled)."""
     torch.manual_seed(0)
     D, period = 3, 7
-    model = MTPForCausalLM.from_base(tiny_base("llama", V), MTPConfig(head_type=head_type, num_mtp_heads=D,
-                                                                    mtp_lambda=1.0))
+    model = MTPForCausalLM.from_base(
+        tiny_base("llama", V), MTPConfig(head_type=head_type, num_mtp_heads=D, mtp_lambda=1.0)
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     pattern = torch.randperm(V)[:period]
 
@@ -179,15 +183,17 @@ def assert_holds_base_and_heads_only(model):
     reachable = reachable_tensor_bytes(model)
     assert reachable <= 1.01 * expected, (
         f"{reachable} bytes reachable, base + heads = {expected}: "
-        f"{(reachable - expected) / module_tensor_bytes(model.base_model):.1f} hidden copies of the base")
+        f"{(reachable - expected) / module_tensor_bytes(model.base_model):.1f} hidden copies of the base"
+    )
 
 
 @pytest.mark.parametrize("head_type", FAMILIES)
 def test_wrapper_holds_no_hidden_copy_of_the_base(head_type):
     """A D = 4 wrapper holds base + heads and nothing more: no head keeps a reference to a copy of the base (a
     deep-copied module that carried our capture hook, bound to the trunk, used to copy the whole base with it)."""
-    model = MTPForCausalLM.from_base(tiny_base("llama", V), MTPConfig(head_type=head_type, num_mtp_heads=4,
-                                                                    share_lm_head=False))
+    model = MTPForCausalLM.from_base(
+        tiny_base("llama", V), MTPConfig(head_type=head_type, num_mtp_heads=4, share_lm_head=False)
+    )
     assert_holds_base_and_heads_only(model)
     ids = torch.randint(0, V, (1, 6))
     model(ids, labels=ids)  # the hooks fire into the wrapper's own trunk only; the capture is then dropped

@@ -17,8 +17,12 @@ def test_sliding_window_mask_by_hand():
     assert torch.equal(got == 0, window) and (got[~window] < -1e9 / 2).all()
     # sdpa's implicit causal mask (None) over 5 queries becomes an explicit band
     band = sliding_window_mask(None, torch.zeros(1, 5, 4), 2, "sdpa")[0, 0]
-    assert torch.equal(band, torch.tensor([[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [0, 1, 1, 0, 0], [0, 0, 1, 1, 0],
-                                           [0, 0, 0, 1, 1]], dtype=torch.bool))
+    assert torch.equal(
+        band,
+        torch.tensor(
+            [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [0, 1, 1, 0, 0], [0, 0, 1, 1, 0], [0, 0, 0, 1, 1]], dtype=torch.bool
+        ),
+    )
     assert sliding_window_mask(causal, hidden, 5, "sdpa") is causal  # the window does not bite: untouched
     assert sliding_window_mask(None, hidden, 3, "flash_attention_2") is None
     with pytest.raises(ValueError, match="attn_implementation='flash_attention_2'"):

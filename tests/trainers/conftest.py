@@ -1,11 +1,22 @@
-"""Fixtures of the trainer tests: small datasets, a config factory, fp16's gradient path (`tiny_model` is in
-tests/conftest.py)."""
+"""Fixtures of the trainer tests: small datasets, a config factory, fp16's gradient path, the sharded runs' initial
+model (`tiny_model` is in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from trl_mtp.tasks.registry import get_task
+from trl_mtp.embedded.tasks.registry import get_task
+
+
+@pytest.fixture(scope="session")
+def initial_model(tmp_path_factory, tokenizer):
+    """The folder every sharded run (tests/trainers/sharded_*_run.py) starts from, as users start from a checkpoint:
+    a tiny Llama (2 layers, tied embeddings), no heads yet."""
+    from trl_mtp.embedded.presets import build_model
+
+    folder = tmp_path_factory.mktemp("initial_model")
+    build_model("tiny-llama", len(tokenizer), tokenizer=tokenizer, num_hidden_layers=2).save_pretrained(folder)
+    return str(folder)
 
 
 @pytest.fixture
@@ -38,10 +49,46 @@ def sft_args(tmp_path):
 
     def make(**overrides):
         defaults = dict(
-            output_dir=str(tmp_path / "run"), max_steps=4, per_device_train_batch_size=8, learning_rate=1e-3,
-            logging_steps=1, report_to=[], activation_checkpointing=False, save_strategy="no",
-            dataloader_pin_memory=False, num_mtp_heads=2, seed=0, disable_tqdm=True,
+            output_dir=str(tmp_path / "run"),
+            max_steps=4,
+            per_device_train_batch_size=8,
+            learning_rate=1e-3,
+            logging_steps=1,
+            report_to=[],
+            activation_checkpointing=False,
+            save_strategy="no",
+            dataloader_pin_memory=False,
+            num_mtp_heads=2,
+            seed=0,
+            disable_tqdm=True,
         )
         return MTPSFTConfig(**{**defaults, **overrides})
+
+    return make
+
+
+@pytest.fixture
+def ppo_args(tmp_path):
+    """`ppo_args(**overrides)`: a small `MTPPPOConfig` (2 iterations of 4 rollouts, 2 epochs of 2 mini-batches)."""
+    from trl_mtp import MTPPPOConfig
+
+    def make(**overrides):
+        defaults = dict(
+            output_dir=str(tmp_path / "run"),
+            max_steps=2,
+            per_device_train_batch_size=4,
+            num_mini_batches=2,
+            num_ppo_epochs=2,
+            response_length=6,
+            learning_rate=1e-3,
+            temperature=1.0,
+            report_to=[],
+            save_strategy="no",
+            disable_tqdm=True,
+            seed=0,
+            num_mtp_heads=2,
+            dataloader_pin_memory=False,
+        )
+        return MTPPPOConfig(**{**defaults, **overrides})
 
     return make

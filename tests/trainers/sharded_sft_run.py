@@ -1,9 +1,13 @@
 """MTP-SFT under FSDP2 or DeepSpeed ZeRO as users launch it (accelerate config + the Trainer), run by
 test_sharded_engines.py in 2 CPU processes (gloo), or in 1 process as the reference with the same global batch.
 
-argv: output_dir, engine (fsdp2 | zero2 | zero3 | none), per-device batch size, optionally mode (coupled |
-decoupled) and max_grad_norm, and `local-norms` (a broken clipping, for the test). Reports, per rank: the losses, the
-local (this rank's) and full shapes of two head parameters, and whether lm_head is still the input embedding.
+argv: the initial model's folder, output_dir, engine (fsdp2 | zero2 | zero3 | none), per-device batch size, optionally
+mode (coupled | decoupled) and max_grad_norm, then flags: `local-norms` / `no-gather` (a broken clipping / head
+construction, for the tests), `checkpointed` / `interrupt` / `resume` (4 steps with a checkpoint every 2; stopped
+after the first checkpoint; resumed from it). The model is loaded from its folder as users load a checkpoint: under
+ZeRO-3 transformers partitions it on load, before the heads are built from its last layer. Reports, per rank: the
+losses, the local (this rank's) part and the full size of two head parameters, and whether lm_head is still the input
+embedding.
 """
 
 import resource
@@ -11,20 +15,21 @@ import sys
 from pathlib import Path
 
 import torch
+from transformers import Trainer, TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the launch helpers
-from two_process import enable_cpu_fsdp, local_shape, report_and_exit  # noqa: E402
+from two_process import enable_cpu_fsdp, full_shape, local_shape, report_and_exit  # noqa: E402
 
 from trl_mtp import MTPSFTConfig, MTPSFTTrainer  # noqa: E402
-from trl_mtp.tasks.presets import build_model  # noqa: E402
-from trl_mtp.tasks.registry import get_task  # noqa: E402
-from trl_mtp.tasks.tokenizer import get_tokenizer  # noqa: E402
+from trl_mtp.embedded.tasks.registry import get_task  # noqa: E402
+from trl_mtp.embedded.tokenizer import get_tokenizer  # noqa: E402
 
-out_dir, engine, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
-mode, max_grad_norm = (sys.argv[4], float(sys.argv[5])) if len(sys.argv) > 4 else ("coupled", 1.0)
+model_dir, out_dir, engine, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+mode, max_grad_norm = (sys.argv[5], float(sys.argv[6])) if len(sys.argv) > 5 else ("coupled", 1.0)
 if engine == "fsdp2":
     enable_cpu_fsdp()
-if "local-norms" in sys.argv[6:]:  # the broken clipping a test must catch: each rank clips on its shard's norm
+if "local-norms" in sys.argv[7:]:  # the broken clipping a test must catch: each rank clips on its shard's norm
+
     def clip_on_local_norm(params, max_norm):
         grads = [p.grad.to_local() for p in params if p.grad is not None]
         norm = torch.stack([g.norm() for g in grads]).norm()
@@ -33,22 +38,70 @@ if "local-norms" in sys.argv[6:]:  # the broken clipping a test must catch: each
         return norm
 
     torch.nn.utils.clip_grad_norm_ = clip_on_local_norm
+if "no-gather" in sys.argv[7:]:  # the broken construction a test must catch: heads copied from empty partitions
+    import contextlib
+
+    import trl_mtp.heads.trunk
+
+    trl_mtp.heads.trunk.gathered = lambda params: contextlib.nullcontext()
+# resume: `checkpointed` runs 4 steps saving every 2; `interrupt` stops it after the step-2 checkpoint; `resume` goes on
+# from the last checkpoint in output_dir; `resume-fresh-optimizer` resumes without the optimizer state (broken, for the test)
+flags = set(sys.argv[7:])
+checkpointed = bool({"checkpointed", "interrupt", "resume", "resume-fresh-optimizer"} & flags)
+if "resume-fresh-optimizer" in flags:
+    Trainer._load_optimizer_and_scheduler = lambda self, checkpoint: None
 tokenizer = get_tokenizer()
 args = MTPSFTConfig(
-    output_dir=out_dir, max_steps=3, per_device_train_batch_size=batch, learning_rate=1e-3, logging_steps=1,
-    report_to=[], activation_checkpointing=False, save_strategy="no", dataloader_pin_memory=False,
+    output_dir=out_dir,
+    max_steps=4 if checkpointed else 3,
+    save_strategy="steps" if checkpointed else "no",
+    save_steps=2,
+    per_device_train_batch_size=batch,
+    learning_rate=1e-3,
+    logging_steps=1,
+    report_to=[],
+    activation_checkpointing=False,
+    dataloader_pin_memory=False,
     use_cpu=not engine.startswith("zero"),  # accelerate only takes the DeepSpeed path without use_cpu
-    ddp_backend="gloo" if engine.startswith("zero") else None,  # without GPUs accelerate finds no backend for DeepSpeed and would count 1 process
-    ddp_find_unused_parameters=False, mode=mode, max_grad_norm=max_grad_norm, head_type="sequential", num_mtp_heads=2, disable_tqdm=True,
+    ddp_backend="gloo"
+    if engine.startswith("zero")
+    else None,  # without GPUs accelerate finds no backend for DeepSpeed and would count 1 process
+    ddp_find_unused_parameters=False,
+    mode=mode,
+    max_grad_norm=max_grad_norm,
+    head_type="sequential",
+    num_mtp_heads=2,
+    disable_tqdm=True,
 )
-model = build_model("tiny-llama", len(tokenizer), tokenizer=tokenizer, num_hidden_layers=2)
-trainer = MTPSFTTrainer(model, args, train_dataset=get_task("arithmetic").train(32), processing_class=tokenizer)
-trainer.train()
+peft_config = None
+if "lora" in flags:  # LoRA on the trunk's attention, heads trained in full
+    from peft import LoraConfig
+
+    peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+trainer = MTPSFTTrainer(
+    model_dir,
+    args,
+    train_dataset=get_task("arithmetic").train(32),
+    processing_class=tokenizer,
+    peft_config=peft_config,
+)
+if "interrupt" in sys.argv[7:]:
+
+    class StopAfterCheckpoint(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            control.should_training_stop = True
+
+    trainer.add_callback(StopAfterCheckpoint())
+trainer.train(resume_from_checkpoint=bool(flags & {"resume", "resume-fresh-optimizer"}) or None)
 params = dict(trainer.model_wrapped.named_parameters())
 base = trainer.accelerator.unwrap_model(trainer.model_wrapped)
-shapes = {name: local_shape(params[key]) for name, key in [
-    ("eh_proj", next(k for k in params if k.endswith("mtp_heads.layers.0.eh_proj.weight"))),
-    ("q_proj", next(k for k in params if k.endswith("mtp_heads.layers.0.mtp_block.self_attn.q_proj.weight")))]}
+shapes = {}
+for name, suffix in [("eh_proj", "eh_proj.weight"), ("q_proj", "mtp_block.self_attn.q_proj.weight")]:
+    param = params[next(k for k in params if k.endswith(f"mtp_heads.layers.0.{suffix}"))]
+    shapes[name], shapes[f"{name}_full"] = local_shape(param), full_shape(param)
+if "lora" in flags:  # an adapter's A matrix [r=4, 128]: sharded with the rest
+    lora = params[next(k for k in params if k.endswith("layers.0.self_attn.q_proj.lora_A.default.weight"))]
+    shapes["lora_A"], shapes["lora_A_full"] = local_shape(lora), full_shape(lora)
 tied = base.get_output_embeddings().weight is base.get_input_embeddings().weight
 trainer.save_model()
 losses = ",".join(f"{h['loss']:.5f}" for h in trainer.state.log_history if "loss" in h)
@@ -56,5 +109,13 @@ norms = ",".join(f"{h['grad_norm']:.5f}" for h in trainer.state.log_history if "
 # for docs/scaling.md: the mean step time (this run's 3 steps) and this process's peak resident memory
 step_s = trainer.state.log_history[-1]["train_runtime"] / trainer.state.global_step
 peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-report_and_exit(trainer.accelerator, mode=trainer.accelerator.distributed_type.value, losses=losses, norms=norms,
-                tied=tied, step_s=f"{step_s:.3f}", peak_mb=f"{peak_mb:.0f}", **shapes)
+report_and_exit(
+    trainer.accelerator,
+    mode=trainer.accelerator.distributed_type.value,
+    losses=losses,
+    norms=norms,
+    tied=tied,
+    step_s=f"{step_s:.3f}",
+    peak_mb=f"{peak_mb:.0f}",
+    **shapes,
+)

@@ -13,6 +13,8 @@ from trl_mtp.trainers import mtp_args
 
 CONFIGS = ["MTPSFTConfig", "MTPGRPOConfig", "MTPRLOOConfig", "MTPDPOConfig", "MTPPPOConfig", "WorldModelPPOConfig"]
 MTP_FIELDS = [f.name for f in dataclasses.fields(MTPConfig)]
+RL_CONFIGS = ["MTPGRPOConfig", "MTPRLOOConfig", "MTPPPOConfig", "WorldModelPPOConfig"]  # + sample filter, alarms
+RL_HEAD_FIELDS = [f.name for f in dataclasses.fields(mtp_args.RLHeadArguments)]
 
 
 def without_help(fields) -> list[str]:
@@ -24,7 +26,8 @@ def test_every_mtp_field_has_help(name):
     import trl_mtp
 
     fields = {f.name: f for f in dataclasses.fields(getattr(trl_mtp, name))}
-    mtp_fields = [fields[n] for n in MTP_FIELDS + [n for n, *_ in mtp_args._SCHEDULE_FIELDS]]
+    names = MTP_FIELDS + [n for n, *_ in mtp_args._SCHEDULE_FIELDS] + (RL_HEAD_FIELDS if name in RL_CONFIGS else [])
+    mtp_fields = [fields[n] for n in names]
     assert without_help(mtp_fields) == []
     assert all(len(f.metadata["help"]) > 20 for f in mtp_fields)  # a sentence, not a stray word
 

@@ -119,8 +119,9 @@ def test_kl_estimators_formulas_and_unbiasedness():
 def test_truncation_and_mask_use_the_stop_token_not_the_pad():
     stop, pad = 9, 0
     responses = torch.tensor([[5, 9, 7, 9], [5, 0, 7, 8], [9, 1, 2, 3]])  # row 1 samples the pad id: still real
-    torch.testing.assert_close(core.truncate_at_stop(responses, stop, pad),
-                               torch.tensor([[5, 9, 0, 0], [5, 0, 7, 8], [9, 0, 0, 0]]))
+    torch.testing.assert_close(
+        core.truncate_at_stop(responses, stop, pad), torch.tensor([[5, 9, 0, 0], [5, 0, 7, 8], [9, 0, 0, 0]])
+    )
     assert core.response_mask(responses, stop).tolist() == [[T, T, F, F], [T, T, T, T], [T, F, F, F]]
     assert core.response_mask(responses, None).all()
     assert core.truncate_at_stop(responses, None, pad) is responses
@@ -129,7 +130,9 @@ def test_truncation_and_mask_use_the_stop_token_not_the_pad():
 def test_missing_eos_penalty():
     scores = torch.tensor([1.0, 1.0, -0.5])
     contains_stop = torch.tensor([T, F, F])
-    torch.testing.assert_close(core.apply_missing_eos_penalty(scores, contains_stop, 2.0), torch.tensor([1.0, -1.0, -2.5]))
+    torch.testing.assert_close(
+        core.apply_missing_eos_penalty(scores, contains_stop, 2.0), torch.tensor([1.0, -1.0, -2.5])
+    )
     assert core.apply_missing_eos_penalty(scores, contains_stop, None) is scores
 
 
@@ -153,8 +156,9 @@ def test_entropy_and_logprobs():
     logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [10.0, 0.0, 0.0, 0.0]]])
     torch.testing.assert_close(core.entropy_from_logits(logits)[0, 0], torch.tensor(math.log(4)))
     assert core.entropy_from_logits(logits)[0, 1] < 0.01
-    torch.testing.assert_close(core.logprobs_of(logits, torch.tensor([[2, 0]])),
-                               torch.log_softmax(logits, -1)[0, [0, 1], [2, 0]].unsqueeze(0))
+    torch.testing.assert_close(
+        core.logprobs_of(logits, torch.tensor([[2, 0]])), torch.log_softmax(logits, -1)[0, [0, 1], [2, 0]].unsqueeze(0)
+    )
 
 
 def test_explained_variance():

@@ -16,16 +16,38 @@ from transformers import AutoModelForCausalLM, GenerationConfig, LlamaForSequenc
 from two_process import launch
 
 from trl_mtp import MTPForCausalLM, MTPPPOConfig, MTPPPOTrainer
+from trl_mtp.embedded.presets import build_config
+from trl_mtp.embedded.tasks.registry import get_task
 from trl_mtp.trainers import ppo_trainer
-from trl_mtp.tasks.presets import build_config
-from trl_mtp.tasks.registry import get_task
 
-PPO_METRICS = ("objective/kl", "objective/entropy", "objective/rlhf_reward", "objective/scores",
-               "objective/non_score_reward", "policy/approxkl_avg", "policy/clipfrac_avg", "loss/policy_avg",
-               "loss/value_avg", "val/clipfrac_avg", "val/ratio", "val/ratio_var", "val/num_eos_tokens",
-               "policy/entropy_avg", "lr", "episode", "val/explained_variance")
-MTP_METRICS = ("mtp/loss_depth_1", "mtp/acc_depth_1", "mtp/entropy_depth_1", "mtp/loss_depth_2", "mtp/loss",
-               "mtp/lambda", "mtp/window")
+PPO_METRICS = (
+    "objective/kl",
+    "objective/entropy",
+    "objective/rlhf_reward",
+    "objective/scores",
+    "objective/non_score_reward",
+    "policy/approxkl_avg",
+    "policy/clipfrac_avg",
+    "loss/policy_avg",
+    "loss/value_avg",
+    "val/clipfrac_avg",
+    "val/ratio",
+    "val/ratio_var",
+    "val/num_eos_tokens",
+    "policy/entropy_avg",
+    "lr",
+    "episode",
+    "val/explained_variance",
+)
+MTP_METRICS = (
+    "mtp/loss_depth_1",
+    "mtp/acc_depth_1",
+    "mtp/entropy_depth_1",
+    "mtp/loss_depth_2",
+    "mtp/loss",
+    "mtp/lambda",
+    "mtp/window",
+)
 
 
 def zero_reward(prompts, completions, **kwargs):
@@ -47,22 +69,13 @@ def prompts():
     return get_task("copy", length=3).train(32)
 
 
-@pytest.fixture
-def ppo_args(tmp_path):
-    def make(**overrides):
-        defaults = dict(output_dir=str(tmp_path / "run"), max_steps=2, per_device_train_batch_size=4,
-                        num_mini_batches=2, num_ppo_epochs=2, response_length=6, learning_rate=1e-3,
-                        temperature=1.0, report_to=[], save_strategy="no", disable_tqdm=True, seed=0,
-                        num_mtp_heads=2, dataloader_pin_memory=False)
-        return MTPPPOConfig(**{**defaults, **overrides})
-
-    return make
-
-
 def policy_state(trainer) -> dict[str, torch.Tensor]:
     """The policy's own weights (no heads, no critic)."""
-    return {k: v.detach().clone() for k, v in trainer.mtp_model.base_model.state_dict().items()
-            if not k.startswith("mtp_heads.")}
+    return {
+        k: v.detach().clone()
+        for k, v in trainer.mtp_model.base_model.state_dict().items()
+        if not k.startswith("mtp_heads.")
+    }
 
 
 class ScriptedPPOTrainer(MTPPPOTrainer):
@@ -85,9 +98,12 @@ def test_truncation_penalty_and_score_position(tiny_model, tokenizer, prompts, p
         seen.extend(completion_ids)
         return [1.0] * len(prompts)
 
-    args = ppo_args(stop_token_id=stop, missing_eos_penalty=0.5, kl_coef=0.0, per_device_train_batch_size=2,
-                    num_mini_batches=1)
-    trainer = ScriptedPPOTrainer(tiny_model(), args, train_dataset=prompts, processing_class=tokenizer, reward_funcs=one)
+    args = ppo_args(
+        stop_token_id=stop, missing_eos_penalty=0.5, kl_coef=0.0, per_device_train_batch_size=2, num_mini_batches=1
+    )
+    trainer = ScriptedPPOTrainer(
+        tiny_model(), args, train_dataset=prompts, processing_class=tokenizer, reward_funcs=one
+    )
     a, b = tokenizer.convert_tokens_to_ids("3"), tokenizer.convert_tokens_to_ids(",")
     trainer.scripted = torch.tensor([[a, stop, b, b], [a, eos, b, a]])
     rollouts = trainer.make_rollouts(0)
@@ -109,11 +125,14 @@ def test_reward_model_score_is_independent_of_padding(tiny_model, tokenizer, ppo
     """Prompts of different lengths are left-padded, responses right-padded after the stop token: each row's score
     equals the reward model's own score of that row alone, unpadded."""
     dataset = get_task("copy", length=1).train(1).select([0] * 2)
-    dataset = dataset.map(lambda row, i: {"prompt": row["prompt"] if i == 0 else "copy:1,2,3,4,5,6="}, with_indices=True)
+    dataset = dataset.map(
+        lambda row, i: {"prompt": row["prompt"] if i == 0 else "copy:1,2,3,4,5,6="}, with_indices=True
+    )
     reward_model = tiny_classifier(tokenizer, seed=1)
     args = ppo_args(per_device_train_batch_size=2, num_mini_batches=1)
-    trainer = ScriptedPPOTrainer(tiny_model(), args, train_dataset=dataset, processing_class=tokenizer,
-                                 reward_model=reward_model)
+    trainer = ScriptedPPOTrainer(
+        tiny_model(), args, train_dataset=dataset, processing_class=tokenizer, reward_model=reward_model
+    )
     eos, a = tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("3")
     trainer.scripted = torch.tensor([[a, eos, a, a], [a, a, a, a]])
     rollouts = trainer.make_rollouts(0)
@@ -131,8 +150,13 @@ def test_logs_every_metric_and_first_ratio_is_one(temperature, tiny_model, token
     """One epoch, one mini-batch: the update runs on the very policy that sampled, so ratio = 1 exactly
     (the log-probs of rollout and update agree, N+ details' sanity check), at any temperature."""
     args = ppo_args(max_steps=2, num_ppo_epochs=1, num_mini_batches=1, temperature=temperature)
-    trainer = MTPPPOTrainer(tiny_model(), args, train_dataset=prompts, processing_class=tokenizer,
-                         reward_funcs=[zero_reward, digit_fraction])
+    trainer = MTPPPOTrainer(
+        tiny_model(),
+        args,
+        train_dataset=prompts,
+        processing_class=tokenizer,
+        reward_funcs=[zero_reward, digit_fraction],
+    )
     trainer.train()
     logs = [h for h in trainer.state.log_history if "objective/kl" in h]
     assert len(logs) == 2
@@ -150,13 +174,20 @@ def test_decoupled_mtp_leaves_the_policy_to_ppo(tiny_model, tokenizer, prompts, 
     heads learn. Coupled: the MTP loss moves the policy."""
     results = {}
     for mode, mtp_lambda in (("decoupled", 0.0), ("decoupled", 1.0), ("coupled", 1.0)):
-        trainer = MTPPPOTrainer(tiny_model(), ppo_args(mode=mode, mtp_lambda=mtp_lambda), train_dataset=prompts,
-                             processing_class=tokenizer, reward_funcs=first_token_parity)
+        trainer = MTPPPOTrainer(
+            tiny_model(),
+            ppo_args(mode=mode, mtp_lambda=mtp_lambda),
+            train_dataset=prompts,
+            processing_class=tokenizer,
+            reward_funcs=first_token_parity,
+        )
         heads_before = {k: v.clone() for k, v in trainer.mtp_model.heads.state_dict().items()}
         trainer.train()
         heads_after = trainer.mtp_model.heads.state_dict()
-        results[mode, mtp_lambda] = (policy_state(trainer),
-                                     any(not torch.equal(heads_before[k], heads_after[k]) for k in heads_before))
+        results[mode, mtp_lambda] = (
+            policy_state(trainer),
+            any(not torch.equal(heads_before[k], heads_after[k]) for k in heads_before),
+        )
     base, with_mtp, coupled = results["decoupled", 0.0], results["decoupled", 1.0], results["coupled", 1.0]
     initial = {k: v for k, v in tiny_model().state_dict().items()}
     assert any(not torch.equal(base[0][k], initial[k]) for k in base[0])  # PPO did move the policy
@@ -167,10 +198,18 @@ def test_decoupled_mtp_leaves_the_policy_to_ppo(tiny_model, tokenizer, prompts, 
 
 @pytest.mark.parametrize("head_type", ["sequential", "parallel"])
 def test_mtp_variants_train_and_log(head_type, tiny_model, tokenizer, prompts, ppo_args):
-    args = ppo_args(head_type=head_type, mode="coupled", mtp_lambda=0.3, mtp_lambda_schedule="linear",
-                    mtp_lambda_end=0.1, mtp_window_schedule="forward", max_steps=2)
-    trainer = MTPPPOTrainer(tiny_model(), args, train_dataset=prompts, processing_class=tokenizer,
-                         reward_funcs=first_token_parity)
+    args = ppo_args(
+        head_type=head_type,
+        mode="coupled",
+        mtp_lambda=0.3,
+        mtp_lambda_schedule="linear",
+        mtp_lambda_end=0.1,
+        mtp_window_schedule="forward",
+        max_steps=2,
+    )
+    trainer = MTPPPOTrainer(
+        tiny_model(), args, train_dataset=prompts, processing_class=tokenizer, reward_funcs=first_token_parity
+    )
     trainer.train()
     logs = [h for h in trainer.state.log_history if "mtp/loss" in h]
     assert [h["mtp/window"] for h in logs] == [1.0, 2.0]  # forward curriculum over the 2 iterations
@@ -180,8 +219,9 @@ def test_mtp_variants_train_and_log(head_type, tiny_model, tokenizer, prompts, p
 
 def test_speculative_rollouts_train_and_log_acceptance(tiny_model, tokenizer, prompts, ppo_args):
     args = ppo_args(speculative_rollouts=True, head_type="blockwise", num_mtp_heads=3, mode="decoupled")
-    trainer = MTPPPOTrainer(tiny_model(), args, train_dataset=prompts, processing_class=tokenizer,
-                         reward_funcs=first_token_parity)
+    trainer = MTPPPOTrainer(
+        tiny_model(), args, train_dataset=prompts, processing_class=tokenizer, reward_funcs=first_token_parity
+    )
     trainer.train()
     logs = [h for h in trainer.state.log_history if "spec/mean_accepted_length" in h]
     assert len(logs) == 2
@@ -230,10 +270,21 @@ def test_rollouts_sample_the_distribution_ppo_scores(speculative, tiny_model, to
     test passes, although the model's generation config holds a repetition penalty of 1.3. Sampled with that config
     (the former sampler, restored below), '=' with pi = 0.93 at T = 0.7 came out 25% of the time (p-value 0.0);
     speculative decoding, which now honours the model's generation config as `generate` does, fails the same way."""
-    args = ppo_args(temperature=0.7, response_length=1, stop_token=None, local_rollout_forward_batch_size=2000,
-                    speculative_rollouts=speculative, head_type="blockwise")
-    trainer = MTPPPOTrainer(peaked_model(tiny_model), args, train_dataset=Dataset.from_dict({"prompt": ["copy:1,2,3="]}),
-                         processing_class=tokenizer, reward_funcs=zero_reward)
+    args = ppo_args(
+        temperature=0.7,
+        response_length=1,
+        stop_token=None,
+        local_rollout_forward_batch_size=2000,
+        speculative_rollouts=speculative,
+        head_type="blockwise",
+    )
+    trainer = MTPPPOTrainer(
+        peaked_model(tiny_model),
+        args,
+        train_dataset=Dataset.from_dict({"prompt": ["copy:1,2,3="]}),
+        processing_class=tokenizer,
+        reward_funcs=zero_reward,
+    )
     tokens, pi = one_token_rollouts(trainer, "copy:1,2,3=", 2000)
     assert pi.max() > 0.5  # peaked on '=', a prompt token
     assert chi_square_p_value(torch.bincount(tokens, minlength=pi.numel()), pi) > 1e-3
@@ -257,9 +308,11 @@ def test_rollout_sampler_is_a_temperature_and_nothing_else(tiny_model):
         prepared, _ = model._prepare_generation_config(rollout)
         assert [type(p).__name__ for p in model._get_logits_processor(prepared)] == ["TemperatureLogitsWarper"]
     assert model.generation_config.repetition_penalty == 1.3
-    with pytest.raises(ValueError, match="TopKLogitsWarper"):
-        with ppo_trainer.sampling_only_from(model, GenerationConfig(do_sample=True, top_k=5)):
-            pass
+    with (
+        pytest.raises(ValueError, match="TopKLogitsWarper"),
+        ppo_trainer.sampling_only_from(model, GenerationConfig(do_sample=True, top_k=5)),
+    ):
+        pass
     assert model.generation_config.suppress_tokens == [5]
 
 
@@ -269,8 +322,13 @@ def test_without_a_stop_token_rollouts_never_stop(speculative, tiny_model, token
     (here every token: the former speculative path stopped after one token, and PPO trained on the padding)."""
     model = tiny_model()
     model.generation_config.eos_token_id = list(range(len(tokenizer)))
-    args = ppo_args(stop_token=None, speculative_rollouts=speculative, head_type="blockwise",
-                    per_device_train_batch_size=8, num_mini_batches=1)
+    args = ppo_args(
+        stop_token=None,
+        speculative_rollouts=speculative,
+        head_type="blockwise",
+        per_device_train_batch_size=8,
+        num_mini_batches=1,
+    )
     trainer = MTPPPOTrainer(model, args, train_dataset=prompts, processing_class=tokenizer, reward_funcs=zero_reward)
     rollouts = trainer.make_rollouts(0)
     assert rollouts.responses.shape == (8, args.response_length) and rollouts.mask.all()
@@ -285,24 +343,36 @@ def first_update_stats(trainer) -> dict:
     return next(h for h in trainer.state.log_history if "val/ratio" in h)
 
 
-@pytest.mark.parametrize("preset, dropout, temperature", [
-    ("tiny-gpt2", GPT2_DROPOUT, 1.0),
-    ("tiny-gpt2", GPT2_DROPOUT, 0.7),
-    ("tiny-llama", dict(attention_dropout=0.1), 0.7),  # applied functionally, from a float attribute
-])
+@pytest.mark.parametrize(
+    "preset, dropout, temperature",
+    [
+        ("tiny-gpt2", GPT2_DROPOUT, 1.0),
+        ("tiny-gpt2", GPT2_DROPOUT, 0.7),
+        ("tiny-llama", dict(attention_dropout=0.1), 0.7),  # applied functionally, from a float attribute
+    ],
+)
 def test_dropout_is_off_so_the_first_ratio_is_exactly_one(preset, dropout, temperature, tokenizer, prompts, ppo_args):
     """GPT-2's dropout of 0.1: pi_old comes from eval mode and the update from train mode, so with dropout on (the
     former behaviour, `disable_dropout=False`) the first ratio was 1.047 (T = 1) / 1.086 (T = 0.7) with 10% / 15% of
     tokens clipped. With `disable_dropout` (the default) it is exactly 1 and nothing is clipped."""
-    from trl_mtp.tasks.presets import build_model
+    from trl_mtp.embedded.presets import build_model
 
     stats = {}
     for disable in (True, False):
         model = build_model(preset, len(tokenizer), tokenizer=tokenizer, **dropout)
-        args = ppo_args(max_steps=1, num_ppo_epochs=1, num_mini_batches=1, temperature=temperature,
-                        per_device_train_batch_size=8, disable_dropout=disable)
-        stats[disable] = first_update_stats(MTPPPOTrainer(model, args, train_dataset=prompts, processing_class=tokenizer,
-                                                       reward_funcs=first_token_parity))
+        args = ppo_args(
+            max_steps=1,
+            num_ppo_epochs=1,
+            num_mini_batches=1,
+            temperature=temperature,
+            per_device_train_batch_size=8,
+            disable_dropout=disable,
+        )
+        stats[disable] = first_update_stats(
+            MTPPPOTrainer(
+                model, args, train_dataset=prompts, processing_class=tokenizer, reward_funcs=first_token_parity
+            )
+        )
     assert MTPPPOConfig(output_dir="x").disable_dropout
     assert stats[True]["val/ratio"] == 1.0 and stats[True]["policy/clipfrac_avg"] == 0.0
     assert stats[True]["policy/approxkl_avg"] == 0.0
@@ -311,22 +381,39 @@ def test_dropout_is_off_so_the_first_ratio_is_exactly_one(preset, dropout, tempe
 
 def dropout_rates(model) -> list[float]:
     """Every dropout probability of a model: `nn.Dropout` modules and Llama-style float `attention_dropout`."""
-    return [m.p if isinstance(m, torch.nn.Dropout) else m.attention_dropout for m in model.modules()
-            if isinstance(m, torch.nn.Dropout) or isinstance(getattr(m, "attention_dropout", None), float)]
+    return [
+        m.p if isinstance(m, torch.nn.Dropout) else m.attention_dropout
+        for m in model.modules()
+        if isinstance(m, torch.nn.Dropout) or isinstance(getattr(m, "attention_dropout", None), float)
+    ]
 
 
 def test_dropout_is_off_in_reference_reward_and_value_models(tokenizer, prompts, ppo_args):
-    from trl_mtp.tasks.presets import build_config, build_model
+    from trl_mtp.embedded.presets import build_config, build_model
 
     def classifier():
-        return LlamaForSequenceClassification(build_config("tiny-llama", len(tokenizer), tokenizer=tokenizer,
-                                                           num_labels=1, num_hidden_layers=1, attention_dropout=0.1))
+        return LlamaForSequenceClassification(
+            build_config(
+                "tiny-llama",
+                len(tokenizer),
+                tokenizer=tokenizer,
+                num_labels=1,
+                num_hidden_layers=1,
+                attention_dropout=0.1,
+            )
+        )
 
     policy = build_model("tiny-gpt2", len(tokenizer), tokenizer=tokenizer, **GPT2_DROPOUT)
     reward_model, value_model = classifier(), classifier()
     assert all(max(dropout_rates(m)) == 0.1 for m in (policy, reward_model, value_model))
-    trainer = MTPPPOTrainer(policy, ppo_args(), train_dataset=prompts, processing_class=tokenizer,
-                         reward_model=reward_model, value_model=value_model)
+    trainer = MTPPPOTrainer(
+        policy,
+        ppo_args(),
+        train_dataset=prompts,
+        processing_class=tokenizer,
+        reward_model=reward_model,
+        value_model=value_model,
+    )
     for model in (trainer.model, trainer.ref_model, trainer.reward_model, trainer.model.value_model):
         assert dropout_rates(model) and max(dropout_rates(model)) == 0.0
 
@@ -336,14 +423,22 @@ def test_bf16_runs_every_log_prob_in_one_precision(temperature, tiny_model, toke
     """bf16: sampler, pi_old, pi_ref and the update all run under the same autocast, so KL to an exact copy of the
     policy is exactly 0 at step 0. Formerly only the prepared policy forward was autocast: the KL read -5.8e-4
     (T = 1) / -1.5e-3 (T = 0.7) per response, the former precision (restored below) still reads != 0."""
+
     def run():
-        trainer = MTPPPOTrainer(tiny_model(), ppo_args(bf16=True, use_cpu=True, max_steps=1, num_ppo_epochs=1,
-                                                    num_mini_batches=1, temperature=temperature),
-                             train_dataset=prompts, processing_class=tokenizer, reward_funcs=first_token_parity)
+        trainer = MTPPPOTrainer(
+            tiny_model(),
+            ppo_args(
+                bf16=True, use_cpu=True, max_steps=1, num_ppo_epochs=1, num_mini_batches=1, temperature=temperature
+            ),
+            train_dataset=prompts,
+            processing_class=tokenizer,
+            reward_funcs=first_token_parity,
+        )
         autocast = []  # per forward of the policy's and the reference's trunk outside the update
         for model in (trainer.mtp_model.base_model, trainer.ref_model):
-            model.register_forward_pre_hook(lambda m, a: autocast.append(torch.is_autocast_enabled("cpu"))
-                                            if not m.training else None)
+            model.register_forward_pre_hook(
+                lambda m, a: autocast.append(torch.is_autocast_enabled("cpu")) if not m.training else None
+            )
         return first_update_stats(trainer), autocast
 
     stats, autocast = run()
@@ -359,9 +454,15 @@ def test_fp16_unscales_once_then_clips_each_group(tiny_model, tokenizer, prompts
     group clipped on its own norm, an update bit for bit that of a run without the scaler. Clipping per group through
     `accelerator.clip_grad_norm_` (the former code, restored below) unscaled twice: "unscale_() has already been
     called on this optimizer since the last update()"."""
+
     def run(scaled: bool):
-        trainer = MTPPPOTrainer(tiny_model(), ppo_args(max_steps=1, max_grad_norm=0.1), train_dataset=prompts,
-                             processing_class=tokenizer, reward_funcs=first_token_parity)
+        trainer = MTPPPOTrainer(
+            tiny_model(),
+            ppo_args(max_steps=1, max_grad_norm=0.1),
+            train_dataset=prompts,
+            processing_class=tokenizer,
+            reward_funcs=first_token_parity,
+        )
         if scaled:
             fp16_scaler(trainer.accelerator)
         trainer.train()
@@ -387,11 +488,16 @@ def test_activation_checkpointing_is_honoured(tiny_model, tokenizer, prompts, pp
     update is the same as without."""
     runs = {}
     for checkpointing in (False, True):
-        trainer = MTPPPOTrainer(tiny_model(), ppo_args(max_steps=1, activation_checkpointing=checkpointing),
-                             train_dataset=prompts, processing_class=tokenizer, reward_funcs=first_token_parity)
+        trainer = MTPPPOTrainer(
+            tiny_model(),
+            ppo_args(max_steps=1, activation_checkpointing=checkpointing),
+            train_dataset=prompts,
+            processing_class=tokenizer,
+            reward_funcs=first_token_parity,
+        )
         calls = []  # training-mode calls of a linear layer inside layer 0 (the checkpoint wraps the layer's forward)
         linear = next(m for m in trainer.mtp_model.trunk.layers[0].modules() if isinstance(m, torch.nn.Linear))
-        linear.register_forward_hook(lambda m, a, o: calls.append(m.training))
+        linear.register_forward_hook(lambda m, a, o: calls.append(m.training))  # noqa: B023 (runs in this iteration)
         trainer.train()
         runs[checkpointing] = sum(calls), policy_state(trainer), trainer.mtp_model.trunk.is_checkpointing
     assert runs[True][2] and not runs[False][2]
@@ -405,8 +511,14 @@ def test_lora_reference_is_the_base_with_adapters_disabled(tiny_model, tokenizer
     from peft import LoraConfig
 
     peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
-    trainer = MTPPPOTrainer(tiny_model(), ppo_args(max_steps=2), train_dataset=prompts, processing_class=tokenizer,
-                         reward_funcs=first_token_parity, peft_config=peft_config)
+    trainer = MTPPPOTrainer(
+        tiny_model(),
+        ppo_args(max_steps=2),
+        train_dataset=prompts,
+        processing_class=tokenizer,
+        reward_funcs=first_token_parity,
+        peft_config=peft_config,
+    )
     assert trainer.ref_model is None
     trainer.train()
     logs = [h for h in trainer.state.log_history if "objective/kl" in h]
@@ -417,8 +529,14 @@ def test_lora_reference_is_the_base_with_adapters_disabled(tiny_model, tokenizer
 def test_value_model_reward_model_and_conversational_prompts(tiny_model, tokenizer, ppo_args, tmp_path):
     dataset = get_task("copy", length=2).train(8, conversational=True)
     args = ppo_args(max_steps=1)
-    trainer = MTPPPOTrainer(tiny_model(), args, train_dataset=dataset, processing_class=tokenizer,
-                         reward_model=tiny_classifier(tokenizer, 1), value_model=tiny_classifier(tokenizer, 2))
+    trainer = MTPPPOTrainer(
+        tiny_model(),
+        args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        reward_model=tiny_classifier(tokenizer, 1),
+        value_model=tiny_classifier(tokenizer, 2),
+    )
     trainer.train()
     trainer.save_model(str(tmp_path / "out"))
     assert os.path.isfile(tmp_path / "out" / "value_model" / "config.json")
@@ -430,8 +548,9 @@ def test_value_model_reward_model_and_conversational_prompts(tiny_model, tokeniz
 def test_resume_equals_uninterrupted(tiny_model, tokenizer, prompts, ppo_args, tmp_path):
     def run(output_dir, resume=None):
         args = ppo_args(output_dir=str(output_dir), max_steps=4, save_strategy="steps", save_steps=2)
-        trainer = MTPPPOTrainer(tiny_model(), args, train_dataset=prompts, processing_class=tokenizer,
-                             reward_funcs=first_token_parity)
+        trainer = MTPPPOTrainer(
+            tiny_model(), args, train_dataset=prompts, processing_class=tokenizer, reward_funcs=first_token_parity
+        )
         trainer.train(resume_from_checkpoint=resume)
         return trainer
 
@@ -459,16 +578,27 @@ def test_heads_are_saved_and_loaded_in_one_place(tiny_model, tokenizer, prompts,
     from trl_mtp import model as model_module
 
     package = Path(trl_mtp.__file__).parent
-    naming = sorted(str(p.relative_to(package)) for p in package.rglob("*.py")
-                    if p != Path(model_module.__file__) and "HEADS_FILE" in p.read_text())
+    naming = sorted(
+        str(p.relative_to(package))
+        for p in package.rglob("*.py")
+        if p != Path(model_module.__file__) and "HEADS_FILE" in p.read_text()
+    )
     assert naming == []
     calls = []
     for name in ("save_heads", "load_heads"):
         original = getattr(MTPForCausalLM, name)
-        monkeypatch.setattr(MTPForCausalLM, name,
-                            lambda self, directory, _f=original, _n=name: calls.append(_n) or _f(self, directory))
-    trainer = MTPPPOTrainer(tiny_model(), ppo_args(max_steps=1), train_dataset=prompts, processing_class=tokenizer,
-                            reward_funcs=first_token_parity)
+        monkeypatch.setattr(
+            MTPForCausalLM,
+            name,
+            lambda self, directory, _f=original, _n=name, **kw: calls.append(_n) or _f(self, directory, **kw),
+        )
+    trainer = MTPPPOTrainer(
+        tiny_model(),
+        ppo_args(max_steps=1),
+        train_dataset=prompts,
+        processing_class=tokenizer,
+        reward_funcs=first_token_parity,
+    )
     trainer.model_wrapped = trainer.model
     trainer._save(str(tmp_path / "ckpt"))
     trainer._load_from_checkpoint(str(tmp_path / "ckpt"))
@@ -490,13 +620,24 @@ def test_old_names_are_aliases():
 @pytest.mark.slow
 def test_reward_goes_up_on_an_easy_task(tokenizer, ppo_args):
     """From a briefly pretrained base (digits and commas), PPO raises the share of digits it writes."""
-    from trl_mtp.pretrain import pretrain_base
+    from trl_mtp.embedded.pretrain import pretrain_base
 
     base = AutoModelForCausalLM.from_pretrained(pretrain_base("tiny-llama", "copy", steps=60, seq_len=64, batch_size=8))
-    args = ppo_args(max_steps=12, per_device_train_batch_size=16, num_mini_batches=1, response_length=8,
-                    kl_coef=0.01, learning_rate=1e-3)
-    trainer = MTPPPOTrainer(base, args, train_dataset=get_task("copy", length=3).train(64), processing_class=tokenizer,
-                         reward_funcs=digit_fraction)
+    args = ppo_args(
+        max_steps=12,
+        per_device_train_batch_size=16,
+        num_mini_batches=1,
+        response_length=8,
+        kl_coef=0.01,
+        learning_rate=1e-3,
+    )
+    trainer = MTPPPOTrainer(
+        base,
+        args,
+        train_dataset=get_task("copy", length=3).train(64),
+        processing_class=tokenizer,
+        reward_funcs=digit_fraction,
+    )
     trainer.train()
     scores = [h["objective/scores"] for h in trainer.state.log_history if "objective/scores" in h]
     assert sum(scores[-3:]) / 3 > sum(scores[:3]) / 3 + 0.15, scores
@@ -514,12 +655,19 @@ def test_two_process_ppo_with_accelerate(tmp_path, tokenizer):
 @pytest.mark.slow
 def test_cli_ppo_with_yaml_config(tmp_path):
     config = tmp_path / "ppo.yaml"
-    config.write_text(f"output_dir: {tmp_path / 'out'}\nmax_steps: 2\nresponse_length: 6\n"
-                      "per_device_train_batch_size: 4\nreport_to: none\nsave_strategy: 'no'\n"
-                      "pretrain_steps: 20\nnum_eval_examples: 4\nnum_train_examples: 16\n")
+    config.write_text(
+        f"output_dir: {tmp_path / 'out'}\nmax_steps: 2\nresponse_length: 6\n"
+        "per_device_train_batch_size: 4\nreport_to: none\nsave_strategy: 'no'\n"
+        "pretrain_steps: 20\nnum_eval_examples: 4\nnum_train_examples: 16\n"
+    )
     cli = os.path.join(os.path.dirname(sys.executable), "trl-mtp")
-    done = subprocess.run([cli, "ppo", "--config", str(config)], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(
+        [cli, "ppo", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "copy eval exact-match" in done.stdout
     assert (tmp_path / "out" / "mtp_heads.safetensors").is_file()

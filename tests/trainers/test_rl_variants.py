@@ -9,11 +9,21 @@ import torch
 from datasets import Dataset
 
 from trl_mtp import MTPDPOConfig, MTPDPOTrainer, MTPGRPOConfig, MTPGRPOTrainer, MTPRLOOConfig, MTPRLOOTrainer
-from trl_mtp.tasks.registry import get_task
+from trl_mtp.embedded.tasks.registry import get_task
 
-COMMON = dict(max_steps=2, per_device_train_batch_size=4, learning_rate=1e-3, logging_steps=1, report_to=[],
-              activation_checkpointing=False, save_strategy="no", dataloader_pin_memory=False, num_mtp_heads=2,
-              seed=0, disable_tqdm=True)
+COMMON = dict(
+    max_steps=2,
+    per_device_train_batch_size=4,
+    learning_rate=1e-3,
+    logging_steps=1,
+    report_to=[],
+    activation_checkpointing=False,
+    save_strategy="no",
+    dataloader_pin_memory=False,
+    num_mtp_heads=2,
+    seed=0,
+    disable_tqdm=True,
+)
 ON_POLICY = dict(num_generations=4, max_completion_length=8, generation_batch_size=4)
 
 
@@ -37,8 +47,9 @@ def test_on_policy_variants(trainer_cls, config_cls, mode, tiny_model, tokenizer
     assert config_cls(output_dir=str(tmp_path)).mode == "decoupled"  # RL default: the policy is driven by RL alone
     model_dir = tmp_path / "base"  # a path: RLOO's default beta > 0 builds its reference model from it
     tiny_model().save_pretrained(model_dir)
-    trainer = trainer_cls(str(model_dir), reward_funcs=task.reward, args=args, train_dataset=task.train(16),
-                          processing_class=tokenizer)
+    trainer = trainer_cls(
+        str(model_dir), reward_funcs=task.reward, args=args, train_dataset=task.train(16), processing_class=tokenizer
+    )
     heads_before, trunk_before = params(trainer.mtp_model.heads), params(trainer.mtp_model.base_model)
     trainer.train()
     logs = logged(trainer)
@@ -69,10 +80,13 @@ def policy_weights(trainer) -> dict:
     return {k: v for k, v in params(trainer.mtp_model.base_model).items() if "mtp_heads" not in k}
 
 
-@pytest.mark.parametrize("trainer_cls, config_cls", [(MTPGRPOTrainer, MTPGRPOConfig), (MTPRLOOTrainer, MTPRLOOConfig),
-                                                     (MTPDPOTrainer, MTPDPOConfig)])
-def test_decoupled_mtp_leaves_the_policy_to_the_rl_loss(trainer_cls, config_cls, tiny_model, tokenizer, tmp_path,
-                                                        monkeypatch):
+@pytest.mark.parametrize(
+    "trainer_cls, config_cls",
+    [(MTPGRPOTrainer, MTPGRPOConfig), (MTPRLOOTrainer, MTPRLOOConfig), (MTPDPOTrainer, MTPDPOConfig)],
+)
+def test_decoupled_mtp_leaves_the_policy_to_the_rl_loss(
+    trainer_cls, config_cls, tiny_model, tokenizer, tmp_path, monkeypatch
+):
     """Decoupled: with a loss that moves the policy (a reward that varies; DPO's preference loss), the policy ends
     bit for bit the same with mtp_lambda 0 and 1, clipping on (max_grad_norm 1). The former version of this test ran
     GRPO on a reward that was 0 everywhere, so the policy never moved; one global clip norm over heads and policy
@@ -82,27 +96,37 @@ def test_decoupled_mtp_leaves_the_policy_to_the_rl_loss(trainer_cls, config_cls,
     dataset = get_task("copy", length=2, max_value=9).train(16) if on_policy else preference_dataset()
 
     def run(mtp_lambda: float) -> dict:
-        args = config_cls(output_dir=str(tmp_path / "run"), mode="decoupled", mtp_lambda=mtp_lambda, **COMMON,
-                          **(ON_POLICY if on_policy else {}))
+        args = config_cls(
+            output_dir=str(tmp_path / "run"),
+            mode="decoupled",
+            mtp_lambda=mtp_lambda,
+            **COMMON,
+            **(ON_POLICY if on_policy else {}),
+        )
         kwargs = dict(reward_funcs=first_token_parity) if on_policy else {}
-        trainer = trainer_cls(str(tmp_path / "base"), args=args, train_dataset=dataset, processing_class=tokenizer,
-                              **kwargs)
+        trainer = trainer_cls(
+            str(tmp_path / "base"), args=args, train_dataset=dataset, processing_class=tokenizer, **kwargs
+        )
         trainer.train()
         return policy_weights(trainer)
 
     initial, without, with_mtp = params(tiny_model()), run(0.0), run(1.0)
     assert changed(initial, without), "the RL loss must move the policy for this test to mean anything"
     assert not changed(without, with_mtp)
-    monkeypatch.setattr(trainer_cls, "_clip_grad_norm", lambda self, model: self.accelerator.clip_grad_norm_(
-        model.parameters(), self.args.max_grad_norm))  # one norm over heads and policy
+    monkeypatch.setattr(
+        trainer_cls,
+        "_clip_grad_norm",
+        lambda self, model: self.accelerator.clip_grad_norm_(model.parameters(), self.args.max_grad_norm),
+    )  # one norm over heads and policy
     assert changed(without, run(1.0))
 
 
 def test_dpo_scores_the_heads_on_chosen_only(tiny_model, tokenizer, tmp_path):
     args = MTPDPOConfig(output_dir=str(tmp_path), **COMMON)
     tiny_model().save_pretrained(tmp_path / "base")  # a path: DPO builds its reference model from it
-    trainer = MTPDPOTrainer(str(tmp_path / "base"), args=args, train_dataset=preference_dataset(),
-                            processing_class=tokenizer)
+    trainer = MTPDPOTrainer(
+        str(tmp_path / "base"), args=args, train_dataset=preference_dataset(), processing_class=tokenizer
+    )
     seen = []
     original = trainer.mtp_model.compute_mtp_loss
 
@@ -124,12 +148,19 @@ def test_dpo_with_lora_reference_keeps_the_policy_capture(tiny_model, tokenizer,
     from peft import LoraConfig
 
     args = MTPDPOConfig(output_dir=str(tmp_path), **COMMON)
-    trainer = MTPDPOTrainer(tiny_model(), args=args, train_dataset=preference_dataset(), processing_class=tokenizer,
-                            peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    trainer = MTPDPOTrainer(
+        tiny_model(),
+        args=args,
+        train_dataset=preference_dataset(),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    )
     grads = []
     original = trainer.mtp_model.compute_mtp_loss
-    trainer.mtp_model.compute_mtp_loss = lambda *a, **kw: (grads.append(trainer.mtp_model.trunk.hidden.requires_grad),
-                                                           original(*a, **kw))[1]
+    trainer.mtp_model.compute_mtp_loss = lambda *a, **kw: (
+        grads.append(trainer.mtp_model.trunk.hidden.requires_grad),
+        original(*a, **kw),
+    )[1]
     heads_before = params(trainer.mtp_model.heads)
     trainer.train()
     assert grads and all(grads)

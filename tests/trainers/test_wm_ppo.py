@@ -14,14 +14,26 @@ import torch
 
 import trl_mtp.world_model as world_model_module
 from trl_mtp import MTPPPOConfig, MTPPPOTrainer, WorldModelPPOConfig, WorldModelPPOTrainer
+from trl_mtp.embedded.tasks.registry import get_task
 from trl_mtp.heads.base import shift_tokens
-from trl_mtp.tasks.registry import get_task
 from trl_mtp.world_model import PercentileNormalizer, PrefixRollouts, TwoHotValueHead, WorldModel
 
-WM_METRICS = ("wm/latent_cos_depth_1", "wm/latent_cos_depth_2", "wm/token_kl_depth_1", "wm/token_kl_depth_2",
-              "wm/reward_pred_error", "wm/imagined_return", "wm/return_scale", "val/explained_variance",
-              "loss/wm_latent", "loss/wm_token_kl", "loss/wm_reward", "loss/wm_continue", "loss/wm_imagination",
-              "loss/wm_slow_critic")
+WM_METRICS = (
+    "wm/latent_cos_depth_1",
+    "wm/latent_cos_depth_2",
+    "wm/token_kl_depth_1",
+    "wm/token_kl_depth_2",
+    "wm/reward_pred_error",
+    "wm/imagined_return",
+    "wm/return_scale",
+    "val/explained_variance",
+    "loss/wm_latent",
+    "loss/wm_token_kl",
+    "loss/wm_reward",
+    "loss/wm_continue",
+    "loss/wm_imagination",
+    "loss/wm_slow_critic",
+)
 
 
 def first_token_parity(prompts, completions, completion_ids, **kwargs):
@@ -36,14 +48,29 @@ def prompts():
 @pytest.fixture
 def wm_trainer(tmp_path, tiny_model, tokenizer, prompts):
     def make(**overrides):
-        defaults = dict(output_dir=str(tmp_path / "run"), max_steps=2, per_device_train_batch_size=4,
-                        num_mini_batches=1, num_ppo_epochs=1, response_length=5, learning_rate=1e-3,
-                        temperature=1.0, report_to=[], save_strategy="no", disable_tqdm=True, seed=0,
-                        num_mtp_heads=2, dataloader_pin_memory=False, head_type="sequential", world_model=True,
-                        logging_steps=1)
+        defaults = dict(
+            output_dir=str(tmp_path / "run"),
+            max_steps=2,
+            per_device_train_batch_size=4,
+            num_mini_batches=1,
+            num_ppo_epochs=1,
+            response_length=5,
+            learning_rate=1e-3,
+            temperature=1.0,
+            report_to=[],
+            save_strategy="no",
+            disable_tqdm=True,
+            seed=0,
+            num_mtp_heads=2,
+            dataloader_pin_memory=False,
+            head_type="sequential",
+            world_model=True,
+            logging_steps=1,
+        )
         args = WorldModelPPOConfig(**{**defaults, **overrides})
-        return WorldModelPPOTrainer(tiny_model(), args, train_dataset=prompts, processing_class=tokenizer,
-                                    reward_funcs=first_token_parity)
+        return WorldModelPPOTrainer(
+            tiny_model(), args, train_dataset=prompts, processing_class=tokenizer, reward_funcs=first_token_parity
+        )
 
     return make
 
@@ -92,8 +119,7 @@ def test_gradient_routing_and_imagination_gives_no_policy_gradient(wm_trainer, r
     policy_params = {n for n, _ in policy.named_parameters() if not n.startswith("mtp_heads.")}
     terms, _ = trainer.compute_losses(trainer.model, rollouts)
     wm_terms = [name for name in terms if name.startswith("wm_")]
-    assert {"wm_latent", "wm_token_kl", "wm_reward", "wm_continue", "wm_imagination",
-            "wm_slow_critic"} <= set(wm_terms)
+    assert {"wm_latent", "wm_token_kl", "wm_reward", "wm_continue", "wm_imagination", "wm_slow_critic"} <= set(wm_terms)
     for name in [*wm_terms, "value"]:
         trainer.model.zero_grad(set_to_none=True)
         terms, _ = trainer.compute_losses(trainer.model, rollouts)
@@ -118,8 +144,9 @@ def test_imagined_rollouts_carry_no_graph(wm_trainer):
         model(rollouts.query_responses, rollouts.attention_mask)
         hidden = trainer.mtp_model.trunk.hidden
         assert hidden.requires_grad
-        start, trajectory = model.world_model.imagine(hidden, rollouts.query_responses, model.value_head,
-                                                      return_trajectory=True)
+        start, trajectory = model.world_model.imagine(
+            hidden, rollouts.query_responses, model.value_head, return_trajectory=True
+        )
     assert not start.requires_grad and start.grad_fn is None  # nothing to backpropagate: no policy gradient
     assert trajectory.shape == (*rollouts.query_responses.shape, 4)  # a_0 from the policy, then 3 from the heads
     assert trainer.mtp_model.trunk.hidden is hidden  # the capture of the update's forward is kept
@@ -204,17 +231,24 @@ def test_decoupled_policy_update_ignores_world_model_weights(wm_trainer, tiny_mo
     """Decoupled: after one iteration (2 epochs x 2 mini-batches) the policy's weights are bit-identical whatever the
     world-model loss weights, imagination included (its sampler is its own); the critic the world model trains reads
     sg(h) and is clipped apart from the policy, so it cannot carry them into the trunk."""
+
     def policy_after(**coefs) -> dict[str, torch.Tensor]:
         trainer = wm_trainer(max_steps=1, num_ppo_epochs=2, num_mini_batches=2, per_device_train_batch_size=2, **coefs)
         trainer.train()
-        return {n: p.detach().clone() for n, p in trainer.mtp_model.base_model.named_parameters()
-                if not n.startswith("mtp_heads.")}
+        return {
+            n: p.detach().clone()
+            for n, p in trainer.mtp_model.base_model.named_parameters()
+            if not n.startswith("mtp_heads.")
+        }
 
     base = policy_after()
     initial = dict(tiny_model().named_parameters())
     assert any(not torch.equal(base[n], initial[n]) for n in base)  # the policy did move
-    for change in ({"wm_slow_critic_coef": 0.3}, {"wm_imagination_coef": 0.0},
-                   {"wm_latent_coef": 0.0, "wm_token_kl_coef": 1.0, "wm_reward_coef": 3.0, "wm_continue_coef": 0.0}):
+    for change in (
+        {"wm_slow_critic_coef": 0.3},
+        {"wm_imagination_coef": 0.0},
+        {"wm_latent_coef": 0.0, "wm_token_kl_coef": 1.0, "wm_reward_coef": 3.0, "wm_continue_coef": 0.0},
+    ):
         other = policy_after(**change)
         moved = [n for n in base if not torch.equal(base[n], other[n])]
         assert not moved, (change, moved[:3], max((base[n] - other[n]).abs().max().item() for n in moved))
@@ -224,7 +258,8 @@ def test_percentile_normalisation_replaces_whitening(wm_trainer):
     trainer = wm_trainer(wm_return_norm="percentile")
     rollouts = _one_batch(trainer)
     raw, _ = __import__("trl_mtp.trainers.ppo_core", fromlist=["gae_advantages"]).gae_advantages(
-        rollouts.rewards, rollouts.values, rollouts.mask, 1.0, 0.95)
+        rollouts.rewards, rollouts.values, rollouts.mask, 1.0, 0.95
+    )
     scale = trainer.model.return_normalizer.scale()
     assert torch.allclose(rollouts.advantages, (raw / scale).masked_fill(~rollouts.mask, 0.0))
     assert trainer._metrics["train"]["wm/return_scale"]
@@ -246,6 +281,7 @@ def test_save_and_resume_world_model(wm_trainer, tmp_path):
 # -- the split: PPO knows nothing of the world model ------------------------------------------------------------------
 def test_plain_ppo_config_has_no_world_model_field():
     """The world model's fields live in `WorldModelPPOConfig` only; `MTPPPOConfig` refuses them."""
+
     def world_fields(cls):
         return {f.name for f in dataclasses.fields(cls) if f.name == "world_model" or f.name.startswith("wm_")}
 
@@ -269,16 +305,34 @@ def test_plain_ppo_has_no_world_model(tmp_path, tiny_model, tokenizer, prompts):
     for module in (ppo_trainer, ppo_models, ppo_config):
         tree = ast.parse(inspect.getsource(module))
         docstrings = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr)}
-        code_words = [getattr(node, "id", None) or getattr(node, "attr", None) or getattr(node, "name", None) or
-                      (node.value if isinstance(node, ast.Constant) and id(node) not in docstrings else None)
-                      for node in ast.walk(tree)]  # names, attributes, imports and strings; docs may name the subclass
-        found = [w for w in code_words if isinstance(w, str) and w.lower().startswith(("world", "wm_", "wm/", "twohot"))]
+        code_words = [
+            getattr(node, "id", None)
+            or getattr(node, "attr", None)
+            or getattr(node, "name", None)
+            or (node.value if isinstance(node, ast.Constant) and id(node) not in docstrings else None)
+            for node in ast.walk(tree)
+        ]  # names, attributes, imports and strings; docs may name the subclass
+        found = [
+            w for w in code_words if isinstance(w, str) and w.lower().startswith(("world", "wm_", "wm/", "twohot"))
+        ]
         assert not found, (module.__name__, found)
-    args = MTPPPOConfig(output_dir=str(tmp_path / "run"), max_steps=1, per_device_train_batch_size=4,
-                        num_ppo_epochs=1, response_length=5, report_to=[], save_strategy="no", disable_tqdm=True,
-                        head_type="sequential", num_mtp_heads=2, dataloader_pin_memory=False, logging_steps=1)
-    trainer = MTPPPOTrainer(tiny_model(), args, train_dataset=prompts, processing_class=tokenizer,
-                            reward_funcs=first_token_parity)
+    args = MTPPPOConfig(
+        output_dir=str(tmp_path / "run"),
+        max_steps=1,
+        per_device_train_batch_size=4,
+        num_ppo_epochs=1,
+        response_length=5,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+        head_type="sequential",
+        num_mtp_heads=2,
+        dataloader_pin_memory=False,
+        logging_steps=1,
+    )
+    trainer = MTPPPOTrainer(
+        tiny_model(), args, train_dataset=prompts, processing_class=tokenizer, reward_funcs=first_token_parity
+    )
     assert not any(hasattr(trainer.model, name) for name in ("world_model", "return_normalizer"))
     assert {id(p) for p in trainer._clip_groups()[0]} == {id(p) for p in trainer.mtp_model.heads.parameters()}
     trainer.train()
@@ -288,22 +342,34 @@ def test_plain_ppo_has_no_world_model(tmp_path, tiny_model, tokenizer, prompts):
 def test_world_model_trainer_clips_world_model_and_critic_with_the_heads(wm_trainer):
     trainer = wm_trainer()
     model = trainer.model
-    expected = {id(p) for module in (trainer.mtp_model.heads, model.world_model, model.value_head)
-                for p in module.parameters() if p.requires_grad}
+    expected = {
+        id(p)
+        for module in (trainer.mtp_model.heads, model.world_model, model.value_head)
+        for p in module.parameters()
+        if p.requires_grad
+    }
     assert {id(p) for p in trainer._clip_groups()[0]} == expected
     assert not expected & {id(p) for p in trainer._clip_groups()[1]}
     with pytest.raises(ValueError, match="WorldModelPPOTrainer needs a WorldModelPPOConfig"):
-        WorldModelPPOTrainer(trainer.mtp_model, MTPPPOConfig(output_dir="x"), train_dataset=trainer.train_dataset,
-                             processing_class=trainer.processing_class, reward_funcs=first_token_parity)
+        WorldModelPPOTrainer(
+            trainer.mtp_model,
+            MTPPPOConfig(output_dir="x"),
+            train_dataset=trainer.train_dataset,
+            processing_class=trainer.processing_class,
+            reward_funcs=first_token_parity,
+        )
 
 
-@pytest.mark.parametrize("argv, yaml_text, world", [
-    (["--mode", "coupled", "--max_steps", "3"], None, False),
-    (["--wm_critic", "scalar"], None, True),
-    (["--world_model=true"], None, True),
-    (["--max_steps", "3"], "wm_imagination_horizon: 0\nmax_steps: 2\n", True),
-    (["--max_steps", "3"], "max_steps: 2\n", False),
-])
+@pytest.mark.parametrize(
+    "argv, yaml_text, world",
+    [
+        (["--mode", "coupled", "--max_steps", "3"], None, False),
+        (["--wm_critic", "scalar"], None, True),
+        (["--world_model=true"], None, True),
+        (["--max_steps", "3"], "wm_imagination_horizon: 0\nmax_steps: 2\n", True),
+        (["--max_steps", "3"], "max_steps: 2\n", False),
+    ],
+)
 def test_cli_selects_the_world_model_trainer(argv, yaml_text, world, tmp_path):
     """`trl-mtp ppo`: any `--world_model` / `--wm_*` option, on the command line or in the `--config` YAML, selects
     world-model PPO; anything else is plain PPO."""
@@ -318,8 +384,13 @@ def test_cli_selects_the_world_model_trainer(argv, yaml_text, world, tmp_path):
 
 def test_cli_help_lists_world_model_fields_only_for_world_model_ppo():
     def help_text(*extra):
-        done = subprocess.run([sys.executable, "-m", "trl_mtp.cli", "ppo", *extra, "--help"], capture_output=True,
-                              text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        done = subprocess.run(
+            [sys.executable, "-m", "trl_mtp.cli", "ppo", *extra, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
         assert done.returncode == 0, done.stderr
         return done.stdout
 
@@ -330,11 +401,38 @@ def test_cli_help_lists_world_model_fields_only_for_world_model_ppo():
 def test_cli_world_model_every_part_on(tmp_path):
     """`trl-mtp ppo` on the embedded default with every world-model part switched on trains end to end."""
     cli = os.path.join(os.path.dirname(sys.executable), "trl-mtp")
-    cmd = [cli, "ppo", "--output_dir", str(tmp_path / "out"), "--max_steps", "3", "--response_length", "6",
-           "--per_device_train_batch_size", "4", "--pretrain_steps", "20", "--num_eval_examples", "4",
-           "--num_train_examples", "16", "--logging_steps", "1", "--head_type", "sequential",
-           "--world_model", "true", "--wm_gradient", "coupled",
-           "--wm_imagination_horizon", "4", "--wm_critic", "twohot", "--wm_return_norm", "percentile"]
+    cmd = [
+        cli,
+        "ppo",
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--max_steps",
+        "3",
+        "--response_length",
+        "6",
+        "--per_device_train_batch_size",
+        "4",
+        "--pretrain_steps",
+        "20",
+        "--num_eval_examples",
+        "4",
+        "--num_train_examples",
+        "16",
+        "--logging_steps",
+        "1",
+        "--head_type",
+        "sequential",
+        "--world_model",
+        "true",
+        "--wm_gradient",
+        "coupled",
+        "--wm_imagination_horizon",
+        "4",
+        "--wm_critic",
+        "twohot",
+        "--wm_return_norm",
+        "percentile",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert "copy eval exact-match" in done.stdout

@@ -52,12 +52,22 @@ def parse_args(argv):
     parser.add_argument("--pretrain-task", default="stdlib", help="the base's pretraining data ('stdlib', 'mix')")
     parser.add_argument("--head-steps", type=int, default=300, help="MTP-SFT steps of each family's heads")
     parser.add_argument("--head-texts", type=int, default=1024, help="self-distillation texts the heads train on")
-    parser.add_argument("--reference-engine", default=None, metavar="FILE", help="another decoding.py (e.g. main's, "
-                        "before a change): its k = 0 loop and families run too, as '<method>@ref', side by side")
+    parser.add_argument(
+        "--reference-engine",
+        default=None,
+        metavar="FILE",
+        help="another decoding.py (e.g. main's, "
+        "before a change): its k = 0 loop and families run too, as '<method>@ref', side by side",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny training and run (tests, smoke checks)")
     parser.add_argument("--json", default=None, help="write the results here")
-    parser.add_argument("--native", default=None, metavar="DIR", help="a checkpoint with native MTP layers: compare "
-                        "transformers' generate(use_mtp=True) with our speculative_generate on them (batch 1)")
+    parser.add_argument(
+        "--native",
+        default=None,
+        metavar="DIR",
+        help="a checkpoint with native MTP layers: compare "
+        "transformers' generate(use_mtp=True) with our speculative_generate on them (batch 1)",
+    )
     args = parser.parse_args(argv)
     args.families = parse_families(args.families)
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
@@ -92,8 +102,9 @@ def ratio_summary(baseline_seconds: list[float], method_seconds: list[float]) ->
     """Speed-up of a method over a baseline from their times per repetition (paired by repetition): the median and
     interquartile range of the per-repetition ratios baseline / method."""
     if len(baseline_seconds) != len(method_seconds):
-        raise ValueError(f"ratio_summary needs paired repetitions, got {len(baseline_seconds)} and "
-                         f"{len(method_seconds)} times")
+        raise ValueError(
+            f"ratio_summary needs paired repetitions, got {len(baseline_seconds)} and {len(method_seconds)} times"
+        )
     q1, median, q3 = quartiles([b / m for b, m in zip(baseline_seconds, method_seconds)])
     return {"median": median, "q1": q1, "q3": q3, "iqr": q3 - q1}
 
@@ -102,7 +113,7 @@ def ratio_summary(baseline_seconds: list[float], method_seconds: list[float]) ->
 # running the methods
 # ----------------------------------------------------------------------------------------------------------------------
 def held_out_prompts(tokenizer, n: int, length: int) -> list[list[int]]:
-    from trl_mtp.tasks.registry import get_task
+    from trl_mtp.embedded.tasks.registry import get_task
 
     prompts = []
     for text in get_task("stdlib").texts("eval"):
@@ -152,8 +163,9 @@ def decode(name, models, base, ids, mask, max_new_tokens, pad):
             return base.generate(ids, use_mtp=True, **settings), None
         model = models[name] if name in models else next(iter(models.values()))
         draft = 0 if name == "loop-k0" else None
-        return engine.speculative_generate(model, ids, mask, max_new_tokens=max_new_tokens, pad_token_id=pad,
-                                           num_draft_tokens=draft)
+        return engine.speculative_generate(
+            model, ids, mask, max_new_tokens=max_new_tokens, pad_token_id=pad, num_draft_tokens=draft
+        )
 
 
 def run_method(name, models, base, batches, max_new_tokens, pad):
@@ -163,7 +175,7 @@ def run_method(name, models, base, batches, max_new_tokens, pad):
         start = time.perf_counter()
         out, st = decode(name, models, base, ids, mask, max_new_tokens, pad)
         seconds += time.perf_counter() - start
-        new = out[:, ids.size(1):]
+        new = out[:, ids.size(1) :]
         tokens += int(((new != pad) | (torch.arange(new.size(1))[None] == 0)).sum())
         outputs.append(out)
         if st is not None:
@@ -223,10 +235,12 @@ def main(argv: list[str]) -> int:
 
         dirs = {"sequential": args.native}
     else:
-        train = (dict(pretrain_steps=30, head_steps=10, n_texts=64) if args.quick
-                 else dict(head_steps=args.head_steps, n_texts=args.head_texts))
-        dirs = trained_models(families=args.families, verbose=not args.quick, pretrain_task=args.pretrain_task,
-                              **train)
+        train = (
+            dict(pretrain_steps=30, head_steps=10, n_texts=64)
+            if args.quick
+            else dict(head_steps=args.head_steps, n_texts=args.head_texts)
+        )
+        dirs = trained_models(families=args.families, verbose=not args.quick, pretrain_task=args.pretrain_task, **train)
     tokenizer = AutoTokenizer.from_pretrained(next(iter(dirs.values())))
     pad = tokenizer.pad_token_id
     models = {f"mtp-{f}": MTPForCausalLM.from_pretrained(d).eval() for f, d in dirs.items()}
@@ -236,12 +250,20 @@ def main(argv: list[str]) -> int:
     prompts = held_out_prompts(tokenizer, args.prompts, args.prompt_tokens)
     if args.reference_engine:
         ENGINES[REFERENCE] = load_engine(args.reference_engine)
-    results = {"config": dict(vars(args)), "num_depths": next(iter(models.values())).heads.num_depths,
-               "model_dirs": {k: str(v) for k, v in dirs.items()}, "batches": {}}
+    results = {
+        "config": dict(vars(args)),
+        "num_depths": next(iter(models.values())).heads.num_depths,
+        "model_dirs": {k: str(v) for k, v in dirs.items()},
+        "batches": {},
+    }
     for batch_size in args.batch_sizes:
-        batches = [left_pad(prompts[i:i + batch_size], pad) for i in range(0, len(prompts), batch_size)]
-        methods = ["greedy", "loop-k0"] + (["prompt_lookup"] if batch_size == 1 else []) + (
-            ["transformers-use_mtp"] if args.native else []) + list(models)
+        batches = [left_pad(prompts[i : i + batch_size], pad) for i in range(0, len(prompts), batch_size)]
+        methods = (
+            ["greedy", "loop-k0"]
+            + (["prompt_lookup"] if batch_size == 1 else [])
+            + (["transformers-use_mtp"] if args.native else [])
+            + list(models)
+        )
         if args.reference_engine:
             methods += [m + REFERENCE for m in methods if m == "loop-k0" or m in models]
         results["batches"][str(batch_size)] = bench_batch_size(methods, models, base, batches, args, pad)
@@ -266,28 +288,35 @@ def bench_batch_size(methods, models, base, batches, args, pad) -> dict:
     loop = {m: in_loop_times(m, models, base, batches, args.max_new_tokens, pad) for m in speculative}
     rows = {}
     for m in methods:
-        row = {"seconds": seconds[m], "tokens_per_s": tokens[m] / statistics.median(seconds[m]),
-               "speedup_vs_generate": ratio_summary(seconds["greedy"], seconds[m]),
-               "speedup_vs_loop_k0": ratio_summary(seconds["loop-k0"], seconds[m]),
-               "identical_to_greedy": all(torch.equal(a, b) for a, b in zip(outputs[m], outputs["greedy"]))}
+        row = {
+            "seconds": seconds[m],
+            "tokens_per_s": tokens[m] / statistics.median(seconds[m]),
+            "speedup_vs_generate": ratio_summary(seconds["greedy"], seconds[m]),
+            "speedup_vs_loop_k0": ratio_summary(seconds["loop-k0"], seconds[m]),
+            "identical_to_greedy": all(torch.equal(a, b) for a, b in zip(outputs[m], outputs["greedy"])),
+        }
         if m in loop:
             row["in_loop"] = loop[m]
         if m in speculative and engine_of(m)[1] != "loop-k0":
             row.update(pool_acceptance(stats[m]))
-            row["ceiling_vs_loop_k0"] = loop["loop-k0"]["forward_s"] / (
-                loop[m]["forward_s"] + loop[m]["drafting_s"])
+            row["ceiling_vs_loop_k0"] = loop["loop-k0"]["forward_s"] / (loop[m]["forward_s"] + loop[m]["drafting_s"])
             row["fraction_of_ceiling"] = row["speedup_vs_loop_k0"]["median"] / row["ceiling_vs_loop_k0"]
         rows[m] = row
     return rows
 
 
 def print_table(results):
-    print(f"D = {results['num_depths']}; speed-ups: median [IQR] of per-repetition ratios; ceiling: over the k = 0 "
-          "loop, from in-loop forward and drafting times")
-    print(f"{'batch':>5} {'method':<20} {'tok/s':>7} {'vs generate':>18} {'vs k=0 loop':>18} {'acc.len':>7} "
-          f"{'ceiling':>7} {'frac':>5} {'same':>5}  acceptance by position")
+    print(
+        f"D = {results['num_depths']}; speed-ups: median [IQR] of per-repetition ratios; ceiling: over the k = 0 "
+        "loop, from in-loop forward and drafting times"
+    )
+    print(
+        f"{'batch':>5} {'method':<20} {'tok/s':>7} {'vs generate':>18} {'vs k=0 loop':>18} {'acc.len':>7} "
+        f"{'ceiling':>7} {'frac':>5} {'same':>5}  acceptance by position"
+    )
     for batch, rows in results["batches"].items():
         for m, r in rows.items():
+
             def cell(summary):
                 return f"{summary['median']:.2f} [{summary['q1']:.2f}-{summary['q3']:.2f}]"
 
@@ -295,6 +324,8 @@ def print_table(results):
             mal = f"{r['mean_accepted_length']:.2f}" if "mean_accepted_length" in r else "-"
             ceil = f"{r['ceiling_vs_loop_k0']:.2f}" if "ceiling_vs_loop_k0" in r else "-"
             frac = f"{r['fraction_of_ceiling']:.2f}" if "fraction_of_ceiling" in r else "-"
-            print(f"{batch:>5} {m:<20} {r['tokens_per_s']:>7.1f} {cell(r['speedup_vs_generate']):>18} "
-                  f"{cell(r['speedup_vs_loop_k0']):>18} {mal:>7} {ceil:>7} {frac:>5} "
-                  f"{str(r['identical_to_greedy']):>5}  {acc}")
+            print(
+                f"{batch:>5} {m:<20} {r['tokens_per_s']:>7.1f} {cell(r['speedup_vs_generate']):>18} "
+                f"{cell(r['speedup_vs_loop_k0']):>18} {mal:>7} {ceil:>7} {frac:>5} "
+                f"{str(r['identical_to_greedy']):>5}  {acc}"
+            )

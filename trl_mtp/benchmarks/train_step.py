@@ -33,7 +33,7 @@ TARGET_MEMORY = 1.15
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="trl-mtp bench train-step", description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", default="small-llama", help="model preset of trl_mtp.tasks.presets")
+    parser.add_argument("--preset", default="small-llama", help="model preset of trl_mtp.embedded.presets")
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--batch", type=int, default=1)
@@ -42,8 +42,11 @@ def parse_args(argv):
     parser.add_argument("--families", default=",".join(HEAD_TYPES))
     parser.add_argument("--depths", default="1,2,4")
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per variant (after one warm-up)")
-    parser.add_argument("--gradient-checkpointing", action="store_true",
-                        help="activation checkpointing in the base (NTP and MTP alike; heads follow it)")
+    parser.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="activation checkpointing in the base (NTP and MTP alike; heads follow it)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     parser.add_argument("--json", default=None, help="write the results here")
@@ -60,17 +63,19 @@ def parse_args(argv):
 
 
 def build_base(args):
-    from trl_mtp.tasks.presets import build_model
+    from trl_mtp.embedded.presets import build_model
 
     overrides = {}
     gpt2 = "gpt2" in args.preset
     if args.hidden is not None:
-        overrides.update({"n_embd": args.hidden} if gpt2 else {"hidden_size": args.hidden,
-                                                               "intermediate_size": 4 * args.hidden})
+        overrides.update(
+            {"n_embd": args.hidden} if gpt2 else {"hidden_size": args.hidden, "intermediate_size": 4 * args.hidden}
+        )
     if args.layers is not None:
         overrides.update({"n_layer": args.layers} if gpt2 else {"num_hidden_layers": args.layers})
-    overrides.update({"n_positions": max(1024, args.seq_len)} if gpt2 else
-                     {"max_position_embeddings": max(1024, args.seq_len)})
+    overrides.update(
+        {"n_positions": max(1024, args.seq_len)} if gpt2 else {"max_position_embeddings": max(1024, args.seq_len)}
+    )
     model = build_model(args.preset, args.vocab, seed=0, **overrides)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -82,9 +87,11 @@ def make_step(base, variant: str):
     from trl_mtp import MTPConfig, MTPForCausalLM
 
     if variant == "ntp":
+
         def step(ids):
             base.zero_grad(set_to_none=True)
             base(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+
         return step, None
     family, depth = variant.split(":")
     model = MTPForCausalLM.from_base(base, MTPConfig(head_type=family, num_mtp_heads=int(depth)))
@@ -92,6 +99,7 @@ def make_step(base, variant: str):
     def step(ids):
         model.zero_grad(set_to_none=True)
         model(ids, labels=ids).loss.backward()
+
     return step, model
 
 
@@ -171,27 +179,38 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for variant in variants:
         family, depth = ("ntp", 0) if variant == "ntp" else (variant.split(":")[0], int(variant.split(":")[1]))
-        row = {"family": family, "num_mtp_heads": depth, "step_s": statistics.median(times[variant]),
-               "time_ratio": statistics.median(times[variant]) / ntp_time}
+        row = {
+            "family": family,
+            "num_mtp_heads": depth,
+            "step_s": statistics.median(times[variant]),
+            "time_ratio": statistics.median(times[variant]) / ntp_time,
+        }
         if memory:
             row.update(peak_step_mib=memory[variant], memory_ratio=memory[variant] / max(memory["ntp"], 1e-9))
         rows.append(row)
 
-    print(f"train step, preset {args.preset}, vocab {args.vocab}, batch {args.batch} x seq {args.seq_len}, "
-          f"hidden {base.config.get_text_config().hidden_size}, layers {base.config.num_hidden_layers}, "
-          f"{args.threads} thread(s), median of {args.repeats}"
-          + (", gradient checkpointing" if args.gradient_checkpointing else ""))
+    print(
+        f"train step, preset {args.preset}, vocab {args.vocab}, batch {args.batch} x seq {args.seq_len}, "
+        f"hidden {base.config.get_text_config().hidden_size}, layers {base.config.num_hidden_layers}, "
+        f"{args.threads} thread(s), median of {args.repeats}"
+        + (", gradient checkpointing" if args.gradient_checkpointing else "")
+    )
     print(f"{'family':<11}{'D':>3}{'step s':>9}{'time x':>8}{'peak MiB':>10}{'mem x':>7}   targets (D=4)")
     for row in rows:
         target = ""
         if row["num_mtp_heads"] == 4:
             target = f"time <= {TARGET_TIME[row['family']]}, mem <= {TARGET_MEMORY}"
         mem = f"{row['peak_step_mib']:>10.1f}{row['memory_ratio']:>7.2f}" if memory else f"{'-':>10}{'-':>7}"
-        print(f"{row['family']:<11}{row['num_mtp_heads']:>3}{row['step_s']:>9.3f}{row['time_ratio']:>8.2f}{mem}   {target}")
+        print(
+            f"{row['family']:<11}{row['num_mtp_heads']:>3}{row['step_s']:>9.3f}{row['time_ratio']:>8.2f}{mem}   {target}"
+        )
     if args.json:
-        result = {"settings": {k: v for k, v in vars(args).items() if k not in ("json", "memory_child")},
-                  "hidden": base.config.get_text_config().hidden_size, "layers": base.config.num_hidden_layers,
-                  "rows": rows}
+        result = {
+            "settings": {k: v for k, v in vars(args).items() if k not in ("json", "memory_child")},
+            "hidden": base.config.get_text_config().hidden_size,
+            "layers": base.config.num_hidden_layers,
+            "rows": rows,
+        }
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
     return 0

@@ -17,13 +17,22 @@ import sys
 
 from trl_mtp.commands.common import ArgumentParser
 
-DEFAULT_PATHS = ("from_base", "greedy", "sampled", "position_limit", "save_load", "bf16", "native_export",
-                 "stock_use_mtp")  # sft (two optimizer steps: 4x the model's memory) runs when asked for
+DEFAULT_PATHS = (
+    "from_base",
+    "greedy",
+    "sampled",
+    "position_limit",
+    "save_load",
+    "bf16",
+    "native_export",
+    "stock_use_mtp",
+)  # sft (two optimizer steps: 4x the model's memory) runs when asked for
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-def run_check(directory, paths=DEFAULT_PATHS, device=None, dtype="float32", texts=None, min_acceptance=0.0,
-              out=print) -> str | None:
+def run_check(
+    directory, paths=DEFAULT_PATHS, device=None, dtype="float32", texts=None, min_acceptance=0.0, out=print
+) -> str | None:
     """Run the paths on the checkpoint in `directory`, `out` the table; -> one line saying why it fails, or None."""
     import torch
     import transformers
@@ -59,13 +68,18 @@ def _paths(text: str) -> tuple[str, ...]:
 def main(argv: list[str]) -> int:
     parser = ArgumentParser(prog="trl-mtp check", description=__doc__.split("\n")[0])
     parser.add_argument("model", help="a checkpoint folder: an MTP run, a native MTP export, or a plain base")
-    parser.add_argument("--paths", default=",".join(DEFAULT_PATHS),
-                        help="comma-separated paths to run (default: all but sft)")
+    parser.add_argument(
+        "--paths", default=",".join(DEFAULT_PATHS), help="comma-separated paths to run (default: all but sft)"
+    )
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--dtype", default="float32", choices=DTYPES)
     parser.add_argument("--prompt", action="append", default=None, help="prompt text (repeat for more rows)")
-    parser.add_argument("--min-acceptance", type=float, default=0.0,
-                        help="fail when trained heads' first-draft acceptance is at most this (default 0)")
+    parser.add_argument(
+        "--min-acceptance",
+        type=float,
+        default=0.0,
+        help="fail when trained heads' first-draft acceptance is at most this (default 0)",
+    )
     args = parser.parse_args(argv)
     failure = run_check(args.model, _paths(args.paths), args.device, args.dtype, args.prompt, args.min_acceptance)
     if failure:

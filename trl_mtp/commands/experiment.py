@@ -16,18 +16,24 @@ from trl_mtp.commands.common import ArgumentParser
 
 
 def main(argv: list[str]) -> int:
-    parser = ArgumentParser(prog="trl-mtp experiment", description="Run an experiment grid from a YAML spec and "
-                            "write its table (markdown, CSV, plots) into the results folder.")
+    parser = ArgumentParser(
+        prog="trl-mtp experiment",
+        description="Run an experiment grid from a YAML spec and "
+        "write its table (markdown, CSV, plots) into the results folder.",
+    )
     parser.add_argument("spec", help="the experiment spec (YAML), e.g. experiments/sft_compare.yaml")
-    parser.add_argument("--dry-run", action="store_true", help="print the grid, what is finished and the estimated "
-                        "time; run nothing")
-    parser.add_argument("--table-only", action="store_true", help="write the table from the finished runs; run "
-                        "nothing")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the grid, what is finished and the estimated time; run nothing"
+    )
+    parser.add_argument("--table-only", action="store_true", help="write the table from the finished runs; run nothing")
     parser.add_argument("--only", nargs="+", metavar="VARIANT", help="these variants (and the baseline) only")
     parser.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="these seeds instead of the spec's")
     parser.add_argument("--out", help="run folders here instead of the spec's `out`")
-    parser.add_argument("--results", help="the result files (runs.csv, table.json, table.md) here instead of the "
-                        "spec's `results` (default docs/results/<name>)")
+    parser.add_argument(
+        "--results",
+        help="the result files (runs.csv, table.json, table.md) here instead of the "
+        "spec's `results` (default docs/results/<name>)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
@@ -42,8 +48,9 @@ def main(argv: list[str]) -> int:
     if args.only:
         unknown = [v for v in args.only if v not in spec.variants]
         if unknown:
-            raise ValueError(f"--only: {unknown[0]!r} is not a variant of {args.spec} "
-                             f"({', '.join(map(repr, spec.variants))})")
+            raise ValueError(
+                f"--only: {unknown[0]!r} is not a variant of {args.spec} ({', '.join(map(repr, spec.variants))})"
+            )
         only = set(args.only) | ({spec.baseline} if spec.baseline else set())  # diffs need the baseline's runs
     runs = spec.grid(only, args.seeds)
     if args.dry_run:
@@ -67,13 +74,18 @@ def main(argv: list[str]) -> int:
     elif not args.table_only:
         failures.unlink(missing_ok=True)  # this pass ran everything it was asked: older failures are gone
     if results:
-        print(write_outputs(spec, results, results_dir, plots=spec.out, total_runs=len(runs), command=command,
-                            commit=code_version()))
+        print(
+            write_outputs(
+                spec, results, results_dir, plots=spec.out, total_runs=len(runs), command=command, commit=code_version()
+            )
+        )
         print(f"results: {results_dir} (table.md, table.json, runs.csv); plots in {spec.out}")
     else:
         print("no finished runs yet: no table", file=sys.stderr)
     if failed:
-        print(f"trl-mtp experiment: {len(failed)} run(s) failed: {'; '.join(r.label for r in failed)} "
-              f"(see {failures})", file=sys.stderr)
+        print(
+            f"trl-mtp experiment: {len(failed)} run(s) failed: {'; '.join(r.label for r in failed)} (see {failures})",
+            file=sys.stderr,
+        )
         return 1
     return 0

@@ -23,8 +23,9 @@ from trl_mtp.commands.common import ArgumentParser, model_folder
 def main(argv: list[str]) -> int:
     parser = ArgumentParser(prog="trl-mtp export", description=__doc__.split("\n")[0])
     parser.add_argument("model", help="an MTP checkpoint folder (trainer output_dir)")
-    parser.add_argument("--native", required=True, metavar="OUT_DIR",
-                        help="write a checkpoint in transformers' native MTP layout here")
+    parser.add_argument(
+        "--native", required=True, metavar="OUT_DIR", help="write a checkpoint in transformers' native MTP layout here"
+    )
     parser.add_argument("--check", action="store_true", help="check the export (heads present and drafting)")
     args = parser.parse_args(argv)
     model_folder(args.model)
@@ -41,8 +42,10 @@ def main(argv: list[str]) -> int:
     except (OSError, ValueError):  # a checkpoint saved without its tokenizer: export the weights alone
         tokenizer = None
     keys = export_native(model, args.native, tokenizer=tokenizer)
-    print(f"wrote {args.native}: {model.config.get_text_config().model_type}, num_mtp_layers="
-          f"{model.heads.num_depths}, {len(keys)} MTP tensors" + (", LoRA adapter merged" if lora else ""))
+    print(
+        f"wrote {args.native}: {model.config.get_text_config().model_type}, num_mtp_layers="
+        f"{model.heads.num_depths}, {len(keys)} MTP tensors" + (", LoRA adapter merged" if lora else "")
+    )
     if args.check:
         from trl_mtp.commands.check import run_check
 

@@ -18,7 +18,9 @@ SAMPLING_ARGS = ("temperature", "top_k", "top_p")
 
 def _parser() -> ArgumentParser:
     parser = ArgumentParser(prog="trl-mtp generate", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, help="directory written by MTPForCausalLM.save_pretrained / trl-mtp sft")
+    parser.add_argument(
+        "--model", required=True, help="directory written by MTPForCausalLM.save_pretrained / trl-mtp sft"
+    )
     parser.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for a batch)")
     parser.add_argument("--max-new-tokens", type=positive_int, default=64)
     parser.add_argument("--do-sample", action="store_true", help="sample (speculative rejection sampling)")
@@ -32,9 +34,12 @@ def _parser() -> ArgumentParser:
     search.add_argument("--beam-width", type=positive_int, default=2)
     search.add_argument("--branches", type=positive_int, default=2, help="branches per node per expansion")
     search.add_argument("--max-forwards", type=positive_int, default=64, help="base row-forwards per prompt")
-    search.add_argument("--value-task", default=None,
-                        help="embedded task whose reward scores complete answers (an oracle verifier); "
-                             "default: rank by the base's log-probability")
+    search.add_argument(
+        "--value-task",
+        default=None,
+        help="embedded task whose reward scores complete answers (an oracle verifier); "
+        "default: rank by the base's log-probability",
+    )
     return parser
 
 
@@ -44,18 +49,31 @@ def _lookahead(args, model, tokenizer) -> list[tuple[str, dict]]:
 
     value_fn = None
     if args.value_task is not None:
-        from trl_mtp.tasks.registry import get_task
+        from trl_mtp.embedded.tasks.registry import get_task
 
         value_fn = get_task(args.value_task).reward
     out = []
     for prompt in args.prompt:
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         result = lookahead_search(
-            model, ids, value_fn, prompt_text=prompt, tokenizer=tokenizer, beam_width=args.beam_width,
-            branches=args.branches, max_forwards=args.max_forwards, max_new_tokens=args.max_new_tokens,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-        out.append((tokenizer.decode(result.completion, skip_special_tokens=True),
-                    {**result.stats, "value": result.value, "logprob": result.logprob}))
+            model,
+            ids,
+            value_fn,
+            prompt_text=prompt,
+            tokenizer=tokenizer,
+            beam_width=args.beam_width,
+            branches=args.branches,
+            max_forwards=args.max_forwards,
+            max_new_tokens=args.max_new_tokens,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        out.append(
+            (
+                tokenizer.decode(result.completion, skip_special_tokens=True),
+                {**result.stats, "value": result.value, "logprob": result.logprob},
+            )
+        )
     return out
 
 
@@ -65,14 +83,17 @@ def check_args(args) -> None:
     given = [(name, getattr(args, name)) for name in SAMPLING_ARGS if getattr(args, name) is not None]
     if given and (not args.do_sample or args.lookahead):
         flag, value = given[0]
-        raise UserInputError(f"--{flag.replace('_', '-')} {value} only applies to sampling: add --do-sample (without "
-                             "--lookahead), or leave it out")
+        raise UserInputError(
+            f"--{flag.replace('_', '-')} {value} only applies to sampling: add --do-sample (without "
+            "--lookahead), or leave it out"
+        )
     if args.do_sample and args.lookahead:
         raise UserInputError("--do-sample: the lookahead search does not sample; leave out one of the two")
     empty = [i for i, prompt in enumerate(args.prompt, 1) if prompt == ""]
     if empty:
-        raise UserInputError(f"--prompt '' (prompt {empty[0]} of {len(args.prompt)}) is empty: give the text to "
-                             "continue")
+        raise UserInputError(
+            f"--prompt '' (prompt {empty[0]} of {len(args.prompt)}) is empty: give the text to continue"
+        )
 
 
 def main(argv: list[str]) -> int:
@@ -92,23 +113,34 @@ def main(argv: list[str]) -> int:
     if args.lookahead:
         results = _lookahead(args, model, tokenizer)
         if args.json:
-            print(json.dumps({"prompts": args.prompt, "completions": [t for t, _ in results],
-                              "stats": [s for _, s in results]}))
+            print(
+                json.dumps(
+                    {"prompts": args.prompt, "completions": [t for t, _ in results], "stats": [s for _, s in results]}
+                )
+            )
             return 0
         for prompt, (text, stats) in zip(args.prompt, results):
             print(prompt + text)
-            print(f"value {stats['value']}  base forwards {stats['forwards']}  expansions {stats['expansions']}  "
-                  f"head calls {stats['head_calls']}")
+            print(
+                f"value {stats['value']}  base forwards {stats['forwards']}  expansions {stats['expansions']}  "
+                f"head calls {stats['head_calls']}"
+            )
             print("-" * 40)
         return 0
     batch = tokenizer(args.prompt, return_tensors="pt", padding=True, add_special_tokens=False)
     torch.manual_seed(args.seed)
     sequences, stats = model.speculative_generate(
-        batch["input_ids"], batch["attention_mask"], max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
-        temperature=args.temperature or 1.0, top_k=args.top_k, top_p=args.top_p, pad_token_id=tokenizer.pad_token_id,
+        batch["input_ids"],
+        batch["attention_mask"],
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.do_sample,
+        temperature=args.temperature or 1.0,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        pad_token_id=tokenizer.pad_token_id,
         generator=torch.Generator().manual_seed(args.seed),
     )
-    texts = tokenizer.batch_decode(sequences[:, batch["input_ids"].size(1):], skip_special_tokens=True)
+    texts = tokenizer.batch_decode(sequences[:, batch["input_ids"].size(1) :], skip_special_tokens=True)
     stats = {k: v for k, v in stats.items() if k != "accepted_per_round"}
     if args.json:
         print(json.dumps({"prompts": args.prompt, "completions": texts, "stats": stats}))
@@ -117,7 +149,9 @@ def main(argv: list[str]) -> int:
         print(prompt + text)
         print("-" * 40)
     acc = " ".join(f"{a:.2f}" for a in stats["acceptance_by_position"])
-    print(f"new tokens {stats['new_tokens']}  forwards {stats['forwards']}  mean accepted length "
-          f"{stats['mean_accepted_length']:.2f}  acceptance by position [{acc}]  {stats['tokens_per_s']:.1f} tok/s  "
-          f"({stats['wall_time_s']:.2f}s)")
+    print(
+        f"new tokens {stats['new_tokens']}  forwards {stats['forwards']}  mean accepted length "
+        f"{stats['mean_accepted_length']:.2f}  acceptance by position [{acc}]  {stats['tokens_per_s']:.1f} tok/s  "
+        f"({stats['wall_time_s']:.2f}s)"
+    )
     return 0

@@ -24,26 +24,51 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trl_mtp.commands.training import (TaskScriptArguments, embedded_task, hub_splits, load_model, parse,
-                                       score_and_finish, train)
+from trl_mtp.commands.training import (
+    TaskScriptArguments,
+    embedded_task,
+    hub_splits,
+    load_model,
+    parse,
+    score_and_finish,
+    train,
+)
 
-EMBEDDED_DEFAULTS = dict(learning_rate=3e-4, per_device_train_batch_size=16, response_length=16, max_steps=30,
-                         num_ppo_epochs=2, temperature=1.0, kl_coef=0.02, missing_eos_penalty=1.0, logging_steps=5,
-                         save_strategy="no", report_to="none", dataloader_pin_memory=False)
+EMBEDDED_DEFAULTS = dict(
+    learning_rate=3e-4,
+    per_device_train_batch_size=16,
+    response_length=16,
+    max_steps=30,
+    num_ppo_epochs=2,
+    temperature=1.0,
+    kl_coef=0.02,
+    missing_eos_penalty=1.0,
+    logging_steps=5,
+    save_strategy="no",
+    report_to="none",
+    dataloader_pin_memory=False,
+)
 
 
 @dataclass
 class PPOScriptArguments(TaskScriptArguments):
-    dataset_name: str | None = field(default="copy", metadata={
-        "help": "An embedded task (arithmetic, star_graph, sort, copy) or a `datasets.load_dataset` name."})
-    task_params: str | None = field(default='{"length": 3}', metadata={
-        "help": 'Parameters of the embedded task as JSON, e.g. \'{"length": 3}\'.'})
+    dataset_name: str | None = field(
+        default="copy",
+        metadata={"help": "An embedded task (arithmetic, star_graph, sort, copy) or a `datasets.load_dataset` name."},
+    )
+    task_params: str | None = field(
+        default='{"length": 3}', metadata={"help": "Parameters of the embedded task as JSON, e.g. '{\"length\": 3}'."}
+    )
     num_train_examples: int = field(default=1000, metadata={"help": "Training prompts of an embedded task."})
     num_eval_examples: int = field(default=100, metadata={"help": "Eval examples of an embedded task (0: none)."})
-    reward_model_path: str | None = field(default=None, metadata={
-        "help": "A sequence-classification reward model (instead of the embedded task's reward)."})
-    value_model_path: str | None = field(default=None, metadata={
-        "help": "A separate value model (sequence classification); default: a value head on the policy."})
+    reward_model_path: str | None = field(
+        default=None,
+        metadata={"help": "A sequence-classification reward model (instead of the embedded task's reward)."},
+    )
+    value_model_path: str | None = field(
+        default=None,
+        metadata={"help": "A separate value model (sequence classification); default: a value head on the policy."},
+    )
 
 
 def given_fields(argv: list[str]) -> list[str]:
@@ -82,9 +107,14 @@ def main(argv: list[str]) -> int:
     reward_funcs = [task.reward] if task is not None and script_args.reward_model_path is None else None
 
     trainer = trainer_cls(
-        mtp_model, training_args, train_dataset=train_dataset, processing_class=tokenizer,
-        reward_funcs=reward_funcs, reward_model=script_args.reward_model_path,
-        value_model=script_args.value_model_path, peft_config=get_peft_config(model_args),
+        mtp_model,
+        training_args,
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        reward_funcs=reward_funcs,
+        reward_model=script_args.reward_model_path,
+        value_model=script_args.value_model_path,
+        peft_config=get_peft_config(model_args),
     )
     train(trainer, training_args)
     policy = trainer.accelerator.unwrap_model(trainer.model).policy

@@ -6,11 +6,14 @@ from trl_mtp.commands.common import ArgumentParser, non_negative_int, positive_i
 
 
 def main(argv: list[str]) -> int:
-    from trl_mtp.tasks import TASKS
-    from trl_mtp.tasks.presets import PRESETS
+    from trl_mtp.embedded.presets import PRESETS
+    from trl_mtp.embedded.tasks import TASKS
 
-    parser = ArgumentParser(prog="trl-mtp pretrain", description="Train a plain next-token base model on the "
-                            "embedded data and save it with save_pretrained (cached by arguments).")
+    parser = ArgumentParser(
+        prog="trl-mtp pretrain",
+        description="Train a plain next-token base model on the "
+        "embedded data and save it with save_pretrained (cached by arguments).",
+    )
     parser.add_argument("--preset", default="tiny-llama", help=f"model preset: {', '.join(PRESETS)}")
     parser.add_argument("--task", default="mix", help=f"data: mix, {', '.join(TASKS)}")
     parser.add_argument("--steps", type=non_negative_int, default=300)
@@ -22,9 +25,19 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-cache", action="store_true", help="train even if a matching run is saved")
     args = parser.parse_args(argv)
 
-    from trl_mtp.pretrain import pretrain_base
+    from trl_mtp.embedded.pretrain import pretrain_base
 
-    out = pretrain_base(args.preset, args.task, steps=args.steps, seq_len=args.seq_len, batch_size=args.batch_size,
-                        lr=args.lr, seed=args.seed, out_dir=args.out, cache=not args.no_cache, verbose=True)
+    out = pretrain_base(
+        args.preset,
+        args.task,
+        steps=args.steps,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        out_dir=args.out,
+        cache=not args.no_cache,
+        verbose=True,
+    )
     print(out)
     return 0

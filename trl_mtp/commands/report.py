@@ -10,10 +10,15 @@ from trl_mtp.errors import UserInputError
 def main(argv: list[str]) -> int:
     parser = ArgumentParser(prog="trl-mtp report", description="Plots and HTML pages of what the MTP heads learned.")
     parser.add_argument("runs", nargs="+", help="run folders (trainer output_dir)")
-    parser.add_argument("--out", default=None, help="output folder (default RUN_DIR/report for one run, "
-                        "./mtp-report for several)")
-    parser.add_argument("--names", nargs="+", metavar="NAME", help="one name per run, by what it is, e.g. "
-                        "'MTP-SFT sequential D=2' (default: the folder names)")
+    parser.add_argument(
+        "--out", default=None, help="output folder (default RUN_DIR/report for one run, ./mtp-report for several)"
+    )
+    parser.add_argument(
+        "--names",
+        nargs="+",
+        metavar="NAME",
+        help="one name per run, by what it is, e.g. 'MTP-SFT sequential D=2' (default: the folder names)",
+    )
     args = parser.parse_args(argv)
     from pathlib import Path
 

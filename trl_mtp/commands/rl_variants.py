@@ -14,20 +14,46 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from trl_mtp.commands.training import (TaskScriptArguments, embedded_task, hub_splits, load_model, parse,
-                                       score_and_finish, train)
+from trl_mtp.commands.training import (
+    TaskScriptArguments,
+    embedded_task,
+    hub_splits,
+    load_model,
+    parse,
+    score_and_finish,
+    train,
+)
 
-ON_POLICY_DEFAULTS = dict(learning_rate=1e-4, per_device_train_batch_size=8, num_generations=4,
-                          max_completion_length=16, max_steps=30, logging_steps=5, save_strategy="no",
-                          report_to="none", activation_checkpointing=False, dataloader_pin_memory=False)
-DPO_DEFAULTS = dict(learning_rate=1e-4, per_device_train_batch_size=8, max_steps=50, logging_steps=10,
-                    save_strategy="no", report_to="none", activation_checkpointing=False, dataloader_pin_memory=False)
+ON_POLICY_DEFAULTS = dict(
+    learning_rate=1e-4,
+    per_device_train_batch_size=8,
+    num_generations=4,
+    max_completion_length=16,
+    max_steps=30,
+    logging_steps=5,
+    save_strategy="no",
+    report_to="none",
+    activation_checkpointing=False,
+    dataloader_pin_memory=False,
+)
+DPO_DEFAULTS = dict(
+    learning_rate=1e-4,
+    per_device_train_batch_size=8,
+    max_steps=50,
+    logging_steps=10,
+    save_strategy="no",
+    report_to="none",
+    activation_checkpointing=False,
+    dataloader_pin_memory=False,
+)
 
 
 @dataclass
 class RLScriptArguments(TaskScriptArguments):
-    reward_model_path: str | None = field(default=None, metadata={
-        "help": "GRPO/RLOO: a sequence-classification reward model (instead of the embedded task's reward)."})
+    reward_model_path: str | None = field(
+        default=None,
+        metadata={"help": "GRPO/RLOO: a sequence-classification reward model (instead of the embedded task's reward)."},
+    )
 
 
 def preference_pairs(task, n: int, seed: int = 0):
@@ -39,7 +65,7 @@ def preference_pairs(task, n: int, seed: int = 0):
     for problem in task.problems("train", n):
         answer = problem.answer
         i = rng.randrange(len(answer))
-        wrong = answer[:i] + rng.choice([c for c in "0123456789" if c != answer[i]]) + answer[i + 1:]
+        wrong = answer[:i] + rng.choice([c for c in "0123456789" if c != answer[i]]) + answer[i + 1 :]
         rows.append({"prompt": problem.prompt, "chosen": answer, "rejected": wrong})
     return Dataset.from_list(rows)
 
@@ -70,12 +96,23 @@ def run(method: str, argv: list[str]) -> int:
     mtp_model, tokenizer, _ = load_model(script_args, model_args, training_args)
     peft_config = get_peft_config(model_args)
     if method == "dpo":
-        trainer = trainer_cls(mtp_model, args=training_args, train_dataset=train_dataset, processing_class=tokenizer,
-                              peft_config=peft_config)
+        trainer = trainer_cls(
+            mtp_model,
+            args=training_args,
+            train_dataset=train_dataset,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+        )
     else:
         reward_funcs = script_args.reward_model_path or task.reward
-        trainer = trainer_cls(mtp_model, reward_funcs=reward_funcs, args=training_args, train_dataset=train_dataset,
-                              processing_class=tokenizer, peft_config=peft_config)
+        trainer = trainer_cls(
+            mtp_model,
+            reward_funcs=reward_funcs,
+            args=training_args,
+            train_dataset=train_dataset,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+        )
     train(trainer, training_args)
     score_and_finish(trainer, task, trainer.mtp_model.base_model, tokenizer, script_args)
     return 0

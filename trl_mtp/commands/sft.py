@@ -14,11 +14,24 @@ from __future__ import annotations
 
 import sys
 
-from trl_mtp.commands.training import (TaskScriptArguments, embedded_task, hub_splits, load_model, parse,
-                                       score_and_finish, train)
+from trl_mtp.commands.training import (
+    TaskScriptArguments,
+    embedded_task,
+    hub_splits,
+    load_model,
+    parse,
+    score_and_finish,
+    train,
+)
 
-EMBEDDED_DEFAULTS = dict(activation_checkpointing=False, dataloader_pin_memory=False, learning_rate=1e-3,
-                         per_device_train_batch_size=16, logging_steps=10, report_to="none")
+EMBEDDED_DEFAULTS = dict(
+    activation_checkpointing=False,
+    dataloader_pin_memory=False,
+    learning_rate=1e-3,
+    per_device_train_batch_size=16,
+    logging_steps=10,
+    report_to="none",
+)
 
 
 def main(argv: list[str]) -> int:
@@ -35,7 +48,10 @@ def main(argv: list[str]) -> int:
     if task is None:
         train_dataset, eval_dataset = hub_splits(script_args)
     elif task.name == "stdlib":
-        train_dataset, eval_dataset = task.train(script_args.num_train_examples), task.eval(script_args.num_eval_examples)
+        train_dataset, eval_dataset = (
+            task.train(script_args.num_train_examples),
+            task.eval(script_args.num_eval_examples),
+        )
     else:
         kwargs = dict(conversational=script_args.conversational)
         train_dataset = task.train(script_args.num_train_examples, **kwargs)
@@ -43,9 +59,12 @@ def main(argv: list[str]) -> int:
     mtp_model, tokenizer, _ = load_model(script_args, model_args, training_args)
 
     trainer = MTPSFTTrainer(
-        mtp_model, training_args, train_dataset=train_dataset,
+        mtp_model,
+        training_args,
+        train_dataset=train_dataset,
         eval_dataset=eval_dataset if training_args.eval_strategy != "no" else None,
-        processing_class=tokenizer, peft_config=get_peft_config(model_args),
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
     )
     train(trainer, training_args)
     score_and_finish(trainer, task, trainer.model, tokenizer, script_args)

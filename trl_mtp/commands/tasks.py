@@ -10,7 +10,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the samples shown")
     args = parser.parse_args(argv)
 
-    from trl_mtp.tasks import PROMPT_TASKS, TASKS, get_task
+    from trl_mtp.embedded.tasks import PROMPT_TASKS, TASKS, get_task
 
     for name, cls in TASKS.items():
         task = get_task(name, seed=args.seed)

@@ -29,16 +29,26 @@ from trl_mtp.errors import Interrupted, UserInputError
 class TaskScriptArguments(ScriptArguments):
     """Data and model arguments common to the training subcommands (TRL's `ScriptArguments` plus embedded tasks)."""
 
-    dataset_name: str | None = field(default="arithmetic", metadata={
-        "help": "An embedded task (arithmetic, star_graph, sort, copy, stdlib) or a `datasets.load_dataset` name."})
-    task_params: str | None = field(default=None, metadata={
-        "help": 'Parameters of the embedded task as JSON, e.g. \'{"degree": 3, "path_length": 5}\'.'})
+    dataset_name: str | None = field(
+        default="arithmetic",
+        metadata={
+            "help": "An embedded task (arithmetic, star_graph, sort, copy, stdlib) or a `datasets.load_dataset` name."
+        },
+    )
+    task_params: str | None = field(
+        default=None,
+        metadata={"help": 'Parameters of the embedded task as JSON, e.g. \'{"degree": 3, "path_length": 5}\'.'},
+    )
     task_seed: int = field(default=0, metadata={"help": "Seed of the embedded task's generator."})
     num_train_examples: int = field(default=2000, metadata={"help": "Training examples of an embedded task."})
     num_eval_examples: int = field(default=200, metadata={"help": "Eval examples of an embedded task (0: none)."})
     conversational: bool = field(default=False, metadata={"help": "Embedded task in conversational format."})
-    preset: str = field(default="tiny-llama", metadata={
-        "help": "Without --model: the preset of the embedded base (pretrained and cached by `trl-mtp pretrain`)."})
+    preset: str = field(
+        default="tiny-llama",
+        metadata={
+            "help": "Without --model: the preset of the embedded base (pretrained and cached by `trl-mtp pretrain`)."
+        },
+    )
     pretrain_steps: int = field(default=300, metadata={"help": "Without --model: pretraining steps of the base."})
 
 
@@ -52,9 +62,14 @@ def parse(argv: list[str], dataclass_types, prog: str, embedded_defaults: dict):
         def error(self, message):  # one line from the dispatcher, not argparse's usage dump
             raise UserInputError(message)
 
-    parser = Parser(dataclass_types, prog=prog, epilog=(
-        "--config FILE.yaml  read any of the fields above from a YAML file (TRL's parser); the command line wins. "
-        "--model PATH  is short for --model_name_or_path; without it the embedded tiny base is used."))
+    parser = Parser(
+        dataclass_types,
+        prog=prog,
+        epilog=(
+            "--config FILE.yaml  read any of the fields above from a YAML file (TRL's parser); the command line wins. "
+            "--model PATH  is short for --model_name_or_path; without it the embedded tiny base is used."
+        ),
+    )
     argv = ["--model_name_or_path" if a == "--model" else a for a in argv]
     if any(a in ("-h", "--help") for a in argv):
         parser.print_help()
@@ -78,15 +93,22 @@ def load_model(script_args, model_args, training_args):
     from trl_mtp.trainers.mtp_mixin import load_mtp_model
 
     if model_args.model_name_or_path is None:
-        from trl_mtp.pretrain import pretrain_base
+        from trl_mtp.embedded.pretrain import pretrain_base
 
         model_path = str(pretrain_base(script_args.preset, "mix", steps=script_args.pretrain_steps, verbose=True))
     else:
         model_path = model_args.model_name_or_path
         check_model_dir(model_path)
-    training_args.model_init_kwargs = {k: v for k, v in dict(
-        revision=model_args.model_revision, attn_implementation=model_args.attn_implementation,
-        dtype=model_args.dtype, trust_remote_code=training_args.trust_remote_code).items() if v is not None}
+    training_args.model_init_kwargs = {
+        k: v
+        for k, v in dict(
+            revision=model_args.model_revision,
+            attn_implementation=model_args.attn_implementation,
+            dtype=model_args.dtype,
+            trust_remote_code=training_args.trust_remote_code,
+        ).items()
+        if v is not None
+    }
     mtp_model = load_mtp_model(model_path, training_args)
     return mtp_model, AutoTokenizer.from_pretrained(model_path), model_path
 
@@ -94,13 +116,15 @@ def load_model(script_args, model_args, training_args):
 def embedded_task(script_args, needs_prompts: str | None = None):
     """The embedded task named by `--dataset_name`, or None for a `datasets` name. `needs_prompts` (the command's
     name): the task must have prompts and answers (not the `stdlib` text corpus)."""
-    from trl_mtp.tasks.registry import PROMPT_TASKS, TASKS, get_task
+    from trl_mtp.embedded.tasks.registry import PROMPT_TASKS, TASKS, get_task
 
     if script_args.dataset_name not in TASKS:
         return None
     if needs_prompts and script_args.dataset_name not in PROMPT_TASKS:
-        raise ValueError(f"dataset_name={script_args.dataset_name!r}: {needs_prompts} needs prompts with answers "
-                         f"({', '.join(PROMPT_TASKS)})")
+        raise ValueError(
+            f"dataset_name={script_args.dataset_name!r}: {needs_prompts} needs prompts with answers "
+            f"({', '.join(PROMPT_TASKS)})"
+        )
     params = json.loads(script_args.task_params) if script_args.task_params else {}
     if not isinstance(params, dict):
         raise ValueError(f"task_params={script_args.task_params!r}: expected a JSON object")
@@ -112,7 +136,7 @@ def hub_splits(script_args):
     embedded task (a typo of one is the usual cause, and offline the hub cannot say so)."""
     from datasets import load_dataset
 
-    from trl_mtp.tasks.registry import TASKS
+    from trl_mtp.embedded.tasks.registry import TASKS
 
     name = script_args.dataset_name
     try:
@@ -120,11 +144,14 @@ def hub_splits(script_args):
     except (OSError, ValueError) as err:  # not found, offline, a bad config name: datasets raises all of these
         close = difflib.get_close_matches(name, TASKS, n=1)
         hint = f"did you mean the embedded task {close[0]!r}?" if close else f"embedded tasks: {', '.join(TASKS)}"
-        raise UserInputError(f"--dataset_name {name!r}: not an embedded task, and `datasets` cannot load it "
-                             f"({str(err).splitlines()[0]}); {hint}") from None
+        raise UserInputError(
+            f"--dataset_name {name!r}: not an embedded task, and `datasets` cannot load it "
+            f"({str(err).splitlines()[0]}); {hint}"
+        ) from None
     if script_args.dataset_train_split not in dataset:
-        raise UserInputError(f"--dataset_train_split {script_args.dataset_train_split!r}: {name!r} has the splits "
-                             f"{', '.join(dataset)}")
+        raise UserInputError(
+            f"--dataset_train_split {script_args.dataset_train_split!r}: {name!r} has the splits {', '.join(dataset)}"
+        )
     return dataset[script_args.dataset_train_split], dataset.get(script_args.dataset_test_split)
 
 
@@ -145,8 +172,11 @@ def resume_point(args) -> str | None:
     if last is None and value:
         raise UserInputError(f"--resume_from_checkpoint {value}: no checkpoint-* folder in {args.output_dir!r}")
     if last is not None and int(os.environ.get("RANK", "0")) == 0:
-        print(f"resuming from {last} (left by an earlier run in this output_dir; --resume_from_checkpoint no "
-              "starts over)", flush=True)
+        print(
+            f"resuming from {last} (left by an earlier run in this output_dir; --resume_from_checkpoint no "
+            "starts over)",
+            flush=True,
+        )
     return last
 
 
@@ -166,8 +196,11 @@ class StopOnCtrlC(TrainerCallback):
     def _handle(self, signum, frame):
         self.requested = True
         signal.signal(signal.SIGINT, self._previous)
-        print("Ctrl-C: saving a checkpoint after this step, then stopping (Ctrl-C again to stop now)",
-              file=sys.stderr, flush=True)
+        print(
+            "Ctrl-C: saving a checkpoint after this step, then stopping (Ctrl-C again to stop now)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.requested:
@@ -185,8 +218,10 @@ def train(trainer, args) -> None:
     trainer.add_callback(stop)
     trainer.train(resume_from_checkpoint=resume_point(args))
     if stop.requested:
-        raise Interrupted(f"stopped at step {trainer.state.global_step} of {trainer.state.max_steps} with a "
-                          f"checkpoint in {args.output_dir}: run the same command again to resume")
+        raise Interrupted(
+            f"stopped at step {trainer.state.global_step} of {trainer.state.max_steps} with a "
+            f"checkpoint in {args.output_dir}: run the same command again to resume"
+        )
 
 
 def score_and_finish(trainer, task, policy, tokenizer, script_args) -> None:
@@ -195,13 +230,18 @@ def score_and_finish(trainer, task, policy, tokenizer, script_args) -> None:
 
     trainer.save_model(trainer.args.output_dir)
     trainer.accelerator.print(f"saved to {trainer.args.output_dir}")
-    if task is not None and task.name != "stdlib" and script_args.num_eval_examples and \
-            trainer.accelerator.is_main_process:
-        from trl_mtp.tasks.evaluate import evaluate_task
+    if (
+        task is not None
+        and task.name != "stdlib"
+        and script_args.num_eval_examples
+        and trainer.accelerator.is_main_process
+    ):
+        from trl_mtp.embedded.evaluate import evaluate_task
 
         policy = policy.merge_and_unload() if hasattr(policy, "merge_and_unload") else policy
-        result = evaluate_task(policy, tokenizer, task, n=script_args.num_eval_examples,
-                               conversational=script_args.conversational)
+        result = evaluate_task(
+            policy, tokenizer, task, n=script_args.num_eval_examples, conversational=script_args.conversational
+        )
         print(f"{task.name} eval exact-match: {result['accuracy']:.3f} (n={result['n']})")
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -19,10 +19,23 @@ VOCAB = 256
 # initializer_range 0.3 (released inits use 0.02): next-token distributions of a random model about as peaked as a
 # trained one's (entropy ~3.3 nats, top token ~0.25) instead of near-uniform ones (5.5 nats, the vocabulary's log),
 # so the sampling test sees temperature and top-p at work and bf16 near-ties are not everywhere
-SIZES = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-             initializer_range=0.3)
-MOE = dict(moe_intermediate_size=32, n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2,
-           first_k_dense_replace=1, n_group=1, topk_group=1)
+SIZES = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    initializer_range=0.3,
+)
+MOE = dict(
+    moe_intermediate_size=32,
+    n_routed_experts=4,
+    n_shared_experts=1,
+    num_experts_per_tok=2,
+    first_k_dense_replace=1,
+    n_group=1,
+    topk_group=1,
+)
 
 
 def tiny_id(token_id: int) -> int:
@@ -60,37 +73,84 @@ class Checkpoint:
 
 CHECKPOINTS: dict[str, Checkpoint] = {
     "llama3": Checkpoint(
-        "meta-llama/Llama-3.1-8B-Instruct", "llama",
+        "meta-llama/Llama-3.1-8B-Instruct",
+        "llama",
         # rope llama3: context 131072 from an original 8192 (ratio 16, factor 8); here 128 from 8
-        dict(max_position_embeddings=128, rms_norm_eps=1e-5, tie_word_embeddings=False,
-             rope_parameters=dict(rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0,
-                                  high_freq_factor=4.0, original_max_position_embeddings=8)),
+        dict(
+            max_position_embeddings=128,
+            rms_norm_eps=1e-5,
+            tie_word_embeddings=False,
+            rope_parameters=dict(
+                rope_type="llama3",
+                rope_theta=500000.0,
+                factor=8.0,
+                low_freq_factor=1.0,
+                high_freq_factor=4.0,
+                original_max_position_embeddings=8,
+            ),
+        ),
         dict(bos_token_id=128000, eos_token_id=[128001, 128008, 128009], do_sample=True, temperature=0.6, top_p=0.9),
         what="rope llama3; three EOS ids, no pad; temperature 0.6, top_p 0.9",
     ),
     "qwen2.5": Checkpoint(
-        "Qwen/Qwen2.5-7B-Instruct", "qwen2",
-        dict(max_position_embeddings=128, rms_norm_eps=1e-6, tie_word_embeddings=False, use_sliding_window=False,
-             rope_parameters=dict(rope_type="default", rope_theta=1000000.0)),
-        dict(bos_token_id=151643, eos_token_id=[151645, 151643], pad_token_id=151643, do_sample=True,
-             repetition_penalty=1.05, temperature=0.7, top_k=20, top_p=0.8),
+        "Qwen/Qwen2.5-7B-Instruct",
+        "qwen2",
+        dict(
+            max_position_embeddings=128,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=False,
+            use_sliding_window=False,
+            rope_parameters=dict(rope_type="default", rope_theta=1000000.0),
+        ),
+        dict(
+            bos_token_id=151643,
+            eos_token_id=[151645, 151643],
+            pad_token_id=151643,
+            do_sample=True,
+            repetition_penalty=1.05,
+            temperature=0.7,
+            top_k=20,
+            top_p=0.8,
+        ),
         what="qkv bias; repetition_penalty 1.05, temperature 0.7, top_k 20, top_p 0.8",
     ),
     "qwen3": Checkpoint(
-        "Qwen/Qwen3-8B", "qwen3",
-        dict(head_dim=16, max_position_embeddings=128, rms_norm_eps=1e-6, tie_word_embeddings=False,
-             rope_parameters=dict(rope_type="default", rope_theta=1000000.0)),
-        dict(bos_token_id=151643, eos_token_id=[151645, 151643], pad_token_id=151643, do_sample=True,
-             temperature=0.6, top_k=20, top_p=0.95),
+        "Qwen/Qwen3-8B",
+        "qwen3",
+        dict(
+            head_dim=16,
+            max_position_embeddings=128,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=False,
+            rope_parameters=dict(rope_type="default", rope_theta=1000000.0),
+        ),
+        dict(
+            bos_token_id=151643,
+            eos_token_id=[151645, 151643],
+            pad_token_id=151643,
+            do_sample=True,
+            temperature=0.6,
+            top_k=20,
+            top_p=0.95,
+        ),
         what="q/k norms; temperature 0.6, top_k 20, top_p 0.95",
     ),
     "gemma2": Checkpoint(
-        "google/gemma-2-2b-it", "gemma2",
+        "google/gemma-2-2b-it",
+        "gemma2",
         # sliding window 4096 on every other layer (here 8); soft-capping of attention scores and final logits;
         # transformers runs Gemma-2 with eager attention (sdpa cannot soft-cap)
-        dict(head_dim=16, query_pre_attn_scalar=16, max_position_embeddings=128, sliding_window=8,
-             layer_types=["sliding_attention", "full_attention"], attn_logit_softcapping=50.0,
-             final_logit_softcapping=30.0, tie_word_embeddings=True, hidden_activation="gelu_pytorch_tanh"),
+        dict(
+            head_dim=16,
+            query_pre_attn_scalar=16,
+            max_position_embeddings=128,
+            sliding_window=8,
+            layer_types=["sliding_attention", "full_attention"],
+            attn_logit_softcapping=50.0,
+            final_logit_softcapping=30.0,
+            tie_word_embeddings=True,
+            hidden_activation="gelu_pytorch_tanh",
+        ),
         dict(bos_token_id=2, eos_token_id=[1, 107], pad_token_id=0, cache_implementation="hybrid"),
         attn_implementation="eager",
         what="sliding window 8 on the first of 2 layers; soft-capping 50 / 30; tied embeddings; hybrid cache",
@@ -100,53 +160,104 @@ CHECKPOINTS: dict[str, Checkpoint] = {
         fill={"post_attention_layernorm.weight": 15.0, "post_feedforward_layernorm.weight": 15.0},
     ),
     "mistral": Checkpoint(
-        "mistralai/Mistral-7B-v0.1", "mistral",
+        "mistralai/Mistral-7B-v0.1",
+        "mistral",
         dict(max_position_embeddings=128, sliding_window=8, rms_norm_eps=1e-5, tie_word_embeddings=False),
         dict(bos_token_id=1, eos_token_id=2),
         what="sliding window 8 on every layer (4096 in the release)",
     ),
     "gpt2": Checkpoint(
-        "openai-community/gpt2", "gpt2",
+        "openai-community/gpt2",
+        "gpt2",
         # learned positions: n_positions is a hard limit (1024; here 32)
-        dict(n_embd=64, n_layer=2, n_head=4, n_positions=32, resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1,
-             activation_function="gelu_new", layer_norm_epsilon=1e-5, tie_word_embeddings=True),
+        dict(
+            n_embd=64,
+            n_layer=2,
+            n_head=4,
+            n_positions=32,
+            resid_pdrop=0.1,
+            embd_pdrop=0.1,
+            attn_pdrop=0.1,
+            activation_function="gelu_new",
+            layer_norm_epsilon=1e-5,
+            tie_word_embeddings=True,
+        ),
         dict(bos_token_id=50256, eos_token_id=50256),
         what="dropout 0.1; learned positions, n_positions 32; tied embeddings; no pad",
     ),
     "olmo2": Checkpoint(
-        "allenai/OLMo-2-1124-7B-Instruct", "olmo2",
+        "allenai/OLMo-2-1124-7B-Instruct",
+        "olmo2",
         # norms after attention and MLP (not before), q/k norms
-        dict(max_position_embeddings=128, rms_norm_eps=1e-6, tie_word_embeddings=False,
-             rope_parameters=dict(rope_type="default", rope_theta=500000.0)),
+        dict(
+            max_position_embeddings=128,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=False,
+            rope_parameters=dict(rope_type="default", rope_theta=500000.0),
+        ),
         dict(bos_token_id=100257, eos_token_id=100257, pad_token_id=100277),
         what="post-norm blocks, q/k norms",
     ),
     "phi3": Checkpoint(
-        "microsoft/Phi-3-mini-4k-instruct", "phi3",
+        "microsoft/Phi-3-mini-4k-instruct",
+        "phi3",
         # fused qkv and gate_up projections; sliding window 2047 in a 4096 context (here 15 in 128)
-        dict(max_position_embeddings=128, original_max_position_embeddings=128, sliding_window=15,
-             tie_word_embeddings=False, rope_parameters=dict(rope_type="default", rope_theta=10000.0)),
+        dict(
+            max_position_embeddings=128,
+            original_max_position_embeddings=128,
+            sliding_window=15,
+            tie_word_embeddings=False,
+            rope_parameters=dict(rope_type="default", rope_theta=10000.0),
+        ),
         dict(bos_token_id=1, eos_token_id=[32000, 32001, 32007], pad_token_id=32000),
         what="fused qkv / gate_up; sliding window 15 on every layer",
     ),
     "deepseek_v3": Checkpoint(
-        "deepseek-ai/DeepSeek-V3", "deepseek_v3",
+        "deepseek-ai/DeepSeek-V3",
+        "deepseek_v3",
         # MLA attention, MoE with a shared expert, yarn rope (context 163840 from 4096: factor 40; here 160 from 4)
         # MLA gives every query head its own key/value head (128 and 128 in the release): with fewer, transformers'
         # attention fails on a padded batch (a shape error inside sdpa)
-        dict(**MOE, num_key_value_heads=4, routed_scaling_factor=2.5, q_lora_rank=16, kv_lora_rank=16,
-             qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16, max_position_embeddings=160,
-             num_nextn_predict_layers=1, tie_word_embeddings=False,
-             rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=40.0, original_max_position_embeddings=4,
-                                  beta_fast=32.0, beta_slow=1.0, mscale=1.0, mscale_all_dim=1.0)),
+        dict(
+            **MOE,
+            num_key_value_heads=4,
+            routed_scaling_factor=2.5,
+            q_lora_rank=16,
+            kv_lora_rank=16,
+            qk_rope_head_dim=8,
+            qk_nope_head_dim=8,
+            v_head_dim=16,
+            max_position_embeddings=160,
+            num_nextn_predict_layers=1,
+            tie_word_embeddings=False,
+            rope_parameters=dict(
+                rope_type="yarn",
+                rope_theta=10000.0,
+                factor=40.0,
+                original_max_position_embeddings=4,
+                beta_fast=32.0,
+                beta_slow=1.0,
+                mscale=1.0,
+                mscale_all_dim=1.0,
+            ),
+        ),
         dict(bos_token_id=0, eos_token_id=1, do_sample=True, temperature=0.6, top_p=0.95),
         what="MLA, MoE, yarn rope; native MTP; temperature 0.6, top_p 0.95",
     ),
     "glm4.5": Checkpoint(
-        "zai-org/GLM-4.5-Air", "glm4_moe",
-        dict(**MOE, head_dim=16, routed_scaling_factor=1.0, attention_bias=True, use_qk_norm=False,
-             max_position_embeddings=128, num_nextn_predict_layers=1, tie_word_embeddings=False,
-             rope_parameters=dict(rope_type="default", rope_theta=1000000.0, partial_rotary_factor=0.5)),
+        "zai-org/GLM-4.5-Air",
+        "glm4_moe",
+        dict(
+            **MOE,
+            head_dim=16,
+            routed_scaling_factor=1.0,
+            attention_bias=True,
+            use_qk_norm=False,
+            max_position_embeddings=128,
+            num_nextn_predict_layers=1,
+            tie_word_embeddings=False,
+            rope_parameters=dict(rope_type="default", rope_theta=1000000.0, partial_rotary_factor=0.5),
+        ),
         dict(eos_token_id=[151329, 151336, 151338], pad_token_id=151329),
         what="MoE, partial rotary 0.5, qkv bias; native MTP; three EOS ids",
     ),
@@ -161,8 +272,9 @@ def tiny_model(name: str, seed: int = 0):
     checkpoint = CHECKPOINTS[name]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(checkpoint.build_config(),
-                                                 attn_implementation=checkpoint.attn_implementation)
+        model = AutoModelForCausalLM.from_config(
+            checkpoint.build_config(), attn_implementation=checkpoint.attn_implementation
+        )
     with torch.no_grad():
         for name, param in model.named_parameters():
             for suffix, value in checkpoint.fill.items():

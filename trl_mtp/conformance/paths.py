@@ -22,18 +22,26 @@ into a `Result` (one cell of the table).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import tempfile
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
 from trl_mtp.config import HEAD_TYPES
 from trl_mtp.conformance.subjects import (
-    D, GREEDY_LENGTHS, Refused, Subject, new_heads, position_limit, room, text_config,
+    GREEDY_LENGTHS,
+    D,
+    Refused,
+    Subject,
+    new_heads,
+    position_limit,
+    room,
+    text_config,
 )
 
 
@@ -63,8 +71,10 @@ def first_difference(ours, reference, prompt_len: int, against: str = "generate"
     if not len(diff):
         return None
     row, col = diff[0].tolist()
-    return (f"row {row} differs from {against} at new token {col - prompt_len + 1} "
-            f"({int((ours != reference).any(1).sum())} of {ours.size(0)} rows differ)")
+    return (
+        f"row {row} differs from {against} at new token {col - prompt_len + 1} "
+        f"({int((ours != reference).any(1).sum())} of {ours.size(0)} rows differ)"
+    )
 
 
 def expect_same(ours, reference, prompt_len: int, against="generate", context: str = "") -> None:
@@ -120,10 +130,8 @@ def reachable_tensors(root) -> list[torch.Tensor]:
             stack.append(obj.__self__)
         elif isinstance(obj, types.FunctionType):
             for cell in obj.__closure__ or ():
-                try:
+                with contextlib.suppress(ValueError):  # an empty cell
                     stack.append(cell.cell_contents)
-                except ValueError:  # an empty cell
-                    pass
         elif hasattr(obj, "__dict__"):
             stack.append(vars(obj))
         elif hasattr(obj, "func") and hasattr(obj, "args"):  # functools.partial
@@ -134,8 +142,12 @@ def reachable_tensors(root) -> list[torch.Tensor]:
 def held_bytes(model) -> tuple[int, int]:
     """(tensor bytes reachable from the wrapper, bytes of the base's and the heads' own parameters and buffers)."""
     gc.collect()
-    own = [*model.base_model.parameters(), *model.base_model.buffers(),
-           *model.heads.parameters(), *model.heads.buffers()]
+    own = [
+        *model.base_model.parameters(),
+        *model.base_model.buffers(),
+        *model.heads.parameters(),
+        *model.heads.buffers(),
+    ]
     return _tensor_bytes(reachable_tensors(model)), _tensor_bytes(own)
 
 
@@ -178,11 +190,17 @@ def sampled_against_generate(model, ids, mask, ours, generator) -> tuple[int, to
     eos = torch.tensor(eos if isinstance(eos, list) else [] if eos is None else [eos], device=ours.device)
     u, impossible = [], 0
     for j in range(min(SAMPLED_TOKENS, ours.size(1) - T)):
-        live = ~torch.isin(ours[:, T:T + j], eos).any(1)  # rows still generating at new token j
-        prefix = ours[live, :T + j]
+        live = ~torch.isin(ours[:, T : T + j], eos).any(1)  # rows still generating at new token j
+        prefix = ours[live, : T + j]
         prefix_mask = torch.cat([mask[live], mask.new_ones(int(live.sum()), j)], dim=1)
-        out = base.generate(prefix, attention_mask=prefix_mask, max_new_tokens=1, do_sample=True,
-                            output_scores=True, return_dict_in_generate=True)
+        out = base.generate(
+            prefix,
+            attention_mask=prefix_mask,
+            max_new_tokens=1,
+            do_sample=True,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
         probs = torch.softmax(out.scores[0].double(), dim=-1)
         tokens = ours[live, T + j]
         impossible += int((probs.gather(1, tokens[:, None]) == 0).sum())
@@ -197,14 +215,18 @@ def from_base(subject: Subject, family: str) -> dict:
     model = new_heads(subject.new_base(), family)
     held, own = held_bytes(model)  # before any forward: no captured activations yet
     if held > 1.01 * own:
-        raise Mismatch(f"the wrapper holds {held / 2**20:.2f} MiB of tensors, base + heads own {own / 2**20:.2f} MiB "
-                       f"({held / own:.1f}x): hidden copies")
+        raise Mismatch(
+            f"the wrapper holds {held / 2**20:.2f} MiB of tensors, base + heads own {own / 2**20:.2f} MiB "
+            f"({held / own:.1f}x): hidden copies"
+        )
     ids, mask = subject.prompts([8], model.device)
     logits = model.mtp_logits(ids, mask)
     V = text_config(model).vocab_size
     if logits.shape[:2] != (D, 1) or logits.size(-1) != V or not torch.isfinite(logits).all():
-        raise Mismatch(f"mtp_logits {tuple(logits.shape)}, finite={bool(torch.isfinite(logits).all())}: "
-                       f"expected [{D}, 1, T, {V}] and finite")
+        raise Mismatch(
+            f"mtp_logits {tuple(logits.shape)}, finite={bool(torch.isfinite(logits).all())}: "
+            f"expected [{D}, 1, T, {V}] and finite"
+        )
     return {"detail": f"{own / 2**20:.2f} MiB"}
 
 
@@ -222,12 +244,15 @@ def sampled(subject: Subject, family: str) -> dict:
     generator = torch.Generator(device=model.device).manual_seed(subject.seed)
     with torch.random.fork_rng(devices=[]):  # generate draws from the global generator: leave the caller's alone
         torch.manual_seed(subject.seed)
-        ours, stats = model.speculative_generate(ids, mask, max_new_tokens=SAMPLED_TOKENS, do_sample=True,
-                                                 generator=generator)
+        ours, stats = model.speculative_generate(
+            ids, mask, max_new_tokens=SAMPLED_TOKENS, do_sample=True, generator=generator
+        )
         impossible, u = sampled_against_generate(model, ids, mask, ours, torch.Generator().manual_seed(subject.seed))
     if impossible:
-        raise Mismatch(f"{impossible} of {len(u)} sampled tokens have probability 0 under generate's distribution "
-                       "(its top-k / top-p / processors were not applied)")
+        raise Mismatch(
+            f"{impossible} of {len(u)} sampled tokens have probability 0 under generate's distribution "
+            "(its top-k / top-p / processors were not applied)"
+        )
     p = ks_uniform_pvalue(u)
     if p < SAMPLED_ALPHA:
         raise Mismatch(f"first {SAMPLED_TOKENS} tokens are not generate's distribution (KS p = {p:.1e}, n = {len(u)})")
@@ -265,12 +290,25 @@ def sft(subject: Subject, family: str) -> dict:
     rows = torch.randint(0, V, (8, 16), generator=generator).tolist()
     with tempfile.TemporaryDirectory() as out:
         args = MTPSFTConfig(
-            output_dir=out, max_steps=2, per_device_train_batch_size=4, learning_rate=1e-3, logging_steps=1,
-            report_to=[], activation_checkpointing=False, save_strategy="no", dataloader_pin_memory=False,
-            disable_tqdm=True, seed=subject.seed, bf16=False, use_cpu=model.device.type == "cpu",
-            head_type=family, num_mtp_heads=D)
-        trainer = MTPSFTTrainer(model, args, train_dataset=Dataset.from_dict({"input_ids": rows}),
-                                processing_class=subject.tokenizer)
+            output_dir=out,
+            max_steps=2,
+            per_device_train_batch_size=4,
+            learning_rate=1e-3,
+            logging_steps=1,
+            report_to=[],
+            activation_checkpointing=False,
+            save_strategy="no",
+            dataloader_pin_memory=False,
+            disable_tqdm=True,
+            seed=subject.seed,
+            bf16=False,
+            use_cpu=model.device.type == "cpu",
+            head_type=family,
+            num_mtp_heads=D,
+        )
+        trainer = MTPSFTTrainer(
+            model, args, train_dataset=Dataset.from_dict({"input_ids": rows}), processing_class=subject.tokenizer
+        )
         trainer.remove_callback(PrinterCallback)  # the losses are read from the log history, not printed
         before = [p.detach().clone() for p in trainer.mtp_model.heads.parameters()]
         trainer.train()
@@ -297,8 +335,10 @@ def save_load(subject: Subject, family: str) -> dict:
     saved, loaded = model.heads.state_dict(), again.heads.state_dict()
     if saved.keys() != loaded.keys() or any(not torch.equal(saved[k], loaded[k]) for k in saved):
         raise Mismatch("the loaded heads' tensors differ from the saved ones")
-    config, reloaded = ({k: v for k, v in m.base_model.generation_config.to_diff_dict().items()
-                         if k != "transformers_version"} for m in (model, again))
+    config, reloaded = (
+        {k: v for k, v in m.base_model.generation_config.to_diff_dict().items() if k != "transformers_version"}
+        for m in (model, again)
+    )
     if config != reloaded:
         raise Mismatch(f"generation config {config} came back as {reloaded}")
     tied = model.get_input_embeddings().weight is model.get_output_embeddings().weight
@@ -318,8 +358,10 @@ def bf16(subject: Subject, family: str) -> dict:
     if ours.size(0) != ids.size(0) or ours.min() < 0 or ours.max() >= V:
         raise Mismatch(f"output {tuple(ours.shape)} with token ids outside 0..{V - 1}")
     same = sum(ours.shape == reference.shape and bool(torch.equal(a, b)) for a, b in zip(ours, reference))
-    return {"acceptance": acceptance(stats),
-            "detail": f"{same}/{ids.size(0)} rows identical to generate under autocast"}
+    return {
+        "acceptance": acceptance(stats),
+        "detail": f"{same}/{ids.size(0)} rows identical to generate under autocast",
+    }
 
 
 def native_model(subject: Subject):
@@ -327,8 +369,10 @@ def native_model(subject: Subject):
     from trl_mtp.heads.native_layouts import ARCHITECTURES, has_native_layout
 
     if not has_native_layout(subject.config):
-        raise Refused(f"model_type {subject.config.get_text_config().model_type!r} has no native MTP layers "
-                      f"(native: {', '.join(ARCHITECTURES)})")
+        raise Refused(
+            f"model_type {subject.config.get_text_config().model_type!r} has no native MTP layers "
+            f"(native: {', '.join(ARCHITECTURES)})"
+        )
     model = subject.mtp(None if subject.trained else "sequential")
     if model.heads.head_type != "sequential":
         raise Refused(f"head_type {model.heads.head_type!r}: only sequential heads are native MTP layers")
@@ -346,8 +390,10 @@ def native_export(subject: Subject, family: str | None = None) -> dict:
         again = MTPForCausalLM.from_pretrained(out, **placed(model.device)).eval()
     ours, theirs = model.mtp_logits(ids, mask), again.mtp_logits(ids, mask)
     if ours.shape != theirs.shape or not torch.allclose(ours, theirs, atol=1e-5, rtol=1e-4):
-        raise Mismatch(f"re-imported MTP logits differ (max |diff| "
-                       f"{(ours - theirs).abs().max() if ours.shape == theirs.shape else 'shape'})")
+        raise Mismatch(
+            f"re-imported MTP logits differ (max |diff| "
+            f"{(ours - theirs).abs().max() if ours.shape == theirs.shape else 'shape'})"
+        )
     return {"detail": f"{len(keys)} MTP tensors"}
 
 

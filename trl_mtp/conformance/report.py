@@ -36,8 +36,10 @@ def format_acceptance(result: Result) -> str:
 def format_table(results: list[Result]) -> str:
     """Plain-text table: path, result (pass / refused / FAIL), first-draft acceptance, and the reason or detail."""
     rows = [("path", "result", "acceptance", "")]
-    rows += [(r.path, "FAIL" if r.status == "fail" else r.status, format_acceptance(r), r.reason or r.detail)
-             for r in results]
+    rows += [
+        (r.path, "FAIL" if r.status == "fail" else r.status, format_acceptance(r), r.reason or r.detail)
+        for r in results
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     return "\n".join(f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:>{widths[2]}}  {d}".rstrip() for a, b, c, d in rows)
 
@@ -51,8 +53,10 @@ def verdict(results: list[Result], has_heads: bool, min_acceptance: float = 0.0)
         return f"{len(failed)} of {len(results)} paths failed; {first.path}: {first.reason}"
     greedy = [r for r in results if r.path.startswith("greedy") and r.acceptance is not None]
     if has_heads and greedy and greedy[0].acceptance <= min_acceptance:
-        return (f"the heads draft nothing: first-draft acceptance {greedy[0].acceptance:.2f} on {greedy[0].path} "
-                f"(at most {min_acceptance}); heads lost or never trained?")
+        return (
+            f"the heads draft nothing: first-draft acceptance {greedy[0].acceptance:.2f} on {greedy[0].path} "
+            f"(at most {min_acceptance}); heads lost or never trained?"
+        )
     return None
 
 
@@ -93,8 +97,9 @@ def markdown_matrix(results: dict[str, list[Result]]) -> str:
     return "\n".join(lines)
 
 
-def autocast_agreement(names, families, dtype=torch.bfloat16, prompts: int = 16, new_tokens: int = 16, device="cpu",
-                       seed: int = 0) -> dict:
+def autocast_agreement(
+    names, families, dtype=torch.bfloat16, prompts: int = 16, new_tokens: int = 16, device="cpu", seed: int = 0
+) -> dict:
     """Speculative greedy vs `generate` greedy on the tiny models, one prompt at a time (batch 1: no holes), both in
     float32 and both under `dtype` autocast: how many sequences part under autocast among those identical in float32,
     where, and the top-1 / top-2 margin of generate's autocast logits at the step where they part (against all
@@ -121,8 +126,14 @@ def autocast_agreement(names, families, dtype=torch.bfloat16, prompts: int = 16,
                     continue
                 with torch.autocast(torch.device(device).type, dtype=dtype):
                     ours, _ = model.speculative_generate(ids, mask, max_new_tokens=new, do_sample=False)
-                    out = model.base_model.generate(ids, attention_mask=mask, max_new_tokens=new, do_sample=False,
-                                                    output_logits=True, return_dict_in_generate=True)
+                    out = model.base_model.generate(
+                        ids,
+                        attention_mask=mask,
+                        max_new_tokens=new,
+                        do_sample=False,
+                        output_logits=True,
+                        return_dict_in_generate=True,
+                    )
                 top2 = torch.stack(out.logits, 1)[0].float().topk(2, dim=-1).values  # [steps, 2]
                 step_margins = top2[:, 0] - top2[:, 1]
                 margins.append(step_margins)
@@ -141,14 +152,19 @@ def autocast_agreement(names, families, dtype=torch.bfloat16, prompts: int = 16,
                     counts["tokens_before_parting"] += steps
     margins = torch.cat(margins)
     compared = counts["sequences"] - counts["fp32_differing"]
-    return {"dtype": str(dtype), **counts,
-            "fraction_autocast_differing": counts["autocast_differing"] / max(compared, 1),
-            "fraction_tokens_before_parting": counts["tokens_before_parting"] / max(counts["tokens"], 1),
-            "parted_margins": sorted(round(m, 4) for m in parted_margins),
-            "median_margin_all_steps": float(margins.median()),
-            "fraction_steps_margin_at_most_largest_parted": float((margins <= max(parted_margins, default=0))
-                                                                  .double().mean()),
-            "by_checkpoint": by_name, "parted": where_parted}
+    return {
+        "dtype": str(dtype),
+        **counts,
+        "fraction_autocast_differing": counts["autocast_differing"] / max(compared, 1),
+        "fraction_tokens_before_parting": counts["tokens_before_parting"] / max(counts["tokens"], 1),
+        "parted_margins": sorted(round(m, 4) for m in parted_margins),
+        "median_margin_all_steps": float(margins.median()),
+        "fraction_steps_margin_at_most_largest_parted": float(
+            (margins <= max(parted_margins, default=0)).double().mean()
+        ),
+        "by_checkpoint": by_name,
+        "parted": where_parted,
+    }
 
 
 def main(argv=None) -> int:
@@ -158,15 +174,25 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m trl_mtp.conformance", description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoints", default=",".join(CHECKPOINTS), help="comma-separated names")
-    parser.add_argument("--agreement", choices=("bfloat16", "float16"), default=None,
-                        help="measure speculative vs generate agreement under this autocast instead of the table")
+    parser.add_argument(
+        "--agreement",
+        choices=("bfloat16", "float16"),
+        default=None,
+        help="measure speculative vs generate agreement under this autocast instead of the table",
+    )
     parser.add_argument("--prompts", type=int, default=16, help="prompts per checkpoint and family (--agreement)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     names = args.checkpoints.split(",")
     if args.agreement:
-        print(json.dumps(autocast_agreement(names, HEAD_TYPES, getattr(torch, args.agreement), prompts=args.prompts,
-                                            device=args.device), indent=1))
+        print(
+            json.dumps(
+                autocast_agreement(
+                    names, HEAD_TYPES, getattr(torch, args.agreement), prompts=args.prompts, device=args.device
+                ),
+                indent=1,
+            )
+        )
         return 0
     results = {}
     for name in names:

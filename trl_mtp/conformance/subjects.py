@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -139,9 +139,14 @@ def tiny_subject(name: str, seed: int = 0) -> Subject:
     """A conformance model of checkpoint `name` (see `configs.CHECKPOINTS`); its heads learn their drafts first."""
     from trl_mtp.conformance.configs import CHECKPOINTS, tiny_model, tiny_tokenizer
 
-    return Subject(name=name, config=CHECKPOINTS[name].build_config(), new_base=lambda: tiny_model(name, seed),
-                   tokenizer=tiny_tokenizer(name), fit_heads=True, seed=seed)
-
+    return Subject(
+        name=name,
+        config=CHECKPOINTS[name].build_config(),
+        new_base=lambda: tiny_model(name, seed),
+        tokenizer=tiny_tokenizer(name),
+        fit_heads=True,
+        seed=seed,
+    )
 
 
 def checkpoint_subject(directory, device="cpu", dtype=torch.float32, texts=None, seed: int = 0) -> Subject:
@@ -186,9 +191,16 @@ def checkpoint_subject(directory, device="cpu", dtype=torch.float32, texts=None,
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as err:
         raise ValueError(f"model {directory!r}: not a model folder ({str(err).strip().splitlines()[0]})") from None
-    return Subject(name=os.path.basename(os.path.normpath(directory)), config=config, new_base=new_base,
-                   tokenizer=tokenizer, trained=trained if has_heads or native else None,
-                   native_dir=directory if native else None, prompt_ids=prompt_ids, seed=seed)
+    return Subject(
+        name=os.path.basename(os.path.normpath(directory)),
+        config=config,
+        new_base=new_base,
+        tokenizer=tokenizer,
+        trained=trained if has_heads or native else None,
+        native_dir=directory if native else None,
+        prompt_ids=prompt_ids,
+        seed=seed,
+    )
 
 
 # prompts for a user's checkpoint: ordinary text, long enough for the paths' longest prompt (16 tokens)

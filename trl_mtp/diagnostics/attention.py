@@ -62,6 +62,7 @@ def capture_attention(mtp_model, base_layers: int = 2, row: int = 0):
         def keep(module, args, output):
             if isinstance(output, tuple) and len(output) > 1 and torch.is_tensor(output[1]):
                 maps[name] = output[1][row].detach().to("cpu", torch.float16)
+
         return keep
 
     modules = attention_modules(mtp_model, base_layers)

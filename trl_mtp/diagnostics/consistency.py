@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from transformers import GenerationConfig
 
+from trl_mtp.bootstrap import bootstrap_ci
 from trl_mtp.decoding import left_pad
 from trl_mtp.diagnostics.predictions import evaluating, iter_depth_logits, predict_batch
-from trl_mtp.bootstrap import bootstrap_ci
 
 
 def head_distributions(mtp_model, ids, mask, temperature: float) -> torch.Tensor:
@@ -48,8 +48,10 @@ def head_distributions(mtp_model, ids, mask, temperature: float) -> torch.Tensor
         full_mask = torch.cat([mask, torch.ones_like(drafts)], 1)
         position_ids = (full_mask.cumsum(1) - 1).clamp(min=0)
         with evaluating(mtp_model):
-            out = [torch.log_softmax(logits[:, t].float() / temperature, -1)
-                   for _, logits, _ in iter_depth_logits(mtp_model, full, full_mask, position_ids)]
+            out = [
+                torch.log_softmax(logits[:, t].float() / temperature, -1)
+                for _, logits, _ in iter_depth_logits(mtp_model, full, full_mask, position_ids)
+            ]
         if step < D:  # the next draft comes from the depth that just saw all the drafts it needs
             drafts = torch.cat([drafts, out[step].argmax(-1, keepdim=True)], 1)
     mtp_model.trunk.clear()
@@ -58,9 +60,19 @@ def head_distributions(mtp_model, ids, mask, temperature: float) -> torch.Tensor
 
 def policy_marginals(base_model, ids, mask, steps: int, n_samples: int, temperature: float, pad: int) -> torch.Tensor:
     """[B, steps, V] log of the Rao-Blackwellised marginal of the policy's token at each step ahead."""
-    config = GenerationConfig(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=steps,
-                              min_new_tokens=steps, num_return_sequences=n_samples, pad_token_id=pad,
-                              eos_token_id=[], output_logits=True, return_dict_in_generate=True)
+    config = GenerationConfig(
+        do_sample=True,
+        temperature=temperature,
+        top_k=0,
+        top_p=1.0,
+        max_new_tokens=steps,
+        min_new_tokens=steps,
+        num_return_sequences=n_samples,
+        pad_token_id=pad,
+        eos_token_id=[],
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
     with evaluating(base_model):
         out = base_model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
     B = ids.size(0)
@@ -68,10 +80,20 @@ def policy_marginals(base_model, ids, mask, steps: int, n_samples: int, temperat
     return torch.stack(probs, 1).clamp_min(1e-12).log()
 
 
-def consistency_probe(mtp_model, contexts: list[list[int]], *, targets: list[list[int]] | None = None,
-                      positions: list[int] | None = None, n_samples: int = 64, temperature: float = 1.0,
-                      batch_size: int = 8, seed: int = 0, sequences: list[list[int]] | None = None,
-                      world_model: Callable | None = None, beyond_targets: bool = False) -> dict:
+def consistency_probe(
+    mtp_model,
+    contexts: list[list[int]],
+    *,
+    targets: list[list[int]] | None = None,
+    positions: list[int] | None = None,
+    n_samples: int = 64,
+    temperature: float = 1.0,
+    batch_size: int = 8,
+    seed: int = 0,
+    sequences: list[list[int]] | None = None,
+    world_model: Callable | None = None,
+    beyond_targets: bool = False,
+) -> dict:
     """Head distributions vs the policy's own future on `contexts` (token id lists).
 
     `targets[c]` (optional): the true next tokens after context c (at least D+1 of them, or fewer: missing depths
@@ -85,7 +107,7 @@ def consistency_probe(mtp_model, contexts: list[list[int]], *, targets: list[lis
     torch.manual_seed(seed)
     rows = []  # one dict per (context, depth)
     for start in range(0, len(contexts), batch_size):
-        chunk = contexts[start:start + batch_size]
+        chunk = contexts[start : start + batch_size]
         ids, mask = left_pad(chunk, pad, model.device)
         q = head_distributions(model, ids, mask, temperature)  # [b, D+1, V]
         p = policy_marginals(model.base_model, ids, mask, D + 1, n_samples, temperature, pad)  # [b, D+1, V]
@@ -96,24 +118,45 @@ def consistency_probe(mtp_model, contexts: list[list[int]], *, targets: list[lis
             for depth in range(D + 1):
                 if targets is not None and depth >= len(targets[c]) and not beyond_targets:
                     continue
-                row = {"context": c, "depth": depth, "position": positions[c] if positions else 0,
-                       "kl": kl[b, depth].item(), "agree": float(p_top[b, depth] == q_top[b, depth]),
-                       "p_entropy": -(p[b, depth].exp() * p[b, depth]).sum().item(),
-                       "q_entropy": -(q[b, depth].exp() * q[b, depth]).sum().item()}
+                row = {
+                    "context": c,
+                    "depth": depth,
+                    "position": positions[c] if positions else 0,
+                    "kl": kl[b, depth].item(),
+                    "agree": float(p_top[b, depth] == q_top[b, depth]),
+                    "p_entropy": -(p[b, depth].exp() * p[b, depth]).sum().item(),
+                    "q_entropy": -(q[b, depth].exp() * q[b, depth]).sum().item(),
+                }
                 if targets is not None and depth < len(targets[c]):
                     y = targets[c][depth]
                     row["head_correct"] = float(q_top[b, depth] == y)
                     row["policy_correct"] = float(p_top[b, depth] == y)
                 rows.append(row)
-    result = {"by_depth": aggregate(rows, ["depth"]), "by_position": aggregate(rows, ["depth", "position"]),
-              "settings": {"contexts": len(contexts), "n_samples": n_samples, "temperature": temperature,
-                           "num_depths": D, "head_type": model.mtp_config.head_type, "seed": seed}}
+    result = {
+        "by_depth": aggregate(rows, ["depth"]),
+        "by_position": aggregate(rows, ["depth", "position"]),
+        "settings": {
+            "contexts": len(contexts),
+            "n_samples": n_samples,
+            "temperature": temperature,
+            "num_depths": D,
+            "head_type": model.mtp_config.head_type,
+            "seed": seed,
+        },
+    }
     if sequences:
         ids, mask = left_pad(sequences, pad, model.device)
         labels = ids.masked_fill(mask == 0, -100)
         scored = predict_batch(model, ids, mask, labels, rows=1, position_ids=(mask.cumsum(1) - 1).clamp(min=0))
-        result["latent"] = [{"depth": s["depth"], "latent_cos": s.get("latent_cos"), "accuracy": s.get("accuracy"),
-                             "entropy": s.get("entropy")} for s in scored.summaries]
+        result["latent"] = [
+            {
+                "depth": s["depth"],
+                "latent_cos": s.get("latent_cos"),
+                "accuracy": s.get("accuracy"),
+                "entropy": s.get("entropy"),
+            }
+            for s in scored.summaries
+        ]
         if world_model is not None:
             with evaluating(model):
                 errors = world_model(model, ids, mask)
@@ -165,6 +208,6 @@ def task_contexts(task, tokenizer, n: int, max_positions: int = 8) -> dict:
             for j in range(1, max_positions + 1):
                 if 8 * j < len(ids):
                     contexts.append(ids[: 8 * j])
-                    targets.append(ids[8 * j:])
+                    targets.append(ids[8 * j :])
                     positions.append(8 * j)
     return {"contexts": contexts, "targets": targets, "positions": positions, "sequences": sequences}

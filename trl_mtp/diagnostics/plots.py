@@ -11,9 +11,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from trl_mtp.bootstrap import bootstrap_ci  # noqa: E402
 from trl_mtp.diagnostics.run_data import RunData, reward_keys, series  # noqa: E402
 from trl_mtp.diagnostics.stats import reliability  # noqa: E402
-from trl_mtp.bootstrap import bootstrap_ci  # noqa: E402
 
 DPI = 80  # small files: the docs commit some of them
 
@@ -58,15 +58,24 @@ def plot_probe_by_depth(run: RunData, path) -> bool:
     if not run.records:
         return False
     steps = [r["step"] for r in run.records]
-    panels = [("accuracy", "probe top-1 accuracy"), ("entropy", "probe mean entropy (nats)"), ("ece", "probe ECE"),
-              ("latent_cos", "cos(head latent at t, trunk state at t+i)")]
+    panels = [
+        ("accuracy", "probe top-1 accuracy"),
+        ("entropy", "probe mean entropy (nats)"),
+        ("ece", "probe ECE"),
+        ("latent_cos", "cos(head latent at t, trunk state at t+i)"),
+    ]
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.2))
     for ax, (key, title) in zip(axes, panels):
         for depth in probe_depths(run):
             values = [next((s.get(key) for s in r["probe"] if s["depth"] == depth), None) for r in run.records]
             if any(v is not None for v in values):
-                ax.plot(steps, [np.nan if v is None else v for v in values], marker=".", color=color(depth),
-                        label=depth_label(depth))
+                ax.plot(
+                    steps,
+                    [np.nan if v is None else v for v in values],
+                    marker=".",
+                    color=color(depth),
+                    label=depth_label(depth),
+                )
         ax.set(title=title, xlabel="step")
     axes[0].legend(fontsize=8)
     return save(fig, path)
@@ -84,8 +93,9 @@ def plot_entropy_histograms(run: RunData, path) -> bool:
                 continue
             hist = np.asarray(s["entropy_hist"])
             edges = np.linspace(0, s["entropy_max"], len(hist) + 1)
-            ax.stairs(hist / max(hist.sum(), 1), edges, color=color(s["depth"]), label=depth_label(s["depth"]),
-                      linewidth=1.5)
+            ax.stairs(
+                hist / max(hist.sum(), 1), edges, color=color(s["depth"]), label=depth_label(s["depth"]), linewidth=1.5
+            )
         ax.set(title=f"entropy histogram, step {record['step']}", xlabel="entropy (nats)", ylabel="fraction")
     axes[0][0].legend(fontsize=8)
     return save(fig, path)
@@ -100,20 +110,32 @@ def plot_calibration(run: RunData, path) -> bool:
     for s in run.records[-1]["probe"]:
         if "calibration" in s:
             conf, acc, _ = reliability(s["calibration"])
-            ax.plot(conf, acc, marker="o", color=color(s["depth"]),
-                    label=f"{depth_label(s['depth'])}, ECE {s['ece']:.3f}")
-    ax.set(title=f"calibration, step {run.records[-1]['step']}", xlabel="confidence", ylabel="accuracy",
-           xlim=(0, 1), ylim=(0, 1))
+            ax.plot(
+                conf, acc, marker="o", color=color(s["depth"]), label=f"{depth_label(s['depth'])}, ECE {s['ece']:.3f}"
+            )
+    ax.set(
+        title=f"calibration, step {run.records[-1]['step']}",
+        xlabel="confidence",
+        ylabel="accuracy",
+        xlim=(0, 1),
+        ylim=(0, 1),
+    )
     ax.legend(fontsize=7)
     return save(fig, path)
 
 
 def acceptance_points(run: RunData) -> list[tuple[int, list[float], float]]:
     """(step, acceptance by position, mean accepted length) from the records and `decoding.jsonl`."""
-    points = [(r["step"], r["decoding"]["acceptance_by_position"], r["decoding"]["mean_accepted_length"])
-              for r in run.records if r.get("decoding")]
-    points += [(d.get("step") or 0, d["acceptance_by_position"], d.get("mean_accepted_length", np.nan))
-               for d in run.decoding if "acceptance_by_position" in d]
+    points = [
+        (r["step"], r["decoding"]["acceptance_by_position"], r["decoding"]["mean_accepted_length"])
+        for r in run.records
+        if r.get("decoding")
+    ]
+    points += [
+        (d.get("step") or 0, d["acceptance_by_position"], d.get("mean_accepted_length", np.nan))
+        for d in run.decoding
+        if "acceptance_by_position" in d
+    ]
     return sorted(points, key=lambda p: p[0])
 
 
@@ -125,8 +147,13 @@ def plot_acceptance(run: RunData, path) -> bool:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
     steps = [p[0] for p in points]
     for i in range(len(points[-1][1])):
-        axes[0].plot(steps, [p[1][i] if i < len(p[1]) else np.nan for p in points], marker=".",
-                     color=color(i + 1), label=f"draft {i + 1} (depth {i + 1})")
+        axes[0].plot(
+            steps,
+            [p[1][i] if i < len(p[1]) else np.nan for p in points],
+            marker=".",
+            color=color(i + 1),
+            label=f"draft {i + 1} (depth {i + 1})",
+        )
     axes[0].set(title="acceptance by position (drafts 1..i all kept)", xlabel="step", ylim=(-0.02, 1.02))
     axes[0].legend(fontsize=8)
     axes[1].plot(steps, [p[2] for p in points], marker=".", color="black")
@@ -137,7 +164,7 @@ def plot_acceptance(run: RunData, path) -> bool:
 def attention_maps(run: RunData) -> dict[str, np.ndarray]:
     if not run.snapshot:
         return {}
-    return {k[len("attn__"):]: v.astype(np.float32) for k, v in run.snapshot.items() if k.startswith("attn__")}
+    return {k[len("attn__") :]: v.astype(np.float32) for k, v in run.snapshot.items() if k.startswith("attn__")}
 
 
 def plot_attention(run: RunData, path) -> bool:
@@ -170,17 +197,27 @@ def plot_weights(run: RunData, path) -> bool:
     steps = [r["step"] for r in run.records]
     groups = list(run.records[-1]["weights"]["norm"])
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.2))
-    for key, ax, title in [("norm", axes[0], "parameter norm"), ("update_norm", axes[1], "update norm since last record"),
-                           ("cos_to_base_last_layer", axes[2], "cos(head, base last layer)")]:
+    for key, ax, title in [
+        ("norm", axes[0], "parameter norm"),
+        ("update_norm", axes[1], "update norm since last record"),
+        ("cos_to_base_last_layer", axes[2], "cos(head, base last layer)"),
+    ]:
         for g in groups:
             values = [r["weights"][key].get(g) for r in run.records]
             if any(v is not None for v in values):
-                ax.plot(steps, [np.nan if v is None else v for v in values], marker=".",
-                        color="grey" if g == "shared" else color(int(g)), label=g if g == "shared" else f"depth {g}")
+                ax.plot(
+                    steps,
+                    [np.nan if v is None else v for v in values],
+                    marker=".",
+                    color="grey" if g == "shared" else color(int(g)),
+                    label=g if g == "shared" else f"depth {g}",
+                )
         ax.set(title=title, xlabel="step")
     axes[0].legend(fontsize=8)
-    matrix = np.array([[np.nan if v is None else v for v in row]
-                       for row in run.records[-1]["weights"]["cos_between_depths"]], dtype=float)
+    matrix = np.array(
+        [[np.nan if v is None else v for v in row] for row in run.records[-1]["weights"]["cos_between_depths"]],
+        dtype=float,
+    )
     if matrix.size:
         image = axes[3].imshow(matrix, cmap="viridis")
         labels = [str(i) for i in range(1, len(matrix) + 1)]
@@ -201,8 +238,13 @@ def plot_rollouts(run: RunData, path) -> bool:
     for key, ax in zip(("accuracy", "nll"), axes):
         for depth in [s["depth"] for s in records[-1]["rollouts"]]:
             values = [next((s.get(key) for s in r["rollouts"] if s["depth"] == depth), None) for r in records]
-            ax.plot(steps, [np.nan if v is None else v for v in values], marker=".", color=color(depth),
-                    label=depth_label(depth))
+            ax.plot(
+                steps,
+                [np.nan if v is None else v for v in values],
+                marker=".",
+                color=color(depth),
+                label=depth_label(depth),
+            )
         ax.set(title=f"sampled rollout tokens: {key}", xlabel="step")
     axes[0].legend(fontsize=8)
     return save(fig, path)
@@ -219,8 +261,9 @@ def plot_consistency(run: RunData, path) -> bool:
 
     def bars(ax, key, offset, label, width=0.35, col=None):
         values = [e.get(key, np.nan) for e in by_depth]
-        errors = np.array([[v - e.get(f"{key}_ci", [v, v])[0], e.get(f"{key}_ci", [v, v])[1] - v]
-                           for v, e in zip(values, by_depth)]).T
+        errors = np.array(
+            [[v - e.get(f"{key}_ci", [v, v])[0], e.get(f"{key}_ci", [v, v])[1] - v] for v, e in zip(values, by_depth)]
+        ).T
         ax.bar(np.array(depths) + offset, values, width, yerr=errors, capsize=3, label=label, color=col)
 
     bars(axes[0], "kl", 0, "KL(policy future || head)", width=0.6, col="tab:red")
@@ -235,8 +278,13 @@ def plot_consistency(run: RunData, path) -> bool:
     for e in c["by_position"]:
         grid[depths.index(e["depth"]), positions.index(e["position"])] = e.get("kl", np.nan)
     image = axes[2].imshow(grid, aspect="auto", cmap="Reds")
-    axes[2].set(title="KL by depth and position", xlabel="position", ylabel="depth",
-                xticks=range(len(positions)), yticks=range(len(depths)))
+    axes[2].set(
+        title="KL by depth and position",
+        xlabel="position",
+        ylabel="depth",
+        xticks=range(len(positions)),
+        yticks=range(len(depths)),
+    )
     axes[2].set_xticklabels(positions)
     axes[2].set_yticklabels(depths)
     fig.colorbar(image, ax=axes[2])
@@ -247,7 +295,7 @@ def bootstrap_band(values: list[float], window: int) -> tuple[np.ndarray, np.nda
     """Mean and 90% bootstrap CI of the trailing `window` logged values at each point."""
     mean, low, high = [], [], []
     for i in range(len(values)):
-        chunk = np.asarray(values[max(0, i - window + 1): i + 1])
+        chunk = np.asarray(values[max(0, i - window + 1) : i + 1])
         m, lo, hi = bootstrap_ci(chunk, n_resamples=1000) if chunk.size > 1 else (chunk[0],) * 3
         mean.append(m)
         low.append(lo)
@@ -301,8 +349,9 @@ def plot_compare_by_depth(runs: list[RunData], path) -> bool:
         if run.consistency:
             by_depth = run.consistency["by_depth"]
             axes[2].plot([e["depth"] for e in by_depth], [e.get("kl") for e in by_depth], marker="o", label=run.name)
-    for ax, title in zip(axes, ("probe accuracy (last record)", "probe entropy (last record)",
-                                "KL(policy future || head)")):
+    for ax, title in zip(
+        axes, ("probe accuracy (last record)", "probe entropy (last record)", "KL(policy future || head)")
+    ):
         ax.set(title=title, xlabel="depth")
     axes[0].legend(fontsize=8)
     return save(fig, path)
@@ -331,8 +380,12 @@ def plot_compare_curves(runs: list[RunData], path) -> bool:
             axes[3].plot(steps, mean, label=f"{run.name}: {keys[0]}")
             axes[3].fill_between(steps, low, high, alpha=0.2)
             drawn = True
-    titles = ("next-token accuracy (training batches)", "training loss, depth 1", "acceptance of draft 1",
-              "reward (90% bootstrap band)")
+    titles = (
+        "next-token accuracy (training batches)",
+        "training loss, depth 1",
+        "acceptance of draft 1",
+        "reward (90% bootstrap band)",
+    )
     for ax, title in zip(axes, titles):
         ax.set(title=title, xlabel="step")
         if ax.get_legend_handles_labels()[0]:

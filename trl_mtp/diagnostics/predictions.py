@@ -42,8 +42,9 @@ def evaluating(module: torch.nn.Module):
 
 def iter_depth_logits(mtp_model, input_ids, attention_mask=None, position_ids=None):
     """Yield (depth, logits [B, T, V], pre-norm hidden [B, T, d]) for depth 0..D from one trunk forward."""
-    out = mtp_model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                               use_cache=False)
+    out = mtp_model.base_model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    )
     trunk_hidden = mtp_model.trunk.hidden
     yield 0, out.logits, trunk_hidden
     for depth, z in mtp_model.heads.iter_depth_hiddens(trunk_hidden, input_ids):
@@ -61,8 +62,9 @@ def latent_cosine(z: torch.Tensor, trunk_hidden: torch.Tensor, depth: int, targe
     return cos[valid].mean().item() if valid.any() else float("nan")
 
 
-def predict_batch(mtp_model, input_ids, attention_mask=None, labels=None, *, k: int = 5, rows: int = 2,
-                  position_ids=None) -> BatchPredictions:
+def predict_batch(
+    mtp_model, input_ids, attention_mask=None, labels=None, *, k: int = 5, rows: int = 2, position_ids=None
+) -> BatchPredictions:
     """Per-depth predictions vs actual tokens on a batch (`labels` unshifted, -100 ignored; default: the input ids
     at real tokens). Summaries cover every row; top-k arrays keep the first `rows` rows."""
     if labels is None:
@@ -88,5 +90,6 @@ def predict_batch(mtp_model, input_ids, attention_mask=None, labels=None, *, k: 
             targets.append(y_rows)
             target_probs.append(p.masked_fill(y_rows == -100, 0.0))
     mtp_model.trunk.clear()
-    return BatchPredictions(summaries, torch.stack(ids), torch.stack(probs), torch.stack(targets),
-                            torch.stack(target_probs))
+    return BatchPredictions(
+        summaries, torch.stack(ids), torch.stack(probs), torch.stack(targets), torch.stack(target_probs)
+    )

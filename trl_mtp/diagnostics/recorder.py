@@ -71,7 +71,7 @@ def make_probe_batch(tokenizer, examples, n: int = 8, max_length: int = 64) -> d
         if isinstance(completion, list):  # conversational: the chat template renders prompt and full conversation
             full = tokenizer.apply_chat_template((prompt or []) + completion, tokenize=False)
             prompt = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True) if prompt else ""
-            completion = full[len(prompt):]
+            completion = full[len(prompt) :]
         p = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
         c = tokenizer(completion, add_special_tokens=False)["input_ids"]
         if tokenizer.eos_token_id is not None and "completion" in (row if isinstance(row, dict) else {}):
@@ -127,10 +127,22 @@ class MTPRecorder(TrainerCallback):
         tokenizer: optional, for token strings in `meta.json`.
     """
 
-    def __init__(self, mtp_model, probe_batch: dict, out_dir: str | os.PathLike | None = None, *,
-                 every: int = DEFAULT_EVERY, top_k: int = 5, rows: int = 2, attention: bool = True,
-                 base_attention_layers: int = 2, decode_tokens: int = 16, rollouts: bool = True,
-                 keep_snapshots: int = 4, tokenizer=None):
+    def __init__(
+        self,
+        mtp_model,
+        probe_batch: dict,
+        out_dir: str | os.PathLike | None = None,
+        *,
+        every: int = DEFAULT_EVERY,
+        top_k: int = 5,
+        rows: int = 2,
+        attention: bool = True,
+        base_attention_layers: int = 2,
+        decode_tokens: int = 16,
+        rollouts: bool = True,
+        keep_snapshots: int = 4,
+        tokenizer=None,
+    ):
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         if keep_snapshots < 1:
@@ -177,8 +189,13 @@ class MTPRecorder(TrainerCallback):
         train_seconds = time.perf_counter() - self._train_start
         (self.out_dir / "log_history.json").write_text(json.dumps(to_jsonable(state.log_history)))
         rest = max(train_seconds - self.recording_seconds, 1e-9)
-        summary = {"records": self.records, "every": self.every, "recording_seconds": self.recording_seconds,
-                   "train_seconds": train_seconds, "overhead_fraction": self.recording_seconds / rest}
+        summary = {
+            "records": self.records,
+            "every": self.every,
+            "recording_seconds": self.recording_seconds,
+            "train_seconds": train_seconds,
+            "overhead_fraction": self.recording_seconds / rest,
+        }
         (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
 
     # -- recording ---------------------------------------------------------------------------------------------------
@@ -190,8 +207,9 @@ class MTPRecorder(TrainerCallback):
         batch = {k: v.to(device) for k, v in self.probe.items() if k in ("input_ids", "attention_mask", "labels")}
         arrays = {}
         with capture_attention(model, self.base_attention_layers) if self.attention else _no_maps() as maps:
-            probe = predict_batch(model, batch["input_ids"], batch["attention_mask"], batch.get("labels"),
-                                  k=self.top_k, rows=self.rows)
+            probe = predict_batch(
+                model, batch["input_ids"], batch["attention_mask"], batch.get("labels"), k=self.top_k, rows=self.rows
+            )
         arrays.update(_prediction_arrays("probe", probe))
         arrays.update({f"attn__{name}": m.numpy() for name, m in maps.items()})
         entry = {"step": step, "epoch": epoch, "probe": probe.summaries, "weights": self.weights()}
@@ -212,9 +230,15 @@ class MTPRecorder(TrainerCallback):
 
     def record_decoding(self, stats: dict, step: int | None = None, source: str = "decoding") -> None:
         """Append the acceptance statistics of a `speculative_generate` call to `decoding.jsonl`."""
-        line = {"step": step, "source": source,
-                **{k: stats[k] for k in ("acceptance_by_position", "mean_accepted_length", "forwards", "new_tokens")
-                   if k in stats}}
+        line = {
+            "step": step,
+            "source": source,
+            **{
+                k: stats[k]
+                for k in ("acceptance_by_position", "mean_accepted_length", "forwards", "new_tokens")
+                if k in stats
+            },
+        }
         with open(self.out_dir / "decoding.jsonl", "a") as f:
             f.write(json.dumps(to_jsonable(line)) + "\n")
 
@@ -231,9 +255,11 @@ class MTPRecorder(TrainerCallback):
         pad = self.mtp_model.trunk.pad_token_id
         input_ids = torch.stack([torch.cat([p.new_full((width - len(p),), pad), p]) for p in prompts])
         attention_mask = torch.stack([torch.cat([p.new_zeros(width - len(p)), torch.ones_like(p)]) for p in prompts])
-        _, stats = self.mtp_model.speculative_generate(input_ids.to(self.mtp_model.device),
-                                                       attention_mask.to(self.mtp_model.device),
-                                                       max_new_tokens=self.decode_tokens)
+        _, stats = self.mtp_model.speculative_generate(
+            input_ids.to(self.mtp_model.device),
+            attention_mask.to(self.mtp_model.device),
+            max_new_tokens=self.decode_tokens,
+        )
         return {k: stats[k] for k in ("acceptance_by_position", "mean_accepted_length", "forwards", "new_tokens")}
 
     def _score_rollout(self, rollout: dict) -> tuple[list[dict], dict]:
@@ -246,8 +272,15 @@ class MTPRecorder(TrainerCallback):
         mask = torch.cat([prompt_mask, comp_mask], 1).to(self.mtp_model.device)
         labels = torch.cat([torch.full_like(prompt, -100), completion.masked_fill(comp_mask == 0, -100)], 1)
         position_ids = (mask.long().cumsum(1) - 1).clamp(min=0)
-        scored = predict_batch(self.mtp_model, input_ids, mask, labels.to(input_ids.device), k=self.top_k,
-                               rows=self.rows, position_ids=position_ids)
+        scored = predict_batch(
+            self.mtp_model,
+            input_ids,
+            mask,
+            labels.to(input_ids.device),
+            k=self.top_k,
+            rows=self.rows,
+            position_ids=position_ids,
+        )
         arrays = _prediction_arrays("rollout", scored)
         arrays["rollout_input_ids"] = input_ids[: self.rows].cpu().numpy()
         arrays["rollout_prompt_length"] = np.array(prompt.size(1))
@@ -264,9 +297,14 @@ class MTPRecorder(TrainerCallback):
     def _write_meta(self) -> None:
         model, probe = self.mtp_model, self.probe
         meta = {
-            "format": FORMAT, "version": VERSION, "head_type": model.mtp_config.head_type,
-            "num_depths": model.heads.num_depths, "vocab_size": model.config.get_text_config().vocab_size,
-            "every": self.every, "top_k": self.top_k, "rows": self.rows,
+            "format": FORMAT,
+            "version": VERSION,
+            "head_type": model.mtp_config.head_type,
+            "num_depths": model.heads.num_depths,
+            "vocab_size": model.config.get_text_config().vocab_size,
+            "every": self.every,
+            "top_k": self.top_k,
+            "rows": self.rows,
             "probe": {k: v.tolist() for k, v in probe.items()},
         }
         if self.tokenizer is not None:
@@ -289,8 +327,11 @@ class MTPRecorder(TrainerCallback):
                     mask = kwargs.get("attention_mask")
                     mask = torch.ones_like(prompt) if mask is None else mask
                     r = self.rows
-                    self.latest_rollout = {"prompt": prompt[:r].cpu(), "prompt_mask": mask[:r].cpu(),
-                                           "completion": sequences[:r, prompt.size(1):].cpu()}
+                    self.latest_rollout = {
+                        "prompt": prompt[:r].cpu(),
+                        "prompt_mask": mask[:r].cpu(),
+                        "completion": sequences[:r, prompt.size(1) :].cpu(),
+                    }
             except (AttributeError, IndexError):  # an output we do not understand is simply not recorded
                 pass
             return out

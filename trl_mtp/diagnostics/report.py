@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from trl_mtp.bootstrap import bootstrap_ci
 from trl_mtp.diagnostics.plots import COMPARE_PLOTS, RUN_PLOTS
 from trl_mtp.diagnostics.run_data import RunData, load_run
-from trl_mtp.bootstrap import bootstrap_ci
 
 STYLE = """body{font-family:sans-serif;max-width:1250px;margin:1em auto;color:#222}
 img{max-width:100%;border:1px solid #ddd}figure{margin:1.2em 0}figcaption{color:#555;font-size:.9em}
@@ -25,27 +25,46 @@ td.ok{background:#d8f5d0}td.miss{background:#fbe0dc}code{background:#f3f3f3}"""
 
 
 def page(title: str, body: str) -> str:
-    return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{STYLE}</style></head><body>\n<h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n")
+    return (
+        f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{STYLE}</style></head><body>\n<h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n"
+    )
 
 
 def figure(file: str, caption: str) -> str:
-    return f"<figure><img src='{html.escape(file)}' alt='{html.escape(file)}'><figcaption>{html.escape(caption)}" \
-           f"</figcaption></figure>"
+    return (
+        f"<figure><img src='{html.escape(file)}' alt='{html.escape(file)}'><figcaption>{html.escape(caption)}"
+        f"</figcaption></figure>"
+    )
 
 
 def summary_table(run: RunData) -> str:
-    rows = [("run folder", str(run.path)), ("head type", run.meta.get("head_type", "none (next-token)")),
-            ("depths D", run.num_depths), ("records", len(run.records)), ("logged steps", len(run.log_history))]
+    rows = [
+        ("run folder", str(run.path)),
+        ("head type", run.meta.get("head_type", "none (next-token)")),
+        ("depths D", run.num_depths),
+        ("records", len(run.records)),
+        ("logged steps", len(run.log_history)),
+    ]
     if run.summary:
-        rows.append(("recorder overhead", f"{run.summary['recording_seconds']:.1f}s for {run.summary['records']} "
-                     f"records = {100 * run.summary['overhead_fraction']:.1f}% of the rest of training "
-                     f"(every {run.summary['every']} steps)"))
+        rows.append(
+            (
+                "recorder overhead",
+                f"{run.summary['recording_seconds']:.1f}s for {run.summary['records']} "
+                f"records = {100 * run.summary['overhead_fraction']:.1f}% of the rest of training "
+                f"(every {run.summary['every']} steps)",
+            )
+        )
     if run.consistency:
         s = run.consistency["settings"]
-        rows.append(("consistency probe", f"{s['contexts']} contexts x {s['n_samples']} rollouts, T={s['temperature']}"))
-    return "<table>" + "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
-                               for k, v in rows) + "</table>"
+        rows.append(
+            ("consistency probe", f"{s['contexts']} contexts x {s['n_samples']} rollouts, T={s['temperature']}")
+        )
+    return (
+        "<table>"
+        + "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+        + "</table>"
+    )
 
 
 def predictions_table(run: RunData, prefix: str, title: str, max_positions: int = 40) -> str:
@@ -54,8 +73,11 @@ def predictions_table(run: RunData, prefix: str, title: str, max_positions: int 
     snap = run.snapshot
     if not snap or f"{prefix}_targets" not in snap:
         return ""
-    targets, ids, probs = snap[f"{prefix}_targets"][:, 0], snap[f"{prefix}_topk_ids"][:, 0], \
-        snap[f"{prefix}_topk_probs"][:, 0].astype(np.float32)
+    targets, ids, probs = (
+        snap[f"{prefix}_targets"][:, 0],
+        snap[f"{prefix}_topk_ids"][:, 0],
+        snap[f"{prefix}_topk_probs"][:, 0].astype(np.float32),
+    )
     positions = [t for t in range(targets.shape[1]) if (targets[:, t] != -100).any()][:max_positions]
     if not positions:
         return ""
@@ -69,7 +91,9 @@ def predictions_table(run: RunData, prefix: str, title: str, max_positions: int 
             if y == -100:
                 cells.append("<td></td><td></td>")
                 continue
-            top = ", ".join(f"{html.escape(run.token(int(i)))} ({p:.2f})" for i, p in zip(ids[d, t, :3], probs[d, t, :3]))
+            top = ", ".join(
+                f"{html.escape(run.token(int(i)))} ({p:.2f})" for i, p in zip(ids[d, t, :3], probs[d, t, :3])
+            )
             cls = "ok" if int(ids[d, t, 0]) == y else "miss"
             cells.append(f"<td>{html.escape(run.token(y))}</td><td class='{cls}'>{top}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
@@ -106,14 +130,23 @@ RESULT_COLUMNS = [
 def result_cells(result: dict) -> dict[str, str]:
     """Column -> formatted value of one run's result.json: each task's held-out accuracy (90% bootstrap CI over
     items), then the RL and training figures it has."""
+
     def cell(value, items):
         ci = bootstrap_ci(items)[1:] if items else None
         return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
-    cells = {f"{task} accuracy": cell(score["accuracy"], score.get("correct"))
-             for task, score in (result.get("tasks") or {}).items() if "accuracy" in score}
-    cells.update({f"{task} NLL/token": f"{score['nll']:.3f}" for task, score in (result.get("tasks") or {}).items()
-                  if "nll" in score})
+    cells = {
+        f"{task} accuracy": cell(score["accuracy"], score.get("correct"))
+        for task, score in (result.get("tasks") or {}).items()
+        if "accuracy" in score
+    }
+    cells.update(
+        {
+            f"{task} NLL/token": f"{score['nll']:.3f}"
+            for task, score in (result.get("tasks") or {}).items()
+            if "nll" in score
+        }
+    )
     for column, key, items in RESULT_COLUMNS:
         if isinstance(result.get(key), (int, float)):
             cells[column] = f"{result[key]:.0f}" if key == "train_seconds" else cell(result[key], result.get(items))
@@ -129,11 +162,19 @@ def results_table(runs: list[RunData]) -> str:
     fixed = [c for c, _, _ in RESULT_COLUMNS]
     columns = sorted(found - set(fixed)) + [c for c in fixed if c in found]  # the tasks, then the fixed columns
     head = "<tr><th>run</th>" + "".join(f"<th>{html.escape(c)}</th>" for c in columns) + "</tr>"
-    body = "".join("<tr><th>" + html.escape(name) + "</th>" + "".join(f"<td>{html.escape(cells.get(c, ''))}</td>"
-                   for c in columns) + "</tr>" for name, cells in rows.items())
-    return (f"<h2>held-out results</h2><table>{head}{body}</table><p>Accuracy: greedy exact match on held-out "
-            "items, [90% bootstrap CI over items]. Accepted length: tokens per base forward of greedy "
-            "self-speculative decoding with the run's heads.</p>")
+    body = "".join(
+        "<tr><th>"
+        + html.escape(name)
+        + "</th>"
+        + "".join(f"<td>{html.escape(cells.get(c, ''))}</td>" for c in columns)
+        + "</tr>"
+        for name, cells in rows.items()
+    )
+    return (
+        f"<h2>held-out results</h2><table>{head}{body}</table><p>Accuracy: greedy exact match on held-out "
+        "items, [90% bootstrap CI over items]. Accepted length: tokens per base forward of greedy "
+        "self-speculative decoding with the run's heads.</p>"
+    )
 
 
 def page_folder(name: str) -> str:
@@ -146,7 +187,7 @@ def unique_names(paths: list[Path], names: list[str] | None = None) -> list[str]
     if names is not None and len(names) != len(paths):
         raise ValueError(f"{len(names)} names for {len(paths)} runs: give one name per run")
     unique, seen = [], {}
-    for path, name in zip(paths, names or [p.resolve().name for p in paths]):
+    for name in names or [p.resolve().name for p in paths]:
         folder = page_folder(name)
         seen[folder] = seen.get(folder, 0) + 1
         unique.append(name if seen[folder] == 1 else f"{name}-{seen[folder]}")
@@ -164,11 +205,14 @@ def write_report(run_dirs: list, out_dir, names: list[str] | None = None) -> Pat
     for run in runs:
         folder = page_folder(run.name)
         written = run_page(run, out_dir / folder)
-        links.append(f"<li><a href='{html.escape(folder)}/index.html'>{html.escape(run.name)}</a> "
-                     f"({len(written)} plots; {html.escape(str(run.path))})</li>")
+        links.append(
+            f"<li><a href='{html.escape(folder)}/index.html'>{html.escape(run.name)}</a> "
+            f"({len(written)} plots; {html.escape(str(run.path))})</li>"
+        )
     parts = ["<h2>runs</h2><ul>" + "".join(links) + "</ul>", results_table(runs)]
-    parts += [predictions_table(run, "rollout", f"{run.name}: sampled tokens vs what each head predicted")
-              for run in runs]
+    parts += [
+        predictions_table(run, "rollout", f"{run.name}: sampled tokens vs what each head predicted") for run in runs
+    ]
     for name, plot in COMPARE_PLOTS.items():
         if plot(runs, out_dir / f"{name}.png"):
             parts.append(f"<h2>{name.replace('_', ' ')}</h2>" + figure(f"{name}.png", plot.__doc__.strip()))

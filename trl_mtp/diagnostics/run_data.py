@@ -55,8 +55,9 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def log_history_of(run: Path, diagnostics: Path) -> list[dict]:
-    candidates = [run / "trainer_state.json"] + sorted(run.glob("checkpoint-*/trainer_state.json"),
-                                                       key=lambda p: int(p.parent.name.split("-")[-1]))
+    candidates = [run / "trainer_state.json"] + sorted(
+        run.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[-1])
+    )
     histories = [read_json(p, {}).get("log_history", []) for p in candidates]
     histories.append(read_json(diagnostics / "log_history.json", []))
     return max(histories, key=len)
@@ -82,8 +83,9 @@ def load_run(path, name: str | None = None) -> RunData:
             data.snapshot = {k: npz[k] for k in npz.files}
         data.snapshot_step = int(snapshots[-1].stem.split("_")[1])
     if not (data.log_history or data.records or data.consistency or data.result):
-        raise FileNotFoundError(f"{run}: no trainer_state.json, result.json, diagnostics/records.jsonl or "
-                                "consistency.json found")
+        raise FileNotFoundError(
+            f"{run}: no trainer_state.json, result.json, diagnostics/records.jsonl or consistency.json found"
+        )
     return data
 
 

@@ -47,8 +47,9 @@ def matching_base_parameters(params: dict[str, torch.Tensor], last_layer: nn.Mod
     base = dict(last_layer.named_parameters())
     head_names, base_names = [], []
     for name in sorted(params):
-        match = next((k for k in base if (name == k or name.endswith("." + k)) and base[k].shape == params[name].shape),
-                     None)
+        match = next(
+            (k for k in base if (name == k or name.endswith("." + k)) and base[k].shape == params[name].shape), None
+        )
         if match is not None:
             head_names.append(name)
             base_names.append(match)
@@ -77,7 +78,8 @@ class WeightTracker:
         for g in depths:
             head_names, base_names = matching_base_parameters(groups[g], last_layer)
             out["cos_to_base_last_layer"][g] = (
-                cosine(flat(groups[g], head_names), flat(base_params, base_names)) if head_names else None)
+                cosine(flat(groups[g], head_names), flat(base_params, base_names)) if head_names else None
+            )
         out["cos_between_depths"] = [[cosine(current[a], current[b]) for b in depths] for a in depths]
         self.previous = current
         return out

@@ -38,12 +38,18 @@ def decode_all(model, prompts, max_new_tokens: int, pad: int, num_draft_tokens: 
     acceptance statistics pooled over every verify round (`decoding.pool_acceptance`)."""
     stats, outputs = [], []
     for prompt in prompts:
-        out, st = model.speculative_generate(torch.tensor([prompt]), max_new_tokens=max_new_tokens, pad_token_id=pad,
-                                             num_draft_tokens=num_draft_tokens)
+        out, st = model.speculative_generate(
+            torch.tensor([prompt]), max_new_tokens=max_new_tokens, pad_token_id=pad, num_draft_tokens=num_draft_tokens
+        )
         stats.append(st)
         outputs.append(out[0].tolist())
-    return {"forwards": sum(st["forwards"] for st in stats), "tokens": sum(st["new_tokens"] for st in stats),
-            "seconds": sum(st["wall_time_s"] for st in stats), "outputs": outputs, **pool_acceptance(stats)}
+    return {
+        "forwards": sum(st["forwards"] for st in stats),
+        "tokens": sum(st["new_tokens"] for st in stats),
+        "seconds": sum(st["wall_time_s"] for st in stats),
+        "outputs": outputs,
+        **pool_acceptance(stats),
+    }
 
 
 def stern(model, prompts, max_new_tokens: int, pad: int) -> list[dict]:
@@ -52,9 +58,16 @@ def stern(model, prompts, max_new_tokens: int, pad: int) -> list[dict]:
     for k in range(model.heads.num_depths + 1):
         r = decode_all(model, prompts, max_new_tokens, pad, num_draft_tokens=k)
         reference = reference or r
-        rows.append({"heads": k, "window": k + 1, "mean_accepted_block": r["mean_accepted_length"],
-                     "forwards": r["forwards"], "forwards_saved": 1 - r["forwards"] / reference["forwards"],
-                     "identical_to_k0": r["outputs"] == reference["outputs"]})
+        rows.append(
+            {
+                "heads": k,
+                "window": k + 1,
+                "mean_accepted_block": r["mean_accepted_length"],
+                "forwards": r["forwards"],
+                "forwards_saved": 1 - r["forwards"] / reference["forwards"],
+                "identical_to_k0": r["outputs"] == reference["outputs"],
+            }
+        )
     return rows
 
 
@@ -70,28 +83,41 @@ def gloeckle(model, prompts, max_new_tokens: int, pad: int, heads=(1, 2, 4), rep
             totals[k]["seconds"] += r["seconds"]
             last[k] = r
     base_tps = totals[0]["tokens"] / totals[0]["seconds"]
-    return [{"heads": k, "tokens_per_s": totals[k]["tokens"] / totals[k]["seconds"],
-             "speedup": totals[k]["tokens"] / totals[k]["seconds"] / base_tps,
-             "mean_accepted_length": last[k]["mean_accepted_length"],
-             "acceptance_by_position": last[k]["acceptance_by_position"],
-             "identical_to_k0": last[k]["outputs"] == last[0]["outputs"]} for k in ks]
+    return [
+        {
+            "heads": k,
+            "tokens_per_s": totals[k]["tokens"] / totals[k]["seconds"],
+            "speedup": totals[k]["tokens"] / totals[k]["seconds"] / base_tps,
+            "mean_accepted_length": last[k]["mean_accepted_length"],
+            "acceptance_by_position": last[k]["acceptance_by_position"],
+            "identical_to_k0": last[k]["outputs"] == last[0]["outputs"],
+        }
+        for k in ks
+    ]
 
 
 def second_token_acceptance_on_task(model_dir: Path, task_name: str, task_params: dict, n: int) -> dict:
     """DeepSeek's second-token acceptance on an embedded task: greedy answers to `n` eval prompts, one draft."""
     from transformers import AutoTokenizer
 
+    from trl_mtp.embedded.tasks.registry import get_task
     from trl_mtp.model import MTPForCausalLM
-    from trl_mtp.tasks.registry import get_task
 
     model = MTPForCausalLM.from_pretrained(model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    prompts = [tokenizer(p, add_special_tokens=False)["input_ids"]
-               for p in get_task(task_name, **task_params).eval(n)["prompt"]]
+    prompts = [
+        tokenizer(p, add_special_tokens=False)["input_ids"]
+        for p in get_task(task_name, **task_params).eval(n)["prompt"]
+    ]
     r = decode_all(model, prompts, 32, tokenizer.pad_token_id, num_draft_tokens=1)
-    return {"task": task_name, "prompts": n, "acceptance_second_token": r["acceptance_by_position"][0],
-            "mean_accepted_length": r["mean_accepted_length"], "family": model.heads.head_type,
-            "num_mtp_heads": model.heads.num_depths}
+    return {
+        "task": task_name,
+        "prompts": n,
+        "acceptance_second_token": r["acceptance_by_position"][0],
+        "mean_accepted_length": r["mean_accepted_length"],
+        "family": model.heads.head_type,
+        "num_mtp_heads": model.heads.num_depths,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,8 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--stern-depth", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--task-model", default="runs/lookahead/task_model",
-                        help="an MTPForCausalLM trained on --task (skipped when missing)")
+    parser.add_argument(
+        "--task-model",
+        default="runs/lookahead/task_model",
+        help="an MTPForCausalLM trained on --task (skipped when missing)",
+    )
     parser.add_argument("--task", default="copy")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
@@ -119,10 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results = {"config": vars(args)}
     start = time.time()
-    dirs = {"stern": trained_models(families=("blockwise",), num_heads=args.stern_depth, **train)["blockwise"],
-            "gloeckle": trained_models(families=("parallel",), num_heads=4, **train)["parallel"],
-            "deepseek": trained_models(families=("sequential",), num_heads=1, **train)["sequential"],
-            "deepseek_D4": trained_models(families=("sequential",), num_heads=4, **train)["sequential"]}
+    dirs = {
+        "stern": trained_models(families=("blockwise",), num_heads=args.stern_depth, **train)["blockwise"],
+        "gloeckle": trained_models(families=("parallel",), num_heads=4, **train)["parallel"],
+        "deepseek": trained_models(families=("sequential",), num_heads=1, **train)["sequential"],
+        "deepseek_D4": trained_models(families=("sequential",), num_heads=4, **train)["sequential"],
+    }
     results["model_dirs"] = {k: str(v) for k, v in dirs.items()}
     tokenizer = AutoTokenizer.from_pretrained(dirs["stern"])
     pad = tokenizer.pad_token_id
@@ -133,8 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     results["deepseek"] = {}
     for name in ("deepseek", "deepseek_D4"):
         r = decode_all(load(name), prompts, args.max_new_tokens, pad, num_draft_tokens=1)
-        results["deepseek"][name] = {"acceptance_second_token": r["acceptance_by_position"][0],
-                                     "mean_accepted_length": r["mean_accepted_length"]}
+        results["deepseek"][name] = {
+            "acceptance_second_token": r["acceptance_by_position"][0],
+            "mean_accepted_length": r["mean_accepted_length"],
+        }
     if Path(args.task_model, "mtp_config.json").exists():
         results["deepseek"]["task"] = second_token_acceptance_on_task(Path(args.task_model), args.task, {}, 200)
     results["seconds"] = time.time() - start

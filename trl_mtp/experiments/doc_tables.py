@@ -29,12 +29,20 @@ import sys
 from pathlib import Path
 
 from trl_mtp.experiments.spec import RESULTS_ROOT
-from trl_mtp.experiments.tables import (RUNS_FILE, TABLE_FILE, caption, markdown_table, read_runs_csv, spec_of_table,
-                                        summarize)
+from trl_mtp.experiments.tables import (
+    RUNS_FILE,
+    TABLE_FILE,
+    caption,
+    markdown_table,
+    read_runs_csv,
+    spec_of_table,
+    summarize,
+)
 
 # a marker starts its line: an indented one (an example in a code block) is left alone
-BLOCK = re.compile(r"^<!-- results:(?P<name>[\w.-]+)(?P<options>[^>]*?)-->\n(?P<body>.*?)^<!-- /results -->",
-                   re.S | re.M)
+BLOCK = re.compile(
+    r"^<!-- results:(?P<name>[\w.-]+)(?P<options>[^>]*?)-->\n(?P<body>.*?)^<!-- /results -->", re.S | re.M
+)
 OPTION = re.compile(r'\s*(\w+)="([^"]*)"')
 OPTIONS = ("metrics", "variants", "baseline")
 
@@ -51,9 +59,11 @@ def load(folder: Path):
 def _close(a, b) -> bool:
     if a is None or b is None:
         return a is None and b is None
-    return all((x is None and y is None) or (x is not None and y is not None and math.isclose(x, y, rel_tol=1e-9,
-                                                                                                abs_tol=1e-12))
-               for x, y in zip(a, b))
+    return all(
+        (x is None and y is None)
+        or (x is not None and y is not None and math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12))
+        for x, y in zip(a, b)
+    )
 
 
 def check_results(folder: Path) -> list[str]:
@@ -64,11 +74,16 @@ def check_results(folder: Path) -> list[str]:
     for stat in summarize(spec, values):
         key = (stat.task, stat.variant, stat.metric.name)
         entry = stored.pop(key, None)
-        if entry is None or entry["seeds"] != stat.seeds or not _close(entry["value"], stat.value) \
-                or not _close(entry["diff"], stat.diff and list(stat.diff)):
+        if (
+            entry is None
+            or entry["seeds"] != stat.seeds
+            or not _close(entry["value"], stat.value)
+            or not _close(entry["diff"], stat.diff and list(stat.diff))
+        ):
             problems.append(f"{folder / TABLE_FILE}: {' / '.join(k for k in key if k)} differs from {RUNS_FILE}")
-    problems += [f"{folder / TABLE_FILE}: {' / '.join(k for k in key if k)} has no runs in {RUNS_FILE}"
-                 for key in stored]
+    problems += [
+        f"{folder / TABLE_FILE}: {' / '.join(k for k in key if k)} has no runs in {RUNS_FILE}" for key in stored
+    ]
     return problems
 
 
@@ -76,7 +91,7 @@ def parse_options(text: str, where: str) -> dict[str, str]:
     options = dict(OPTION.findall(text))
     leftover = OPTION.sub("", text).strip()
     if leftover:
-        raise ValueError(f"{where}: cannot read {leftover!r} (options are key=\"value\")")
+        raise ValueError(f'{where}: cannot read {leftover!r} (options are key="value")')
     for key in options:
         if key not in OPTIONS:
             raise ValueError(f"{where}: unknown option {key!r}; known: {', '.join(OPTIONS)}")
@@ -102,8 +117,9 @@ def render(name: str, options: dict[str, str], results_root: Path = RESULTS_ROOT
     baseline = options.get("baseline", spec.baseline)
     if baseline is not None and baseline not in spec.variants:
         raise ValueError(f"{where}: baseline {baseline!r} is not a variant of {name}")
-    spec = dataclasses.replace(spec, baseline=baseline, metrics=[m for n in metrics for m in spec.metrics
-                                                                 if m.name == n])
+    spec = dataclasses.replace(
+        spec, baseline=baseline, metrics=[m for n in metrics for m in spec.metrics if m.name == n]
+    )
     stats = [s for s in summarize(spec, values) if s.variant in variants]
     stats.sort(key=lambda s: variants.index(s.variant))
     if not stats:
@@ -120,13 +136,13 @@ def sync(paths, results_root: Path = RESULTS_ROOT, write: bool = False) -> tuple
     for path in map(Path, paths):
         text = path.read_text()
 
-        def fill(match):
+        def fill(match, path=path):
             where = f"{path}: results:{match['name']}"
             used.add(match["name"])
             body = render(match["name"], parse_options(match["options"], where), results_root, where)
             if body != match["body"]:
                 stale.append(f"{where} is not what its result files give")
-            return match[0][:match.start("body") - match.start()] + body + "<!-- /results -->"
+            return match[0][: match.start("body") - match.start()] + body + "<!-- /results -->"
 
         new = BLOCK.sub(fill, text)
         if write and new != text:

@@ -50,21 +50,34 @@ def name_completion(model, task, stories) -> dict[str, list[int]]:
 
 
 @resumable
-def run_induction(base_dir, out_dir, *, seed: int, task: dict, model: dict, steps: int, batch_size: int = 32,
-                  lr: float = 1e-3, eval_n: int = 300, mtp: dict | None = None, curve_every: int = 0,
-                  preset: str = "tiny-llama") -> dict:
+def run_induction(
+    base_dir,
+    out_dir,
+    *,
+    seed: int,
+    task: dict,
+    model: dict,
+    steps: int,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    eval_n: int = 300,
+    mtp: dict | None = None,
+    curve_every: int = 0,
+    preset: str = "tiny-llama",
+) -> dict:
     """Train `preset` (fields overridden by `model`) from scratch on named stories (`task` parameters; training
     stories seeded by `seed`, as is the initialisation) for `steps` steps; score name completion on `eval_n`
     held-out stories (task seed 0, the same for every seed). `base_dir` is unused."""
     from trl_mtp.config import MTPConfig
+    from trl_mtp.embedded.presets import build_model, count_parameters
+    from trl_mtp.embedded.tasks.induction import NamedStories
     from trl_mtp.model import MTPForCausalLM
-    from trl_mtp.tasks.induction import NamedStories
-    from trl_mtp.tasks.presets import build_model, count_parameters
 
     train_task, eval_task = NamedStories(seed=seed, **task), NamedStories(seed=0, **task)
     eos = train_task.token_vocab_size() - 1
-    net = build_model(preset, train_task.token_vocab_size(), seed=seed, pad_token_id=eos, eos_token_id=eos,
-                      bos_token_id=None, **model)
+    net = build_model(
+        preset, train_task.token_vocab_size(), seed=seed, pad_token_id=eos, eos_token_id=eos, bos_token_id=None, **model
+    )
     lm = MTPForCausalLM.from_base(net, MTPConfig(**mtp)) if mtp is not None else net
     inputs, labels = pad_stories(train_task.stories("train", steps * batch_size), eos)
     eval_stories = eval_task.stories("eval", eval_n)
@@ -75,12 +88,30 @@ def run_induction(base_dir, out_dir, *, seed: int, task: dict, model: dict, step
         curve.append({"step": step, "induction": sum(scored["induction"]) / max(1, len(scored["induction"]))})
 
     start = time.time()
-    trained = train_rows(lm, inputs, labels, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                         every=curve_every, callback=score_curve)
+    trained = train_rows(
+        lm,
+        inputs,
+        labels,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        every=curve_every,
+        callback=score_curve,
+    )
     train_seconds = time.time() - start
     scores = name_completion(net, eval_task, eval_stories)
     losses = trained["losses"]
-    return {"seed": seed, "steps": steps, "mtp": mtp, "num_parameters": count_parameters(net),
-            "train_seconds": train_seconds, "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])),
-            "losses": losses[:: max(1, steps // 100)], "final_mtp_losses": trained["mtp_losses"], "curve": curve,
-            "induction_accuracy": sum(scores["induction"]) / max(1, len(scores["induction"])), **scores}
+    return {
+        "seed": seed,
+        "steps": steps,
+        "mtp": mtp,
+        "num_parameters": count_parameters(net),
+        "train_seconds": train_seconds,
+        "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])),
+        "losses": losses[:: max(1, steps // 100)],
+        "final_mtp_losses": trained["mtp_losses"],
+        "curve": curve,
+        "induction_accuracy": sum(scores["induction"]) / max(1, len(scores["induction"])),
+        **scores,
+    }

@@ -27,9 +27,11 @@ from statistics import NormalDist
 
 import numpy as np
 
-METHOD = ("Student t over seeds: per-run metrics and their paired differences, t over the per-seed values; "
-          "per-item metrics, t over the seed means widened by the spread of the shared items (two-way seeds x items "
-          "random effects); one seed: items only, seed-to-seed spread unknown")
+METHOD = (
+    "Student t over seeds: per-run metrics and their paired differences, t over the per-seed values; "
+    "per-item metrics, t over the seed means widened by the spread of the shared items (two-way seeds x items "
+    "random effects); one seed: items only, seed-to-seed spread unknown"
+)
 LARGE_DF = 1000.0  # above it t_quantile uses the Cornish-Fisher expansion (error about 1e-9 at the 95% point)
 
 
@@ -54,8 +56,10 @@ def _incomplete_beta(a, b, x, iterations: int = 100):
     c, d = np.ones_like(x), 1 / guard(1 - (a + b) * x / (a + 1))
     h = d.copy()
     for k in range(1, iterations + 1):
-        for numerator in (k * (b - k) * x / ((a + 2 * k - 1) * (a + 2 * k)),
-                          -(a + k) * (a + b + k) * x / ((a + 2 * k) * (a + 2 * k + 1))):
+        for numerator in (
+            k * (b - k) * x / ((a + 2 * k - 1) * (a + 2 * k)),
+            -(a + k) * (a + b + k) * x / ((a + 2 * k) * (a + 2 * k + 1)),
+        ):
             d = 1 / guard(1 + numerator * d)
             c = guard(1 + numerator / c)
             h = h * d * c
@@ -79,7 +83,7 @@ def t_quantile(p: float, df):
         low, high = np.where(above, low, mid), np.where(above, mid, high)
     u = (low + high) / 2
     z = NormalDist().inv_cdf(p)
-    expansion = z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+    expansion = z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
     t = np.where(df > LARGE_DF, expansion, np.sqrt(small * (1 - u) / u))
     return float(t) if t.ndim == 0 else t
 
@@ -103,7 +107,7 @@ def seeds_items_half_width(matrix: np.ndarray, confidence: float = 0.9) -> np.nd
     seed_means, item_means = matrix.mean(-1), matrix.mean(-2)
     ms_items = n * item_means.var(-1, ddof=1)
     resid = matrix - seed_means[..., :, None] - item_means[..., None, :] + matrix.mean((-2, -1))[..., None, None]
-    ms_resid = (resid ** 2).sum((-2, -1)) / ((n - 1) * (m - 1))
+    ms_resid = (resid**2).sum((-2, -1)) / ((n - 1) * (m - 1))
     seed_part = seed_means.var(-1, ddof=1) / n  # = MS_seeds / (n m): what a t over the seed means sees
     item_part = np.maximum(ms_items - ms_resid, 0.0) / (n * m)  # sigma_b^2 / m, floored: no item effect
     p = (1 + confidence) / 2

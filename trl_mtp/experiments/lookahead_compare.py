@@ -25,21 +25,38 @@ def task_model(task_name: str = "copy", steps: int = 300, preset: str = "tiny-ll
     """The MTP-SFT'd model every method decodes with (cached by its arguments)."""
     from trl_mtp.experiments.sft_runs import cached_sft_model
 
-    return cached_sft_model("lookahead-model", preset=preset, tasks={task_name: {}},
-                            mtp={"head_type": "sequential", "num_mtp_heads": num_mtp_heads}, steps=steps)
+    return cached_sft_model(
+        "lookahead-model",
+        preset=preset,
+        tasks={task_name: {}},
+        mtp={"head_type": "sequential", "num_mtp_heads": num_mtp_heads},
+        steps=steps,
+    )
 
 
 @resumable
-def run_method(model_dir, out_dir, *, method: str, seed: int, task_name: str = "copy", n: int = 100,
-               max_forwards: int = 32, beam_width: int = 2, branches: int = 2, speculative_cost: bool = True,
-               temperature: float = 1.0, max_new_tokens: int = 32) -> dict:
+def run_method(
+    model_dir,
+    out_dir,
+    *,
+    method: str,
+    seed: int,
+    task_name: str = "copy",
+    n: int = 100,
+    max_forwards: int = 32,
+    beam_width: int = 2,
+    branches: int = 2,
+    speculative_cost: bool = True,
+    temperature: float = 1.0,
+    max_new_tokens: int = 32,
+) -> dict:
     """Exact match and base forwards per held-out item of one decoding `method` (samples seeded by seed and item;
     `temperature` is best-of-N's)."""
     import torch
     from transformers import AutoTokenizer
 
+    from trl_mtp.embedded.tasks.registry import get_task
     from trl_mtp.model import MTPForCausalLM
-    from trl_mtp.tasks.registry import get_task
 
     if method not in METHODS:
         raise ValueError(f"method={method!r}: choose from {', '.join(METHODS)}")
@@ -47,8 +64,9 @@ def run_method(model_dir, out_dir, *, method: str, seed: int, task_name: str = "
     model = MTPForCausalLM.from_pretrained(model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     task = get_task(task_name)
-    common = dict(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                  max_new_tokens=max_new_tokens)
+    common = dict(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, max_new_tokens=max_new_tokens
+    )
     correct, forwards = [], []
     for i, prompt in enumerate(task.eval(n)["prompt"]):
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -56,17 +74,47 @@ def run_method(model_dir, out_dir, *, method: str, seed: int, task_name: str = "
         if method == "greedy":
             result = lookahead_search(model, ids, beam_width=1, branches=1, max_forwards=10_000, **common)
         elif method == "sample":  # one plain sample: a value of -inf stops the draws after the first
-            result = best_of_n(model, ids, task.reward, max_forwards=max_new_tokens + 1, speculative_cost=False,
-                               stop_value=float("-inf"), **texts, **common)
+            result = best_of_n(
+                model,
+                ids,
+                task.reward,
+                max_forwards=max_new_tokens + 1,
+                speculative_cost=False,
+                stop_value=float("-inf"),
+                **texts,
+                **common,
+            )
         elif method == "best_of_n":
-            result = best_of_n(model, ids, task.reward, max_forwards=max_forwards, speculative_cost=speculative_cost,
-                               temperature=temperature, stop_value=1.0, **texts, **common)
+            result = best_of_n(
+                model,
+                ids,
+                task.reward,
+                max_forwards=max_forwards,
+                speculative_cost=speculative_cost,
+                temperature=temperature,
+                stop_value=1.0,
+                **texts,
+                **common,
+            )
         else:
             value = task.reward if method == "lookahead" else None
-            result = lookahead_search(model, ids, value, beam_width=beam_width, branches=branches,
-                                      max_forwards=max_forwards, stop_value=1.0 if value else None,
-                                      **({"prompt_text": prompt, "tokenizer": tokenizer} if value else {}), **common)
+            result = lookahead_search(
+                model,
+                ids,
+                value,
+                beam_width=beam_width,
+                branches=branches,
+                max_forwards=max_forwards,
+                stop_value=1.0 if value else None,
+                **({"prompt_text": prompt, "tokenizer": tokenizer} if value else {}),
+                **common,
+            )
         correct.append(task.reward([prompt], [tokenizer.decode(result.completion, skip_special_tokens=True)])[0])
         forwards.append(result.stats["forwards"])
-    return {"method": method, "seed": seed, "correct": correct, "forwards": forwards,
-            "forwards_per_item": sum(forwards) / len(forwards)}
+    return {
+        "method": method,
+        "seed": seed,
+        "correct": correct,
+        "forwards": forwards,
+        "forwards_per_item": sum(forwards) / len(forwards),
+    }

@@ -62,17 +62,26 @@ def check_finished(spec: Spec, runs: list[Run]) -> tuple[dict[Run, dict], list[s
         else:
             # an older run: compare the arguments its result echoes, i.e. the variant's fields (e.g. mtp, variant)
             # and scalar arguments (seed, steps); a dict argument may share its name with an output (`tasks`)
-            diff = [k for k, v in expected["kwargs"].items() if k in result and _plain(result[k]) != v
-                    and (k in _variant_keys(spec, run) or not isinstance(v, (dict, list)))]
+            diff = [
+                k
+                for k, v in expected["kwargs"].items()
+                if k in result
+                and _plain(result[k]) != v
+                and (k in _variant_keys(spec, run) or not isinstance(v, (dict, list)))
+            ]
             unchecked.append(run)
         if diff:
-            raise ValueError(f"{run.run_dir} was made with other arguments than the spec's ({', '.join(diff)}); "
-                             "restore the spec, or move that folder away to run it again")
+            raise ValueError(
+                f"{run.run_dir} was made with other arguments than the spec's ({', '.join(diff)}); "
+                "restore the spec, or move that folder away to run it again"
+            )
         results[run] = result
     notes = []
     if unchecked:
-        notes.append(f"note: {len(unchecked)} finished run(s) predate {ARGS_FILE} (e.g. {unchecked[0].run_dir}); "
-                     "only the arguments their result records were checked")
+        notes.append(
+            f"note: {len(unchecked)} finished run(s) predate {ARGS_FILE} (e.g. {unchecked[0].run_dir}); "
+            "only the arguments their result records were checked"
+        )
     return results, notes
 
 
@@ -98,8 +107,15 @@ def run_grid(spec: Spec, runs: list[Run], finished: dict[Run, dict], *, progress
     todo = [r for r in runs if r not in results]
     fn = spec.run_function() if todo else None
     base_dir = spec.resolve_base() if todo else None  # may train a base (cached): only when something is to run
-    bar = tqdm(total=len(runs), initial=len(outcome.skipped), desc=spec.name, unit="run", disable=not progress,
-               file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(
+        total=len(runs),
+        initial=len(outcome.skipped),
+        desc=spec.name,
+        unit="run",
+        disable=not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
     for run in todo:
         bar.set_postfix_str(f"skipped {len(outcome.skipped)}, failed {len(outcome.failed)}, now: {run.label}")
         run.run_dir.mkdir(parents=True, exist_ok=True)
@@ -130,8 +146,10 @@ def code_version() -> str | None:
     give other numbers."""
     package = Path(__file__).resolve().parents[1]
     try:
+
         def git(*args):
             return subprocess.run(["git", *args], cwd=package, capture_output=True, text=True, check=True).stdout
+
         commit = git("rev-parse", "--short", "HEAD").strip()
         dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".").strip()
     except (OSError, subprocess.CalledProcessError):
@@ -140,8 +158,13 @@ def code_version() -> str | None:
 
 
 def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else \
-        f"{seconds / 3600:.1f} h"
+    return (
+        f"{seconds:.0f} s"
+        if seconds < 120
+        else f"{seconds / 60:.0f} min"
+        if seconds < 7200
+        else f"{seconds / 3600:.1f} h"
+    )
 
 
 def dry_run(spec: Spec, runs: list[Run]) -> str:
@@ -153,14 +176,20 @@ def dry_run(spec: Spec, runs: list[Run]) -> str:
     rows = list(dict.fromkeys((r.task, r.variant) for r in runs))
     names = {row: f"{row[0]} / {row[1]}" if row[0] else row[1] for row in rows}
     width = max(len(n) for n in [*names.values(), "variant"])
-    lines = [f"{spec.name}: {len(runs)} runs ({len(rows)} variants{' x tasks' if spec.tasks else ''} x {len(seeds)} "
-             f"seeds), {len(results)} finished, {len(runs) - len(results)} to run; out: {spec.out}", "",
-             f"{'variant':<{width}}  " + "  ".join(f"seed {s:<3}" for s in seeds) + "  s/run"]
+    lines = [
+        f"{spec.name}: {len(runs)} runs ({len(rows)} variants{' x tasks' if spec.tasks else ''} x {len(seeds)} "
+        f"seeds), {len(results)} finished, {len(runs) - len(results)} to run; out: {spec.out}",
+        "",
+        f"{'variant':<{width}}  " + "  ".join(f"seed {s:<3}" for s in seeds) + "  s/run",
+    ]
     total, unknown = 0.0, 0
     for row in rows:
         row_runs = [r for r in runs if (r.task, r.variant) == row]
-        times = [results[r]["train_seconds"] for r in row_runs
-                 if r in results and isinstance(results[r].get("train_seconds"), (int, float))]
+        times = [
+            results[r]["train_seconds"]
+            for r in row_runs
+            if r in results and isinstance(results[r].get("train_seconds"), (int, float))
+        ]
         per_run = sum(times) / len(times) if times else spec.estimate_seconds_per_run
         left = sum(r not in results for r in row_runs)
         if left and per_run is None:
@@ -171,6 +200,8 @@ def dry_run(spec: Spec, runs: list[Run]) -> str:
         source = "" if per_run is None else f"{per_run:.0f}" + ("" if times else " (spec)")
         lines.append(f"{names[row]:<{width}}  {cells}  {source or '?'}")
     lines.append("")
-    lines.append(f"estimated time for the {len(runs) - len(results)} runs to do: {_duration(total)}"
-                 + (f" + {unknown} run(s) without an estimate (set estimate_seconds_per_run)" if unknown else ""))
+    lines.append(
+        f"estimated time for the {len(runs) - len(results)} runs to do: {_duration(total)}"
+        + (f" + {unknown} run(s) without an estimate (set estimate_seconds_per_run)" if unknown else "")
+    )
     return "\n".join(notes + lines)

@@ -11,19 +11,30 @@ from __future__ import annotations
 import torch
 
 
-def train_rows(lm, inputs: torch.Tensor, labels: torch.Tensor, *, steps: int, batch_size: int, lr: float, seed: int,
-               every: int = 0, callback=None) -> dict:
+def train_rows(
+    lm,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    every: int = 0,
+    callback=None,
+) -> dict:
     """Train `lm` for `steps` steps on rows `[step * batch_size, (step + 1) * batch_size)` of `inputs` / `labels`.
     `callback(step)` runs every `every` steps and after the last (1-based step). Returns the loss per step and the
     last step's per-depth MTP losses (None for a plain LM)."""
-    from trl_mtp.pretrain import _lr_at
+    from trl_mtp.embedded.pretrain import _lr_at
 
     if inputs.size(0) < steps * batch_size:
         raise ValueError(f"{inputs.size(0)} rows are too few for {steps} steps of batch {batch_size}")
     decay = [p for p in lm.parameters() if p.dim() >= 2]
     no_decay = [p for p in lm.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=lr, betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95)
+    )
     losses, mtp_losses = [], None
     lm.train()
     with torch.random.fork_rng(devices=[]):

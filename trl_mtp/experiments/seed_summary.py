@@ -46,8 +46,13 @@ def per_seed_values(spec, results) -> dict[str, dict[int, dict[str, float]]]:
 
 def summarize_seeds(spec, values: dict, level: float = 0.90) -> dict:
     """Per variant and metric: the t-interval over seeds, and over paired differences to the baseline."""
-    out = {"spec": spec.name, "level": level, "method": "t-interval over per-seed values, mean +- t sd / sqrt(n)",
-           "baseline": spec.baseline, "variants": {}}
+    out = {
+        "spec": spec.name,
+        "level": level,
+        "method": "t-interval over per-seed values, mean +- t sd / sqrt(n)",
+        "baseline": spec.baseline,
+        "variants": {},
+    }
     base = values.get(spec.baseline, {}) if spec.baseline else {}
     for variant in spec.variants:
         seeds = values.get(variant, {})
@@ -57,8 +62,11 @@ def summarize_seeds(spec, values: dict, level: float = 0.90) -> dict:
             if not own:
                 continue
             entry[metric.name] = {"value": t_interval(own, level)}
-            paired = [row[metric.name] - base[s][metric.name] for s, row in sorted(seeds.items())
-                      if metric.name in row and metric.name in base.get(s, {})]
+            paired = [
+                row[metric.name] - base[s][metric.name]
+                for s, row in sorted(seeds.items())
+                if metric.name in row and metric.name in base.get(s, {})
+            ]
             if variant != spec.baseline and metric.compare and paired:
                 entry[metric.name]["diff_vs_baseline"] = t_interval(paired, level)
         out["variants"][variant] = entry
@@ -88,8 +96,9 @@ def write_seed_files(spec_path, out_dir) -> dict:
         with open(out_dir / "curves.csv", "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["variant", "seed", "step", *fields])
-            for variant, seed, point in sorted(curves, key=lambda c: (list(spec.variants).index(c[0]), c[1],
-                                                                         c[2]["step"])):
+            for variant, seed, point in sorted(
+                curves, key=lambda c: (list(spec.variants).index(c[0]), c[1], c[2]["step"])
+            ):
                 writer.writerow([variant, seed, point["step"], *(point.get(k, "") for k in fields)])
     summary = summarize_seeds(spec, values)
     summary["command"] = f"python -m trl_mtp.experiments.seed_summary {spec_path} {out_dir}"

@@ -12,9 +12,17 @@ import time
 from trl_mtp.experiments import resumable
 
 SFT_DEFAULTS = dict(
-    learning_rate=2e-3, per_device_train_batch_size=16, lr_scheduler_type="cosine", warmup_steps=10,
-    logging_steps=25, report_to="none", activation_checkpointing=False, dataloader_pin_memory=False,
-    save_strategy="no", disable_tqdm=True, bf16=False,
+    learning_rate=2e-3,
+    per_device_train_batch_size=16,
+    lr_scheduler_type="cosine",
+    warmup_steps=10,
+    logging_steps=25,
+    report_to="none",
+    activation_checkpointing=False,
+    dataloader_pin_memory=False,
+    save_strategy="no",
+    disable_tqdm=True,
+    bf16=False,
 )
 
 
@@ -22,16 +30,27 @@ def task_mixture(tasks: dict[str, dict], n_train: int, seed: int):
     """`n_train` training examples of each task (name -> parameters), shuffled together."""
     from datasets import concatenate_datasets
 
-    from trl_mtp.tasks.registry import get_task
+    from trl_mtp.embedded.tasks.registry import get_task
 
     parts = [get_task(name, **params).train(n_train) for name, params in tasks.items()]
     return concatenate_datasets(parts).shuffle(seed=seed)
 
 
 @resumable
-def run_sft(base_dir, out_dir, *, tasks: dict[str, dict], mtp: dict | None, seed: int = 0, steps: int = 300,
-            n_train: int = 2000, eval_n: int = 200, record_every: int | None = None, save: bool = False,
-            **overrides) -> dict:
+def run_sft(
+    base_dir,
+    out_dir,
+    *,
+    tasks: dict[str, dict],
+    mtp: dict | None,
+    seed: int = 0,
+    steps: int = 300,
+    n_train: int = 2000,
+    eval_n: int = 200,
+    record_every: int | None = None,
+    save: bool = False,
+    **overrides,
+) -> dict:
     """Fine-tune the base in `base_dir` on `tasks` for `steps` optimizer steps; score greedy exact match on each
     task's eval split. `mtp=None` trains with TRL's plain `SFTTrainer` (next-token); a dict of MTP fields
     (`head_type`, `num_mtp_heads`, ...) trains with `MTPSFTTrainer`. Returns (and stores) per-task per-item
@@ -43,8 +62,8 @@ def run_sft(base_dir, out_dir, *, tasks: dict[str, dict], mtp: dict | None, seed
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from trl_mtp.tasks.evaluate import evaluate_task, heldout_nll
-    from trl_mtp.tasks.registry import get_task
+    from trl_mtp.embedded.evaluate import evaluate_task, heldout_nll
+    from trl_mtp.embedded.tasks.registry import get_task
     from trl_mtp.trainers import MTPSFTConfig, MTPSFTTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
@@ -78,10 +97,16 @@ def run_sft(base_dir, out_dir, *, tasks: dict[str, dict], mtp: dict | None, seed
             continue
         scored = evaluate_task(model, tokenizer, task, n=eval_n)
         scores[name] = {"accuracy": scored["accuracy"], "correct": scored["correct"]}
-    result = {"mtp": mtp, "seed": seed, "steps": steps, "train_seconds": train_seconds,
-              "final_train_loss": logs[-1]["loss"] if logs else train_output.training_loss, "tasks": scores,
-              "final_token_accuracy": logs[-1].get("mean_token_accuracy") if logs else None,
-              "mtp_metrics": {k: v for k, v in (logs[-1] if logs else {}).items() if k.startswith("mtp/")}}
+    result = {
+        "mtp": mtp,
+        "seed": seed,
+        "steps": steps,
+        "train_seconds": train_seconds,
+        "final_train_loss": logs[-1]["loss"] if logs else train_output.training_loss,
+        "tasks": scores,
+        "final_token_accuracy": logs[-1].get("mean_token_accuracy") if logs else None,
+        "mtp_metrics": {k: v for k, v in (logs[-1] if logs else {}).items() if k.startswith("mtp/")},
+    }
     return result
 
 
@@ -89,16 +114,25 @@ def run_sft(base_dir, out_dir, *, tasks: dict[str, dict], mtp: dict | None, seed
 run_sft.forwards_to = ("trl_mtp.trainers.sft_config:MTPSFTConfig",)
 
 
-def cached_sft_model(name: str, *, preset: str = "tiny-llama", pretrain_steps: int = 600, tasks: dict[str, dict],
-                     mtp: dict | None, steps: int, seed: int = 0):
+def cached_sft_model(
+    name: str,
+    *,
+    preset: str = "tiny-llama",
+    pretrain_steps: int = 600,
+    tasks: dict[str, dict],
+    mtp: dict | None,
+    steps: int,
+    seed: int = 0,
+):
     """A model SFT'd (with `mtp` heads, or next-token when None) from the cached pretrained base and saved with its
     heads: the common start of experiments that decode or do RL from it. Trained once, then read from the trl-mtp
     cache (`name/<hash of the arguments>`)."""
-    from trl_mtp.pretrain import pretrain_base
-    from trl_mtp.tasks.cache import cache_root, stable_hash
+    from trl_mtp.embedded.cache import cache_root, stable_hash
+    from trl_mtp.embedded.pretrain import pretrain_base
 
     base = pretrain_base(preset, "mix", steps=pretrain_steps, seed=0)
-    out = cache_root() / name / stable_hash({"base": str(base), "tasks": tasks, "mtp": mtp, "steps": steps,
-                                             "seed": seed})
+    out = (
+        cache_root() / name / stable_hash({"base": str(base), "tasks": tasks, "mtp": mtp, "steps": steps, "seed": seed})
+    )
     run_sft(base, out, tasks=tasks, mtp=mtp, seed=seed, steps=steps, eval_n=200, save=True)
     return out

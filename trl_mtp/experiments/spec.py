@@ -20,8 +20,22 @@ import yaml
 
 from trl_mtp.experiments import run_dir_name
 
-SPEC_KEYS = {"name", "description", "run", "base", "out", "results", "seeds", "common", "variants", "variant_key",
-             "tasks", "baseline", "metrics", "estimate_seconds_per_run"}
+SPEC_KEYS = {
+    "name",
+    "description",
+    "run",
+    "base",
+    "out",
+    "results",
+    "seeds",
+    "common",
+    "variants",
+    "variant_key",
+    "tasks",
+    "baseline",
+    "metrics",
+    "estimate_seconds_per_run",
+}
 RESULTS_ROOT = Path("docs/results")  # where the result files of a spec without `results` go: committed with the docs
 REQUIRED_KEYS = ("name", "run", "out", "seeds", "variants")
 METRIC_KEYS = {"name", "items", "scalar", "format", "ci", "compare"}
@@ -93,8 +107,12 @@ class Spec:
             for task, variant in self.rows(only):
                 folder = self.out / run_dir_name(task) if task else self.out
                 fields = self.variants[variant]
-                kwargs = {**self.common, **((self.tasks or {}).get(task) or {}),
-                          **({self.variant_key: fields} if self.variant_key else fields), "seed": seed}
+                kwargs = {
+                    **self.common,
+                    **((self.tasks or {}).get(task) or {}),
+                    **({self.variant_key: fields} if self.variant_key else fields),
+                    "seed": seed,
+                }
                 runs.append(Run(task, variant, seed, folder / run_dir_name(variant) / f"seed{seed}", kwargs))
         return runs
 
@@ -144,7 +162,7 @@ def accepted_keywords(fn) -> tuple[set[str], list[str]] | None:
     return names, list(targets)
 
 
-def check_argument_names(spec: "Spec") -> None:
+def check_argument_names(spec: Spec) -> None:
     """Every key of `common`, of each variant and of each task's parameters is an argument of the run function, or
     ValueError naming it and the closest argument (a typo would otherwise fail hours into a grid, or not at all)."""
     accepted = accepted_keywords(spec.run_function())
@@ -153,8 +171,12 @@ def check_argument_names(spec: "Spec") -> None:
     names, classes = accepted
     variants = [] if spec.variant_key else [(f"variant {n!r}", fields) for n, fields in spec.variants.items()]
     given = {spec.variant_key: None} if spec.variant_key else {}
-    for where, fields in [("common", spec.common), ("variant_key", given), *variants,
-                          *((f"task {n!r}", p) for n, p in (spec.tasks or {}).items())]:
+    for where, fields in [
+        ("common", spec.common),
+        ("variant_key", given),
+        *variants,
+        *((f"task {n!r}", p) for n, p in (spec.tasks or {}).items()),
+    ]:
         for key in (k for k in fields if k not in names):
             close = difflib.get_close_matches(key, names, n=1)
             if close:
@@ -184,8 +206,10 @@ def _metric(raw, i: int) -> Metric:
     kinds = [k for k in ("items", "scalar") if k in raw]
     _require(len(kinds) == 1, f"metric {raw['name']!r}: give exactly one of 'items' or 'scalar'")
     path = raw[kinds[0]]
-    _require(isinstance(path, str) and path and all(path.split(".")),
-             f"metric {raw['name']!r}: bad path {path!r} (dotted keys, e.g. tasks.star_graph.correct)")
+    _require(
+        isinstance(path, str) and path and all(path.split(".")),
+        f"metric {raw['name']!r}: bad path {path!r} (dotted keys, e.g. tasks.star_graph.correct)",
+    )
     try:
         path.format(task="x")
     except (KeyError, IndexError, ValueError):
@@ -194,8 +218,9 @@ def _metric(raw, i: int) -> Metric:
     try:
         format(1.5, fmt), format(1.5, "+" + fmt)
     except (ValueError, TypeError):
-        raise ValueError(f"metric {raw['name']!r}: bad format {fmt!r} (a Python format spec without sign, "
-                         "e.g. .3f)") from None
+        raise ValueError(
+            f"metric {raw['name']!r}: bad format {fmt!r} (a Python format spec without sign, e.g. .3f)"
+        ) from None
     return Metric(raw["name"], path, kinds[0], fmt, bool(raw.get("ci", True)), bool(raw.get("compare", True)))
 
 
@@ -207,8 +232,13 @@ def parse_spec(raw, source: str = "spec") -> Spec:
     for key in (k for k in REQUIRED_KEYS if k not in raw):
         raise ValueError(f"{source}: missing key {key!r}")
     seeds = raw["seeds"]
-    _require(isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
-             and len(set(seeds)) == len(seeds), f"seeds: expected a list of distinct integers, got {seeds!r}")
+    _require(
+        isinstance(seeds, list)
+        and seeds
+        and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+        and len(set(seeds)) == len(seeds),
+        f"seeds: expected a list of distinct integers, got {seeds!r}",
+    )
     variants = _mapping(raw["variants"], "variants")
     _require(bool(variants), "variants: at least one variant is needed")
     for name, fields in variants.items():
@@ -226,12 +256,17 @@ def parse_spec(raw, source: str = "spec") -> Spec:
     common = _mapping(raw.get("common"), "common")
     variant_key = raw.get("variant_key")
     _require(variant_key is None or isinstance(variant_key, str), f"variant_key: expected a name, got {variant_key!r}")
-    for where, fields in [("common", common), *((f"variant {n!r}", f) for n, f in variants.items()),
-                          *((f"task {n!r}", p) for n, p in (tasks or {}).items())]:
+    for where, fields in [
+        ("common", common),
+        *((f"variant {n!r}", f) for n, f in variants.items()),
+        *((f"task {n!r}", p) for n, p in (tasks or {}).items()),
+    ]:
         _require("seed" not in fields, f"{where}: 'seed' comes from the seeds list, not from the arguments")
     baseline = raw.get("baseline")
-    _require(baseline is None or baseline in variants,
-             f"baseline: {baseline!r} is not among the variants ({', '.join(map(repr, variants))})")
+    _require(
+        baseline is None or baseline in variants,
+        f"baseline: {baseline!r} is not among the variants ({', '.join(map(repr, variants))})",
+    )
     metrics = raw.get("metrics") or []
     _require(isinstance(metrics, list), f"metrics: expected a list, got {metrics!r}")
     metrics = [_metric(m, i) for i, m in enumerate(metrics)]
@@ -241,20 +276,36 @@ def parse_spec(raw, source: str = "spec") -> Spec:
     base = raw.get("base")
     if base is not None:
         base = _mapping(base, "base")
-        _require(set(base) in ({"path"}, {"run"}, {"run", "args"}),
-                 f"base: expected {{path: DIR}} or {{run: module:function, args: {{...}}}}, got {base!r}")
+        _require(
+            set(base) in ({"path"}, {"run"}, {"run", "args"}),
+            f"base: expected {{path: DIR}} or {{run: module:function, args: {{...}}}}, got {base!r}",
+        )
         if "run" in base:
             _mapping(base.get("args"), "base.args")
             import_callable(base["run"], "base.run")
     estimate = raw.get("estimate_seconds_per_run")
-    _require(estimate is None or (isinstance(estimate, (int, float)) and estimate >= 0),
-             f"estimate_seconds_per_run: expected a number >= 0, got {estimate!r}")
+    _require(
+        estimate is None or (isinstance(estimate, (int, float)) and estimate >= 0),
+        f"estimate_seconds_per_run: expected a number >= 0, got {estimate!r}",
+    )
     results = raw.get("results")
     _require(results is None or (isinstance(results, str) and results), f"results: expected a folder, got {results!r}")
-    spec = Spec(name=str(raw["name"]), run=raw["run"], out=Path(raw["out"]), seeds=seeds, variants=variants,
-                description=str(raw.get("description") or ""), base=base, common=common, variant_key=variant_key,
-                tasks=tasks, baseline=baseline, metrics=metrics, estimate_seconds_per_run=estimate,
-                results=Path(results) if results else None)
+    spec = Spec(
+        name=str(raw["name"]),
+        run=raw["run"],
+        out=Path(raw["out"]),
+        seeds=seeds,
+        variants=variants,
+        description=str(raw.get("description") or ""),
+        base=base,
+        common=common,
+        variant_key=variant_key,
+        tasks=tasks,
+        baseline=baseline,
+        metrics=metrics,
+        estimate_seconds_per_run=estimate,
+        results=Path(results) if results else None,
+    )
     check_argument_names(spec)  # also imports the run function: a wrong `run:` fails here
     return spec
 

@@ -54,7 +54,7 @@ def greedy_paths(model, input_ids: torch.Tensor, prompt_len: int, teacherless: b
     path_len = input_ids.size(1) - prompt_len
     if teacherless:
         logits = model(input_ids=input_ids).logits
-        return logits[:, prompt_len - 1: -1].argmax(-1)
+        return logits[:, prompt_len - 1 : -1].argmax(-1)
     x = input_ids[:, :prompt_len]
     for _ in range(path_len):
         x = torch.cat([x, model(input_ids=x).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
@@ -88,25 +88,40 @@ def evaluate(model, task, problems, *, target: str, teacherless: bool) -> dict[s
 
 
 @resumable
-def run_star_graph(base_dir, out_dir, *, seed: int, task: dict, model: dict, steps: int, batch_size: int = 64,
-                   lr: float = 1e-3, eval_n: int = 500, mtp: dict | None = None, teacherless: bool = False,
-                   target: str = "path", curve_every: int = 0, preset: str = "tiny-llama") -> dict:
+def run_star_graph(
+    base_dir,
+    out_dir,
+    *,
+    seed: int,
+    task: dict,
+    model: dict,
+    steps: int,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    eval_n: int = 500,
+    mtp: dict | None = None,
+    teacherless: bool = False,
+    target: str = "path",
+    curve_every: int = 0,
+    preset: str = "tiny-llama",
+) -> dict:
     """Train `preset` (config fields overridden by `model`) from scratch on star-graph `task` for `steps` steps of
     `batch_size` fresh training problems (seeded by `seed`, as is the model's initialisation) and score it on
     `eval_n` held-out problems (the same for every seed). `base_dir` is unused: nothing is pretrained.
     `curve_every`: also score the first 200 eval items every that many steps (the learning curve)."""
     from trl_mtp.config import MTPConfig
+    from trl_mtp.embedded.presets import build_model, count_parameters
+    from trl_mtp.embedded.tasks.registry import get_task
     from trl_mtp.model import MTPForCausalLM
-    from trl_mtp.tasks.presets import build_model, count_parameters
-    from trl_mtp.tasks.registry import get_task
 
     if mtp is not None and teacherless:
         raise ValueError("mtp and teacherless=True together: choose one objective")
     train_task = get_task("star_graph", seed=seed, **task)
     eval_task = get_task("star_graph", seed=0, **task)
     eos = train_task.symbol_id("<eos>")
-    net = build_model(preset, train_task.token_vocab_size(), seed=seed, pad_token_id=eos, eos_token_id=eos,
-                      bos_token_id=None, **model)
+    net = build_model(
+        preset, train_task.token_vocab_size(), seed=seed, pad_token_id=eos, eos_token_id=eos, bos_token_id=None, **model
+    )
     lm = MTPForCausalLM.from_base(net, MTPConfig(**mtp)) if mtp is not None else net
     train_problems = train_task.problems("train", steps * batch_size)
     eval_problems = eval_task.problems("eval", eval_n)
@@ -116,19 +131,43 @@ def run_star_graph(base_dir, out_dir, *, seed: int, task: dict, model: dict, ste
 
     def score_curve(step: int):
         scored = evaluate(net, eval_task, eval_problems[:200], target=target, teacherless=teacherless)
-        curve.append({"step": step, "exact": sum(scored["correct"]) / len(scored["correct"]),
-                      "first_step": sum(scored["first_step"]) / len(scored["first_step"])})
+        curve.append(
+            {
+                "step": step,
+                "exact": sum(scored["correct"]) / len(scored["correct"]),
+                "first_step": sum(scored["first_step"]) / len(scored["first_step"]),
+            }
+        )
 
     start = time.time()
-    trained = train_rows(lm, inputs, labels, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                         every=curve_every, callback=score_curve)
+    trained = train_rows(
+        lm,
+        inputs,
+        labels,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        every=curve_every,
+        callback=score_curve,
+    )
     train_seconds = time.time() - start
     losses = trained["losses"]
     scores = evaluate(net, eval_task, eval_problems, target=target, teacherless=teacherless)
-    return {"seed": seed, "steps": steps, "mtp": mtp, "teacherless": teacherless, "target": target,
-            "num_parameters": count_parameters(net), "train_seconds": train_seconds,
-            "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])), "losses": losses[:: max(1, steps // 100)],
-            "final_mtp_losses": trained["mtp_losses"], "curve": curve,
-            "accuracy": sum(scores["correct"]) / len(scores["correct"]),
-            "first_step_accuracy": sum(scores["first_step"]) / len(scores["first_step"]),
-            "valid_rate": sum(scores["valid"]) / len(scores["valid"]), **scores}
+    return {
+        "seed": seed,
+        "steps": steps,
+        "mtp": mtp,
+        "teacherless": teacherless,
+        "target": target,
+        "num_parameters": count_parameters(net),
+        "train_seconds": train_seconds,
+        "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])),
+        "losses": losses[:: max(1, steps // 100)],
+        "final_mtp_losses": trained["mtp_losses"],
+        "curve": curve,
+        "accuracy": sum(scores["correct"]) / len(scores["correct"]),
+        "first_step_accuracy": sum(scores["first_step"]) / len(scores["first_step"]),
+        "valid_rate": sum(scores["valid"]) / len(scores["valid"]),
+        **scores,
+    }

@@ -68,8 +68,9 @@ def metric_values(metric: Metric, run: Run, result: dict):
             raise ValueError(f"metric {metric.name!r}: {metric.path} of {run.run_dir} is not a per-item list")
         return np.asarray(value, dtype=float)
     if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise ValueError(f"metric {metric.name!r}: {metric.path} of {run.run_dir} is not a number "
-                         f"(a per-item list wants 'items:')")
+        raise ValueError(
+            f"metric {metric.name!r}: {metric.path} of {run.run_dir} is not a number (a per-item list wants 'items:')"
+        )
     return float(value)
 
 
@@ -80,8 +81,10 @@ def check_metric_paths(spec: Spec, results: dict[Run, dict]):
         return
     for metric in spec.metrics:
         if all(metric_values(metric, run, result) is None for run, result in results.items()):
-            raise ValueError(f"metric {metric.name!r}: no finished run has {metric.path!r} "
-                             f"(e.g. {next(iter(results)).run_dir / 'result.json'})")
+            raise ValueError(
+                f"metric {metric.name!r}: no finished run has {metric.path!r} "
+                f"(e.g. {next(iter(results)).run_dir / 'result.json'})"
+            )
 
 
 def _interval(metric: Metric, by_seed: list) -> Interval:
@@ -105,8 +108,10 @@ def _stat(spec: Spec, metric: Metric, task, variant, by_seed: dict, base_by_seed
     if items:
         for s in paired:
             if by_seed[s].size != base_by_seed[s].size:
-                raise ValueError(f"metric {metric.name!r}: {variant} seed {s} has {by_seed[s].size} items and "
-                                 f"{spec.baseline} {base_by_seed[s].size}; a paired comparison needs the same items")
+                raise ValueError(
+                    f"metric {metric.name!r}: {variant} seed {s} has {by_seed[s].size} items and "
+                    f"{spec.baseline} {base_by_seed[s].size}; a paired comparison needs the same items"
+                )
     stat.diff = _interval(metric, [by_seed[s] - base_by_seed[s] for s in paired])
     return stat
 
@@ -190,16 +195,22 @@ def caption(stats: list[Stat]) -> str:
     """What a table rests on: its seeds and how its intervals were made (only the kinds it shows)."""
     counts = sorted({len(s.seeds) for s in stats})
     seeds = sorted({seed for s in stats for seed in s.seeds})
-    text = (f"{counts[0]} seed{'s' if counts[0] > 1 else ''} per row" if len(counts) == 1
-            else f"{counts[0]}-{counts[-1]} seeds per row") + f" (seeds {_seed_list(seeds)}). 90% intervals: "
+    text = (
+        f"{counts[0]} seed{'s' if counts[0] > 1 else ''} per row"
+        if len(counts) == 1
+        else f"{counts[0]}-{counts[-1]} seeds per row"
+    ) + f" (seeds {_seed_list(seeds)}). 90% intervals: "
     kinds = {s.metric.kind for s in stats if s.metric.ci or s.diff}
     methods = []
     if "scalar" in kinds:
-        methods.append("per-run metrics, Student t over the seeds' values (differences: over the per-seed paired "
-                       "differences)")
+        methods.append(
+            "per-run metrics, Student t over the seeds' values (differences: over the per-seed paired differences)"
+        )
     if "items" in kinds:
-        methods.append("per-item metrics, t over the seed means widened by the spread of the items all seeds share "
-                       "(differences: the same over the per-item paired differences)")
+        methods.append(
+            "per-item metrics, t over the seed means widened by the spread of the items all seeds share "
+            "(differences: the same over the per-item paired differences)"
+        )
     if counts[0] == 1:
         methods.append("with one seed, per-item intervals hold the item spread only and per-run metrics have none")
     return text + "; ".join(methods) + "." if methods else text + "none."
@@ -213,8 +224,11 @@ def _number(value: float) -> str:
 def write_runs_csv(spec: Spec, values: Values, path: Path):
     """One row per finished run (task, variant, seed): each metric's value; a per-item metric also its item values
     (space-separated, full precision) in the column `<metric> (items)`."""
-    runs = [(task, variant, seed) for task, variant in spec.rows()
-            for seed in dict.fromkeys(s for m in spec.metrics for s in values.get((m.name, task, variant), {}))]
+    runs = [
+        (task, variant, seed)
+        for task, variant in spec.rows()
+        for seed in dict.fromkeys(s for m in spec.metrics for s in values.get((m.name, task, variant), {}))
+    ]
     head = (["task"] if spec.tasks else []) + ["variant", "seed"]
     for m in spec.metrics:
         head += [m.name] + ([f"{m.name} (items)"] if m.kind == "items" else [])
@@ -242,8 +256,10 @@ def read_runs_csv(spec: Spec, path: Path) -> Values:
                 if m.kind == "items" and row.get(f"{m.name} (items)"):
                     value = np.array(row[f"{m.name} (items)"].split(), dtype=float)
                     if not np.isclose(float(row[m.name]), value.mean(), rtol=1e-12, atol=0):
-                        raise ValueError(f"{path}: {row['variant']} seed {row['seed']}: {m.name} is {row[m.name]}, "
-                                         f"its items' mean {value.mean()!r}")
+                        raise ValueError(
+                            f"{path}: {row['variant']} seed {row['seed']}: {m.name} is {row[m.name]}, "
+                            f"its items' mean {value.mean()!r}"
+                        )
                 elif m.kind == "scalar" and row.get(m.name):
                     value = float(row[m.name])
                 else:
@@ -255,23 +271,46 @@ def read_runs_csv(spec: Spec, path: Path) -> Values:
 def table_json(spec: Spec, stats: list[Stat], **provenance) -> dict:
     """The table's numbers, the layout needed to recompute them from runs.csv, and how they were made."""
     return {
-        "name": spec.name, "description": spec.description.strip(), **provenance,
-        "confidence": CONFIDENCE, "method": METHOD, "baseline": spec.baseline,
-        "variants": list(spec.variants), "tasks": list(spec.tasks) if spec.tasks else None,
+        "name": spec.name,
+        "description": spec.description.strip(),
+        **provenance,
+        "confidence": CONFIDENCE,
+        "method": METHOD,
+        "baseline": spec.baseline,
+        "variants": list(spec.variants),
+        "tasks": list(spec.tasks) if spec.tasks else None,
         "seeds": spec.seeds,
-        "metrics": [{"name": m.name, "kind": m.kind, "path": m.path, "format": m.format, "ci": m.ci,
-                     "compare": m.compare} for m in spec.metrics],
-        "stats": [{"task": s.task, "variant": s.variant, "metric": s.metric.name, "seeds": s.seeds,
-                   "value": list(s.value), "diff": list(s.diff) if s.diff else None} for s in stats],
+        "metrics": [
+            {"name": m.name, "kind": m.kind, "path": m.path, "format": m.format, "ci": m.ci, "compare": m.compare}
+            for m in spec.metrics
+        ],
+        "stats": [
+            {
+                "task": s.task,
+                "variant": s.variant,
+                "metric": s.metric.name,
+                "seeds": s.seeds,
+                "value": list(s.value),
+                "diff": list(s.diff) if s.diff else None,
+            }
+            for s in stats
+        ],
     }
 
 
 def spec_of_table(table: dict) -> Spec:
     """The parts of a spec a table needs (name, variants, tasks, baseline, metrics), from its table.json."""
-    return Spec(name=table["name"], run="", out=Path("."), seeds=table["seeds"],
-                variants={v: {} for v in table["variants"]}, description=table["description"],
-                tasks={t: {} for t in table["tasks"]} if table["tasks"] else None, baseline=table["baseline"],
-                metrics=[Metric(**m) for m in table["metrics"]])
+    return Spec(
+        name=table["name"],
+        run="",
+        out=Path("."),
+        seeds=table["seeds"],
+        variants={v: {} for v in table["variants"]},
+        description=table["description"],
+        tasks={t: {} for t in table["tasks"]} if table["tasks"] else None,
+        baseline=table["baseline"],
+        metrics=[Metric(**m) for m in table["metrics"]],
+    )
 
 
 def plot_metric(spec: Spec, metric: Metric, stats: list[Stat], path: Path) -> bool:
@@ -288,14 +327,17 @@ def plot_metric(spec: Spec, metric: Metric, stats: list[Stat], path: Path) -> bo
     panels = [("value", metric.name)]
     if any(s.diff for s in stats):
         panels.append(("diff", f"{metric.name}: difference to {spec.baseline}"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(max(5.0, 0.5 * len(stats) + 2) * len(panels), 3.8),
-                             squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(5.0, 0.5 * len(stats) + 2) * len(panels), 3.8), squeeze=False)
     x = np.arange(len(stats))
     for ax, (which, title) in zip(axes[0], panels):
         intervals = [getattr(s, which) or (np.nan, None, None) for s in stats]
         means = np.array([i[0] for i in intervals], dtype=float)
-        err = np.array([[m - i[1] if i[1] is not None else 0 for m, i in zip(means, intervals)],
-                        [i[2] - m if i[2] is not None else 0 for m, i in zip(means, intervals)]])
+        err = np.array(
+            [
+                [m - i[1] if i[1] is not None else 0 for m, i in zip(means, intervals)],
+                [i[2] - m if i[2] is not None else 0 for m, i in zip(means, intervals)],
+            ]
+        )
         colors = ["0.55" if s.variant == spec.baseline else plt.get_cmap("viridis")(0.35) for s in stats]
         ax.bar(x, means, color=colors, yerr=err if metric.ci else None, capsize=3)
         ax.axhline(0, color="black", linewidth=0.6)
@@ -311,8 +353,16 @@ def slug(name: str) -> str:
     return re.sub(r"[^\w.-]+", "_", name).strip("_") or "metric"
 
 
-def write_outputs(spec: Spec, results: dict[Run, dict], folder: Path, *, plots: Path, total_runs: int,
-                  command: str, commit: str | None = None) -> str:
+def write_outputs(
+    spec: Spec,
+    results: dict[Run, dict],
+    folder: Path,
+    *,
+    plots: Path,
+    total_runs: int,
+    command: str,
+    commit: str | None = None,
+) -> str:
     """The result files (runs.csv, table.json, table.md) in `folder` and `<metric>.png` in `plots`; returns the
     markdown table with its caption. `commit`: the code's version, recorded with the numbers."""
     values = collect(spec, results)
@@ -322,8 +372,9 @@ def write_outputs(spec: Spec, results: dict[Run, dict], folder: Path, *, plots: 
     provenance = {"command": command, "commit": commit, "finished_runs": len(results), "total_runs": total_runs}
     write_runs_csv(spec, values, folder / RUNS_FILE)
     (folder / TABLE_FILE).write_text(json.dumps(table_json(spec, stats, **provenance), indent=1) + "\n")
-    notes = (f"Finished runs: {len(results)} of {total_runs}; reproduce: `{command}`"
-             + (f" (code at commit {commit})." if commit else "."))
+    notes = f"Finished runs: {len(results)} of {total_runs}; reproduce: `{command}`" + (
+        f" (code at commit {commit})." if commit else "."
+    )
     text = "\n\n".join(x for x in [f"# {spec.name}", spec.description.strip(), table, notes] if x)
     (folder / TABLE_MD).write_text(text + "\n")
     plots.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,13 @@ def build_heads(trunk: Trunk, config: MTPConfig) -> MTPHeads:
 
 
 __all__ = [
-    "HEAD_FAMILIES", "MTPHeads", "BlockwiseHeads", "ParallelHeads", "SequentialHeads", "MedusaHeads",
-    "Trunk", "build_heads", "shift_tokens",
+    "HEAD_FAMILIES",
+    "MTPHeads",
+    "BlockwiseHeads",
+    "ParallelHeads",
+    "SequentialHeads",
+    "MedusaHeads",
+    "Trunk",
+    "build_heads",
+    "shift_tokens",
 ]

@@ -14,8 +14,12 @@ import torch
 
 # names of a sequential depth's own modules -> checkpoint names (the decoder block's keys follow `block`)
 _DEEPSEEK_NAMES = {"enorm": "enorm", "hnorm": "hnorm", "eh_proj": "eh_proj", "shared_head.norm": "shared_head.norm"}
-_MELLUM_NAMES = {"enorm": "pre_fc_norm_embedding", "hnorm": "pre_fc_norm_hidden", "eh_proj": "fc",
-                 "shared_head.norm": "norm"}
+_MELLUM_NAMES = {
+    "enorm": "pre_fc_norm_embedding",
+    "hnorm": "pre_fc_norm_hidden",
+    "eh_proj": "fc",
+    "shared_head.norm": "norm",
+}
 
 
 @dataclass(frozen=True)
@@ -75,8 +79,9 @@ def mtp_layer_kwargs(trunk, depth: int, layer_kwargs: dict, hidden: torch.Tensor
     if per_type_rope and kwargs.get("position_ids") is not None:
         kwargs["position_embeddings"] = rotary(hidden, position_ids=kwargs["position_ids"], layer_type=layer_type)
     if layer_type == "sliding_attention":
-        kwargs["attention_mask"] = sliding_window_mask(kwargs.get("attention_mask"), hidden, text.sliding_window,
-                                                       text._attn_implementation)
+        kwargs["attention_mask"] = sliding_window_mask(
+            kwargs.get("attention_mask"), hidden, text.sliding_window, text._attn_implementation
+        )
     return kwargs
 
 
@@ -90,8 +95,10 @@ def sliding_window_mask(mask, hidden: torch.Tensor, window: int, attn_implementa
     if num_keys <= window:
         return mask
     if attn_implementation not in ("sdpa", "eager") or not (mask is None or torch.is_tensor(mask)):
-        raise ValueError(f"attn_implementation={attn_implementation!r}: a sliding-window MTP layer over {num_keys} "
-                         f"positions (window {window}) needs sdpa or eager attention")
+        raise ValueError(
+            f"attn_implementation={attn_implementation!r}: a sliding-window MTP layer over {num_keys} "
+            f"positions (window {window}) needs sdpa or eager attention"
+        )
     queries = torch.arange(num_keys - num_queries, num_keys, device=hidden.device)[:, None]
     keys = torch.arange(num_keys, device=hidden.device)[None, :]
     in_window = keys > queries - window

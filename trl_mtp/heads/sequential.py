@@ -65,8 +65,11 @@ class SequentialHeads(MTPHeads):
             layer_kwargs = self.trunk.layer_call_kwargs()
         module = self.layers[depth - 1]
         if self.native_chain:
-            prev_hidden = (self.trunk.norm(prev_hidden, frozen=self.frozen_embeddings) if depth == 1
-                           else self.layers[depth - 2].shared_head.norm(prev_hidden))
+            prev_hidden = (
+                self.trunk.norm(prev_hidden, frozen=self.frozen_embeddings)
+                if depth == 1
+                else self.layers[depth - 2].shared_head.norm(prev_hidden)
+            )
         emb = self.trunk.embed(tokens, frozen=self.frozen_embeddings)
         x = module.eh_proj(torch.cat([module.enorm(emb), module.hnorm(prev_hidden)], dim=-1))
         if self.native_chain:

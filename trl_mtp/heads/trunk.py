@@ -27,6 +27,17 @@ from torch import nn
 _CACHE_ARGS = ("past_key_values", "past_key_value", "layer_past")
 
 
+def gathered(params):
+    """Context in which DeepSpeed ZeRO-3 partitioned parameters among `params` hold their full data (read only);
+    nothing to do for any other parameter."""
+    partitioned = [p for p in params if hasattr(p, "ds_id")]
+    if not partitioned:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(partitioned)
+
+
 def call_module(module: nn.Module, x: torch.Tensor, frozen: bool) -> torch.Tensor:
     """`module(x)`; with `frozen`, its parameters are detached for this call, so none of them gets a gradient."""
     if not frozen:
@@ -89,8 +100,11 @@ class Trunk:
 
     def copy_module(self, module: nn.Module) -> nn.Module:
         """A deep copy of one of the base's modules without our capture hooks: a hook is a bound method of this trunk,
-        so a copy made with it would fire into a copied trunk holding a hidden copy of the whole base model."""
-        with self.hooks_removed():
+        so a copy made with it would fire into a copied trunk holding a hidden copy of the whole base model.
+        A base built under DeepSpeed ZeRO-3 (transformers partitions every model created once a ZeRO-3 config is
+        active) holds empty partitions: they are gathered for the copy, whose parameters are then plain full tensors
+        (`Parameter.__deepcopy__` copies the data only) that the engine partitions with the rest."""
+        with self.hooks_removed(), gathered(module.parameters()):
             return copy.deepcopy(module)
 
     def copy_final_norm(self) -> nn.Module:

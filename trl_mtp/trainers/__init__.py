@@ -14,7 +14,18 @@ from trl_mtp.trainers.world_model_ppo_config import WorldModelPPOConfig
 from trl_mtp.trainers.world_model_ppo_trainer import WorldModelPPOTrainer
 
 __all__ = [
-    "MTPDPOConfig", "MTPDPOTrainer", "MTPGRPOConfig", "MTPGRPOTrainer", "MTPPPOConfig", "MTPPPOTrainer",
-    "MTPRLOOConfig", "MTPRLOOTrainer", "MTPSFTConfig", "MTPSFTTrainer", "PPOConfig", "PPOTrainer",
-    "WorldModelPPOConfig", "WorldModelPPOTrainer",
+    "MTPDPOConfig",
+    "MTPDPOTrainer",
+    "MTPGRPOConfig",
+    "MTPGRPOTrainer",
+    "MTPPPOConfig",
+    "MTPPPOTrainer",
+    "MTPRLOOConfig",
+    "MTPRLOOTrainer",
+    "MTPSFTConfig",
+    "MTPSFTTrainer",
+    "PPOConfig",
+    "PPOTrainer",
+    "WorldModelPPOConfig",
+    "WorldModelPPOTrainer",
 ]

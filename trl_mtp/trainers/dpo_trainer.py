@@ -11,16 +11,18 @@ from __future__ import annotations
 from trl import DPOTrainer
 
 from trl_mtp.trainers.dpo_config import MTPDPOConfig
-from trl_mtp.trainers.mtp_mixin import MTPTrainerMixin
+from trl_mtp.trainers.mtp_mixin import ModelSource, MTPTrainerMixin
 
 
 class MTPDPOTrainer(MTPTrainerMixin, DPOTrainer):
     """`DPOTrainer` + MTP heads; `model` as in `MTPSFTTrainer`, other arguments are `DPOTrainer`'s."""
 
-    def __init__(self, model, ref_model=None, args: MTPDPOConfig | None = None, *, peft_config=None, **kwargs):
-        args = args if args is not None else MTPDPOConfig(output_dir="mtp-dpo")
-        if not isinstance(args, MTPDPOConfig):
-            raise ValueError(f"args={type(args).__name__}: MTPDPOTrainer needs an MTPDPOConfig")
+    config_class, default_output_dir = MTPDPOConfig, "mtp-dpo"
+
+    def __init__(
+        self, model: ModelSource, ref_model=None, args: MTPDPOConfig | None = None, *, peft_config=None, **kwargs
+    ):
+        args = self._checked_args(args)
         base = self._prepare_mtp_model(model, args, peft_config)
         super().__init__(model=base, ref_model=ref_model, args=args, peft_config=peft_config, **kwargs)
         self._after_parent_init()
@@ -32,7 +34,11 @@ class MTPDPOTrainer(MTPTrainerMixin, DPOTrainer):
         input_ids = inputs["input_ids"]
         labels = input_ids.masked_fill(inputs["completion_mask"] == 0, -100)
         labels[input_ids.size(0) // 2 :] = -100  # [chosen; rejected]: the heads learn the chosen responses only
-        mtp_inputs = {"input_ids": input_ids, "labels": labels, "attention_mask": inputs.get("attention_mask"),
-                      "position_ids": inputs.get("position_ids")}
+        mtp_inputs = {
+            "input_ids": input_ids,
+            "labels": labels,
+            "attention_mask": inputs.get("attention_mask"),
+            "position_ids": inputs.get("position_ids"),
+        }
         loss = self.add_mtp_loss(loss, mtp_inputs)
         return (loss, outputs) if return_outputs else loss

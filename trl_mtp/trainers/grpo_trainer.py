@@ -9,16 +9,18 @@ from __future__ import annotations
 from trl import GRPOTrainer
 
 from trl_mtp.trainers.grpo_config import MTPGRPOConfig
-from trl_mtp.trainers.mtp_mixin import MTPOnPolicyMixin
+from trl_mtp.trainers.mtp_mixin import ModelSource, MTPOnPolicyMixin
 
 
 class MTPGRPOTrainer(MTPOnPolicyMixin, GRPOTrainer):
     """`GRPOTrainer` + MTP heads; `model` as in `MTPSFTTrainer`, other arguments are `GRPOTrainer`'s."""
 
-    def __init__(self, model, reward_funcs, args: MTPGRPOConfig | None = None, *, peft_config=None, **kwargs):
-        args = args if args is not None else MTPGRPOConfig(output_dir="mtp-grpo")
-        if not isinstance(args, MTPGRPOConfig):
-            raise ValueError(f"args={type(args).__name__}: MTPGRPOTrainer needs an MTPGRPOConfig")
+    config_class, default_output_dir = MTPGRPOConfig, "mtp-grpo"
+
+    def __init__(
+        self, model: ModelSource, reward_funcs, args: MTPGRPOConfig | None = None, *, peft_config=None, **kwargs
+    ):
+        args = self._checked_args(args)
         base = self._prepare_mtp_model(model, args, peft_config)
         super().__init__(model=base, reward_funcs=reward_funcs, args=args, peft_config=peft_config, **kwargs)
         self._after_parent_init()

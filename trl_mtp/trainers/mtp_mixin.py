@@ -22,13 +22,19 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from trl_mtp.losses import depth_weights
 from trl_mtp.model import CONFIG_FILE, MTPForCausalLM
 from trl_mtp.schedules import MTPStepPlan
+from trl_mtp.trainers.mtp_alarms import MTPAlarmCallback
+from trl_mtp.trainers.mtp_args import MTPArguments
+from trl_mtp.trainers.mtp_targets import adaptive_lambda, filter_mtp_labels, trunk_gradients
 
 logger = logging.getLogger(__name__)
 
 HEADS_MODULE = "mtp_heads"  # name of the heads inside the trained module tree
 
+# what a trainer's `model` may be: a path or hub id, a base model (new heads), an MTP model (its trained heads)
+ModelSource = str | os.PathLike | PreTrainedModel | MTPForCausalLM
 
-def load_mtp_model(model, args) -> MTPForCausalLM:
+
+def load_mtp_model(model: ModelSource, args: MTPArguments) -> MTPForCausalLM:
     """`model` (an `MTPForCausalLM`, a `PreTrainedModel`, or a path / hub id) as an `MTPForCausalLM`.
 
     A path holding an MTP checkpoint, or an `MTPForCausalLM`, keeps its trained heads (their architecture fields);
@@ -40,7 +46,9 @@ def load_mtp_model(model, args) -> MTPForCausalLM:
     if isinstance(model, PreTrainedModel):
         return MTPForCausalLM.from_base(model, args.mtp_config())
     if not isinstance(model, (str, os.PathLike)):
-        raise ValueError(f"model={type(model).__name__}: expected a path, a hub id, a PreTrainedModel or an MTPForCausalLM")
+        raise ValueError(
+            f"model={type(model).__name__}: expected a path, a hub id, a PreTrainedModel or an MTPForCausalLM"
+        )
     init_kwargs = dict(args.model_init_kwargs or {})
     if os.path.isfile(os.path.join(model, CONFIG_FILE)):
         return _train_with(MTPForCausalLM.from_pretrained(model, **init_kwargs), args, source=model)
@@ -49,27 +57,56 @@ def load_mtp_model(model, args) -> MTPForCausalLM:
     try:
         base = AutoModelForCausalLM.from_pretrained(model, **init_kwargs)
     except OSError as err:  # no such local folder, and the hub can't provide it (offline, or a typo)
-        raise FileNotFoundError(f"model={model!r}: not a local model directory and not loadable from the hub ({err})") from err
+        raise FileNotFoundError(
+            f"model={model!r}: not a local model directory and not loadable from the hub ({err})"
+        ) from err
     return MTPForCausalLM.from_base(base, args.mtp_config())
 
 
-def _train_with(mtp_model: MTPForCausalLM, args, source=None) -> MTPForCausalLM:
+def _train_with(mtp_model: MTPForCausalLM, args: MTPArguments, source=None) -> MTPForCausalLM:
     """Trained heads keep what they are; the run's arguments say how they are trained."""
     wanted = args.mtp_config()
     mtp_model.set_loss_config(wanted)
     if mtp_model.mtp_config != wanted:
-        logger.warning("%s has trained heads (%s, D=%d): they are kept, not rebuilt from the arguments' head fields",
-                       source or "the model", mtp_model.mtp_config.head_type, mtp_model.mtp_config.num_mtp_heads)
+        logger.warning(
+            "%s has trained heads (%s, D=%d): they are kept, not rebuilt from the arguments' head fields",
+            source or "the model",
+            mtp_model.mtp_config.head_type,
+            mtp_model.mtp_config.num_mtp_heads,
+        )
     return mtp_model
+
+
+def split_heads(state_dict: dict | None) -> tuple[dict | None, dict | None]:
+    """(the heads' tensors, keys relative to the heads; every other entry) of a state dict of the trained module tree
+    (the heads under `mtp_heads`, at any depth: a PEFT model nests the base); (None, None) for None."""
+    if state_dict is None:
+        return None, None
+    prefix = f"{HEADS_MODULE}."
+    heads = {k.split(prefix, 1)[1]: v for k, v in state_dict.items() if prefix in k}
+    return heads, {k: v for k, v in state_dict.items() if prefix not in k}
 
 
 class MTPTrainerMixin:
     """Mixed in before a TRL trainer: `class MTPSFTTrainer(MTPTrainerMixin, SFTTrainer)`."""
 
     mtp_model: MTPForCausalLM
+    config_class: type  # the config the trainer takes (its MTP fields and TRL's); set by each trainer
+    default_output_dir: str  # where a trainer built with args=None writes
 
     # -- set-up ----------------------------------------------------------------------------------------------
-    def _prepare_mtp_model(self, model, args, peft_config=None) -> PreTrainedModel:
+    @classmethod
+    def _checked_args(cls, args: MTPArguments | None) -> MTPArguments:
+        """The trainer's config: `args`, or the config class's defaults for None. Any other class is refused with
+        one line naming it, before a model is loaded (a TRL config lacks the MTP fields; another method's config
+        would train with the wrong loss)."""
+        if args is None:
+            return cls.config_class(output_dir=cls.default_output_dir)
+        if not isinstance(args, cls.config_class):
+            raise ValueError(f"args={type(args).__name__}: {cls.__name__} needs a {cls.config_class.__name__}")
+        return args
+
+    def _prepare_mtp_model(self, model: ModelSource, args: MTPArguments, peft_config=None) -> PreTrainedModel:
         """Resolve `model`, attach its heads to the base as `mtp_heads`; returns the base for the TRL parent."""
         self.mtp_model = load_mtp_model(model, args)
         base = self.mtp_model.base_model
@@ -100,14 +137,35 @@ class MTPTrainerMixin:
 
         if getattr(peft_config, "target_modules", None) == "all-linear":
             return True
-        return any(check_target_module_exists(peft_config, f"{HEADS_MODULE}.{name}")
-                   for name, _ in self.mtp_model.heads.named_modules() if name)
+        return any(
+            check_target_module_exists(peft_config, f"{HEADS_MODULE}.{name}")
+            for name, _ in self.mtp_model.heads.named_modules()
+            if name
+        )
 
     def _after_parent_init(self) -> None:
         """PEFT freezes every non-adapter parameter: the heads stay trainable."""
         for param in self.mtp_model.heads.parameters():
             param.requires_grad_(True)
         self._refuse_engine_clipping()
+        if getattr(self.args, "mtp_alarms", False):
+            alarms = MTPAlarmCallback(
+                self.args.alarm_acceptance_drop,
+                self.args.alarm_entropy_fraction,
+                self.args.alarm_grad_norm_ratio,
+                self.args.alarm_action,
+                respond=self.respond_to_alarm,
+            )
+            # first: the printer and the reporting callbacks then see the alarm metrics it adds to each log
+            self.callback_handler.callbacks.insert(0, alarms)
+
+    def respond_to_alarm(self, action: str) -> None:
+        """The automatic response of `alarm_action`: stop the MTP loss training the policy, or stop speculating."""
+        if action == "decouple":
+            self.args.mode = "decoupled"
+            self.mtp_model.set_loss_config(self.args.mtp_config())
+        elif action == "stop_speculation":
+            self.args.speculative_rollouts = False
 
     # -- the loss ---------------------------------------------------------------------------------------------
     def _current_plan(self, training: bool) -> MTPStepPlan:
@@ -126,14 +184,17 @@ class MTPTrainerMixin:
             return torch.zeros((), device=self.mtp_model.device)
         return 0.0 * sum(p.sum() for p in self.mtp_model.heads.parameters() if p.requires_grad)
 
-    def add_mtp_loss(self, loss: torch.Tensor, inputs: dict, num_items_in_batch=None, divisor: float = 1.0) -> torch.Tensor:
+    def add_mtp_loss(
+        self, loss: torch.Tensor, inputs: dict, num_items_in_batch=None, divisor: float = 1.0
+    ) -> torch.Tensor:
         """The parent's loss plus the MTP term in training; in evaluation the parent's loss, MTP metrics logged.
 
         `inputs` needs `input_ids`, `labels` (unshifted, -100 ignored) and optionally `attention_mask` /
         `position_ids`. `divisor`: the parent's own loss scaling for gradient accumulation when it does not pass
         `num_items_in_batch` (GRPO/RLOO divide each micro-batch mean by the accumulation steps)."""
         training = self.model.training
-        term = self.mtp_loss_term(inputs, num_items_in_batch, training=training) / divisor
+        # the policy loss at the MTP term's scale (before the division by `divisor`), for the adaptive lambda
+        term = self.mtp_loss_term(inputs, num_items_in_batch, training=training, policy_loss=loss * divisor) / divisor
         if not training:
             return loss
         loss = loss + term
@@ -143,37 +204,64 @@ class MTPTrainerMixin:
             loss = loss.detach().requires_grad_()
         return loss
 
-    def mtp_loss_term(self, inputs: dict, num_items_in_batch=None, training: bool = True) -> torch.Tensor:
+    def mtp_loss_term(
+        self, inputs: dict, num_items_in_batch=None, training: bool = True, policy_loss: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """lambda * MTP loss for the batch the parent trainer just ran forward, and its metrics.
 
         Scaled like TRL scales its own loss: divided by `num_items_in_batch` (gradient accumulation) and multiplied
-        by the number of processes when tokens are averaged across devices."""
+        by the number of processes when tokens are averaged across devices. `policy_loss` (graph attached, at the
+        MTP loss's scale) is what the adaptive lambda schedule balances the MTP loss against."""
         mode = "train" if training else "eval"
         plan = self._current_plan(training)
         metrics = self._metrics[mode]
-        metrics["mtp/lambda"].append(plan.mtp_lambda)
         metrics["mtp/window"].append(float(plan.window))
         metrics["mtp/applied"].append(float(plan.apply))
         touch = self._touch_heads()
         if not plan.apply:
+            metrics["mtp/lambda"].append(plan.mtp_lambda)
             return touch
         out = self.mtp_model.compute_mtp_loss(
-            inputs["input_ids"], inputs["labels"], inputs.get("attention_mask"), inputs.get("position_ids"),
-            num_depths=plan.window, num_items_in_batch=num_items_in_batch,
+            inputs["input_ids"],
+            inputs["labels"],
+            inputs.get("attention_mask"),
+            inputs.get("position_ids"),
+            num_depths=plan.window,
+            num_items_in_batch=num_items_in_batch,
         )
         self._log_mtp_metrics(mode, out, plan.window)
-        term = plan.mtp_lambda * out.loss
+        mtp_lambda = plan.mtp_lambda
+        if training and policy_loss is not None and self._adaptive_lambda_applies():
+            mtp_lambda = self._adaptive_lambda(policy_loss, out.loss, ceiling=plan.mtp_lambda)
+        metrics["mtp/lambda"].append(mtp_lambda)
+        term = mtp_lambda * out.loss
         if num_items_in_batch is not None and getattr(self.args, "average_tokens_across_devices", False):
             term = term * self.accelerator.num_processes
         return (term if training else term.detach()) + touch
+
+    def _adaptive_lambda_applies(self) -> bool:
+        return self.args.mtp_lambda_schedule == "adaptive" and self.args.mode == "coupled"
+
+    def _adaptive_lambda(self, policy_loss: torch.Tensor, mtp_loss: torch.Tensor, ceiling: float) -> float:
+        """The adaptive weight of `trl_mtp.trainers.mtp_targets`, from both losses' gradients on the trunk's hidden
+        state, summed over processes (every process then uses the same weight)."""
+        alignment, mtp_sq_norm = trunk_gradients(policy_loss, mtp_loss, self.mtp_model.trunk.hidden)
+        sums = self.accelerator.reduce(torch.stack([alignment, mtp_sq_norm]), reduction="sum")
+        return adaptive_lambda(sums[0].item(), sums[1].item(), ceiling)
 
     @staticmethod
     def completion_mtp_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask) -> dict:
         """MTP inputs of a rollout batch (TRL's on-policy layout: left-padded prompts, right-padded completions):
         the heads learn the completion tokens only."""
         input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-        labels = torch.cat([torch.full_like(prompt_ids, -100), completion_ids.masked_fill(completion_mask == 0, -100)], 1)
-        return {"input_ids": input_ids, "labels": labels, "attention_mask": torch.cat([prompt_mask, completion_mask], 1)}
+        labels = torch.cat(
+            [torch.full_like(prompt_ids, -100), completion_ids.masked_fill(completion_mask == 0, -100)], 1
+        )
+        return {
+            "input_ids": input_ids,
+            "labels": labels,
+            "attention_mask": torch.cat([prompt_mask, completion_mask], 1),
+        }
 
     def _log_mtp_metrics(self, mode: str, out, window: int) -> None:
         """Token-weighted per-depth means over all processes, appended to TRL's metric lists (logged by `log`)."""
@@ -214,18 +302,34 @@ class MTPTrainerMixin:
         clip = self.accelerator.state.deepspeed_plugin.deepspeed_config.get("gradient_clipping", 0.0)
         clip = self.args.max_grad_norm if clip == "auto" else clip
         if clip and clip > 0:
-            raise ValueError(f"mode='decoupled' with DeepSpeed gradient_clipping={clip}: DeepSpeed clips all gradients "
-                             "on one norm, so the heads would rescale the policy's update; use FSDP or DDP, or set "
-                             "gradient_clipping / max_grad_norm to 0")
+            raise ValueError(
+                f"mode='decoupled' with DeepSpeed gradient_clipping={clip}: DeepSpeed clips all gradients "
+                "on one norm, so the heads would rescale the policy's update; use FSDP or DDP, or set "
+                "gradient_clipping / max_grad_norm to 0"
+            )
 
     def _clip_grad_norm(self, model):
         """Decoupled mode: the heads' and the policy's gradients are clipped on separate norms, so the heads never
         rescale the policy's update (with one global norm they would). Returns the norm over both groups."""
         from accelerate.utils import DistributedType
 
-        if self.args.mode != "decoupled" or self.accelerator.distributed_type == DistributedType.DEEPSPEED:
-            return super()._clip_grad_norm(model)  # DeepSpeed: refused at set-up when it clips
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            return super()._clip_grad_norm(model)  # the gradients live in the engine; refused at set-up when it clips
+        if self.args.mode != "decoupled":
+            self._log_grad_norms()  # fp16: before the parent unscales, so both carry the loss scale (ratio exact)
+            return super()._clip_grad_norm(model)
         return self.clip_each_group(self.args.max_grad_norm)
+
+    def _log_grad_norms(self) -> None:
+        """`mtp/grad_norm_heads` (the heads' parameters) and `mtp/grad_norm_policy` (every trainable parameter
+        outside the auxiliary modules), before clipping: what the gradient-norm alarm compares."""
+        _, policy = self._clip_groups()
+        for name, params in (("heads", list(self.mtp_model.heads.parameters())), ("policy", policy)):
+            grads = [p.grad for p in params if p.grad is not None]
+            if grads:
+                norm = torch.nn.utils.get_total_norm(grads)
+                norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+                self._metrics["train"][f"mtp/grad_norm_{name}"].append(norm.item())
 
     def clip_each_group(self, max_norm: float) -> torch.Tensor:
         """Clip each group of `_clip_groups` on its own norm; returns the norm over both groups. The gradients are
@@ -234,6 +338,7 @@ class MTPTrainerMixin:
         Under FSDP2 the gradients are DTensor shards: torch's `clip_grad_norm_` reduces the squared local sums across
         ranks, so each group's norm is its full norm (returned as a replicated DTensor, read with `full_tensor`)."""
         self.accelerator.unscale_gradients()
+        self._log_grad_norms()
         norms = [torch.nn.utils.clip_grad_norm_(group, max_norm) for group in self._clip_groups() if group]
         norms = [n.full_tensor() if hasattr(n, "full_tensor") else torch.as_tensor(n) for n in norms]
         return torch.stack([n.float() for n in norms]).norm()
@@ -241,20 +346,19 @@ class MTPTrainerMixin:
     # -- save and resume ------------------------------------------------------------------------------------------
     def _save(self, output_dir: str | None = None, state_dict=None):
         output_dir = output_dir if output_dir is not None else self.args.output_dir
-        heads = None  # the head modules' own tensors
-        if state_dict is not None:
-            # gathered by FSDP / DeepSpeed ZeRO-3: the heads' full tensors are in it (the modules hold only this
-            # rank's shard); they are saved in their own file below
-            prefix = f"{HEADS_MODULE}."
-            heads = {k.split(prefix, 1)[1]: v for k, v in state_dict.items() if prefix in k}
-            state_dict = {k: v for k, v in state_dict.items() if prefix not in k}
+        # gathered by FSDP / DeepSpeed ZeRO-3: the heads' full tensors are in it (the modules hold only this rank's
+        # shard); they are saved in their own file below. None: the modules' own tensors
+        heads, state_dict = split_heads(state_dict)
         super()._save(output_dir, state_dict=state_dict)
         if self.args.should_save:
             self.mtp_model.save_heads(output_dir, state=heads)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model=model)
-        self.mtp_model.load_heads(resume_from_checkpoint)
+        # FSDP's own checkpoint holds the whole module tree, heads included, and has just been loaded into the
+        # shards (the heads file's full tensors cannot be copied into them); DeepSpeed resumes without this method
+        if not self.is_fsdp_enabled:
+            self.mtp_model.load_heads(resume_from_checkpoint)
 
 
 class MTPOnPolicyMixin(MTPTrainerMixin):
@@ -265,6 +369,9 @@ class MTPOnPolicyMixin(MTPTrainerMixin):
         loss = super()._compute_loss(model, inputs)
         mtp_inputs = self.completion_mtp_inputs(
             inputs["prompt_ids"], inputs["prompt_mask"], inputs["completion_ids"], inputs["completion_mask"]
+        )
+        mtp_inputs["labels"] = filter_mtp_labels(
+            mtp_inputs["labels"], inputs["advantages"], self.args.mtp_sample_filter, inputs["completion_mask"]
         )
         divisor = self.current_gradient_accumulation_steps if self.model.training else 1.0
         return self.add_mtp_loss(loss, mtp_inputs, divisor=divisor)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from trl_mtp.trainers.mtp_args import MTPArguments
+from trl_mtp.trainers.mtp_args import MTPArguments, RLHeadArguments
 
 KL_ESTIMATORS = ("k1", "k3")
 
@@ -18,7 +18,7 @@ def reject(config, name: str, why: str):
 
 
 @dataclass
-class MTPPPOConfig(MTPArguments, TrainingArguments):
+class MTPPPOConfig(RLHeadArguments, MTPArguments, TrainingArguments):
     r"""
     Configuration of [`MTPPPOTrainer`]: every field of `transformers.TrainingArguments`, the PPO fields of TRL's former
     `PPOConfig` (same names and meanings), and the MTP fields of [`MTPSFTConfig`] (`head_type`, `num_mtp_heads`,
@@ -89,49 +89,88 @@ class MTPPPOConfig(MTPArguments, TrainingArguments):
     # -- overridden defaults (PPO's, not Trainer's) --
     learning_rate: float = field(default=3e-6, metadata={"help": "Initial learning rate (AdamW)."})
     logging_steps: float = field(default=1, metadata={"help": "Log every N PPO iterations."})
-    bf16: bool | None = field(default=None, metadata={
-        "help": "bf16 mixed precision; `None` (default): on where a GPU supports it, off on CPU."})
-    mode: str = field(default="decoupled", metadata={
-        "help": "`decoupled` (default in PPO): the MTP loss trains the heads only, the policy is driven by the PPO "
-                "loss alone. `coupled`: the MTP loss also trains the trunk (a densified auxiliary signal)."})
+    bf16: bool | None = field(
+        default=None,
+        metadata={"help": "bf16 mixed precision; `None` (default): on where a GPU supports it, off on CPU."},
+    )
+    mode: str = field(
+        default="decoupled",
+        metadata={
+            "help": "`decoupled` (default in PPO): the MTP loss trains the heads only, the policy is driven by the PPO "
+            "loss alone. `coupled`: the MTP loss also trains the trunk (a densified auxiliary signal)."
+        },
+    )
     mtp_lambda: float = field(default=0.3, metadata={"help": "Weight of the MTP loss added to the PPO loss."})
 
     # -- PPO (names of TRL's former PPOConfig / OnPolicyConfig) --
     num_ppo_epochs: int = field(default=4, metadata={"help": "Passes of PPO updates over each batch of rollouts."})
     num_mini_batches: int = field(default=1, metadata={"help": "Mini-batches (optimizer steps) per PPO epoch."})
-    total_episodes: int | None = field(default=None, metadata={
-        "help": "Total rollouts in training; used when `max_steps` is -1 (default: num_train_epochs * dataset size)."})
-    local_rollout_forward_batch_size: int = field(default=64, metadata={
-        "help": "Rows per chunk in the no-grad rollout passes (generation, log-probs, reference, values, reward)."})
+    total_episodes: int | None = field(
+        default=None,
+        metadata={
+            "help": "Total rollouts in training; used when `max_steps` is -1 (default: num_train_epochs * dataset size)."
+        },
+    )
+    local_rollout_forward_batch_size: int = field(
+        default=64,
+        metadata={
+            "help": "Rows per chunk in the no-grad rollout passes (generation, log-probs, reference, values, reward)."
+        },
+    )
     response_length: int = field(default=53, metadata={"help": "Maximum number of generated tokens per response."})
-    stop_token: str | None = field(default="eos", metadata={
-        "help": "`eos`: responses end at the tokenizer's EOS. `None`: no stop token unless `stop_token_id` is set."})
-    stop_token_id: int | None = field(default=None, metadata={
-        "help": "Token id that ends a response; overrides `stop_token`."})
+    stop_token: str | None = field(
+        default="eos",
+        metadata={
+            "help": "`eos`: responses end at the tokenizer's EOS. `None`: no stop token unless `stop_token_id` is set."
+        },
+    )
+    stop_token_id: int | None = field(
+        default=None, metadata={"help": "Token id that ends a response; overrides `stop_token`."}
+    )
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of the rollouts."})
-    speculative_rollouts: bool = field(default=False, metadata={
-        "help": "Sample rollouts with self-speculative decoding from the MTP heads (lossless in distribution)."})
-    missing_eos_penalty: float | None = field(default=None, metadata={
-        "help": "Subtracted from the score of responses without the stop token. None: no penalty."})
+    speculative_rollouts: bool = field(
+        default=False,
+        metadata={
+            "help": "Sample rollouts with self-speculative decoding from the MTP heads (lossless in distribution)."
+        },
+    )
+    missing_eos_penalty: float | None = field(
+        default=None,
+        metadata={"help": "Subtracted from the score of responses without the stop token. None: no penalty."},
+    )
     kl_coef: float = field(default=0.05, metadata={"help": "Weight of the per-token KL penalty in the reward."})
-    kl_estimator: str = field(default="k1", metadata={
-        "help": "Per-token KL estimator: `k1` (log pi - log pi_ref) or `k3` ((r - 1) - log r, r = pi_ref / pi).",
-        "choices": list(KL_ESTIMATORS)})
+    kl_estimator: str = field(
+        default="k1",
+        metadata={
+            "help": "Per-token KL estimator: `k1` (log pi - log pi_ref) or `k3` ((r - 1) - log r, r = pi_ref / pi).",
+            "choices": list(KL_ESTIMATORS),
+        },
+    )
     cliprange: float = field(default=0.2, metadata={"help": "Clip range of the policy ratio."})
     vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss."})
     cliprange_value: float = field(default=0.2, metadata={"help": "Clip range of the value around its old value."})
     gamma: float = field(default=1.0, metadata={"help": "Discount factor."})
     lam: float = field(default=0.95, metadata={"help": "Lambda of GAE."})
-    whiten_rewards: bool = field(default=False, metadata={
-        "help": "Scale the per-token rewards by their standard deviation (mean kept) before GAE."})
-    reward_weights: list[float] | None = field(default=None, metadata={
-        "help": "Weights of the reward functions (score = weighted sum); None: all 1.0."})
-    model_init_kwargs: dict | str | None = field(default=None, metadata={
-        "help": "Keyword arguments of `from_pretrained` for models given as paths or hub ids."})
-    trust_remote_code: bool = field(default=False, metadata={
-        "help": "Allow custom model code from the hub when loading models by name (as TRL's configs)."})
-    disable_dropout: bool = field(default=True, metadata={
-        "help": "Dropout off in the policy, critic, reference and reward model (pi_old is computed in eval mode)."})
+    whiten_rewards: bool = field(
+        default=False,
+        metadata={"help": "Scale the per-token rewards by their standard deviation (mean kept) before GAE."},
+    )
+    reward_weights: list[float] | None = field(
+        default=None, metadata={"help": "Weights of the reward functions (score = weighted sum); None: all 1.0."}
+    )
+    model_init_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "Keyword arguments of `from_pretrained` for models given as paths or hub ids."}
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Allow custom model code from the hub when loading models by name (as TRL's configs)."},
+    )
+    disable_dropout: bool = field(
+        default=True,
+        metadata={
+            "help": "Dropout off in the policy, critic, reference and reward model (pi_old is computed in eval mode)."
+        },
+    )
 
     def __post_init__(self):
         def bad(name: str, why: str):

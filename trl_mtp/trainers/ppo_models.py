@@ -48,7 +48,9 @@ def classification_head(model: nn.Module) -> nn.Module:
     num_labels = model.config.num_labels
     heads = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_labels]
     if not heads:
-        raise ValueError(f"{type(model).__name__}: no linear layer with num_labels={num_labels} outputs to read scores from")
+        raise ValueError(
+            f"{type(model).__name__}: no linear layer with num_labels={num_labels} outputs to read scores from"
+        )
     return heads[-1]
 
 
@@ -59,8 +61,12 @@ def per_token_scores(model: nn.Module, input_ids: torch.Tensor, attention_mask: 
     head = classification_head(model)
     handle = head.register_forward_hook(lambda module, args, output: captured.__setitem__("scores", output))
     try:
-        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
-              use_cache=False)
+        model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+            use_cache=False,
+        )
     finally:
         handle.remove()
     return captured["scores"][..., 0].float()
@@ -80,8 +86,9 @@ class PolicyAndValue(nn.Module):
     as `mtp_heads`, possibly a PEFT model) and its critic: a `ValueHead` on the policy's own hidden state (read from
     the trunk capture of the same forward, no extra pass) or a separate sequence-classification `value_model`."""
 
-    def __init__(self, policy: nn.Module, trunk: Trunk, value_model: nn.Module | None = None,
-                 value_head: nn.Module | None = None):
+    def __init__(
+        self, policy: nn.Module, trunk: Trunk, value_model: nn.Module | None = None, value_head: nn.Module | None = None
+    ):
         super().__init__()
         self.policy = policy
         self.trunk = trunk  # a plain object (hooks into the policy), not a submodule
@@ -98,11 +105,25 @@ class PolicyAndValue(nn.Module):
         # read by Trainer when it loads the policy's weights: the heads are saved in their own file
         return getattr(self.policy, "_keys_to_ignore_on_save", None)
 
+    def tie_weights(self) -> None:
+        """Tie the policy's (and a separate critic's) LM head to its input embedding again. accelerate's FSDP2
+        loading rebuilds the parameters from a state dict and re-ties them only through the root's `tie_weights`:
+        without this, the LM head would train as a copy of its own."""
+        self.policy.tie_weights()
+        if self.value_model is not None:
+            self.value_model.tie_weights()
+
+    def generate(self, *args, **kwargs) -> torch.Tensor:
+        """The policy's `generate`, called on this module: the trainer registers it as a forward method of the
+        sharded root, so FSDP2 gathers the parameters the root holds (embeddings, final norm, LM head) around it."""
+        return self.policy.generate(*args, **kwargs)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits [B, T, V], values [B, T]); the trunk keeps this forward's hidden state for the MTP loss."""
         position_ids = position_ids_from_mask(attention_mask)
-        logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                             use_cache=False).logits
+        logits = self.policy(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).logits
         if self.value_head is not None:
             values = self.value_head(self.trunk.norm(self.trunk.hidden))  # V(s_t) from the policy's h_t
         else:

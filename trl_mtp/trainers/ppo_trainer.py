@@ -35,13 +35,15 @@ from dataclasses import dataclass, fields
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch.distributed.fsdp import register_fsdp_forward_method
 from transformers import GenerationConfig, TemperatureLogitsWarper, Trainer, TrainerState
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import get_last_checkpoint
 
 from trl_mtp.losses import IGNORE_INDEX
 from trl_mtp.trainers import ppo_core as core
-from trl_mtp.trainers.mtp_mixin import HEADS_MODULE, MTPTrainerMixin
+from trl_mtp.trainers.mtp_mixin import HEADS_MODULE, ModelSource, MTPTrainerMixin, split_heads
+from trl_mtp.trainers.mtp_targets import filter_mtp_labels
 from trl_mtp.trainers.ppo_config import MTPPPOConfig
 from trl_mtp.trainers.ppo_models import PolicyAndValue, disable_dropout, load_sequence_classifier, per_token_scores
 
@@ -72,9 +74,10 @@ class Rollouts:
     def context_length(self) -> int:
         return self.query_responses.size(1) - self.responses.size(1)
 
-    def __getitem__(self, index) -> "Rollouts":
-        return Rollouts(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[index]
-                           for f in fields(self)})
+    def __getitem__(self, index) -> Rollouts:
+        return Rollouts(
+            **{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[index] for f in fields(self)}
+        )
 
     def __len__(self) -> int:
         return self.responses.size(0)
@@ -94,11 +97,16 @@ def sampling_only_from(model, generation_config: GenerationConfig):
     model.generation_config = generation_config
     try:
         prepared, _ = model._prepare_generation_config(generation_config)
-        extra = [type(p).__name__ for p in model._get_logits_processor(prepared, device=model.device)
-                 if not isinstance(p, TemperatureLogitsWarper)]
+        extra = [
+            type(p).__name__
+            for p in model._get_logits_processor(prepared, device=model.device)
+            if not isinstance(p, TemperatureLogitsWarper)
+        ]
         if extra:
-            raise ValueError(f"rollout sampler: {', '.join(extra)} on top of softmax(logits / temperature); PPO's "
-                             "log-probs would not be those of the sampled tokens")
+            raise ValueError(
+                f"rollout sampler: {', '.join(extra)} on top of softmax(logits / temperature); PPO's "
+                "log-probs would not be those of the sampled tokens"
+            )
         yield
     finally:
         model.generation_config = saved
@@ -126,11 +134,11 @@ class MTPPPOTrainer(MTPTrainerMixin, Trainer):
         callbacks, optimizers: as in `transformers.Trainer`.
     """
 
-    config_class = MTPPPOConfig
+    config_class, default_output_dir = MTPPPOConfig, "ppo"
 
     def __init__(
         self,
-        model,
+        model: ModelSource,
         args: MTPPPOConfig | None = None,
         train_dataset=None,
         processing_class=None,
@@ -142,11 +150,8 @@ class MTPPPOTrainer(MTPTrainerMixin, Trainer):
         callbacks=None,
         optimizers=(None, None),
     ):
+        args = self._checked_args(args)
         name = type(self).__name__
-        if args is None:
-            args = self.config_class(output_dir="ppo")
-        elif not isinstance(args, self.config_class):
-            raise ValueError(f"args={type(args).__name__}: {name} needs a {self.config_class.__name__}")
         if processing_class is None or processing_class.pad_token_id is None:
             raise ValueError(f"processing_class: {name} needs a tokenizer with a pad token")
         if train_dataset is None or "prompt" not in train_dataset.column_names:
@@ -156,10 +161,15 @@ class MTPPPOTrainer(MTPTrainerMixin, Trainer):
         if bool(reward_funcs) == (reward_model is not None):
             raise ValueError("give exactly one of reward_funcs (a list of functions) or reward_model")
         if reward_funcs and args.reward_weights is not None and len(args.reward_weights) != len(reward_funcs):
-            raise ValueError(f"reward_weights has {len(args.reward_weights)} entries for {len(reward_funcs)} reward functions")
+            raise ValueError(
+                f"reward_weights has {len(args.reward_weights)} entries for {len(reward_funcs)} reward functions"
+            )
         self.reward_funcs = list(reward_funcs or [])
-        self.stop_token_id = args.stop_token_id if args.stop_token_id is not None else (
-            processing_class.eos_token_id if args.stop_token == "eos" else None)
+        self.stop_token_id = (
+            args.stop_token_id
+            if args.stop_token_id is not None
+            else (processing_class.eos_token_id if args.stop_token == "eos" else None)
+        )
         if args.stop_token == "eos" and self.stop_token_id is None:
             raise ValueError("stop_token='eos' but the tokenizer has no EOS token")
 
@@ -182,17 +192,25 @@ class MTPPPOTrainer(MTPTrainerMixin, Trainer):
         if value_model is not None:
             value_model = load_sequence_classifier(value_model, init_kwargs, processing_class.pad_token_id)
         self.ref_model = ref_model  # None: the policy with adapters disabled
-        self.reward_model = None if reward_model is None else load_sequence_classifier(
-            reward_model, init_kwargs, processing_class.pad_token_id)
+        self.reward_model = (
+            None
+            if reward_model is None
+            else load_sequence_classifier(reward_model, init_kwargs, processing_class.pad_token_id)
+        )
 
         policy_and_value = self._build_policy_and_value(base, value_model, args)
         if args.disable_dropout:  # pi_old comes from eval mode, the update from train mode: dropout would be clipped
             for module in (policy_and_value, self.ref_model, self.reward_model):
                 if module is not None:
                     disable_dropout(module)
-        super().__init__(model=policy_and_value, args=args,
-                         train_dataset=train_dataset, processing_class=processing_class, callbacks=callbacks,
-                         optimizers=optimizers)
+        super().__init__(
+            model=policy_and_value,
+            args=args,
+            train_dataset=train_dataset,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            optimizers=optimizers,
+        )
         self._after_parent_init()
         for frozen in (self.ref_model, self.reward_model):
             if frozen is not None:
@@ -201,9 +219,13 @@ class MTPPPOTrainer(MTPTrainerMixin, Trainer):
         self._permutations: dict[int, list[int]] = {}
 
         # batch sizes (TRL's former names): per process, per iteration
-        self.local_batch_size = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.num_mini_batches
+        self.local_batch_size = (
+            args.per_device_train_batch_size * args.gradient_accumulation_steps * args.num_mini_batches
+        )
         self.local_mini_batch_size = self.local_batch_size // args.num_mini_batches
-        self.batch_size = self.local_batch_size * self.accelerator.num_processes  # rollouts per iteration, all processes
+        self.batch_size = (
+            self.local_batch_size * self.accelerator.num_processes
+        )  # rollouts per iteration, all processes
 
     def _build_policy_and_value(self, base, value_model, args: MTPPPOConfig) -> PolicyAndValue:
         """The trained module tree: everything the optimizer, DDP and checkpoints see as one."""
@@ -232,14 +254,24 @@ class MTPPPOTrainer(MTPTrainerMixin, Trainer):
             kwargs = dict(args.activation_checkpointing_kwargs or {})
             every_n_layers, offload = kwargs.pop("every_n_layers", 1), kwargs.pop("offload", False)
             self.mtp_model.base_model.activation_checkpointing_enable(
-                activation_checkpointing_kwargs=kwargs or None, every_n_layers=every_n_layers, offload=offload)
+                activation_checkpointing_kwargs=kwargs or None, every_n_layers=every_n_layers, offload=offload
+            )
         self.create_optimizer_and_scheduler(num_training_steps=total)
         self.model_wrapped, self.optimizer, self.lr_scheduler = self.accelerator.prepare(
-            self.model, self.optimizer, self.lr_scheduler)
+            self.model, self.optimizer, self.lr_scheduler
+        )
         self.callback_handler.optimizer, self.callback_handler.lr_scheduler = self.optimizer, self.lr_scheduler
+        if self.is_deepspeed_enabled:  # as Trainer.train sets it: `save_model` reads the engine from here
+            self.deepspeed = self.model_wrapped
+        # sampling calls `generate`, not the root's forward: under FSDP2 only a registered forward method gathers the
+        # parameters the sharded root holds (and runs its lazy init first); a no-op on any other engine
+        register_fsdp_forward_method(self.accelerator.unwrap_model(self.model_wrapped), "generate")
 
-        self.state = TrainerState(stateful_callbacks=[
-            cb for cb in self.callback_handler.callbacks + [self.control] if isinstance(cb, ExportableState)])
+        self.state = TrainerState(
+            stateful_callbacks=[
+                cb for cb in self.callback_handler.callbacks + [self.control] if isinstance(cb, ExportableState)
+            ]
+        )
         self.state.compute_steps(args, total)
         if resume_from_checkpoint is not None:
             self.state = TrainerState.load_from_json(os.path.join(resume_from_checkpoint, "trainer_state.json"))
@@ -290,18 +322,27 @@ class MTPPPOTrainer(MTPTrainerMixin, Trainer):
 
     def tokenize_prompts(self, prompts: list) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded prompt ids and attention mask (chat messages go through the chat template)."""
-        texts = [self.processing_class.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
-                 if is_conversational(p) else p for p in prompts]
-        enc = self.processing_class(texts, padding=True, padding_side="left", add_special_tokens=False,
-                                    return_tensors="pt")
+        texts = [
+            self.processing_class.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+            if is_conversational(p)
+            else p
+            for p in prompts
+        ]
+        enc = self.processing_class(
+            texts, padding=True, padding_side="left", add_special_tokens=False, return_tensors="pt"
+        )
         return enc["input_ids"].to(self.accelerator.device), enc["attention_mask"].to(self.accelerator.device)
 
     def rollout_generation_config(self) -> GenerationConfig:
         """The sampler whose log-probs PPO computes, log_softmax(logits / temperature), and nothing else: no top-k,
         no top-p, and (generated under `sampling_only_from`) none of the model's own generation settings."""
         return GenerationConfig(
-            max_new_tokens=self.args.response_length, do_sample=True, temperature=self.args.temperature, top_k=0,
-            top_p=1.0, pad_token_id=self.processing_class.pad_token_id,
+            max_new_tokens=self.args.response_length,
+            do_sample=True,
+            temperature=self.args.temperature,
+            top_k=0,
+            top_p=1.0,
+            pad_token_id=self.processing_class.pad_token_id,
             eos_token_id=self.stop_token_id if self.stop_token_id is not None else [],  # []: never stop early
         )
 
@@ -310,7 +351,7 @@ class MTPPPOTrainer(MTPTrainerMixin, Trainer):
         """[B, <= response_length] sampled response tokens for left-padded `queries`; anything after a row's stop token
         is ignored. The one place that samples: replace it to roll out with speculative decoding."""
         generation_config = self.rollout_generation_config()
-        unwrapped = self.accelerator.unwrap_model(self.model_wrapped).policy
+        unwrapped = self.accelerator.unwrap_model(self.model_wrapped)  # `generate` on the root: see `train`
         responses = []
         with sampling_only_from(self.mtp_model.base_model, generation_config):
             for i in range(0, queries.size(0), self.args.local_rollout_forward_batch_size):
@@ -320,18 +361,20 @@ class MTPPPOTrainer(MTPTrainerMixin, Trainer):
                     out = self.speculative_rollout(q, m, generation_config)
                 else:
                     out = unwrapped.generate(input_ids=q, attention_mask=m, generation_config=generation_config)
-                responses.append(out[:, q.size(1):])
+                responses.append(out[:, q.size(1) :])
         width = max(r.size(1) for r in responses)  # chunks that all stopped early are shorter
         pad = self.processing_class.pad_token_id
         return torch.cat([torch.nn.functional.pad(r, (0, width - r.size(1)), value=pad) for r in responses])
 
-    def speculative_rollout(self, queries: torch.Tensor, query_mask: torch.Tensor,
-                            generation_config: GenerationConfig) -> torch.Tensor:
+    def speculative_rollout(
+        self, queries: torch.Tensor, query_mask: torch.Tensor, generation_config: GenerationConfig
+    ) -> torch.Tensor:
         """Sample with the heads drafting and the policy verifying (same distribution as plain sampling, fewer
         policy forwards when the heads agree with it); logs the acceptance as `spec/*`. It gets the plain path's
         `generation_config` (under the same swap), so it samples what that path does and stops where it does."""
         sequences, stats = self.mtp_model.speculative_generate(
-            queries, query_mask, max_new_tokens=generation_config.max_new_tokens, generation_config=generation_config)
+            queries, query_mask, max_new_tokens=generation_config.max_new_tokens, generation_config=generation_config
+        )
         metrics = self._metrics["train"]
         metrics["spec/mean_accepted_length"].append(stats["mean_accepted_length"])
         for i, rate in enumerate(stats["acceptance_by_position"], start=1):
@@ -370,13 +413,19 @@ class MTPPPOTrainer(MTPTrainerMixin, Trainer):
                 values.append(value[:, C - 1 : -1])
         policy_and_value.train()
         rollouts = Rollouts(
-            query_responses=query_responses, attention_mask=attention_mask, responses=responses, mask=mask,
+            query_responses=query_responses,
+            attention_mask=attention_mask,
+            responses=responses,
+            mask=mask,
             logprobs=torch.cat(logprobs).masked_fill(~mask, 0.0),
             ref_logprobs=torch.cat(ref_logprobs).masked_fill(~mask, 0.0),
-            values=torch.cat(values).masked_fill(~mask, 0.0), scores=scores,
+            values=torch.cat(values).masked_fill(~mask, 0.0),
+            scores=scores,
         )
         # 4. per-token rewards: KL penalty everywhere, score at the end (N+ details #11)
-        rollouts.kl = core.kl_estimate(rollouts.logprobs, rollouts.ref_logprobs, args.kl_estimator).masked_fill(~mask, 0.0)
+        rollouts.kl = core.kl_estimate(rollouts.logprobs, rollouts.ref_logprobs, args.kl_estimator).masked_fill(
+            ~mask, 0.0
+        )
         rollouts.rewards, rollouts.non_score_rewards = core.per_token_rewards(scores, rollouts.kl, mask, args.kl_coef)
         if args.whiten_rewards:
             rollouts.rewards = core.masked_whiten(rollouts.rewards, mask, shift_mean=False)
@@ -400,12 +449,14 @@ class MTPPPOTrainer(MTPTrainerMixin, Trainer):
         """Logits of the KL reference: the frozen copy, or the policy with its LoRA adapters disabled."""
         position_ids = core.position_ids_from_mask(attention_mask)
         if self.ref_model is not None:
-            return self.ref_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                  use_cache=False).logits
+            return self.ref_model(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            ).logits
         policy = self.accelerator.unwrap_model(self.model_wrapped).policy
         with policy.disable_adapter():
-            return policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          use_cache=False).logits
+            return policy(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            ).logits
 
     def score_rollouts(self, batch: dict, query_responses, attention_mask, responses, mask) -> torch.Tensor:
         """[B] score of each (prompt, truncated response): the weighted sum of the reward functions, or the reward
@@ -418,13 +469,19 @@ class MTPPPOTrainer(MTPTrainerMixin, Trainer):
         prompts = batch["prompt"]
         completion_ids = [row[m].tolist() for row, m in zip(responses, mask)]
         texts = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
-        completions = [[{"role": "assistant", "content": t}] if is_conversational(p) else t
-                       for p, t in zip(prompts, texts)]
+        completions = [
+            [{"role": "assistant", "content": t}] if is_conversational(p) else t for p, t in zip(prompts, texts)
+        ]
         columns = {k: v for k, v in batch.items() if k not in ("prompt", "completion")}
         per_func = torch.zeros(len(prompts), len(self.reward_funcs), device=device)
         for j, func in enumerate(self.reward_funcs):
-            values = func(prompts=prompts, completions=completions, completion_ids=completion_ids,
-                          trainer_state=self.state, **columns)
+            values = func(
+                prompts=prompts,
+                completions=completions,
+                completion_ids=completion_ids,
+                trainer_state=self.state,
+                **columns,
+            )
             per_func[:, j] = torch.tensor([math.nan if v is None else float(v) for v in values], device=device)
             name = getattr(func, "__name__", f"reward_{j}")
             self._metrics["train"][f"rewards/{name}/mean"].append(self._mean_all(per_func[:, j].nan_to_num(0.0)))
@@ -483,35 +540,45 @@ class MTPPPOTrainer(MTPTrainerMixin, Trainer):
         logits = self.response_logits(full_logits, C)
         new_logprobs = core.logprobs_of(logits, batch.responses)
         policy_loss, policy_stats = core.clipped_policy_loss(
-            new_logprobs, batch.logprobs, batch.advantages, batch.mask, args.cliprange)
+            new_logprobs, batch.logprobs, batch.advantages, batch.mask, args.cliprange
+        )
         unwrapped = self.accelerator.unwrap_model(model)
         value_loss, value_stats = self.value_loss(unwrapped, hidden[:, C - 1 : -1], values[:, C - 1 : -1], batch)
-        # MTP on the rollout tokens, from the hidden states of the forward above: labels = the response only
+        # MTP on the rollout tokens, from the hidden states of the forward above: labels = the response only, of
+        # the samples `mtp_sample_filter` keeps
         labels = batch.query_responses.masked_fill(batch.attention_mask == 0, IGNORE_INDEX)
         labels[:, :C] = IGNORE_INDEX
-        mtp_term = self.mtp_loss_term({"input_ids": batch.query_responses, "labels": labels,
-                                       "attention_mask": batch.attention_mask})
+        labels = filter_mtp_labels(labels, batch.advantages, args.mtp_sample_filter, batch.mask)
+        mtp_term = self.mtp_loss_term(
+            {"input_ids": batch.query_responses, "labels": labels, "attention_mask": batch.attention_mask},
+            policy_loss=policy_loss,
+        )
         terms = {"policy": policy_loss, "value": args.vf_coef * value_loss, "mtp": mtp_term}
         extra_terms, extra_stats = self.auxiliary_losses(unwrapped, hidden, full_logits.detach(), batch)
         terms.update(extra_terms)
         with torch.no_grad():
             stats = {
-                "policy/approxkl": policy_stats["approxkl"], "policy/clipfrac": policy_stats["clipfrac"],
+                "policy/approxkl": policy_stats["approxkl"],
+                "policy/clipfrac": policy_stats["clipfrac"],
                 "policy/entropy": core.masked_mean(core.entropy_from_logits(logits), batch.mask),  # real tokens only
-                "val/ratio": policy_stats["ratio"], "val/clipfrac": value_stats["clipfrac"],
-                "loss/policy_raw": policy_loss.detach(), "loss/value_raw": value_loss.detach(),
+                "val/ratio": policy_stats["ratio"],
+                "val/clipfrac": value_stats["clipfrac"],
+                "loss/policy_raw": policy_loss.detach(),
+                "loss/value_raw": value_loss.detach(),
                 **{k: v.detach() for k, v in extra_stats.items()},
             }
         return terms, stats
 
-    def value_loss(self, model: PolicyAndValue, hidden: torch.Tensor, values: torch.Tensor,
-                   batch: Rollouts) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def value_loss(
+        self, model: PolicyAndValue, hidden: torch.Tensor, values: torch.Tensor, batch: Rollouts
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The critic's loss and its `clipfrac`, from this forward's response-position hidden states [B, R, d] and
         values [B, R]: PPO's clipped value loss around V_old."""
         return core.clipped_value_loss(values, batch.values, batch.returns, batch.mask, self.args.cliprange_value)
 
-    def auxiliary_losses(self, model: PolicyAndValue, hidden: torch.Tensor, logits: torch.Tensor,
-                         batch: Rollouts) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def auxiliary_losses(
+        self, model: PolicyAndValue, hidden: torch.Tensor, logits: torch.Tensor, batch: Rollouts
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Loss terms trained beside PPO's (named; summed into the loss) and their statistics, from this forward's
         hidden states [B, L, d] (graph attached) and detached logits [B, L, V]. PPO has none."""
         return {}, {}
@@ -530,15 +597,22 @@ class MTPPPOTrainer(MTPTrainerMixin, Trainer):
         metrics["objective/rlhf_reward"].append(self._mean_all(r.scores + non_score_sum))
         metrics["objective/scores"].append(self._mean_all(r.scores))
         metrics["val/num_eos_tokens"].append(
-            self.accelerator.gather_for_metrics(contains_stop.sum().float().reshape(1)).sum().item())
+            self.accelerator.gather_for_metrics(contains_stop.sum().float().reshape(1)).sum().item()
+        )
         metrics["val/response_length"].append(self._mean_all(r.mask.sum(1).float()))
         metrics["val/explained_variance"].append(self._mean_all(core.explained_variance(r.values, r.returns, r.mask)))
 
     def _log_update_metrics(self, stats: dict[str, list]) -> None:
         metrics = self._metrics["train"]
-        renamed = {"policy/approxkl": "policy/approxkl_avg", "policy/clipfrac": "policy/clipfrac_avg",
-                   "policy/entropy": "policy/entropy_avg", "val/ratio": "val/ratio", "val/clipfrac": "val/clipfrac_avg",
-                   "loss/policy_raw": "loss/policy_avg", "loss/value_raw": "loss/value_avg"}
+        renamed = {
+            "policy/approxkl": "policy/approxkl_avg",
+            "policy/clipfrac": "policy/clipfrac_avg",
+            "policy/entropy": "policy/entropy_avg",
+            "val/ratio": "val/ratio",
+            "val/clipfrac": "val/clipfrac_avg",
+            "loss/policy_raw": "loss/policy_avg",
+            "loss/value_raw": "loss/value_avg",
+        }
         # loss/policy and loss/value are logged as TRL's loss/policy_avg, loss/value_avg; any other statistic (the
         # other loss terms, an auxiliary loss's own) as it is
         for name in [n for n in stats if n not in renamed and n not in ("loss/policy", "loss/value")]:
@@ -565,12 +639,21 @@ class MTPPPOTrainer(MTPTrainerMixin, Trainer):
             return
         os.makedirs(output_dir, exist_ok=True)
         unwrapped = self.accelerator.unwrap_model(self.model_wrapped)
-        unwrapped.policy.save_pretrained(output_dir)
-        self.mtp_model.save_heads(output_dir)
+        # under FSDP / ZeRO-3 the Trainer passes the gathered full state dict (the modules hold only their shards);
+        # None: the modules' own tensors
+        heads, policy = split_heads(sub_state(state_dict, "policy."))
+        unwrapped.policy.save_pretrained(output_dir, state_dict=policy)
+        self.mtp_model.save_heads(output_dir, state=heads)
         if unwrapped.value_head is not None:
-            save_states(os.path.join(output_dir, VALUE_HEAD_FILE), {"": unwrapped.value_head})
+            value = sub_state(state_dict, "value_head.")
+            save_states(
+                os.path.join(output_dir, VALUE_HEAD_FILE),
+                {"": unwrapped.value_head},
+                None if value is None else {"": value},
+            )
         else:
-            unwrapped.value_model.save_pretrained(os.path.join(output_dir, VALUE_MODEL_DIR))
+            value_dir = os.path.join(output_dir, VALUE_MODEL_DIR)
+            unwrapped.value_model.save_pretrained(value_dir, state_dict=sub_state(state_dict, "value_model."))
         self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
@@ -580,21 +663,37 @@ class MTPPPOTrainer(MTPTrainerMixin, Trainer):
         Trainer._load_from_checkpoint(self, resume_from_checkpoint, model=unwrapped.policy)
         self.mtp_model.load_heads(resume_from_checkpoint)
         if unwrapped.value_head is not None:
-            load_states(os.path.join(resume_from_checkpoint, VALUE_HEAD_FILE), {"": unwrapped.value_head},
-                        device=str(self.mtp_model.device))
+            load_states(
+                os.path.join(resume_from_checkpoint, VALUE_HEAD_FILE),
+                {"": unwrapped.value_head},
+                device=str(self.mtp_model.device),
+            )
         else:
-            Trainer._load_from_checkpoint(self, os.path.join(resume_from_checkpoint, VALUE_MODEL_DIR),
-                                          model=unwrapped.value_model)
+            Trainer._load_from_checkpoint(
+                self, os.path.join(resume_from_checkpoint, VALUE_MODEL_DIR), model=unwrapped.value_model
+            )
 
 
 PPOTrainer = MTPPPOTrainer  # the former name (TRL's own `PPOTrainer` lives in trl.experimental.ppo)
 
 
-def save_states(path: str, modules: dict[str, torch.nn.Module]) -> None:
-    """The state dicts of `modules` in one safetensors file, each key prefixed with its module's name ("": none)."""
-    state = {f"{name}.{k}" if name else k: v.detach().contiguous().cpu()
-             for name, module in modules.items() for k, v in module.state_dict().items()}
+def save_states(path: str, modules: dict[str, torch.nn.Module], states: dict[str, dict] | None = None) -> None:
+    """The state dicts of `modules` in one safetensors file, each key prefixed with its module's name ("": none).
+    `states`: tensors to write instead of a module's own, by name (its gathered full tensors under FSDP / ZeRO-3)."""
+    states = states or {}
+    state = {
+        f"{name}.{k}" if name else k: v.detach().contiguous().cpu()
+        for name, module in modules.items()
+        for k, v in (states[name] if name in states else module.state_dict()).items()
+    }
     save_file(state, path, metadata={"format": "pt"})
+
+
+def sub_state(state_dict: dict | None, prefix: str) -> dict | None:
+    """The entries of `state_dict` under `prefix`, the prefix removed; None for None."""
+    if state_dict is None:
+        return None
+    return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
 def load_states(path: str, modules: dict[str, torch.nn.Module], device: str) -> None:
@@ -602,4 +701,4 @@ def load_states(path: str, modules: dict[str, torch.nn.Module], device: str) -> 
     state = load_file(path, device=device)
     for name, module in modules.items():
         prefix = f"{name}." if name else ""
-        module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        module.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})

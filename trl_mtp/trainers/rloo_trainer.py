@@ -8,17 +8,19 @@ from __future__ import annotations
 
 from trl import RLOOTrainer
 
+from trl_mtp.trainers.mtp_mixin import ModelSource, MTPOnPolicyMixin
 from trl_mtp.trainers.rloo_config import MTPRLOOConfig
-from trl_mtp.trainers.mtp_mixin import MTPOnPolicyMixin
 
 
 class MTPRLOOTrainer(MTPOnPolicyMixin, RLOOTrainer):
     """`RLOOTrainer` + MTP heads; `model` as in `MTPSFTTrainer`, other arguments are `RLOOTrainer`'s."""
 
-    def __init__(self, model, reward_funcs, args: MTPRLOOConfig | None = None, *, peft_config=None, **kwargs):
-        args = args if args is not None else MTPRLOOConfig(output_dir="mtp-rloo")
-        if not isinstance(args, MTPRLOOConfig):
-            raise ValueError(f"args={type(args).__name__}: MTPRLOOTrainer needs an MTPRLOOConfig")
+    config_class, default_output_dir = MTPRLOOConfig, "mtp-rloo"
+
+    def __init__(
+        self, model: ModelSource, reward_funcs, args: MTPRLOOConfig | None = None, *, peft_config=None, **kwargs
+    ):
+        args = self._checked_args(args)
         base = self._prepare_mtp_model(model, args, peft_config)
         super().__init__(model=base, reward_funcs=reward_funcs, args=args, peft_config=peft_config, **kwargs)
         self._after_parent_init()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from trl import SFTTrainer
 
-from trl_mtp.trainers.mtp_mixin import MTPTrainerMixin
+from trl_mtp.trainers.mtp_mixin import ModelSource, MTPTrainerMixin
 from trl_mtp.trainers.sft_config import MTPSFTConfig
 
 
@@ -24,18 +24,19 @@ class MTPSFTTrainer(MTPTrainerMixin, SFTTrainer):
     `MTPForCausalLM` (its heads kept, trained with the loss fields of `args`). `peft_config`: LoRA on the trunk, heads
     trained in full. Other arguments are `SFTTrainer`'s."""
 
-    def __init__(self, model, args: MTPSFTConfig | None = None, *, peft_config=None, **kwargs):
-        if args is None:
-            args = MTPSFTConfig(output_dir="mtp-sft")
-        elif not isinstance(args, MTPSFTConfig):
-            raise ValueError(f"args={type(args).__name__}: MTPSFTTrainer needs an MTPSFTConfig")
+    config_class, default_output_dir = MTPSFTConfig, "mtp-sft"
+
+    def __init__(self, model: ModelSource, args: MTPSFTConfig | None = None, *, peft_config=None, **kwargs):
+        args = self._checked_args(args)
         base = self._prepare_mtp_model(model, args, peft_config)
         args.model_init_kwargs = None  # they served loading `model` (if a path); SFTTrainer gets an instance
         super().__init__(model=base, args=args, peft_config=peft_config, **kwargs)
         self._after_parent_init()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        result = super().compute_loss(
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
         loss, outputs = result if return_outputs else (result, None)
         loss = self.add_mtp_loss(loss, inputs, num_items_in_batch)
         return (loss, outputs) if return_outputs else loss

@@ -36,15 +36,18 @@ class WorldModelPPOTrainer(MTPPPOTrainer):
 
     def _build_policy_and_value(self, base, value_model, args: WorldModelPPOConfig) -> PolicyAndValue:
         if value_model is not None:
-            raise ValueError("WorldModelPPOTrainer needs the value head on the policy (value_model=None): the critic "
-                             "reads the world model's latents")
+            raise ValueError(
+                "WorldModelPPOTrainer needs the value head on the policy (value_model=None): the critic "
+                "reads the world model's latents"
+            )
         trunk = self.mtp_model.trunk
         hidden_size = trunk.model.config.get_text_config().hidden_size
         value_head = TwoHotValueHead(hidden_size, args.wm_num_bins) if args.wm_critic == "twohot" else None
         policy_and_value = PolicyAndValue(base, trunk, None, value_head)
         policy_and_value.world_model = WorldModel(trunk, self.mtp_model.heads, args, policy_and_value.value_head)
-        policy_and_value.return_normalizer = (PercentileNormalizer(args.wm_return_norm_decay)
-                                              if args.wm_return_norm == "percentile" else None)
+        policy_and_value.return_normalizer = (
+            PercentileNormalizer(args.wm_return_norm_decay) if args.wm_return_norm == "percentile" else None
+        )
         return policy_and_value
 
     def _auxiliary_modules(self) -> list:
@@ -63,8 +66,9 @@ class WorldModelPPOTrainer(MTPPPOTrainer):
         self._metrics["train"]["wm/return_scale"].append(scale.item())
         return (advantages / scale).masked_fill(~rollouts.mask, 0.0), returns
 
-    def value_loss(self, model: PolicyAndValue, hidden: torch.Tensor, values: torch.Tensor,
-                   batch: Rollouts) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def value_loss(
+        self, model: PolicyAndValue, hidden: torch.Tensor, values: torch.Tensor, batch: Rollouts
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The world model trains the critic: it reads h as the world model routes it (sg(h) decoupled). Two-hot
         critic: cross-entropy to twohot(R), no clipping (DreamerV3, eq. 10-11); scalar: PPO's clipped loss."""
         features = model.world_model.critic_features(hidden)
@@ -73,18 +77,29 @@ class WorldModelPPOTrainer(MTPPPOTrainer):
             return loss, {"clipfrac": torch.zeros((), device=loss.device)}
         return super().value_loss(model, hidden, model.value_head(features), batch)
 
-    def auxiliary_losses(self, model: PolicyAndValue, hidden: torch.Tensor, logits: torch.Tensor,
-                         batch: Rollouts) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def auxiliary_losses(
+        self, model: PolicyAndValue, hidden: torch.Tensor, logits: torch.Tensor, batch: Rollouts
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """The world model's terms (`wm_*`) and statistics (`wm/*`)."""
-        return model.world_model.losses(hidden, batch.query_responses, batch.attention_mask, batch.context_length,
-                                        logits, batch.rewards, batch.mask, model.value_head)
+        return model.world_model.losses(
+            hidden,
+            batch.query_responses,
+            batch.attention_mask,
+            batch.context_length,
+            logits,
+            batch.rewards,
+            batch.mask,
+            model.value_head,
+        )
 
     def after_optimizer_step(self) -> None:
         self.model.world_model.update_slow_critic(self.model.value_head)
 
     # == save and resume =============================================================================================
     def _world_modules(self) -> dict[str, torch.nn.Module]:
-        return {name: getattr(self.model, name) for name in WORLD_MODEL_MODULES if getattr(self.model, name) is not None}
+        return {
+            name: getattr(self.model, name) for name in WORLD_MODEL_MODULES if getattr(self.model, name) is not None
+        }
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """`MTPPPOTrainer`'s checkpoint plus `world_model.safetensors` (world model and return normaliser)."""

@@ -1,0 +1,83 @@
+"""Our PPO or MTP-GRPO under FSDP2 or DeepSpeed ZeRO-2 as users launch them (accelerate config + the trainer), run by
+test_sharded_rl.py in 2 CPU processes (gloo).
+
+argv: the initial model's folder, output_dir, trainer (ppo | grpo), engine (ddp | fsdp2 | zero2), mode (coupled |
+decoupled), and optionally `no-unshard` (PPO's sampling without the FSDP2 root's parameters gathered, for the test).
+2 iterations of a tiny Llama with 2 sequential heads, then `save_model`. Reports, per rank: whether lm_head is still
+the input embedding, fingerprints (`two_process.fingerprint`) of every trained parameter before and after training
+and of the causal LM with its heads after it (what the saved folder must hold), and the first logged MTP loss.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the launch helpers
+from two_process import enable_cpu_fsdp, fingerprint, report_and_exit  # noqa: E402
+
+from trl_mtp import MTPGRPOConfig, MTPGRPOTrainer, MTPPPOConfig, MTPPPOTrainer  # noqa: E402
+from trl_mtp.embedded.tasks.registry import get_task  # noqa: E402
+from trl_mtp.embedded.tokenizer import get_tokenizer  # noqa: E402
+
+model_dir, out_dir, algorithm, engine, mode = sys.argv[1:6]
+if engine == "fsdp2":
+    enable_cpu_fsdp()
+if "no-unshard" in sys.argv[6:]:  # the broken rollout a test must catch: sampling without the root's parameters
+    import trl_mtp.trainers.ppo_trainer
+
+    trl_mtp.trainers.ppo_trainer.register_fsdp_forward_method = lambda module, name: None
+
+
+def parity(prompts, completions, completion_ids, **kwargs):
+    """A reward that varies between samples (an untrained policy writes no digits: a task reward would be 0
+    everywhere), so the policy gets a gradient from the RL loss."""
+    return [float(sum(ids) % 2) for ids in completion_ids]
+
+
+common = dict(
+    output_dir=out_dir,
+    max_steps=2,
+    per_device_train_batch_size=2,
+    learning_rate=1e-3,
+    logging_steps=1,
+    report_to=[],
+    save_strategy="no",
+    disable_tqdm=True,
+    dataloader_pin_memory=False,
+    use_cpu=not engine.startswith("zero"),  # accelerate only takes the DeepSpeed path without use_cpu
+    ddp_backend="gloo" if engine.startswith("zero") else None,
+    ddp_find_unused_parameters=False,
+    activation_checkpointing=False,
+    mode=mode,
+    head_type="sequential",
+    num_mtp_heads=2,
+    seed=0,
+)
+tokenizer = get_tokenizer()
+task = get_task("copy", length=2)
+if algorithm == "ppo":
+    args = MTPPPOConfig(**common, response_length=4, num_mini_batches=1, num_ppo_epochs=1)
+    trainer = MTPPPOTrainer(
+        model_dir, args, train_dataset=task.train(16), processing_class=tokenizer, reward_funcs=parity
+    )
+else:
+    args = MTPGRPOConfig(**common, num_generations=2, max_completion_length=4)
+    trainer = MTPGRPOTrainer(
+        model_dir, reward_funcs=parity, args=args, train_dataset=task.train(16), processing_class=tokenizer
+    )
+before = fingerprint(trainer.model)
+trainer.train()
+first = next(h for h in trainer.state.log_history if "mtp/loss" in h)
+trained = trainer.accelerator.unwrap_model(trainer.model_wrapped)
+policy = fingerprint(trained.policy if algorithm == "ppo" else trained)  # the causal LM with its heads attached
+trainer.save_model()
+base = trainer.mtp_model.base_model
+report_and_exit(
+    trainer.accelerator,
+    mode=trainer.accelerator.distributed_type.value,
+    tied=base.get_output_embeddings().weight is base.get_input_embeddings().weight,
+    before=before,
+    after=fingerprint(trained),
+    policy=policy,
+    mtp_loss=f"{first['mtp/loss']:.6f}",
+    steps=trainer.state.global_step,
+)
