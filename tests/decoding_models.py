@@ -3,10 +3,12 @@ output of `speculative_generate` against `generate`'s under the same settings.""
 
 from __future__ import annotations
 
+import random
 import re
 
 import torch
 
+from trl_mtp.adaptive_drafting import DraftPlanner
 from trl_mtp.config import HEAD_TYPES, MTPConfig
 from trl_mtp.decoding import speculative_generate
 from trl_mtp.embedded.presets import build_model
@@ -70,13 +72,33 @@ def reference(model, ids, mask, max_new_tokens, eos=None, **settings):
     )
 
 
-def check_identity(model, ids, mask, max_new_tokens, eos=None, **settings):
+def check_identity(model, ids, mask, max_new_tokens, eos=None, adaptive_draft_tokens=False, **settings):
     """Greedy speculative output == `generate`'s, row by row (eos None: no EOS); -> the speculative stats."""
     eos = [] if eos is None else eos
     ref = reference(model, ids, mask, max_new_tokens, eos, **settings)
     out, stats = speculative_generate(
-        model, ids, mask, max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=PAD, do_sample=False, **settings
+        model,
+        ids,
+        mask,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=eos,
+        pad_token_id=PAD,
+        do_sample=False,
+        adaptive_draft_tokens=adaptive_draft_tokens,
+        **settings,
     )
     T = ids.size(1)
     assert torch.equal(out, ref), f"\nspeculative {out[:, T:].tolist()}\ngenerate    {ref[:, T:].tolist()}"
     return stats
+
+
+class RandomPlanner(DraftPlanner):
+    """Drafts a random number of tokens (0..the room left) each round, seeded: the hardest case for losslessness,
+    every round's choice different and depending on nothing the model computes."""
+
+    def __init__(self, max_drafts: int, seed: int = 0):
+        super().__init__(max_drafts)
+        self.rng = random.Random(seed)
+
+    def choose(self, batch_size: int, limit: int | None = None) -> int:
+        return self.rng.randint(0, self.max_drafts if limit is None else min(limit, self.max_drafts))

@@ -12,7 +12,7 @@ import dataclasses
 
 import pytest
 import torch
-from decoding_models import FAMILIES, PAD, VOCAB, check_identity, make_model, random_batch, reference
+from decoding_models import FAMILIES, PAD, VOCAB, RandomPlanner, check_identity, make_model, random_batch, reference
 
 import trl_mtp.decoding as decoding
 from trl_mtp.config import MTPConfig
@@ -70,8 +70,8 @@ def oracle_drafts(monkeypatch, ref, wrong_every: int = 0):
         drafter = make(model, *args)
         propose = drafter.propose
 
-        def oracle(state, sampler):
-            drafts, probs = propose(state, sampler)
+        def oracle(state, sampler, num_drafts):
+            drafts, probs = propose(state, sampler, num_drafts)
             cols = state.column(state.n_valid)[:, None] + 1 + torch.arange(drafts.size(1))
             truth = ref.gather(1, cols.clamp(max=ref.size(1) - 1))
             if wrong_every:
@@ -157,7 +157,7 @@ def test_pooled_acceptance_weighs_every_round_of_every_row_alike():
     assert pooled["acceptance_by_position"] == pytest.approx([sum(k > i for k in kept) / len(kept) for i in range(3)])
     assert len(set(kept)) > 1  # rounds differ, so pooling differs from a mean of per-call means in general
     assert pool_acceptance(calls[:1]) == {
-        key: calls[0][key] for key in ("mean_accepted_length", "acceptance_by_position")
+        key: calls[0][key] for key in ("mean_accepted_length", "acceptance_by_position", "acceptance_by_depth")
     }
     fewer = model.speculative_generate(
         ids[:1], mask[:1], max_new_tokens=4, eos_token_id=None, pad_token_id=PAD, num_draft_tokens=1
@@ -189,9 +189,9 @@ def _sequential_windows(model, ids, mask, max_new_tokens, eos, monkeypatch):
     windows = []
     propose = decoding.SequentialDrafter.propose
 
-    def recording(self, state, sampler):
+    def recording(self, state, sampler, num_drafts):
         windows.append(state.mask.size(1) - self.start)
-        return propose(self, state, sampler)
+        return propose(self, state, sampler, num_drafts)
 
     monkeypatch.setattr(decoding.SequentialDrafter, "propose", recording)
     check_identity(model, ids, mask, max_new_tokens, eos=eos)
@@ -200,7 +200,8 @@ def _sequential_windows(model, ids, mask, max_new_tokens, eos, monkeypatch):
 
 def test_sequential_window_follows_the_rows_still_decoding(monkeypatch):
     """A row that finished early must not pin the sequential drafter's window: it stays a few slots wide (at most
-    D + the holes of one round) however long the others go on; counting finished rows made it grow every round."""
+    D + the holes of one round) however long the others go on; counting finished rows that stay in the batch made it
+    grow every round (finished rows now also leave the batch: either keeps the window narrow)."""
     model = make_model("sequential", depths=3, perturb=0.3)
     ids, mask = random_batch(11, 5)
     free = reference(model, ids, mask, 40)[:, ids.size(1) :]
@@ -210,6 +211,7 @@ def test_sequential_window_follows_the_rows_still_decoding(monkeypatch):
     assert len(windows) > 8  # long enough that a pinned window would have grown past the bound
 
     monkeypatch.undo()  # the recording propose of the first run
+    monkeypatch.setattr(decoding.DecodeState, "drop_finished", lambda self, drafter: None)  # finished rows stay
     monkeypatch.setattr(
         decoding.SequentialDrafter,
         "plan_figure",
@@ -354,3 +356,184 @@ def test_parallel_heads_run_over_kept_slots_only(monkeypatch):
     with pytest.raises(Exception):  # noqa: B017 (an assertion or a shape error: either shows it) every verified slot run: the drafts differ, the stats or the slots seen too
         seen, stats = slots_seen()
         assert seen == [ids.size(1)] + [max(k for k in r if k >= 0) + 1 for r in stats["accepted_per_round"]]
+
+
+# -- finished rows leave the batch -----------------------------------------------------------------------------------
+def verify_batch_sizes(model, monkeypatch, *args, **settings):
+    """Rows of every base forward of a checked speculative decode, and its stats."""
+    sizes = []
+    forward = model.base_model.forward
+
+    def recording(*f_args, **kwargs):
+        sizes.append(kwargs["input_ids"].size(0))
+        return forward(*f_args, **kwargs)
+
+    reference_out = reference(model, *args, **settings)  # generate's own forwards are not recorded
+    with monkeypatch.context() as patch:
+        patch.setattr(model.base_model, "forward", recording)
+        out, stats = decoding.speculative_generate(
+            model, args[0], args[1], max_new_tokens=args[2], eos_token_id=args[3], pad_token_id=PAD, **settings
+        )
+    assert torch.equal(out, reference_out)
+    return sizes, stats
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_finished_rows_leave_the_batch(family, monkeypatch):
+    """Each verify runs over the rows still decoding only (a finished row's cache rows go with it), the output the
+    same as `generate`'s; rows that stay in the batch once finished fail the check."""
+    torch.manual_seed(0)  # the heads' initialisation
+
+    model = make_model(family, perturb=0.3)
+    ids, mask = random_batch(11, 5)
+    free = reference(model, ids, mask, 24)[:, ids.size(1) :]
+    eos = int(free[2, 3])  # row 2 ends at its 4th token at the latest; others whenever they meet this token
+    sizes, stats = verify_batch_sizes(model, monkeypatch, ids, mask, 24, eos)
+    live = [sum(k >= 0 for k in round_) for round_ in stats["accepted_per_round"]]
+    assert sizes == [5] + live and min(live) < 5, (sizes, live)
+    monkeypatch.setattr(decoding.DecodeState, "drop_finished", lambda self, drafter: None)
+    kept, _ = verify_batch_sizes(model, monkeypatch, ids, mask, 24, eos)
+    assert kept != [5] + live
+
+
+def test_processors_keep_their_rows_once_rows_leave(monkeypatch):
+    """Logits processors hold per-row settings of the caller's batch (the encoder repetition penalty keeps each
+    row's prompt): rows leaving the batch must not shift them onto other rows."""
+    torch.manual_seed(0)  # the heads' initialisation
+
+    model = make_model("blockwise", perturb=0.3)
+    ids, mask = random_batch(12, 5)
+    settings = dict(encoder_repetition_penalty=3.0, no_repeat_ngram_size=2)
+    free = reference(model, ids, mask, 20, **settings)[:, ids.size(1) :]
+    eos = int(free[1, 2])
+    stats = check_identity(model, ids, mask, 20, eos=eos, **settings)
+    assert min(sum(k >= 0 for k in round_) for round_ in stats["accepted_per_round"]) < 5  # rows left
+
+    def live_rows_only(self, state, logits, drafts, first=0):  # the processors see the live rows alone
+        ids, committed = decoding.prefix_ids(state, drafts)
+        lengths = committed[:, None] + first + torch.arange(logits.size(1))
+        return decoding.apply_per_prefix(self.processors, ids, lengths, logits.float(), ~state.done)
+
+    monkeypatch.setattr(decoding.Sampler, "scores", live_rows_only)
+    with pytest.raises(Exception):  # noqa: B017 (a wrong token or a shape error: either shows it)
+        check_identity(model, ids, mask, 20, eos=eos, **settings)
+
+
+# -- adaptive drafting: any number of drafts per round, the same output ---------------------------------------------
+@pytest.mark.parametrize("family", FAMILIES)
+def test_any_number_of_drafts_per_round_is_lossless(family):
+    """Rounds drafting a random 0..D tokens each (rows finishing at different times, leaving the batch) give
+    `generate`'s output; so does the adaptive planner itself."""
+    torch.manual_seed(0)  # the heads' initialisation
+
+    model = make_model(family, depths=3, perturb=0.3)
+    ids, mask = random_batch(11, 5)
+    free = reference(model, ids, mask, 24)[:, ids.size(1) :]
+    eos = int(free[2, 4])
+    for seed in range(2):
+        stats = check_identity(model, ids, mask, 24, eos=eos, adaptive_draft_tokens=RandomPlanner(3, seed))
+        assert set(stats["draft_tokens_per_round"]) == {0, 1, 2, 3}, stats["draft_tokens_per_round"]
+    stats = check_identity(model, ids, mask, 24, eos=eos, adaptive_draft_tokens=True)
+    assert len(set(stats["draft_tokens_per_round"])) >= 2  # it explores: several choices were verified
+
+
+def drafts_by_prefix(model, ids, mask, max_new_tokens, planner, monkeypatch) -> list[tuple[list[int], list[int]]]:
+    """(a row's prompt and committed tokens, the drafts proposed after them) for every row of every round that
+    drafted."""
+    make, seen = decoding.make_drafter, []
+
+    def recording_drafter(model, *args):
+        drafter = make(model, *args)
+        propose = drafter.propose
+
+        def recording(state, sampler, num_drafts):
+            drafts, probs = propose(state, sampler, num_drafts)
+            for r in range(drafts.size(0)):
+                end = state.prompt_len + int(state.generated[r])
+                seen.append((state.tokens[r, int(state.pad_len[r]) : end].tolist(), drafts[r].tolist()))
+            return drafts, probs
+
+        drafter.propose = recording
+        return drafter
+
+    with monkeypatch.context() as patch:
+        patch.setattr(decoding, "make_drafter", recording_drafter)
+        model.speculative_generate(
+            ids, mask, max_new_tokens=max_new_tokens, eos_token_id=[], pad_token_id=PAD, adaptive_draft_tokens=planner
+        )
+    return seen
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_drafts_depend_on_the_committed_tokens_only(family, monkeypatch):
+    """A depth drafts the same tokens whatever earlier rounds drafted: after rounds with random draft counts, each
+    round's drafts equal those a fresh decode of the same tokens proposes first. The sequential heads keep a window per
+    depth (a depth left behind by short rounds recomputes from where it stopped: sharing one window fails) and
+    recompute every entry that read a draft since replaced (trusting the last one fails)."""
+    torch.manual_seed(0)  # the heads' initialisation
+
+    model = make_model(family, depths=3, perturb=0.3)
+    ids, mask = random_batch(13, 3)
+
+    def mismatches():
+        seen = drafts_by_prefix(model, ids, mask, 20, RandomPlanner(3, seed=1), monkeypatch)
+        assert len({len(d) for _, d in seen}) == 3  # rounds drafted 1, 2 and 3 tokens
+        wrong = 0
+        for prefix, drafts in seen:
+            # the prompt without the last committed token: the prefill commits it (greedy), then D drafts follow it
+            fresh = drafts_by_prefix(model, torch.tensor([prefix[:-1]]), None, 2, True, monkeypatch)
+            assert fresh[0][0] == prefix and len(fresh[0][1]) == 3
+            wrong += fresh[0][1][: len(drafts)] != drafts
+        return wrong
+
+    assert mismatches() == 0
+    if family == "sequential":
+        propose = decoding.SequentialDrafter.propose
+
+        def one_window(self, state, sampler, num_drafts):  # every depth marked computed after any round
+            out = propose(self, state, sampler, num_drafts)
+            self.valid = [max(self.valid)] * len(self.valid)
+            return out
+
+        with monkeypatch.context() as patch, pytest.raises((AssertionError, RuntimeError)):  # other drafts, or a
+            patch.setattr(decoding.SequentialDrafter, "propose", one_window)  # depth cache shorter than the window
+            assert mismatches() == 0
+
+        def last_entries_trusted(self, mask, n_valid, done):  # entries that read the replaced draft kept as final
+            open_ = slot_positions(mask) > (n_valid - max(self.num_depths, 2))[:, None]
+            return open_.float().argmax(1).long().masked_fill(done, mask.size(1))
+
+        monkeypatch.setattr(decoding.SequentialDrafter, "plan_figure", last_entries_trusted)
+        assert mismatches() > 0
+
+
+def test_acceptance_by_depth_counts_verified_drafts():
+    """acceptance_by_depth[i] = rows that kept draft i+1 / rows whose draft i+1 was verified; with D drafts every round
+    it is the ratio of consecutive acceptance_by_position entries."""
+    torch.manual_seed(1)  # the heads' initialisation: every depth kept in some rounds, rejected in others
+    model = make_model("blockwise", depths=3, perturb=0.05)
+    ids, mask = random_batch(4, 3)
+    _, stats = model.speculative_generate(ids, mask, max_new_tokens=20, eos_token_id=[], pad_token_id=PAD)
+    assert min(stats["acceptance_by_position"]) > 0 and stats["acceptance_by_depth"][2] < 1
+    by_position = [1.0] + stats["acceptance_by_position"]
+    assert stats["acceptance_by_depth"] == pytest.approx([b / a for a, b in zip(by_position, by_position[1:])])
+    _, stats = model.speculative_generate(
+        ids, mask, max_new_tokens=20, eos_token_id=[], pad_token_id=PAD, adaptive_draft_tokens=RandomPlanner(3)
+    )
+    rounds = [(n, k) for n, round_ in zip(stats["draft_tokens_per_round"], stats["accepted_per_round"]) for k in round_]
+    for i in range(3):
+        verified = [k for n, k in rounds if n > i and k >= i]
+        assert stats["acceptance_by_depth"][i] == pytest.approx(sum(k > i for k in verified) / len(verified))
+    assert len(stats["draft_tokens_per_round"]) == stats["forwards"] - 1  # the prefill drafts nothing
+    assert stats["draft_tokens"] == pytest.approx(sum(stats["draft_tokens_per_round"]) / (stats["forwards"] - 1))
+
+
+def test_bad_adaptive_settings_are_refused():
+    model = make_model("blockwise", depths=3)
+    ids, mask = random_batch(0, 1)
+    with pytest.raises(ValueError, match="adaptive_draft_tokens must be a bool or a DraftPlanner, got 'yes'"):
+        model.speculative_generate(ids, mask, max_new_tokens=4, adaptive_draft_tokens="yes")
+    with pytest.raises(ValueError, match="up to 3 tokens, more than num_draft_tokens = 2"):
+        model.speculative_generate(
+            ids, mask, max_new_tokens=4, num_draft_tokens=2, adaptive_draft_tokens=RandomPlanner(3)
+        )

@@ -15,7 +15,7 @@ import itertools
 
 import pytest
 import torch
-from decoding_models import FAMILIES, PAD, make_model
+from decoding_models import FAMILIES, PAD, RandomPlanner, make_model
 
 import trl_mtp.decoding as decoding
 from trl_mtp.decoding import speculative_generate
@@ -253,3 +253,14 @@ def test_checkpoint_generation_config_sampling_matches_generate(family):
     # the same check has the power to see a sampler that ignores the config (the full softmax, temperature 1)
     full = exact_marginals(base, prompt, depths + 2)
     assert min(marginal_pvalues(out[:, len(prompt) :], full)) < 1e-6
+
+
+@pytest.mark.parametrize("family", ["blockwise", "sequential"])
+def test_sampling_with_any_number_of_drafts_per_round_matches_exact_marginals(family, exact_family_marginals):
+    """Rounds drafting a random 0..D tokens (a new sequence of choices for each chunk of rows) keep the exact law."""
+    model = sampling_model(family)
+    samples = [
+        speculative_samples(model, 500, seed, adaptive_draft_tokens=RandomPlanner(D, seed=seed))[0] for seed in range(6)
+    ]
+    samples = torch.cat(samples, dim=1)
+    assert min(p for group, ex in zip(samples, exact_family_marginals) for p in marginal_pvalues(group, ex)) > 1e-4

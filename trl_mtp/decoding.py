@@ -2,8 +2,10 @@
 
 Combined scoring and proposal model: ONE forward of the base over [x, d_1 .. d_D] (the last committed token x and
 the D drafted tokens) scores the drafts with the main head and, from the same forward's hidden states, the MTP heads
-propose the next D drafts. A round is four named stages, each in one place:
+propose the next D drafts. A round is these named stages, each in one place:
 
+    choose    how many drafts this round verifies, 0..D: all of them, or with `adaptive_draft_tokens` the number
+              that maximises expected tokens per measured second (`trl_mtp.adaptive_drafting`)  `DraftPlanner.choose`
     propose   drafts d_1..d_D (and their distributions q_i when sampling) from the heads     `Drafter.propose`
     verify    one base forward over [x, d_1..d_D] with the KV cache: main-head logits p_0..p_D  `verify`
     process   `generate`'s logits processors and warpers at every position, with that position's prefix
@@ -16,10 +18,13 @@ propose the next D drafts. A round is four named stages, each in one place:
               the longest accepted row, mark the other rows' rejected slots as holes in the 2-D attention mask,
               and let the drafter extend / crop its own caches; planned on the device and read back once per
               round (the loop's lengths and counts are Python ints from that read)                 `update_cache`
+    observe   the planner learns the round's time and per-depth acceptance (Python numbers)     `DraftPlanner.observe`
+    drop      rows that finished leave the batch, the cache and the drafter's state       `DecodeState.drop_finished`
 
 so a row gains k + 1 tokens per base forward (k = accepted drafts), and the output is what the base alone produces
 under the model's generation config, as `generate` applies it: token for token under greedy decoding, in
-distribution under sampling. Near the model's position limit a round drafts fewer tokens (`drafts_that_fit`).
+distribution under sampling, whatever number of drafts each round takes. Near the model's position limit a round
+drafts fewer tokens (`drafts_that_fit`).
 
 Batches: one shared cache of "slots". A row's slots hold its left padding, its committed tokens and holes (slots of
 drafts rejected in that row but kept because another row accepted more); the 2-D mask marks valid slots, and every
@@ -46,8 +51,8 @@ from transformers.cache_utils import DummyLayer, DynamicLayer, DynamicSlidingWin
 from transformers.generation import logits_process as lp
 from transformers.generation.configuration_utils import GenerationMode
 
+from trl_mtp.adaptive_drafting import DraftPlanner
 from trl_mtp.heads.base import MTPHeads
-from trl_mtp.heads.trunk import _CACHE_ARGS
 
 
 def left_pad(rows: list[list[int]], pad: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,7 +196,17 @@ class Sampler:
             return self.processors(None, scores.flatten(0, 1)).view_as(scores)
         ids, committed = prefix_ids(state, drafts)
         lengths = committed[:, None] + first + torch.arange(scores.size(1), device=scores.device)
-        return apply_per_prefix(self.processors, ids, lengths, scores, ~state.done)
+        # processors may hold per-row settings of the caller's batch (the prompt's rows): they see that batch, the
+        # rows that left it inactive
+        B0 = state.output_tokens.size(0)
+        processed = apply_per_prefix(
+            self.processors,
+            state.whole_batch(ids, state.output_tokens),
+            state.whole_batch(lengths, lengths.new_zeros(B0, lengths.size(1))),
+            state.whole_batch(scores, scores.new_zeros(B0, *scores.shape[1:])),
+            state.whole_batch(~state.done, state.done.new_zeros(B0)),
+        )
+        return processed[state.row_index]
 
     def sample(self, probs: torch.Tensor) -> torch.Tensor:
         """One token per row of probs [N, V]."""
@@ -423,14 +438,11 @@ def first_queries(layer_kwargs: dict, n: int, m: int) -> dict:
     return kwargs
 
 
-def _with_cache(layer_kwargs: dict, cache: DynamicCache, names) -> dict:
-    """A copy of a layer's call kwargs that reads from and writes to `cache`."""
-    kwargs = dict(layer_kwargs)
-    for name in _CACHE_ARGS:
-        if name in kwargs or name in names:
-            kwargs[name] = cache
-    kwargs["use_cache"] = True
-    return kwargs
+def select_rows(x, index: torch.Tensor):
+    """Rows `index` of a per-row tensor (or tuple of them); one broadcast row stays as it is."""
+    if isinstance(x, (tuple, list)):
+        return tuple(select_rows(v, index) for v in x)
+    return x if x.size(0) == 1 else x[index]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -457,9 +469,40 @@ class DecodeState:
     n_valid_host: list[int] | None = None  # `n_valid` and `done` as read back once per round
     done_host: list[bool] | None = None
 
+    # rows that finished leave the batch (`drop_finished`): the output holds every row of the caller's batch
+    output_tokens: torch.Tensor | None = None  # [B0, width] as `tokens`, written when rows leave and at the end
+    output_generated: torch.Tensor | None = None  # [B0]
+    rows: list[int] | None = None  # the caller's row index of each live row
+    row_index: torch.Tensor | None = None  # `rows` on the device
+
     def column(self, position: torch.Tensor) -> torch.Tensor:
         """Column in `tokens` of each row's token at `position` (positions count a row's tokens, padding excluded)."""
         return self.pad_len.view(-1, *[1] * (position.dim() - 1)) + position
+
+    def flush(self) -> None:
+        """Write the rows' tokens and counts to the output, at their places in the caller's batch."""
+        self.output_tokens.index_copy_(0, self.row_index, self.tokens)
+        self.output_generated.index_copy_(0, self.row_index, self.generated)
+
+    def drop_finished(self, drafter: Drafter) -> None:
+        """Rows that finished leave the batch (their tokens go to the output; their slots leave the cache, the mask
+        and the drafter's state), so later rounds verify live rows only. From the round's host read: no device read."""
+        live = [i for i, done in enumerate(self.done_host) if not done]
+        if not live or len(live) == len(self.done_host):
+            return
+        self.flush()
+        index = torch.tensor(live, device=self.tokens.device)
+        for name in ("tokens", "pad_len", "mask", "n_valid", "generated", "done", "last_slot", "row_index"):
+            setattr(self, name, getattr(self, name)[index])
+        self.rows = [self.rows[i] for i in live]
+        self.n_valid_host = [self.n_valid_host[i] for i in live]
+        self.done_host = [False] * len(live)
+        self.cache.batch_select_indices(index)
+        drafter.select_rows(index)
+
+    def whole_batch(self, x: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+        """x [B, ...] of the live rows placed in the caller's batch [B0, ...], the other rows from `fill`."""
+        return fill.index_copy(0, self.row_index, x)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -493,8 +536,10 @@ class Drafter:
         cache and mask moved by `update`; the drafter's own per-slot state follows the same update."""
         raise NotImplementedError
 
-    def propose(self, state: DecodeState, sampler: Sampler):
-        """-> drafts [B, D], and their distributions [B, D, V] when sampling (else None)."""
+    def propose(self, state: DecodeState, sampler: Sampler, num_drafts: int):
+        """-> drafts [B, m] from the first m = num_drafts (1..D) heads, and their distributions [B, m, V] when
+        sampling (else None). What a depth drafts depends on the committed tokens only, never on how many drafts
+        earlier rounds took."""
         raise NotImplementedError
 
     def plan_figure(self, mask: torch.Tensor, n_valid: torch.Tensor, done: torch.Tensor) -> torch.Tensor | None:
@@ -505,10 +550,14 @@ class Drafter:
     def settle_figure(self, state: DecodeState, values: list[int] | None) -> None:
         """Receives `plan_figure`'s values as Python ints."""
 
-    def _chain(self, state: DecodeState, logits_of_depth, sampler: Sampler):
-        """Drafts depth by depth: logits_of_depth(depth, drafts so far [B, depth - 1]) -> [B, V] (or all depths'
-        logits [B, D, V] when they do not depend on the drafts), each picked with its prefix (the committed tokens and
-        the drafts before it)."""
+    def select_rows(self, index: torch.Tensor) -> None:
+        """Keep the rows `index` of the drafter's per-row state (finished rows left the batch)."""
+        raise NotImplementedError
+
+    def _chain(self, state: DecodeState, logits_of_depth, sampler: Sampler, num_drafts: int):
+        """Drafts of depths 1..num_drafts: logits_of_depth(depth, drafts so far [B, depth - 1]) -> [B, V] (or those
+        depths' logits [B, num_drafts, V] when they do not depend on the drafts), each picked with its prefix (the
+        committed tokens and the drafts before it)."""
         drafts = state.tokens.new_zeros(state.tokens.size(0), 0)
         probs = []
         if (
@@ -520,7 +569,7 @@ class Drafter:
         if isinstance(logits_of_depth, torch.Tensor):
             stacked = logits_of_depth
             logits_of_depth = lambda depth, drafts: stacked[:, depth - 1]  # noqa: E731
-        for depth in range(1, self.num_depths + 1):
+        for depth in range(1, num_drafts + 1):
             token, prob = sampler.pick(state, logits_of_depth(depth, drafts), drafts)
             drafts = torch.cat([drafts, token[:, None]], dim=1)
             probs.append(prob)
@@ -534,10 +583,13 @@ class PositionwiseDrafter(Drafter):
         rows = torch.arange(hidden.size(0), device=hidden.device)
         self.h = hidden[rows, update.last_new][:, None]  # [B, 1, d]
 
-    def propose(self, state, sampler):
+    def select_rows(self, index):
+        self.h = self.h[index]
+
+    def propose(self, state, sampler, num_drafts):
         dummy = torch.zeros(self.h.shape[:2], dtype=torch.long, device=self.h.device)
-        hiddens = [z[:, 0] for _, z in self.heads.iter_depth_hiddens(self.h, dummy, num_depths=self.num_depths)]
-        return self._chain(state, self.project(hiddens), sampler)
+        hiddens = [z[:, 0] for _, z in self.heads.iter_depth_hiddens(self.h, dummy, num_depths=num_drafts)]
+        return self._chain(state, self.project(hiddens), sampler, num_drafts)
 
 
 class ParallelDrafter(Drafter):
@@ -549,7 +601,6 @@ class ParallelDrafter(Drafter):
         super().__init__(model, num_depths)
         # laid out as the base's cache: the head layer (a copy of the last layer) gets that layer's mask
         self.caches = [new_cache(model.base_model.config) for _ in range(self.num_depths)]
-        self.names = {p.name for p in self.trunk._layer_params}
 
     def observe(self, state, hidden, layer_kwargs, update):
         # the heads run over the slots some row kept only: the rest would be cropped unread
@@ -558,20 +609,29 @@ class ParallelDrafter(Drafter):
         rows = torch.arange(hidden.size(0), device=hidden.device)
         self.z = []
         for depth, cache in enumerate(self.caches, start=1):
-            z = self.heads.depth_hidden(depth, hidden, layer_kwargs=_with_cache(layer_kwargs, cache, self.names))
+            z = self.heads.depth_hidden(
+                depth, hidden, layer_kwargs=self.trunk.layer_kwargs_with_cache(layer_kwargs, cache)
+            )
             update.move_cache(cache)
             self.z.append(z[rows, update.last_new])
 
-    def propose(self, state, sampler):
-        return self._chain(state, self.project(self.z), sampler)
+    def propose(self, state, sampler, num_drafts):
+        return self._chain(state, self.project(self.z[:num_drafts]), sampler, num_drafts)
+
+    def select_rows(self, index):
+        for cache in self.caches:
+            cache.batch_select_indices(index)
+        self.z = [z[index] for z in self.z]
 
 
 class SequentialDrafter(Drafter):
     """sequential (DeepSeek-V3): h_i(t) = Block_i(W_i [enorm(emb(x_{t+i})); hnorm(h_{i-1}(t))]), a causal chain.
 
-    Depth i's cache entry at position t is final once x_{t+i} is committed, i.e. for t <= n - i (n = a row's valid
-    slots; its token at position n is committed, not yet in the base's cache). Each round every depth is recomputed
-    over a window of slots [start, S): from the first slot any row may still need (position n - D + 1) to the end;
+    Depth i's cache entry at position t is final once computed with x_{t+i} committed (n = a row's valid slots; its
+    token at position n is committed, not yet in the base's cache). Each round the drafting depths are
+    recomputed over a window of slots [start, S): from the first slot any row may still need (position n - D), or
+    the first slot a drafting depth has not computed since (a round that drafts fewer depths leaves the others
+    behind: `valid` is kept per depth), to the end;
     inside the window a token x_{t+i} not yet known is the draft of an earlier depth at the drafting position n - 1,
     as in training's teacher forcing but with drafts. So the chain needs, per slot, the trunk's hidden state and the
     per-position layer inputs (rotary embeddings, position ids), kept here in buffers aligned with the base's slots."""
@@ -582,12 +642,15 @@ class SequentialDrafter(Drafter):
         super().__init__(model, num_depths)
         # full layers whatever the base's layout: each depth attends through its own window mask over every slot
         self.caches = [DynamicCache() for _ in range(self.num_depths)]
-        self.names = {p.name for p in self.trunk._layer_params}
         self.attn_implementation = model.base_model.config._attn_implementation
         self.hidden = None  # [B, S, d] trunk hidden per slot
         self.per_position: dict = {}  # name -> [B, S, ...] tensor or tuple of them
-        self.start = 0  # slots before `start` are final in every depth's cache
-        self.computed = 0  # slots the depth caches hold (the prefill fills none)
+        self.valid = [0] * self.num_depths  # per depth: slots before it are final in its cache (the prefill: none)
+
+    @property
+    def start(self) -> int:
+        """The first slot a round drafting with every depth recomputes."""
+        return min(self.valid)
 
     @staticmethod
     def _extend(old, new, update: SlotUpdate):
@@ -606,7 +669,7 @@ class SequentialDrafter(Drafter):
         for name in self.PER_POSITION:
             if layer_kwargs.get(name) is not None:
                 self.per_position[name] = self._extend(self.per_position.get(name), layer_kwargs[name], update)
-        for cache in self.caches:  # slots before `start` stay final where they move; the rest is recomputed
+        for cache in self.caches:  # slots before `valid` stay final where they move; the rest is recomputed
             update.move_cache(cache, crop=False)
 
     def _window_kwargs(self, state, start):
@@ -616,13 +679,13 @@ class SequentialDrafter(Drafter):
         kwargs["attention_mask"] = window_attention_mask(state.mask, start, self.attn_implementation, self.hidden.dtype)
         for name, value in self.per_position.items():
             kwargs[name] = tuple(v[:, start:] for v in value) if isinstance(value, tuple) else value[:, start:]
-        if "cache_position" in kwargs or "cache_position" in self.names:
+        if "cache_position" in kwargs or "cache_position" in self.trunk.layer_parameter_names:
             kwargs["cache_position"] = torch.arange(start, S, device=state.mask.device)
         return kwargs
 
-    def propose(self, state, sampler):
+    def propose(self, state, sampler, num_drafts):
         B, S = state.mask.shape
-        start = self.start
+        start = min(self.valid[:num_drafts])
         positions = slot_positions(state.mask)[:, start:]  # [B, W]
         rows = torch.arange(B, device=positions.device)
         draft_col = state.column(state.n_valid)  # column of each row's token at position n (its last committed)
@@ -646,23 +709,32 @@ class SequentialDrafter(Drafter):
                 h0,
                 prev_hidden=prev,
                 tokens=tokens,
-                layer_kwargs=_with_cache(window_kwargs, self.caches[depth - 1], self.names),
+                layer_kwargs=self.trunk.layer_kwargs_with_cache(window_kwargs, self.caches[depth - 1]),
             )
             return self.heads.depth_logits(depth, prev[rows, (state.last_slot - start).clamp(min=0)])
 
-        self.computed = S
-        return self._chain(state, logits_of_depth, sampler)
+        self.valid[:num_drafts] = [S] * num_drafts  # the window's last entries are cut to `first_open` at the update
+        return self._chain(state, logits_of_depth, sampler, num_drafts)
+
+    def select_rows(self, index):
+        self.hidden = self.hidden[index]
+        self.per_position = {name: select_rows(value, index) for name, value in self.per_position.items()}
+        for cache in self.caches:
+            cache.batch_select_indices(index)
 
     def plan_figure(self, mask, n_valid, done):
-        """Per row, the first slot its next window needs. Entries at positions <= n - D are final for every depth,
-        and the window must hold the drafting slot (position n - 1): the first slot past position n - max(D, 2).
+        """Per row, the first slot its next window needs. Depth i's entry at position t read x_{t+i} when it was
+        computed: a draft if t + i passed the committed tokens then. The token at position n (just committed) may be
+        the one that replaced a rejected draft, so entries with t + i >= n may have read a wrong token: positions
+        <= n - D - 1 are final for every depth, the window starts past them (and so holds the drafting slot, n - 1).
         A finished row drafts no more and needs none (counting it would pin the window at the slot where it stopped,
         and the window would grow every round)."""
-        open_ = slot_positions(mask) > (n_valid - max(self.num_depths, 2))[:, None]
+        open_ = slot_positions(mask) > (n_valid - self.num_depths - 1)[:, None]
         return open_.float().argmax(1).long().masked_fill(done, mask.size(1))
 
     def settle_figure(self, state, first_open):
-        self.start = min(min(first_open), self.computed)  # never past the slots a window has filled yet
+        # entries from the first open slot on were computed with drafts (or not at all): recomputed when next drafting
+        self.valid = [min(valid, min(first_open)) for valid in self.valid]
 
 
 DRAFTERS = {
@@ -764,12 +836,14 @@ def update_cache(
 # acceptance statistics
 # ----------------------------------------------------------------------------------------------------------------------
 def acceptance_summary(counts: dict) -> dict:
-    """Mean accepted length and acceptance by position from a decode's raw `counts` (`speculative_generate`'s
+    """Mean accepted length, acceptance by position and by depth from a decode's raw `counts` (`speculative_generate`'s
     `stats["counts"]`): every verify round of every active row weighs the same."""
     verify_rounds = counts["verify_rounds"]
+    kept, verified = counts["kept_by_position"], counts["verified_by_position"]
     return {
         "mean_accepted_length": counts["tokens_uncut"] / counts["row_rounds"],
-        "acceptance_by_position": [c / verify_rounds if verify_rounds else 0.0 for c in counts["kept_by_position"]],
+        "acceptance_by_position": [c / verify_rounds if verify_rounds else 0.0 for c in kept],
+        "acceptance_by_depth": [c / v if v else 0.0 for c, v in zip(kept, verified)],
     }
 
 
@@ -780,7 +854,8 @@ def pool_acceptance(stats: list[dict]) -> dict:
     if len(depths) != 1:
         raise ValueError(f"pool_acceptance needs calls that drafted the same number of tokens, got {sorted(depths)}")
     total = {key: sum(s["counts"][key] for s in stats) for key in ("row_rounds", "tokens_uncut", "verify_rounds")}
-    total["kept_by_position"] = [sum(column) for column in zip(*(s["counts"]["kept_by_position"] for s in stats))]
+    for key in ("kept_by_position", "verified_by_position"):
+        total[key] = [sum(column) for column in zip(*(s["counts"][key] for s in stats))]
     return acceptance_summary(total)
 
 
@@ -812,6 +887,7 @@ def speculative_generate(
     generator: torch.Generator | None = None,
     num_draft_tokens: int | None = None,
     generation_config=None,
+    adaptive_draft_tokens: bool | DraftPlanner = False,
     **generation_kwargs,
 ):
     """Generate with the model's own MTP heads as drafters: output identical to `model.base_model.generate` with the
@@ -826,7 +902,10 @@ def speculative_generate(
     Returns `(sequences, stats)`: sequences [B, T + longest generation] as `generate` lays them out (prompt
     included, rows that finished early padded with the pad token). `num_draft_tokens` (0..D, default D) drafts with
     the first heads only (Stern's window k = num_draft_tokens + 1; 0 is plain decoding); the output is the same for
-    every value.
+    every value. `adaptive_draft_tokens`: each round drafts 0..num_draft_tokens tokens, as many as maximise expected
+    tokens per second from running per-depth acceptance and measured round times at the current batch size
+    (`trl_mtp.adaptive_drafting`); True starts a fresh `DraftPlanner`, a planner passed in carries its estimates
+    across calls. Lossless for every choice: the output is the same.
     Stats (None unless `return_stats`):
       - `forwards`: base forwards (the prefill counts: it yields the first token);
       - `mean_accepted_length`: tokens committed per base forward per active row (1.0 for plain decoding, at most
@@ -835,7 +914,11 @@ def speculative_generate(
       - `drafted`, `accepted`: draft tokens verified / kept (active rows); `new_tokens`: tokens returned (no padding);
       - `wall_time_s`, `tokens_per_s` (new tokens of all rows per second), `accepted_per_round` (per round, per row,
         -1 for finished rows);
-      - `counts`: the raw counts behind the two acceptance figures; `pool_acceptance` pools several calls' stats.
+      - `draft_tokens`: drafts per verify round, mean over rounds; `draft_tokens_per_round`: per round;
+      - `acceptance_by_depth`: [D], per depth i, the fraction of rows whose draft i was verified (drafts 1..i-1 kept)
+        that kept it (what the adaptive planner estimates; equal to the ratios of `acceptance_by_position` when
+        every round drafts D);
+      - `counts`: the raw counts behind the acceptance figures; `pool_acceptance` pools several calls' stats.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -868,11 +951,21 @@ def speculative_generate(
             f"num_draft_tokens must be an integer in 0..{model.heads.num_depths}, got {num_draft_tokens!r}"
         )
     max_positions = getattr(base.config.get_text_config(decoder=True), "max_position_embeddings", None)
+    planner = adaptive_draft_tokens
+    if planner is True:
+        planner = DraftPlanner(D)
+    elif planner is False or planner is None:
+        planner = None
+    elif not isinstance(planner, DraftPlanner):
+        raise ValueError(f"adaptive_draft_tokens must be a bool or a DraftPlanner, got {adaptive_draft_tokens!r}")
+    elif planner.max_drafts > D:
+        raise ValueError(f"the planner drafts up to {planner.max_drafts} tokens, more than num_draft_tokens = {D}")
     start_time = time.perf_counter()
 
     cache = new_cache(base.config)
+    tokens = torch.cat([input_ids, input_ids.new_full((B, max_new_tokens + D + 2), pad_token_id)], dim=1)
     state = DecodeState(
-        tokens=torch.cat([input_ids, input_ids.new_full((B, max_new_tokens + D + 2), pad_token_id)], dim=1),
+        tokens=tokens,
         prompt_len=T,
         pad_len=T - attention_mask.long().sum(1),
         mask=attention_mask.long()[:, :0],
@@ -881,56 +974,79 @@ def speculative_generate(
         done=torch.zeros(B, dtype=torch.bool, device=device),
         cache=cache,
         window=cache_window(cache),
+        output_tokens=tokens.clone(),
+        output_generated=torch.zeros(B, dtype=torch.long, device=device),
+        rows=list(range(B)),
+        row_index=torch.arange(B, device=device),
     )
     drafter = make_drafter(model, D)
     was_training = model.training
     model.eval()
-    no_drafts = input_ids.new_zeros(B, 0)
     forwards, accepted_rounds = 0, []
     # row_rounds: (row, round) pairs, prefill included; tokens_uncut: tokens they committed before cuts at EOS /
     # max_new_tokens; verify_rounds: those after the prefill; kept_by_position[i]: those that kept drafts 1..i+1
-    counts = {"row_rounds": 0, "tokens_uncut": 0, "verify_rounds": 0, "kept_by_position": [0] * D, "drafted": 0}
+    # verified_by_position[i]: those whose draft i+1 was verified (drafts 1..i kept)
+    counts = {
+        "row_rounds": 0,
+        "tokens_uncut": 0,
+        "verify_rounds": 0,
+        "kept_by_position": [0] * D,
+        "verified_by_position": [0] * D,
+        "drafted": 0,
+    }
+    draft_tokens = []
     try:
         # prefill: a verify of the prompt with no drafts, whose slots are all kept
+        no_drafts = input_ids.new_zeros(B, 0)
         logits = verify(model, state, input_ids, attention_mask)[:, -1:]
         k, next_token = accept(sampler.scores(state, logits, no_drafts), no_drafts, sampler, None)
         update_cache(model, state, drafter, 0, T, k, next_token, no_drafts, max_new_tokens, eos)
         forwards, counts["row_rounds"], counts["tokens_uncut"] = 1, B, B
-        rows = torch.arange(B, device=device)
-        while not all(state.done_host):
-            active, active_host = ~state.done, [not d for d in state.done_host]
-            drafts, draft_probs = drafter.propose(state, sampler) if D else (no_drafts, None)  # propose
+        state.drop_finished(drafter)
+        while not all(state.done_host):  # every row in the batch is live: finished ones left it
+            round_start = time.perf_counter()
+            b = len(state.rows)
             n = drafts_that_fit(state, D, max_positions)
-            drafts, draft_probs = drafts[:, :n], (None if draft_probs is None else draft_probs[:, :n])
-            last = state.tokens[rows, state.column(state.n_valid)]
+            n = n if planner is None else planner.choose(b, n)  # choose
+            no_drafts = input_ids.new_zeros(b, 0)
+            drafts, draft_probs = drafter.propose(state, sampler, n) if n else (no_drafts, None)  # propose
+            last = state.tokens[torch.arange(b, device=device), state.column(state.n_valid)]
             new_start = state.mask.size(1)
-            inputs = torch.cat([last[:, None], drafts], dim=1)
-            logits = verify(model, state, inputs, active[:, None].expand_as(inputs))  # verify
+            logits = verify(model, state, torch.cat([last[:, None], drafts], dim=1))  # verify
             scores = sampler.scores(state, logits, drafts)  # process
             k, next_token = accept(scores, drafts, sampler, draft_probs)  # accept
             k = update_cache(
                 model, state, drafter, new_start, n + 1, k, next_token, drafts, max_new_tokens, eos
             )  # update
+            if planner is not None:
+                planner.observe(b, n, time.perf_counter() - round_start, k)  # observe
             forwards += 1
-            accepted_rounds.append([kr if a else -1 for kr, a in zip(k, active_host)])
-            k_active = [kr for kr, a in zip(k, active_host) if a]
-            counts["row_rounds"] += len(k_active)
-            counts["verify_rounds"] += len(k_active)
-            counts["tokens_uncut"] += sum(k_active) + len(k_active)
-            counts["drafted"] += n * len(k_active)
-            for i in range(D):
-                counts["kept_by_position"][i] += sum(kr > i for kr in k_active)
+            draft_tokens.append(n)
+            accepted = [-1] * B
+            for row, kr in zip(state.rows, k):
+                accepted[row] = kr
+            accepted_rounds.append(accepted)
+            counts["row_rounds"] += b
+            counts["verify_rounds"] += b
+            counts["tokens_uncut"] += sum(k) + b
+            counts["drafted"] += n * b
+            for i in range(n):
+                counts["kept_by_position"][i] += sum(kr > i for kr in k)
+                counts["verified_by_position"][i] += sum(kr >= i for kr in k)
+            state.drop_finished(drafter)
     finally:
         model.train(was_training)
         model.trunk.clear()
 
-    length = int(state.generated.max())
-    sequences = state.tokens[:, : T + length].clone()
-    sequences[:, T:][torch.arange(length, device=device)[None] >= state.generated[:, None]] = pad_token_id
+    state.flush()
+    generated = state.output_generated
+    length = int(generated.max())
+    sequences = state.output_tokens[:, : T + length].clone()
+    sequences[:, T:][torch.arange(length, device=device)[None] >= generated[:, None]] = pad_token_id
     if not return_stats:
         return sequences, None
     wall = time.perf_counter() - start_time
-    new_tokens = int(state.generated.sum())
+    new_tokens = int(generated.sum())
     stats = {
         "forwards": forwards,
         **acceptance_summary(counts),
@@ -940,6 +1056,8 @@ def speculative_generate(
         "wall_time_s": wall,
         "tokens_per_s": new_tokens / wall if wall > 0 else float("inf"),
         "accepted_per_round": accepted_rounds,
+        "draft_tokens": sum(draft_tokens) / len(draft_tokens) if draft_tokens else 0.0,
+        "draft_tokens_per_round": draft_tokens,
         "counts": counts,
     }
     return sequences, stats

@@ -115,3 +115,25 @@ def test_batch_rows_with_a_reference_engine(monkeypatch, capsys):
     assert "ceiling_vs_loop_k0" not in rows["loop-k0@ref"]
     bench.print_table({"num_depths": 3, "batches": {"2": rows}})
     assert "mtp-sequential@ref" in capsys.readouterr().out
+
+
+def test_fixed_and_adaptive_draft_methods():
+    """`mtp-<family>-k<j>` drafts j tokens a round; `mtp-<family>-adaptive` keeps one planner across calls (reset per
+    batch size by clearing `PLANNERS`); both give greedy's output."""
+    model = _model("blockwise")
+    models = {"mtp-blockwise": model}
+    assert bench.speculative_settings("loop-k0", models) == (model, {"num_draft_tokens": 0})
+    assert bench.speculative_settings("mtp-blockwise", models) == (model, {})
+    assert bench.speculative_settings("mtp-blockwise-k2", models) == (model, {"num_draft_tokens": 2})
+    bench.PLANNERS.clear()
+    ids, mask = left_pad([[5, 6, 7, 8], [9, 10, 11]], 0)
+    greedy, _ = bench.decode("greedy", models, model.base_model, ids, mask, 8, 0)
+    out, stats = bench.decode("mtp-blockwise-k2", models, model.base_model, ids, mask, 8, 0)
+    assert torch.equal(out, greedy) and set(stats["draft_tokens_per_round"]) <= {2}
+    rounds = []
+    for _ in range(2):
+        out, stats = bench.decode("mtp-blockwise-adaptive", models, model.base_model, ids, mask, 8, 0)
+        assert torch.equal(out, greedy)
+        rounds.append(len(stats["draft_tokens_per_round"]))
+    assert bench.PLANNERS["mtp-blockwise-adaptive"].rounds == sum(rounds)  # one planner over both calls
+    bench.PLANNERS.clear()

@@ -1,5 +1,5 @@
 """The trainers' shared set-up: the argument check every trainer runs first (`MTPTrainerMixin._checked_args`), and
-the modules they build before TRL's Trainer seeds the run, which come from the run's seed."""
+modules they build before TRL's Trainer seeds the run come from the run's seed."""
 
 from __future__ import annotations
 
@@ -75,10 +75,16 @@ def _states_after_rng_use(build, draws: int) -> dict[str, torch.Tensor]:
 
 def test_new_heads_depend_on_the_seed_only(tiny_model, tmp_path):
     """Heads re-initialised the base model's way (not copies of its last layer) draw from the RNG."""
+
     def heads(seed):
         base = tiny_model()  # seeded itself: the RNG use below comes after it
-        args = MTPSFTConfig(output_dir=str(tmp_path), num_mtp_heads=2, head_type="sequential", seed=seed,
-                            sequential_init_from_last_layer=False)
+        args = MTPSFTConfig(
+            output_dir=str(tmp_path),
+            num_mtp_heads=2,
+            head_type="sequential",
+            seed=seed,
+            sequential_init_from_last_layer=False,
+        )
         return lambda: load_mtp_model(base, args).heads
 
     first, second = _states_after_rng_use(heads(0), 0), _states_after_rng_use(heads(0), 1000)
@@ -94,11 +100,26 @@ def test_world_model_ppo_modules_depend_on_the_seed_only(tiny_model, tokenizer, 
 
     def trainer_model():
         base = tiny_model()
-        args = WorldModelPPOConfig(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, seed=0,
-                                   num_mtp_heads=2, head_type="sequential", report_to=[], disable_tqdm=True,
-                                   dataloader_pin_memory=False)
-        return lambda: WorldModelPPOTrainer(base, args, train_dataset=prompts, processing_class=tokenizer,
-                                            reward_funcs=lambda completions, **kw: [0.0] * len(completions)).model
+        args = WorldModelPPOConfig(
+            output_dir=str(tmp_path),
+            max_steps=1,
+            per_device_train_batch_size=4,
+            seed=0,
+            num_mtp_heads=2,
+            head_type="sequential",
+            report_to=[],
+            disable_tqdm=True,
+            dataloader_pin_memory=False,
+        )
+        return lambda: (
+            WorldModelPPOTrainer(
+                base,
+                args,
+                train_dataset=prompts,
+                processing_class=tokenizer,
+                reward_funcs=lambda completions, **kw: [0.0] * len(completions),
+            ).model
+        )
 
     first, second = _states_after_rng_use(trainer_model(), 0), _states_after_rng_use(trainer_model(), 1000)
     assert any("world_model" in k for k in first) and any("value_head" in k for k in first)

@@ -232,6 +232,33 @@ def test_speculative_rollouts_train_and_log_acceptance(tiny_model, tokenizer, pr
         assert math.isfinite(h["objective/scores"])
 
 
+def test_adaptive_draft_tokens_in_rollouts(tiny_model, tokenizer, prompts, ppo_args):
+    """One planner serves every rollout of the run (its rounds add up over iterations) and chooses fewer than D drafts
+    in some rounds; the rollouts log drafts per round, acceptance per depth and tokens per second."""
+    args = ppo_args(
+        speculative_rollouts=True, adaptive_draft_tokens=True, head_type="blockwise", num_mtp_heads=3, mode="decoupled"
+    )
+    trainer = MTPPPOTrainer(
+        tiny_model(), args, train_dataset=prompts, processing_class=tokenizer, reward_funcs=first_token_parity
+    )
+    rounds = []
+    rollout = trainer.speculative_rollout
+
+    def counting(*a, **k):
+        out = rollout(*a, **k)
+        rounds.append(trainer.draft_planner.rounds)
+        return out
+
+    trainer.speculative_rollout = counting
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "spec/draft_tokens" in h]
+    assert len(logs) == 2 and rounds == sorted(rounds) and rounds[0] > 0 and len(set(rounds)) == len(rounds)
+    assert min(h["spec/draft_tokens"] for h in logs) < 3.0  # without the planner every round drafts D = 3
+    for h in logs:
+        assert all(0.0 <= h[f"spec/acceptance_depth_{i}"] <= 1.0 for i in (1, 2, 3))
+        assert h["spec/tokens_per_s"] > 0
+
+
 # -- the log-probs PPO computes are those of the sampler and of the update -----------------------------------------
 def chi_square_p_value(counts: torch.Tensor, probs: torch.Tensor, min_expected: float = 5.0) -> float:
     """Pearson's chi-square test of token `counts` [V] against `probs` [V] (tokens expected fewer than `min_expected`

@@ -6,7 +6,10 @@ Same base model (a tiny Llama pretrained on standard-library code), same prompts
 - `loop-k0`: `speculative_generate(num_draft_tokens=0)`: our own loop, one token per base forward (the bare greedy
   loop: part of any speed-up over `generate` is `generate`'s own overhead, this baseline has ours instead);
 - `prompt_lookup`: `base.generate(prompt_lookup_num_tokens=10)` (transformers supports it at batch 1 only);
-- `mtp-<family>`: `speculative_generate` with that family's heads (D = 4, MTP-SFT, `decode_models.trained_models`).
+- `mtp-<family>`: `speculative_generate` with that family's heads (D = 4, MTP-SFT, `decode_models.trained_models`);
+  with `--fixed-k`, also `mtp-<family>-k<j>` (j drafts per round) and with `--adaptive`, `mtp-<family>-adaptive`
+  (`adaptive_draft_tokens`: one planner per method and batch size, learning from the warm-up on and carried over the
+  repetitions, as a trainer's planner is over its rollouts).
 Protocol per batch size: every method runs once untimed (warm-up), then `--repeats` repetitions, each running every
 method once in a freshly shuffled order over all prompts; per repetition the time ratio of a baseline to a method is
 its speed-up, reported as the median and interquartile range over repetitions (machine load moves a repetition's
@@ -27,16 +30,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import random
 import statistics
 import time
 
 import torch
 
+from trl_mtp.adaptive_drafting import DraftPlanner
 from trl_mtp.benchmarks import parse_families
 from trl_mtp.benchmarks.decode_models import trained_models
 from trl_mtp.config import HEAD_TYPES
-from trl_mtp.decoding import left_pad, pool_acceptance
+from trl_mtp.decoding import left_pad
 
 
 def parse_args(argv):
@@ -50,6 +55,12 @@ def parse_args(argv):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0, help="seed of the shuffled orders")
     parser.add_argument("--pretrain-task", default="stdlib", help="the base's pretraining data ('stdlib', 'mix')")
+    parser.add_argument("--preset", default="tiny-llama", help="the base's model preset (`trl_mtp.embedded.presets`)")
+    parser.add_argument("--pretrain-steps", type=int, default=600, help="pretraining steps of the base")
+    parser.add_argument(
+        "--fixed-k", default="", help="comma-separated draft counts j (< D) run as methods mtp-<family>-k<j>"
+    )
+    parser.add_argument("--adaptive", action="store_true", help="also run mtp-<family>-adaptive")
     parser.add_argument("--head-steps", type=int, default=300, help="MTP-SFT steps of each family's heads")
     parser.add_argument("--head-texts", type=int, default=1024, help="self-distillation texts the heads train on")
     parser.add_argument(
@@ -71,6 +82,7 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     args.families = parse_families(args.families)
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
+    args.fixed_k = [int(k) for k in args.fixed_k.split(",") if k]
     if args.repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
     if args.quick:
@@ -127,6 +139,7 @@ def held_out_prompts(tokenizer, n: int, length: int) -> list[list[int]]:
 
 REFERENCE = "@ref"
 ENGINES = {}  # "@ref": the module given by --reference-engine
+PLANNERS = {}  # adaptive method -> its planner (reset per batch size)
 
 
 def load_engine(path: str):
@@ -150,8 +163,23 @@ def engine_of(name: str):
     return trl_mtp.decoding, name
 
 
+def speculative_settings(name: str, models: dict) -> tuple:
+    """(model, speculative_generate settings) of a speculative method: `loop-k0`, `mtp-<family>`,
+    `mtp-<family>-k<j>` or `mtp-<family>-adaptive`."""
+    if name == "loop-k0":
+        return next(iter(models.values())), {"num_draft_tokens": 0}
+    if name in models:
+        return models[name], {}
+    family, _, variant = name.rpartition("-")
+    if variant == "adaptive":
+        planner = PLANNERS.setdefault(name, DraftPlanner(models[family].heads.num_depths))
+        return models[family], {"adaptive_draft_tokens": planner}
+    return models[family], {"num_draft_tokens": int(variant.removeprefix("k"))}
+
+
 def decode(name, models, base, ids, mask, max_new_tokens, pad):
     """(output, stats or None) of one method on one batch."""
+    full_name = name
     engine, name = engine_of(name)
     settings = dict(attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
     with torch.no_grad():
@@ -161,10 +189,13 @@ def decode(name, models, base, ids, mask, max_new_tokens, pad):
             return base.generate(ids, prompt_lookup_num_tokens=10, **settings), None
         if name == "transformers-use_mtp":  # reads the MTP tensors from the checkpoint at every call
             return base.generate(ids, use_mtp=True, **settings), None
-        model = models[name] if name in models else next(iter(models.values()))
-        draft = 0 if name == "loop-k0" else None
+        model, settings = speculative_settings(name, models)
+        if full_name != name and "adaptive_draft_tokens" in settings:  # the reference engine's own planner class
+            settings["adaptive_draft_tokens"] = PLANNERS.setdefault(
+                full_name, engine.DraftPlanner(model.heads.num_depths)
+            )
         return engine.speculative_generate(
-            model, ids, mask, max_new_tokens=max_new_tokens, pad_token_id=pad, num_draft_tokens=draft
+            model, ids, mask, max_new_tokens=max_new_tokens, pad_token_id=pad, **settings
         )
 
 
@@ -238,9 +269,11 @@ def main(argv: list[str]) -> int:
         train = (
             dict(pretrain_steps=30, head_steps=10, n_texts=64)
             if args.quick
-            else dict(head_steps=args.head_steps, n_texts=args.head_texts)
+            else dict(pretrain_steps=args.pretrain_steps, head_steps=args.head_steps, n_texts=args.head_texts)
         )
-        dirs = trained_models(families=args.families, verbose=not args.quick, pretrain_task=args.pretrain_task, **train)
+        dirs = trained_models(
+            args.preset, args.families, verbose=not args.quick, pretrain_task=args.pretrain_task, **train
+        )
     tokenizer = AutoTokenizer.from_pretrained(next(iter(dirs.values())))
     pad = tokenizer.pad_token_id
     models = {f"mtp-{f}": MTPForCausalLM.from_pretrained(d).eval() for f, d in dirs.items()}
@@ -253,6 +286,7 @@ def main(argv: list[str]) -> int:
     results = {
         "config": dict(vars(args)),
         "num_depths": next(iter(models.values())).heads.num_depths,
+        "load_average_start": os.getloadavg(),
         "model_dirs": {k: str(v) for k, v in dirs.items()},
         "batches": {},
     }
@@ -263,10 +297,14 @@ def main(argv: list[str]) -> int:
             + (["prompt_lookup"] if batch_size == 1 else [])
             + (["transformers-use_mtp"] if args.native else [])
             + list(models)
+            + [f"{m}-k{k}" for m in models for k in args.fixed_k]
+            + ([f"{m}-adaptive" for m in models] if args.adaptive else [])
         )
+        PLANNERS.clear()  # a fresh planner per method at every batch size
         if args.reference_engine:
             methods += [m + REFERENCE for m in methods if m == "loop-k0" or m in models]
         results["batches"][str(batch_size)] = bench_batch_size(methods, models, base, batches, args, pad)
+    results["load_average_end"] = os.getloadavg()
     print_table(results)
     if args.json:
         with open(args.json, "w") as f:
@@ -284,7 +322,7 @@ def bench_batch_size(methods, models, base, batches, args, pad) -> dict:
         for m in order:
             elapsed, tokens[m], outputs[m], stats[m] = run_method(m, models, base, batches, args.max_new_tokens, pad)
             seconds[m].append(elapsed)
-    speculative = {m for m in methods if engine_of(m)[1] == "loop-k0" or engine_of(m)[1] in models}
+    speculative = {m for m in methods if engine_of(m)[1] == "loop-k0" or engine_of(m)[1].startswith("mtp-")}
     loop = {m: in_loop_times(m, models, base, batches, args.max_new_tokens, pad) for m in speculative}
     rows = {}
     for m in methods:
@@ -298,7 +336,11 @@ def bench_batch_size(methods, models, base, batches, args, pad) -> dict:
         if m in loop:
             row["in_loop"] = loop[m]
         if m in speculative and engine_of(m)[1] != "loop-k0":
-            row.update(pool_acceptance(stats[m]))
+            row.update(engine_of(m)[0].pool_acceptance(stats[m]))
+            rounds = [n for st in stats[m] for n in st.get("draft_tokens_per_round", [])]
+            if rounds:  # what each round drafted (the adaptive planner's choices), over the last repetition
+                row["draft_tokens"] = sum(rounds) / len(rounds)
+                row["draft_tokens_histogram"] = [rounds.count(k) for k in range(max(rounds) + 1)]
             row["ceiling_vs_loop_k0"] = loop["loop-k0"]["forward_s"] / (loop[m]["forward_s"] + loop[m]["drafting_s"])
             row["fraction_of_ceiling"] = row["speedup_vs_loop_k0"]["median"] / row["ceiling_vs_loop_k0"]
         rows[m] = row
@@ -311,8 +353,8 @@ def print_table(results):
         "loop, from in-loop forward and drafting times"
     )
     print(
-        f"{'batch':>5} {'method':<20} {'tok/s':>7} {'vs generate':>18} {'vs k=0 loop':>18} {'acc.len':>7} "
-        f"{'ceiling':>7} {'frac':>5} {'same':>5}  acceptance by position"
+        f"{'batch':>5} {'method':<26} {'tok/s':>7} {'vs generate':>18} {'vs k=0 loop':>18} {'acc.len':>7} "
+        f"{'drafts':>6} {'ceiling':>7} {'frac':>5} {'same':>5}  acceptance by position"
     )
     for batch, rows in results["batches"].items():
         for m, r in rows.items():
@@ -324,8 +366,9 @@ def print_table(results):
             mal = f"{r['mean_accepted_length']:.2f}" if "mean_accepted_length" in r else "-"
             ceil = f"{r['ceiling_vs_loop_k0']:.2f}" if "ceiling_vs_loop_k0" in r else "-"
             frac = f"{r['fraction_of_ceiling']:.2f}" if "fraction_of_ceiling" in r else "-"
+            drafts = f"{r['draft_tokens']:.2f}" if "draft_tokens" in r else "-"
             print(
-                f"{batch:>5} {m:<20} {r['tokens_per_s']:>7.1f} {cell(r['speedup_vs_generate']):>18} "
-                f"{cell(r['speedup_vs_loop_k0']):>18} {mal:>7} {ceil:>7} {frac:>5} "
+                f"{batch:>5} {m:<26} {r['tokens_per_s']:>7.1f} {cell(r['speedup_vs_generate']):>18} "
+                f"{cell(r['speedup_vs_loop_k0']):>18} {mal:>7} {drafts:>6} {ceil:>7} {frac:>5} "
                 f"{str(r['identical_to_greedy']):>5}  {acc}"
             )

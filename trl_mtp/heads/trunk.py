@@ -194,6 +194,22 @@ class Trunk:
             kwargs["use_cache"] = False
         return kwargs
 
+    @property
+    def layer_parameter_names(self) -> set[str]:
+        """Names of the last decoder layer's forward parameters (what a call of a copy of it may be given)."""
+        return {param.name for param in self._layer_params}
+
+    def layer_kwargs_with_cache(self, layer_kwargs: dict, cache) -> dict:
+        """A copy of a last-layer call's kwargs (from `layer_call_kwargs`) that reads from and writes to `cache`,
+        under whichever name this architecture's layer takes its cache (`past_key_values`, GPT-2's `layer_past`):
+        for a copy of the layer decoding step by step with a KV cache of its own."""
+        kwargs = dict(layer_kwargs)
+        for name in _CACHE_ARGS:
+            if name in kwargs or name in self.layer_parameter_names:
+                kwargs[name] = cache
+        kwargs["use_cache"] = True
+        return kwargs
+
 
 def call_layer(layer: nn.Module, hidden: torch.Tensor, layer_kwargs: dict) -> torch.Tensor:
     """Run a decoder layer; some architectures return a tuple whose first item is the hidden states."""

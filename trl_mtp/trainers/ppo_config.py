@@ -52,7 +52,14 @@ class MTPPPOConfig(RLHeadArguments, MTPArguments, TrainingArguments):
         speculative_rollouts (`bool`, defaults to `False`):
             Sample the rollouts with self-speculative decoding from the MTP heads
             (`MTPForCausalLM.speculative_generate`): lossless in distribution (speculative rejection sampling), so
-            PPO sees the same rollout distribution; logs `spec/mean_accepted_length` and `spec/acceptance_pos_{i}`.
+            PPO sees the same rollout distribution; logs `spec/mean_accepted_length`, `spec/acceptance_pos_{i}`,
+            `spec/acceptance_depth_{i}` (draft i kept once verified), `spec/draft_tokens` (drafts per round) and
+            `spec/tokens_per_s`.
+        adaptive_draft_tokens (`bool`, defaults to `False`):
+            With `speculative_rollouts`, each decoding round drafts 0..D tokens, as many as maximise expected tokens
+            per second from running per-depth acceptance and the measured round time at the current batch size
+            (`trl_mtp.adaptive_drafting`; 0 is plain decoding, chosen where speculation does not pay). One planner
+            for the whole run: its estimates follow the policy as it drifts. Lossless for every choice.
         missing_eos_penalty (`float` or `None`, defaults to `None`):
             Subtracted from the score of each response that does not contain the stop token (the EOS when there is
             no stop token). `None`: no penalty.
@@ -132,6 +139,13 @@ class MTPPPOConfig(RLHeadArguments, MTPArguments, TrainingArguments):
         default=False,
         metadata={
             "help": "Sample rollouts with self-speculative decoding from the MTP heads (lossless in distribution)."
+        },
+    )
+    adaptive_draft_tokens: bool = field(
+        default=False,
+        metadata={
+            "help": "With speculative_rollouts: choose each round's number of drafts (0..D) to maximise measured "
+            "tokens per second (lossless for every choice)."
         },
     )
     missing_eos_penalty: float | None = field(

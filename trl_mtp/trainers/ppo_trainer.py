@@ -40,6 +40,7 @@ from transformers import GenerationConfig, TemperatureLogitsWarper, Trainer, Tra
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import get_last_checkpoint
 
+from trl_mtp.adaptive_drafting import DraftPlanner
 from trl_mtp.losses import IGNORE_INDEX
 from trl_mtp.trainers import ppo_core as core
 from trl_mtp.trainers.mtp_mixin import HEADS_MODULE, ModelSource, MTPTrainerMixin, split_heads
@@ -371,14 +372,25 @@ class MTPPPOTrainer(MTPTrainerMixin, Trainer):
     ) -> torch.Tensor:
         """Sample with the heads drafting and the policy verifying (same distribution as plain sampling, fewer
         policy forwards when the heads agree with it); logs the acceptance as `spec/*`. It gets the plain path's
-        `generation_config` (under the same swap), so it samples what that path does and stops where it does."""
+        `generation_config` (under the same swap), so it samples what that path does and stops where it does. With
+        `adaptive_draft_tokens`, one planner chooses every round's number of drafts for the whole run."""
+        if self.args.adaptive_draft_tokens and getattr(self, "draft_planner", None) is None:
+            self.draft_planner = DraftPlanner(self.mtp_model.heads.num_depths)
         sequences, stats = self.mtp_model.speculative_generate(
-            queries, query_mask, max_new_tokens=generation_config.max_new_tokens, generation_config=generation_config
+            queries,
+            query_mask,
+            max_new_tokens=generation_config.max_new_tokens,
+            generation_config=generation_config,
+            adaptive_draft_tokens=getattr(self, "draft_planner", None) or False,
         )
         metrics = self._metrics["train"]
         metrics["spec/mean_accepted_length"].append(stats["mean_accepted_length"])
         for i, rate in enumerate(stats["acceptance_by_position"], start=1):
             metrics[f"spec/acceptance_pos_{i}"].append(rate)
+        for i, rate in enumerate(stats["acceptance_by_depth"], start=1):
+            metrics[f"spec/acceptance_depth_{i}"].append(rate)
+        metrics["spec/draft_tokens"].append(stats["draft_tokens"])
+        metrics["spec/tokens_per_s"].append(stats["tokens_per_s"])
         return sequences
 
     @torch.no_grad()
