@@ -69,10 +69,11 @@ def sft_args(tmp_path):
 
 @pytest.fixture
 def ppo_args(tmp_path):
-    """`ppo_args(**overrides)`: a small `MTPPPOConfig` (2 iterations of 4 rollouts, 2 epochs of 2 mini-batches)."""
+    """`ppo_args(**overrides)`: a small `MTPPPOConfig` (2 iterations of 4 rollouts, 2 epochs of 2 mini-batches);
+    `config_class` picks another PPO config (the world model's)."""
     from trl_mtp import MTPPPOConfig
 
-    def make(**overrides):
+    def make(config_class=MTPPPOConfig, **overrides):
         defaults = dict(
             output_dir=str(tmp_path / "run"),
             max_steps=2,
@@ -89,6 +90,6 @@ def ppo_args(tmp_path):
             num_mtp_heads=2,
             dataloader_pin_memory=False,
         )
-        return MTPPPOConfig(**{**defaults, **overrides})
+        return config_class(**{**defaults, **overrides})
 
     return make

@@ -46,28 +46,17 @@ def prompts():
 
 
 @pytest.fixture
-def wm_trainer(tmp_path, tiny_model, tokenizer, prompts):
+def wm_trainer(ppo_args, tiny_model, tokenizer, prompts):
     def make(**overrides):
-        defaults = dict(
-            output_dir=str(tmp_path / "run"),
-            max_steps=2,
-            per_device_train_batch_size=4,
+        settings = dict(
             num_mini_batches=1,
             num_ppo_epochs=1,
             response_length=5,
-            learning_rate=1e-3,
-            temperature=1.0,
-            report_to=[],
-            save_strategy="no",
-            disable_tqdm=True,
-            seed=0,
-            num_mtp_heads=2,
-            dataloader_pin_memory=False,
             head_type="sequential",
             world_model=True,
             logging_steps=1,
         )
-        args = WorldModelPPOConfig(**{**defaults, **overrides})
+        args = ppo_args(config_class=WorldModelPPOConfig, **{**settings, **overrides})
         return WorldModelPPOTrainer(
             tiny_model(), args, train_dataset=prompts, processing_class=tokenizer, reward_funcs=first_token_parity
         )
