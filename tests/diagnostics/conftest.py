@@ -3,23 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from small_runs import SMALL_RUN
 
 from trl_mtp.embedded.tasks.registry import get_task
 
-SFT = dict(
-    max_steps=4,
-    per_device_train_batch_size=8,
-    learning_rate=1e-3,
-    logging_steps=1,
-    report_to=[],
-    activation_checkpointing=False,
-    save_strategy="no",
-    dataloader_pin_memory=False,
-    num_mtp_heads=2,
-    seed=0,
-    disable_tqdm=True,
-    bf16=False,
-)
+SFT = {**SMALL_RUN, "max_steps": 4, "per_device_train_batch_size": 8, "bf16": False}
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from small_runs import SMALL_RUN
 
 from trl_mtp.diagnostics import MTPRecorder, make_probe_batch
 from trl_mtp.embedded.tasks.registry import get_task
@@ -61,18 +62,10 @@ def test_grpo_rollouts_are_scored_by_every_head(tiny_model, tokenizer, tmp_path)
 
     task = get_task("copy", length=2, max_value=9)
     args = MTPGRPOConfig(
+        **SMALL_RUN,
         output_dir=str(tmp_path),
         max_steps=2,
         per_device_train_batch_size=4,
-        learning_rate=1e-3,
-        logging_steps=1,
-        report_to=[],
-        activation_checkpointing=False,
-        save_strategy="no",
-        dataloader_pin_memory=False,
-        num_mtp_heads=2,
-        seed=0,
-        disable_tqdm=True,
         num_generations=4,
         max_completion_length=8,
         generation_batch_size=4,

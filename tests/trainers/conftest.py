@@ -4,6 +4,7 @@ model (`tiny_model` is in tests/conftest.py)."""
 from __future__ import annotations
 
 import pytest
+from small_runs import SMALL_RUN
 
 from trl_mtp.embedded.tasks.registry import get_task
 
@@ -48,20 +49,7 @@ def sft_args(tmp_path):
     from trl_mtp import MTPSFTConfig
 
     def make(**overrides):
-        defaults = dict(
-            output_dir=str(tmp_path / "run"),
-            max_steps=4,
-            per_device_train_batch_size=8,
-            learning_rate=1e-3,
-            logging_steps=1,
-            report_to=[],
-            activation_checkpointing=False,
-            save_strategy="no",
-            dataloader_pin_memory=False,
-            num_mtp_heads=2,
-            seed=0,
-            disable_tqdm=True,
-        )
+        defaults = {**SMALL_RUN, "output_dir": str(tmp_path / "run"), "max_steps": 4, "per_device_train_batch_size": 8}
         return MTPSFTConfig(**{**defaults, **overrides})
 
     return make

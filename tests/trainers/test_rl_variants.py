@@ -7,23 +7,12 @@ import math
 import pytest
 import torch
 from datasets import Dataset
+from small_runs import SMALL_RUN
 
 from trl_mtp import MTPDPOConfig, MTPDPOTrainer, MTPGRPOConfig, MTPGRPOTrainer, MTPRLOOConfig, MTPRLOOTrainer
 from trl_mtp.embedded.tasks.registry import get_task
 
-COMMON = dict(
-    max_steps=2,
-    per_device_train_batch_size=4,
-    learning_rate=1e-3,
-    logging_steps=1,
-    report_to=[],
-    activation_checkpointing=False,
-    save_strategy="no",
-    dataloader_pin_memory=False,
-    num_mtp_heads=2,
-    seed=0,
-    disable_tqdm=True,
-)
+COMMON = {**SMALL_RUN, "max_steps": 2, "per_device_train_batch_size": 4}
 ON_POLICY = dict(num_generations=4, max_completion_length=8, generation_batch_size=4)
 
 
