@@ -294,12 +294,20 @@ class MTPTrainerMixin:
 
     def _refuse_engine_clipping(self) -> None:
         """DeepSpeed clips inside its engine, on one norm over every gradient: decoupled mode's guarantee (the heads
-        never rescale the policy's update) cannot hold there, so the combination is refused."""
+        never rescale the policy's update) cannot hold there, so the combination is refused. ZeRO-3 is refused in
+        decoupled mode whatever the clipping: the heads call the shared LM head and final norm with detached
+        parameters (`torch.func.functional_call`), and ZeRO-3's gathering hooks fail on those plain tensors."""
         from accelerate.utils import DistributedType
 
         if self.args.mode != "decoupled" or self.accelerator.distributed_type != DistributedType.DEEPSPEED:
             return
-        clip = self.accelerator.state.deepspeed_plugin.deepspeed_config.get("gradient_clipping", 0.0)
+        plugin = self.accelerator.state.deepspeed_plugin
+        if plugin.deepspeed_config.get("zero_optimization", {}).get("stage") == 3:
+            raise ValueError(
+                "mode='decoupled' with DeepSpeed ZeRO-3: the heads call the LM head with detached parameters, which "
+                "ZeRO-3 cannot gather; use ZeRO-2 (gradient_clipping 0), FSDP or DDP"
+            )
+        clip = plugin.deepspeed_config.get("gradient_clipping", 0.0)
         clip = self.args.max_grad_norm if clip == "auto" else clip
         if clip and clip > 0:
             raise ValueError(
