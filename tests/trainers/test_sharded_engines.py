@@ -193,11 +193,12 @@ def test_decoupled_mode_is_refused_where_deepspeed_clips_or_under_zero3():
 
     from trl_mtp.trainers.mtp_mixin import MTPTrainerMixin
 
-    def trainer(mode, clipping, max_grad_norm=1.0, engine=DistributedType.DEEPSPEED, stage=2):
+    def trainer(mode, clipping, max_grad_norm=1.0, engine=DistributedType.DEEPSPEED, stage=2, alarm=None):
         config = {"gradient_clipping": clipping, "zero_optimization": {"stage": stage}}
         plugin = SimpleNamespace(deepspeed_config=config)
         accelerator = SimpleNamespace(distributed_type=engine, state=SimpleNamespace(deepspeed_plugin=plugin))
-        return SimpleNamespace(args=SimpleNamespace(mode=mode, max_grad_norm=max_grad_norm), accelerator=accelerator)
+        args = SimpleNamespace(mode=mode, max_grad_norm=max_grad_norm, mtp_alarms=alarm is not None, alarm_action=alarm)
+        return SimpleNamespace(args=args, accelerator=accelerator)
 
     for clipping in (1.0, "auto"):
         with pytest.raises(ValueError, match="mode='decoupled' with DeepSpeed gradient_clipping=1.0"):
@@ -211,6 +212,12 @@ def test_decoupled_mode_is_refused_where_deepspeed_clips_or_under_zero3():
     with pytest.raises(ValueError, match="mode='decoupled' with DeepSpeed ZeRO-3"):
         MTPTrainerMixin._refuse_engine_clipping(trainer("decoupled", 0.0, stage=3))
     MTPTrainerMixin._refuse_engine_clipping(trainer("coupled", 0.0, stage=3))
+    # an alarm response that switches to decoupled mode mid-run is refused alike
+    with pytest.raises(ValueError, match="alarm_action='decouple' with DeepSpeed ZeRO-3"):
+        MTPTrainerMixin._refuse_engine_clipping(trainer("coupled", 0.0, stage=3, alarm="decouple"))
+    with pytest.raises(ValueError, match="alarm_action='decouple' with DeepSpeed gradient_clipping=1.0"):
+        MTPTrainerMixin._refuse_engine_clipping(trainer("coupled", 1.0, alarm="decouple"))
+    MTPTrainerMixin._refuse_engine_clipping(trainer("coupled", 1.0, stage=3, alarm="warn"))
 
 
 def launch_engine(engine, initial_model, out_dir, *args, port):

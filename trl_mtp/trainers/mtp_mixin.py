@@ -296,22 +296,29 @@ class MTPTrainerMixin:
         """DeepSpeed clips inside its engine, on one norm over every gradient: decoupled mode's guarantee (the heads
         never rescale the policy's update) cannot hold there, so the combination is refused. ZeRO-3 is refused in
         decoupled mode whatever the clipping: the heads call the shared LM head and final norm with detached
-        parameters (`torch.func.functional_call`), and ZeRO-3's gathering hooks fail on those plain tensors."""
+        parameters (`torch.func.functional_call`), and ZeRO-3's gathering hooks fail on those plain tensors.
+        A run whose alarm response switches to decoupled mode mid-run is refused alike."""
         from accelerate.utils import DistributedType
 
-        if self.args.mode != "decoupled" or self.accelerator.distributed_type != DistributedType.DEEPSPEED:
+        if self.args.mode == "decoupled":
+            decoupled = "mode='decoupled'"
+        elif getattr(self.args, "mtp_alarms", False) and self.args.alarm_action == "decouple":
+            decoupled = "alarm_action='decouple'"
+        else:
+            return
+        if self.accelerator.distributed_type != DistributedType.DEEPSPEED:
             return
         plugin = self.accelerator.state.deepspeed_plugin
         if plugin.deepspeed_config.get("zero_optimization", {}).get("stage") == 3:
             raise ValueError(
-                "mode='decoupled' with DeepSpeed ZeRO-3: the heads call the LM head with detached parameters, which "
+                f"{decoupled} with DeepSpeed ZeRO-3: the heads call the LM head with detached parameters, which "
                 "ZeRO-3 cannot gather; use ZeRO-2 (gradient_clipping 0), FSDP or DDP"
             )
         clip = plugin.deepspeed_config.get("gradient_clipping", 0.0)
         clip = self.args.max_grad_norm if clip == "auto" else clip
         if clip and clip > 0:
             raise ValueError(
-                f"mode='decoupled' with DeepSpeed gradient_clipping={clip}: DeepSpeed clips all gradients "
+                f"{decoupled} with DeepSpeed gradient_clipping={clip}: DeepSpeed clips all gradients "
                 "on one norm, so the heads would rescale the policy's update; use FSDP or DDP, or set "
                 "gradient_clipping / max_grad_norm to 0"
             )
