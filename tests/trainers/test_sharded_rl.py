@@ -129,14 +129,14 @@ def test_zero3_grpo_with_a_reference_model(tmp_path, initial_model):
     policy) and runs it as its own ZeRO-3 inference engine (`prepare_deepspeed`), which gathers its partitions around
     each call. The run trains, ranks agree, the checkpoint loads, and the KL to the reference is logged: 0 at the
     first step (policy = reference), above 0 once the policy moved. Left out of the engine, the reference's weights
-    stay empty partitions and its first pass fails."""
+    stay empty partitions and its first pass fails ("'weight' must be 2-D")."""
     pytest.importorskip("deepspeed")
     reports = run(initial_model, tmp_path / "beta", "grpo", "zero3", "coupled", "beta")
     assert_ranks_agree_moved_and_saved(reports, tmp_path / "beta")
     kl = numbers(reports[0]["kl"])
     assert len(kl) == 2 and kl[0] == pytest.approx(0.0, abs=1e-6) and kl[1] > 0, kl
     assert reports[0]["kl"] == reports[1]["kl"]
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match="must be 2-D"):  # the reference's first pass, on empty partitions
         run(initial_model, tmp_path / "broken", "grpo", "zero3", "coupled", "no-ref-engine")
 
 
