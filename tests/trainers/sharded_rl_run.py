@@ -18,14 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the launch helpers
 from two_process import enable_cpu_fsdp, fingerprint, full_shape, local_shape, report_and_exit  # noqa: E402
 
-from trl_mtp import (  # noqa: E402
-    MTPGRPOConfig,
-    MTPGRPOTrainer,
-    MTPPPOConfig,
-    MTPPPOTrainer,
-    WorldModelPPOConfig,
-    WorldModelPPOTrainer,
-)
+import trl_mtp  # noqa: E402
 from trl_mtp.embedded.tasks.registry import get_task  # noqa: E402
 from trl_mtp.embedded.tokenizer import get_tokenizer  # noqa: E402
 
@@ -88,22 +81,20 @@ common = dict(
 )
 tokenizer = get_tokenizer()
 task = get_task("copy", length=2)
-if algorithm in ("ppo", "wm-ppo"):  # wm-ppo: PPO with the world model (world_model=True)
-    config, trainer_class = {
-        "ppo": (MTPPPOConfig, MTPPPOTrainer),
-        "wm-ppo": (WorldModelPPOConfig, WorldModelPPOTrainer),
-    }[algorithm]
-    world_model = {"world_model": True} if algorithm == "wm-ppo" else {}
-    args = config(**common, response_length=4, num_mini_batches=1, num_ppo_epochs=1, **world_model)
-    trainer = trainer_class(
-        model_dir, args, train_dataset=task.train(16), processing_class=tokenizer, reward_funcs=parity
-    )
-else:
-    beta = {"beta": 0.04} if {"beta", "no-ref-engine"} & set(sys.argv[6:]) else {}
-    args = MTPGRPOConfig(**common, num_generations=2, max_completion_length=4, **beta)
-    trainer = MTPGRPOTrainer(
-        model_dir, reward_funcs=parity, args=args, train_dataset=task.train(16), processing_class=tokenizer
-    )
+ppo_settings = dict(response_length=4, num_mini_batches=1, num_ppo_epochs=1)
+beta = {"beta": 0.04} if {"beta", "no-ref-engine"} & set(sys.argv[6:]) else {}
+config_class, trainer_class, settings = {  # wm-ppo: PPO with the world model
+    "ppo": (trl_mtp.MTPPPOConfig, trl_mtp.MTPPPOTrainer, ppo_settings),
+    "wm-ppo": (trl_mtp.WorldModelPPOConfig, trl_mtp.WorldModelPPOTrainer, {**ppo_settings, "world_model": True}),
+    "grpo": (trl_mtp.MTPGRPOConfig, trl_mtp.MTPGRPOTrainer, dict(num_generations=2, max_completion_length=4, **beta)),
+}[algorithm]
+trainer = trainer_class(
+    model_dir,
+    args=config_class(**common, **settings),
+    reward_funcs=parity,
+    train_dataset=task.train(16),
+    processing_class=tokenizer,
+)
 before = fingerprint(trainer.model)
 trainer.train()
 first = next(h for h in trainer.state.log_history if "mtp/loss" in h)
