@@ -11,22 +11,30 @@ from trl_mtp.benchmarks import rl_rollouts
 
 
 def test_each_iteration_runs_and_is_timed_under_its_setting(monkeypatch):
-    """The trainers count `global_step` up between `on_step_begin` and `on_step_end`: an iteration's time belongs to
-    the setting it ran under (hand-computed below; attributing it by the step count at its end would give each
-    time to the next iteration's setting)."""
-    clock = iter([0.0, 1.0, 10.0, 12.0, 20.0, 23.0])
+    """The trainers count `global_step` up between `on_step_begin` and `on_step_end`: an iteration's time, and its
+    rollout's, belong to the setting it ran under (hand-computed below; attributing them by the step count at the
+    end would give each to the next iteration's setting)."""
+    # per iteration: start, rollout start, rollout end, end
+    clock = iter([0.0, 0.1, 0.6, 1.0, 10.0, 10.5, 11.0, 12.0, 20.0, 20.5, 22.0, 23.0])
     monkeypatch.setattr(rl_rollouts.time, "perf_counter", lambda: next(clock))
     switch = rl_rollouts.SettingSwitch(["off", "on", "adaptive"])
+    rollout = switch.timed(lambda: "completions")
     args = types.SimpleNamespace(speculative_rollouts=None, adaptive_draft_tokens=None)
     state = types.SimpleNamespace(global_step=0)
     flags = []
     for _ in range(3):
         switch.on_step_begin(args, state, None)
         flags.append((args.speculative_rollouts, args.adaptive_draft_tokens))
+        assert rollout() == "completions"
         state.global_step += 1
         switch.on_step_end(args, state, None)
     assert flags == [(False, False), (True, False), (True, True)]
     assert switch.times == {"off": [1.0], "on": [2.0], "adaptive": [3.0]}
+    assert {k: [round(t, 6) for t in v] for k, v in switch.rollout_times.items()} == {
+        "off": [0.5],
+        "on": [0.5],
+        "adaptive": [1.5],
+    }
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,9 @@ Settings compared, side by side in one trainer per method family (the policy mov
 - `on`: `speculative_rollouts=True`, every round drafts D tokens;
 - `adaptive`: `speculative_rollouts=True, adaptive_draft_tokens=True` (one planner over the run).
 A callback switches the setting at the start of each iteration (the trainers read it at every rollout) and times
-the iteration, from `on_step_begin` to `on_step_end`: rollout, scoring, the RL update. Protocol: one warm-up
+the iteration, from `on_step_begin` to `on_step_end`: rollout, scoring, the RL update; and, inside it, the rollout
+alone (the trainer's sampling method: PPO's `generate_rollouts`, GRPO's `_generate_single_turn`), which bounds what
+faster sampling can give the iteration. Protocol: one warm-up
 iteration per setting, then `--repeats` repetitions, each running every setting once in a freshly shuffled order;
 the speed-up of a setting in a repetition is off's time / its time, reported as median and interquartile range.
 Both trainers sample `--batch` completions per iteration (GRPO: batch / num_generations prompts, each
@@ -75,17 +77,32 @@ def parse_args(argv):
 
 
 class SettingSwitch(TrainerCallback):
-    """Runs each iteration under the next setting of `schedule` and records its wall time under that setting."""
+    """Runs each iteration under the next setting of `schedule` and records its wall time under that setting, and
+    the part of it spent in the rollout method wrapped by `timed`."""
 
     def __init__(self, schedule: list[str]):
-        self.schedule, self.times, self.start = schedule, {name: [] for name in SETTINGS}, None
+        self.schedule, self.start, self.rollout = schedule, None, 0.0
+        self.times = {name: [] for name in SETTINGS}
+        self.rollout_times = {name: [] for name in SETTINGS}
+
+    def timed(self, method):
+        def rollout(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.rollout += time.perf_counter() - start
+
+        return rollout
 
     def on_step_begin(self, args, state, control, **kwargs):
         args.speculative_rollouts, args.adaptive_draft_tokens = SETTINGS[self.schedule[state.global_step]]
-        self.start = time.perf_counter()
+        self.start, self.rollout = time.perf_counter(), 0.0
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.times[self.schedule[state.global_step - 1]].append(time.perf_counter() - self.start)
+        setting = self.schedule[state.global_step - 1]  # the trainers count the step before this call
+        self.times[setting].append(time.perf_counter() - self.start)
+        self.rollout_times[setting].append(self.rollout)
 
 
 def length_reward(completions, **kwargs) -> list[float]:
@@ -145,14 +162,19 @@ def bench_trainer(name: str, model_dir, args, tokenizer, prompts: list[str]) -> 
     with tempfile.TemporaryDirectory() as output_dir:
         trainer = build_trainer(name, model, tokenizer, prompts, len(schedule), args, output_dir)
         trainer.add_callback(switch)
+        rollout_method = "generate_rollouts" if name == "ppo" else "_generate_single_turn"  # the sampling seam
+        setattr(trainer, rollout_method, switch.timed(getattr(trainer, rollout_method)))
         trainer.train()
     times = {s: t[1:] for s, t in switch.times.items()}  # the first of each is its warm-up
+    rollout_times = {s: t[1:] for s, t in switch.rollout_times.items()}
     logs = [h for h in trainer.state.log_history if "train_runtime" not in h]
     by_setting = {s: [h for h, step in zip(logs, schedule[: len(logs)]) if step == s] for s in SETTINGS}
-    result = {"schedule": schedule, "seconds": times}
+    result = {"schedule": schedule, "seconds": times, "rollout_seconds": rollout_times}
     for setting in SETTINGS:
         q1, median, q3 = quartiles(times[setting])
         result[setting] = {"median_s": median, "iqr_s": q3 - q1}
+        q1, median, q3 = quartiles(rollout_times[setting])
+        result[setting]["rollout_median_s"], result[setting]["rollout_iqr_s"] = median, q3 - q1
         spec_logs = [h for h in by_setting[setting] if "spec/draft_tokens" in h]
         if spec_logs:
             result[setting]["spec"] = {
@@ -163,6 +185,7 @@ def bench_trainer(name: str, model_dir, args, tokenizer, prompts: list[str]) -> 
             result[setting]["mean_completion_length"] = sum(lengths) / len(lengths)
         if setting != "off":
             result[setting]["speedup_over_off"] = ratio_summary(times["off"], times[setting])
+            result[setting]["rollout_speedup_over_off"] = ratio_summary(rollout_times["off"], rollout_times[setting])
     return result
 
 
@@ -189,11 +212,13 @@ def main(argv: list[str]) -> int:
     for name in args.trainers:
         results[name] = bench_trainer(name, model_dir, args, tokenizer, prompts)
         for setting in ("on", "adaptive"):
-            s = results[name][setting]["speedup_over_off"]
+            row, off = results[name][setting], results[name]["off"]
+            s, r = row["speedup_over_off"], row["rollout_speedup_over_off"]
             print(
-                f"{name:5s} {setting:8s} off {results[name]['off']['median_s']:.3f}s  "
-                f"{setting} {results[name][setting]['median_s']:.3f}s  speed-up {s['median']:.2f}x "
-                f"(IQR {s['q1']:.2f}-{s['q3']:.2f})",
+                f"{name:5s} {setting:8s} iteration off {off['median_s']:.2f}s {setting} {row['median_s']:.2f}s "
+                f"speed-up {s['median']:.2f}x (IQR {s['q1']:.2f}-{s['q3']:.2f}) | rollout off "
+                f"{off['rollout_median_s']:.2f}s {setting} {row['rollout_median_s']:.2f}s speed-up {r['median']:.2f}x "
+                f"(IQR {r['q1']:.2f}-{r['q3']:.2f})",
                 flush=True,
             )
     results["load_average_end"] = os.getloadavg()
