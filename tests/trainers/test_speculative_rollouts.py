@@ -113,6 +113,11 @@ def test_a_step_with_speculative_rollouts_logs_spec(trainer_cls, config_cls, tin
         assert key in log, key
     assert 0.0 <= log["spec/draft_tokens"] <= 3.0 and "mtp/loss" in log and "reward" in log
     assert trainer.model.training  # the trained tree's mode is the one TRL left, not the MTP wrapper's
+    # adaptive drafting turned off mid-run: every round drafts D again, though the run's planner is kept (a helper
+    # that passed the planner whenever one existed went on adapting)
+    trainer.args.adaptive_draft_tokens = False
+    trainer.speculative_completions([[5, 6, 7]])
+    assert calls[-1]["adaptive_draft_tokens"] is False and trainer.draft_planner is not None
 
 
 def test_what_speculative_rollouts_cannot_honour_is_refused(tiny_model, tokenizer, tmp_path, monkeypatch):

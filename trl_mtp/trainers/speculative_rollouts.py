@@ -65,7 +65,8 @@ class SpeculativeRollouts:
                 query_mask,
                 max_new_tokens=generation_config.max_new_tokens,
                 generation_config=generation_config,
-                adaptive_draft_tokens=self.draft_planner or False,
+                # the flag, not the planner's existence: it may be turned off mid-run (the planner is then kept)
+                adaptive_draft_tokens=self.draft_planner if self.args.adaptive_draft_tokens else False,
             )
         finally:
             base.train(was_training)
