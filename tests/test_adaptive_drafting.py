@@ -96,12 +96,37 @@ def test_refresh_retries_plain_or_a_neighbour_of_the_best():
     planner = measured(DraftPlanner(4, refresh_every=4, prior_weight=0.0), times)
     planner.kept, planner.verified = [9.0, 9.0, 9.0, 1.0], [10.0] * 4  # E = 1, 1.9, 2.71, 3.439, 3.51
     planner.measured_at = {(1, 0): 3, (1, 1): 0, (1, 2): 2, (1, 3): 5, (1, 4): 6}
-    planner.rounds = 8
+    planner.rounds, planner.next_refresh = 7, 8
     assert planner.choose(1) == 3  # exploiting: 3.439 / 1.0 beats 3.51 / 3.0
-    planner.rounds = 7  # the 8th round: a refresh
+    planner.rounds = 8  # a refresh is due
     assert planner.choose(1) == 2
-    planner.measured_at[(1, 2)] = 7
+    planner.measured_at[(1, 2)], planner.refreshed_from = 8, None
     assert planner.choose(1) == 0
+
+
+def choices_over_rounds(planner: DraftPlanner, rounds: int, gain_from: int) -> list[int]:
+    """The planner's choice each round at batch 8, one draft possible. Plain rounds take 1 s; a drafting round takes
+    3 s and every row rejects its draft (plain wins) before round `gain_from`, 0.5 s and every row keeps it after."""
+    chosen = []
+    for r in range(rounds):
+        k = planner.choose(8)
+        gain = r >= gain_from
+        planner.observe(8, k, 1.0 if k == 0 else 0.5 if gain else 3.0, [k if gain else 0] * 8)
+        chosen.append(k)
+    return chosen
+
+
+def test_refreshes_back_off_while_the_choice_holds_and_reset_when_a_refresh_changes_it():
+    """By hand, refresh_every = 4, refresh_max_every = 32: rounds 0 and 1 try the unmeasured 1 and 0; plain wins
+    (E(1) = 1 token in 3 s). Refreshes (one draft) at round 3, then after waits of 8, 16, 32, 32: rounds 11, 27, 59,
+    91, 123. From round 100 a draft pays (0.5 s, kept): the refresh at 123 shows it, the choice becomes 1 and the wait
+    is back to 4: plain is refreshed at 127, then 8 rounds later, at 135. A fixed interval (refresh_max_every =
+    refresh_every, the former planner) refreshes every 4th round: 25 times where the back-off does 6 before round 100."""
+    chosen = choices_over_rounds(DraftPlanner(1, time_memory=0.0, refresh_every=4, refresh_max_every=32), 140, 100)
+    assert [r for r in range(124) if chosen[r] == 1] == [0, 3, 11, 27, 59, 91, 123]
+    assert [r for r in range(124, 140) if chosen[r] == 0] == [127, 135]
+    fixed = choices_over_rounds(DraftPlanner(1, time_memory=0.0, refresh_every=4, refresh_max_every=4), 100, 100)
+    assert [r for r in range(100) if fixed[r] == 1] == [0] + list(range(3, 100, 4)) != [0, 3, 11, 27, 59, 91]
 
 
 @pytest.mark.parametrize(
@@ -111,6 +136,7 @@ def test_refresh_retries_plain_or_a_neighbour_of_the_best():
         (dict(max_drafts=True), "max_drafts must be an integer >= 0, got True"),
         (dict(max_drafts=2, acceptance_memory=1.0), r"acceptance_memory must be in \[0, 1\), got 1.0"),
         (dict(max_drafts=2, refresh_every=0), "refresh_every must be >= 1, got 0"),
+        (dict(max_drafts=2, refresh_max_every=16), "refresh_max_every must be >= refresh_every, got 16"),
         (dict(max_drafts=2, min_gain=-0.1), "min_gain must be >= 0, got -0.1"),
     ],
 )

@@ -15,11 +15,14 @@ batch runs until its slowest row ends), and single round times on a loaded machi
 difference, so a near-tie goes to plain decoding, the choice whose cost is known. So speculation stops where it does
 not pay: at large batches, where verifying k + 1 tokens per row costs about k + 1
 forwards, or when the heads drift away from the policy. A choice never measured is tried once before the planner
-exploits (the largest first: it also measures every depth's acceptance); every `refresh_every` rounds, of plain
-decoding and the best choice's neighbours (k - 1, k + 1), the one measured longest ago in the current bucket is tried
-again, so the estimates follow the machine's load and the policy's drift (a depth's acceptance is only seen when it
-drafts), and one unlucky measurement cannot lock plain decoding out, at the cost of one round in `refresh_every`
-off the best (plain decoding is the cheapest round, a neighbour one draft away).
+exploits (the largest first: it also measures every depth's acceptance); then, of plain decoding and the best
+choice's neighbours (k - 1, k + 1), the one measured longest ago in the current bucket is tried again (a refresh), so
+the estimates follow the machine's load and the policy's drift (a depth's acceptance is only seen when it drafts),
+and one unlucky measurement cannot lock plain decoding out. A refresh costs more than a round off the best: after a
+run of plain rounds the parallel and sequential heads first catch up over every slot since they last drafted (at
+batch 64, 4-8 plain rounds' time). So the refreshes back off: the first comes `refresh_every` rounds in, and each
+refresh that leaves the choice as it was doubles the wait for the next (up to `refresh_max_every`); one that changes
+the choice (the probe showed a gain, or a loss of the best) resets it to `refresh_every`.
 
 Every choice is lossless: a round with any number of drafts commits exactly what the base alone would (greedy: the
 same tokens; sampling: the same distribution, the choice depending on past rounds only), so the output does not
@@ -45,12 +48,14 @@ class DraftPlanner:
     `max_drafts`: D, the heads that may draft. `acceptance_memory`: per round, the weight the past keeps in the
     acceptance counts (0.98: about the last 50 rounds). `time_memory`: the same for the round times.
     `prior_acceptance`, `prior_weight`: the acceptance a depth starts from, worth that many observed rows.
-    `min_gain`: drafting must be predicted this much faster than plain decoding (0.05: 5%) to be chosen."""
+    `min_gain`: drafting must be predicted this much faster than plain decoding (0.05: 5%) to be chosen.
+    `refresh_every`, `refresh_max_every`: the shortest and the longest wait, in rounds, between two refreshes."""
 
     max_drafts: int
     acceptance_memory: float = 0.98
     time_memory: float = 0.8
     refresh_every: int = 32
+    refresh_max_every: int = 512
     prior_acceptance: float = 0.5
     prior_weight: float = 1.0
     min_gain: float = 0.05
@@ -59,6 +64,9 @@ class DraftPlanner:
     round_seconds: dict = field(default_factory=dict)  # (bucket, k) -> running round time
     measured_at: dict = field(default_factory=dict)  # (bucket, k) -> the round it was last measured
     rounds: int = 0
+    refresh_wait: int = 0  # rounds from one refresh to the next (0: refresh_every)
+    next_refresh: int = -1  # the round of the next refresh (-1: refresh_every - 1, the first)
+    refreshed_from: int | None = None  # the choice the last round's refresh stood in for, until the next choice
 
     def __post_init__(self):
         if isinstance(self.max_drafts, bool) or not isinstance(self.max_drafts, int) or self.max_drafts < 0:
@@ -70,6 +78,11 @@ class DraftPlanner:
             raise ValueError(f"min_gain must be >= 0, got {self.min_gain!r}")
         if self.refresh_every < 1:
             raise ValueError(f"refresh_every must be >= 1, got {self.refresh_every!r}")
+        if self.refresh_max_every < self.refresh_every:
+            raise ValueError(f"refresh_max_every must be >= refresh_every, got {self.refresh_max_every!r}")
+        self.refresh_wait = self.refresh_wait or self.refresh_every
+        if self.next_refresh < 0:
+            self.next_refresh = self.refresh_every - 1
         self.kept = self.kept or [0.0] * self.max_drafts
         self.verified = self.verified or [0.0] * self.max_drafts
 
@@ -120,9 +133,16 @@ class DraftPlanner:
         best = max(choices, key=rate.get)
         if rate[best] < (1.0 + self.min_gain) * rate[0]:  # a near-tie: plain decoding
             best = 0
-        if self.rounds % self.refresh_every == self.refresh_every - 1:  # re-measure plain or a neighbour of the best
+        if self.refreshed_from is not None:  # the last round was a refresh: back off unless it changed the choice
+            unchanged = best == self.refreshed_from
+            self.refresh_wait = min(2 * self.refresh_wait, self.refresh_max_every) if unchanged else self.refresh_every
+            self.next_refresh = self.rounds - 1 + self.refresh_wait
+            self.refreshed_from = None
+        if self.rounds >= self.next_refresh:  # re-measure plain or a neighbour of the best
             candidates = [k for k in {0, best - 1, best + 1} if k in choices and k != best]
-            return min(candidates, key=lambda k: self.measured_at.get((bucket, k), -1), default=best)
+            if candidates:
+                self.refreshed_from = best
+                return min(candidates, key=lambda k: self.measured_at.get((bucket, k), -1))
         return best
 
     def observe(self, batch_size: int, k: int, seconds: float, accepted: list[int]) -> None:
