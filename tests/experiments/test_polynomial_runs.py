@@ -3,6 +3,7 @@
 
 import pytest
 import torch
+from small_runs import SCRATCH_MODEL
 
 from trl_mtp.embedded.tasks.polynomial import PolynomialArithmetic
 from trl_mtp.experiments.polynomial_runs import encode_rows, exact_match, run_polynomial
@@ -51,20 +52,13 @@ def test_exact_match_scores_each_problem_by_hand():
 
 
 def test_short_runs(tmp_path):
-    model = {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 2,
-    }
     for name, mtp in (("ntp", None), ("mtp", {"head_type": "parallel", "num_mtp_heads": 1})):
         result = run_polynomial(
             None,
             tmp_path / name,
             seed=0,
             task={"max_ops": 2},
-            model=model,
+            model=SCRATCH_MODEL,
             steps=3,
             batch_size=4,
             eval_n=6,
@@ -75,4 +69,4 @@ def test_short_runs(tmp_path):
         assert len(result["exact"]) == len(result["ood_exact"]) == 6 and [c["step"] for c in result["curve"]] == [3]
         assert (result["final_mtp_losses"] is None) == (mtp is None)
     with pytest.raises(ValueError, match="ood_ops=2"):
-        run_polynomial(None, tmp_path / "bad", seed=0, task={"max_ops": 2}, model=model, steps=1, ood_ops=2)
+        run_polynomial(None, tmp_path / "bad", seed=0, task={"max_ops": 2}, model=SCRATCH_MODEL, steps=1, ood_ops=2)

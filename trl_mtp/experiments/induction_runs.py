@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from trl_mtp.experiments import resumable
-from trl_mtp.experiments.scratch_runs import pad_rows, scratch_lm, timed_training
+from trl_mtp.experiments.scratch_runs import pad_rows, scratch_lm, train_scratch
 
 
 def pad_stories(stories, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,7 +60,6 @@ def run_induction(
     """Train `preset` (fields overridden by `model`) from scratch on named stories (`task` parameters; training
     stories seeded by `seed`, as is the initialisation) for `steps` steps; score name completion on `eval_n`
     held-out stories (task seed 0, the same for every seed). `base_dir` is unused."""
-    from trl_mtp.embedded.presets import count_parameters
     from trl_mtp.embedded.tasks.induction import NamedStories
 
     train_task, eval_task = NamedStories(seed=seed, **task), NamedStories(seed=0, **task)
@@ -68,13 +67,13 @@ def run_induction(
     net, lm = scratch_lm(preset, train_task.token_vocab_size(), eos=eos, seed=seed, model=model, mtp=mtp)
     inputs, labels = pad_stories(train_task.stories("train", steps * batch_size), eos)
     eval_stories = eval_task.stories("eval", eval_n)
-    curve = []
 
-    def score_curve(step: int):
+    def score_curve() -> dict:
         scored = name_completion(net, eval_task, eval_stories[:100])
-        curve.append({"step": step, "induction": sum(scored["induction"]) / max(1, len(scored["induction"]))})
+        return {"induction": sum(scored["induction"]) / max(1, len(scored["induction"]))}
 
-    trained = timed_training(
+    result = train_scratch(
+        net,
         lm,
         inputs,
         labels,
@@ -82,17 +81,9 @@ def run_induction(
         batch_size=batch_size,
         lr=lr,
         seed=seed,
+        mtp=mtp,
         curve_every=curve_every,
-        callback=score_curve,
+        score=score_curve,
     )
     scores = name_completion(net, eval_task, eval_stories)
-    return {
-        "seed": seed,
-        "steps": steps,
-        "mtp": mtp,
-        "num_parameters": count_parameters(net),
-        **trained,
-        "curve": curve,
-        "induction_accuracy": sum(scores["induction"]) / max(1, len(scores["induction"])),
-        **scores,
-    }
+    return {**result, "induction_accuracy": sum(scores["induction"]) / max(1, len(scores["induction"])), **scores}

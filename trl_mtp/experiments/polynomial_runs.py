@@ -15,7 +15,7 @@ from itertools import groupby
 import torch
 
 from trl_mtp.experiments import resumable
-from trl_mtp.experiments.scratch_runs import pad_rows, scratch_lm, timed_training
+from trl_mtp.experiments.scratch_runs import pad_rows, scratch_lm, train_scratch
 from trl_mtp.losses import IGNORE_INDEX
 
 
@@ -71,7 +71,6 @@ def run_polynomial(
     training problems seeded by `seed`, as is the initialisation) for `steps` steps of `batch_size` problems; score
     exact match on `eval_n` held-out problems (task seed 0, the same for every seed) and, with `ood_ops`, on
     `eval_n` held-out problems of `ood_ops` operations. `base_dir` is unused."""
-    from trl_mtp.embedded.presets import count_parameters
     from trl_mtp.embedded.tasks.polynomial import PolynomialArithmetic
 
     train_task, eval_task = PolynomialArithmetic(seed=seed, **task), PolynomialArithmetic(seed=0, **task)
@@ -85,13 +84,13 @@ def run_polynomial(
     if ood_ops is not None:
         ood_task = PolynomialArithmetic(seed=0, **{**task, "min_ops": ood_ops, "max_ops": ood_ops})
         ood_problems = ood_task.problems("eval", eval_n)
-    curve = []
 
-    def score_curve(step: int):
+    def score_curve() -> dict:
         scored = exact_match(net, eval_task, eval_problems[:200])
-        curve.append({"step": step, "exact": sum(scored) / len(scored)})
+        return {"exact": sum(scored) / len(scored)}
 
-    trained = timed_training(
+    result = train_scratch(
+        net,
         lm,
         inputs,
         labels,
@@ -99,19 +98,10 @@ def run_polynomial(
         batch_size=batch_size,
         lr=lr,
         seed=seed,
+        mtp=mtp,
         curve_every=curve_every,
-        callback=score_curve,
+        score=score_curve,
     )
     exact = exact_match(net, eval_task, eval_problems)
     ood_exact = exact_match(net, eval_task, ood_problems) if ood_problems else []
-    return {
-        "seed": seed,
-        "steps": steps,
-        "mtp": mtp,
-        "num_parameters": count_parameters(net),
-        **trained,
-        "curve": curve,
-        "accuracy": sum(exact) / len(exact),
-        "exact": exact,
-        "ood_exact": ood_exact,
-    }
+    return {**result, "accuracy": sum(exact) / len(exact), "exact": exact, "ood_exact": ood_exact}

@@ -1,6 +1,6 @@
 """What the from-scratch task runs (named-story induction, polynomial arithmetic) share around
 `scratch_loop.train_rows`: right-padded token rows, the model built from a preset for the task's own vocabulary
-(with MTP heads or not), and one timed training whose losses go into the run's result.
+(with MTP heads or not), and one timed training whose losses and learning curve start the run's result.
 """
 
 from __future__ import annotations
@@ -38,17 +38,35 @@ def scratch_lm(preset: str, vocab_size: int, *, eos: int, seed: int, model: dict
     return net, (MTPForCausalLM.from_base(net, MTPConfig(**mtp)) if mtp is not None else net)
 
 
-def timed_training(lm, inputs, labels, *, steps, batch_size, lr, seed, curve_every=0, callback=None) -> dict:
-    """`train_rows` timed: {train_seconds, final_loss (mean of the last 20 steps), losses (about 100 of them),
-    final_mtp_losses}."""
+def train_scratch(net, lm, inputs, labels, *, steps, batch_size, lr, seed, mtp, curve_every=0, score=None) -> dict:
+    """Train `lm` (built on `net`) with `train_rows`, timed; `score()` (a dict of metric values) is taken on `net`
+    every `curve_every` steps and after the last. Returns what every from-scratch run's result starts with: seed,
+    steps, mtp, num_parameters, train_seconds, final_loss (mean of the last 20 steps), losses (about 100 of them),
+    final_mtp_losses and the curve ({step, metric: value} rows)."""
+    from trl_mtp.embedded.presets import count_parameters
+
+    curve = []
     start = time.time()
     trained = train_rows(
-        lm, inputs, labels, steps=steps, batch_size=batch_size, lr=lr, seed=seed, every=curve_every, callback=callback
+        lm,
+        inputs,
+        labels,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        every=curve_every if score is not None else 0,
+        callback=lambda step: curve.append({"step": step, **score()}),
     )
-    losses = trained["losses"]
+    seconds, losses = time.time() - start, trained["losses"]
     return {
-        "train_seconds": time.time() - start,
+        "seed": seed,
+        "steps": steps,
+        "mtp": mtp,
+        "num_parameters": count_parameters(net),
+        "train_seconds": seconds,
         "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])),
         "losses": losses[:: max(1, steps // 100)],
         "final_mtp_losses": trained["mtp_losses"],
+        "curve": curve,
     }
