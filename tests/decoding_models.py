@@ -102,3 +102,17 @@ class RandomPlanner(DraftPlanner):
 
     def choose(self, batch_size: int, limit: int | None = None) -> int:
         return self.rng.randint(0, self.max_drafts if limit is None else min(limit, self.max_drafts))
+
+
+class ScriptedPlanner(DraftPlanner):
+    """Drafts the numbers in `script` round after round (cycling; capped at the room left): runs of plain rounds
+    between drafting ones, the pattern an adaptive planner produces where speculation barely pays."""
+
+    def __init__(self, max_drafts: int, script: list[int]):
+        super().__init__(max_drafts)
+        self.script, self.choices = script, []
+
+    def choose(self, batch_size: int, limit: int | None = None) -> int:
+        k = self.script[len(self.choices) % len(self.script)]
+        self.choices.append(k if limit is None else min(k, limit))
+        return self.choices[-1]

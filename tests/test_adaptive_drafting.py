@@ -53,6 +53,22 @@ def test_choice_maximises_tokens_per_second():
     assert planner.choose(1, limit=1) == 1  # no room for more drafts before the model's last position
 
 
+def test_drafting_needs_a_predicted_gain_over_plain_decoding():
+    """a_1 = 0.25: one draft gives E(1) = 1.25 tokens in 1.2 s against 1 in 1.0 s: 1.25 / 1.2 = 1.042 tokens/s, 4.2%
+    over plain decoding, under the 5% margin: plain. At a_1 = 0.3, 1.3 / 1.2 = 1.083 (8.3% over plain): one draft.
+    Without the margin (`min_gain=0`) the near-tie drafts."""
+    planner = measured(DraftPlanner(1, prior_weight=0.0), {(8, 0): 1.0, (8, 1): 1.2})
+    planner.rounds = 1
+    planner.kept, planner.verified = [2.5], [10.0]
+    assert planner.expected_tokens(1) / 1.2 == pytest.approx(1.0417, abs=1e-4)
+    assert planner.choose(8) == 0
+    planner.min_gain = 0.0
+    assert planner.choose(8) == 1
+    planner.min_gain = 0.05
+    planner.kept = [3.0]
+    assert planner.choose(8) == 1
+
+
 def test_unmeasured_choices_are_tried_first_largest_first():
     planner = DraftPlanner(2)
     order = []
@@ -95,6 +111,7 @@ def test_refresh_retries_plain_or_a_neighbour_of_the_best():
         (dict(max_drafts=True), "max_drafts must be an integer >= 0, got True"),
         (dict(max_drafts=2, acceptance_memory=1.0), r"acceptance_memory must be in \[0, 1\), got 1.0"),
         (dict(max_drafts=2, refresh_every=0), "refresh_every must be >= 1, got 0"),
+        (dict(max_drafts=2, min_gain=-0.1), "min_gain must be >= 0, got -0.1"),
     ],
 )
 def test_bad_settings_are_refused(settings, message):

@@ -12,7 +12,17 @@ import dataclasses
 
 import pytest
 import torch
-from decoding_models import FAMILIES, PAD, VOCAB, RandomPlanner, check_identity, make_model, random_batch, reference
+from decoding_models import (
+    FAMILIES,
+    PAD,
+    VOCAB,
+    RandomPlanner,
+    ScriptedPlanner,
+    check_identity,
+    make_model,
+    random_batch,
+    reference,
+)
 
 import trl_mtp.decoding as decoding
 from trl_mtp.config import MTPConfig
@@ -324,7 +334,8 @@ def test_all_depths_projected_at_once_outside_the_capture_hook(family, monkeypat
 
 def test_parallel_heads_run_over_kept_slots_only(monkeypatch):
     """The parallel heads' layers see, each round, the slots the longest-accepting row kept (k + 1), not all D + 1
-    verified slots; running them over every verified slot fails."""
+    verified slots (run when the next round drafts: the last round's slots are never run); running them over every
+    verified slot fails."""
     model = make_model("parallel", perturb=0.3)
     ids, mask = random_batch(4, 3)
 
@@ -343,7 +354,7 @@ def test_parallel_heads_run_over_kept_slots_only(monkeypatch):
         return seen, stats
 
     seen, stats = slots_seen()
-    expected = [ids.size(1)] + [max(k for k in round_ if k >= 0) + 1 for round_ in stats["accepted_per_round"]]
+    expected = [ids.size(1)] + [max(k for k in round_ if k >= 0) + 1 for round_ in stats["accepted_per_round"][:-1]]
     assert seen == expected and min(expected[1:]) < 4  # some round kept fewer than D + 1 = 4 slots
     observe = decoding.ParallelDrafter.observe
     monkeypatch.setattr(
@@ -355,7 +366,7 @@ def test_parallel_heads_run_over_kept_slots_only(monkeypatch):
     )
     with pytest.raises(Exception):  # noqa: B017 (an assertion or a shape error: either shows it) every verified slot run: the drafts differ, the stats or the slots seen too
         seen, stats = slots_seen()
-        assert seen == [ids.size(1)] + [max(k for k in r if k >= 0) + 1 for r in stats["accepted_per_round"]]
+        assert seen == [ids.size(1)] + [max(k for k in r if k >= 0) + 1 for r in stats["accepted_per_round"][:-1]]
 
 
 # -- finished rows leave the batch -----------------------------------------------------------------------------------
@@ -537,3 +548,87 @@ def test_bad_adaptive_settings_are_refused():
         model.speculative_generate(
             ids, mask, max_new_tokens=4, num_draft_tokens=2, adaptive_draft_tokens=RandomPlanner(3)
         )
+
+
+# -- a round that drafts nothing costs what plain decoding costs ---------------------------------------------------
+def head_calls_per_round(model, planner, ids, mask, max_new_tokens):
+    """Forward calls of the heads' modules (any of them) during each round's choose .. next choose: [calls] per round;
+    the prefill's come before the first round and are not counted."""
+    calls, per_round = [0], []
+    choose = planner.choose
+
+    def counting_choose(*args, **kwargs):
+        per_round.append(calls[0])
+        calls[0] = 0
+        return choose(*args, **kwargs)
+
+    planner.choose = counting_choose
+    hooks = [m.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1)) for m in model.heads.modules()]
+    try:
+        stats = check_identity(model, ids, mask, max_new_tokens, eos=None, adaptive_draft_tokens=planner)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    per_round = per_round[1:] + [calls[0]]  # calls counted at the next choose belong to the round before
+    return per_round, stats
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rounds_without_drafts_run_no_head(family, monkeypatch):
+    """A round drafting 0 tokens runs no head module (the parallel and sequential heads catch up over the skipped
+    slots when a later round drafts); drafting rounds do run them. The former parallel drafter, running its layers
+    over the kept slots every round, fails."""
+    torch.manual_seed(0)
+    model = make_model(family, depths=3, perturb=0.3)
+    ids, mask = random_batch(7, 3)
+    script = [0, 0, 0, 3, 0, 1, 0, 0, 2, 3]
+    per_round, stats = head_calls_per_round(model, ScriptedPlanner(3, script), ids, mask, 30)
+    drafted = stats["draft_tokens_per_round"]
+    assert 0 in drafted and max(drafted) == 3
+    assert [c for c, n in zip(per_round, drafted) if n == 0] == [0] * drafted.count(0)
+    assert all(c > 0 for c, n in zip(per_round, drafted) if n > 0)
+    if family == "parallel":
+        catch_up, observe = decoding.ParallelDrafter.catch_up, decoding.ParallelDrafter.observe
+
+        def eager(self, state, hidden, layer_kwargs, update):  # upkeep every round, as before
+            observe(self, state, hidden, layer_kwargs, update)
+            catch_up(self, state, self.num_depths)
+
+        monkeypatch.setattr(decoding.ParallelDrafter, "observe", eager)
+        per_round, stats = head_calls_per_round(model, ScriptedPlanner(3, script), ids, mask, 30)
+        assert any(c > 0 for c, n in zip(per_round, stats["draft_tokens_per_round"]) if n == 0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_drafts_after_plain_rounds_are_those_of_a_fresh_decode(family, monkeypatch):
+    """Runs of rounds drafting nothing, then 1..D drafts: output identical to `generate` (rows finishing at
+    different times leave the batch), and each round's drafts equal those a fresh decode of the same committed tokens
+    proposes, so the heads' catch-up over the skipped slots computes what drafting every round would. A catch-up that
+    skips the plain rounds' slots fails."""
+    torch.manual_seed(0)
+    model = make_model(family, depths=3, perturb=0.3)
+    ids, mask = random_batch(11, 5)
+    free = reference(model, ids, mask, 24)[:, ids.size(1) :]
+    script = [0, 0, 3, 0, 0, 0, 0, 1, 2, 0, 3, 3]
+    stats = check_identity(model, ids, mask, 24, eos=int(free[2, 4]), adaptive_draft_tokens=ScriptedPlanner(3, script))
+    assert set(stats["draft_tokens_per_round"]) == {0, 1, 2, 3}
+
+    def mismatches():
+        seen = drafts_by_prefix(model, ids[:2], mask[:2], 20, ScriptedPlanner(3, script), monkeypatch)
+        wrong = 0
+        for prefix, drafts in seen:
+            fresh = drafts_by_prefix(model, torch.tensor([prefix[:-1]]), None, 2, True, monkeypatch)
+            wrong += fresh[0][1][: len(drafts)] != drafts
+        return wrong
+
+    assert mismatches() == 0
+    if family in ("parallel", "sequential"):
+        observe = decoding.WindowDrafter.observe
+
+        def no_catch_up(self, state, hidden, layer_kwargs, update):  # slots verified since a depth drafted: skipped
+            observe(self, state, hidden, layer_kwargs, update)
+            self.valid = [update.keep] * len(self.valid)
+
+        monkeypatch.setattr(decoding.WindowDrafter, "observe", no_catch_up)
+        with pytest.raises((AssertionError, RuntimeError, TypeError)):  # other drafts, or a head state missing
+            assert mismatches() == 0

@@ -70,14 +70,14 @@ def full_shape(param) -> str:
     return "x".join(map(str, getattr(param, "ds_shape", param.shape)))
 
 
-def fingerprint(module) -> str:
-    """`sum,sum of squares` (float64) over every parameter of `module`, FSDP2's shards and ZeRO-3's partitions
-    gathered in full (a collective: every rank calls it): equal on ranks, and in a saved copy, that hold the same
-    model."""
+def fingerprint(module, exclude: str | None = None) -> str:
+    """`sum,sum of squares` (float64) over every parameter of `module` (those whose name contains `exclude` left
+    out), FSDP2's shards and ZeRO-3's partitions gathered in full (a collective: every rank calls it): equal on ranks,
+    and in a saved copy, that hold the same model."""
     from trl_mtp.heads.trunk import gathered
 
     total, squares = 0.0, 0.0
-    params = list(module.parameters())
+    params = [p for name, p in module.named_parameters() if not (exclude and exclude in name)]
     with gathered(params):
         for param in params:
             full = (param.full_tensor() if hasattr(param, "full_tensor") else param).detach().double()

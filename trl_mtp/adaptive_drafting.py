@@ -9,7 +9,11 @@ The planner picks
 
     k* = argmax_k  E(k) / T(b, k),        k = 0 being plain decoding (E = 1, one token per forward),
 
-so speculation stops where it does not pay: at large batches, where verifying k + 1 tokens per row costs about k + 1
+drafting only when k* is predicted at least `min_gain` (5%) faster than plain decoding: a drafting round's measured
+time misses costs that land in other rounds (the rejected drafts' holes lengthen every later round's attention; a
+batch runs until its slowest row ends), and single round times on a loaded machine scatter by more than a near-tie's
+difference, so a near-tie goes to plain decoding, the choice whose cost is known. So speculation stops where it does
+not pay: at large batches, where verifying k + 1 tokens per row costs about k + 1
 forwards, or when the heads drift away from the policy. A choice never measured is tried once before the planner
 exploits (the largest first: it also measures every depth's acceptance); every `refresh_every` rounds, of plain
 decoding and the best choice's neighbours (k - 1, k + 1), the one measured longest ago in the current bucket is tried
@@ -40,7 +44,8 @@ class DraftPlanner:
 
     `max_drafts`: D, the heads that may draft. `acceptance_memory`: per round, the weight the past keeps in the
     acceptance counts (0.98: about the last 50 rounds). `time_memory`: the same for the round times.
-    `prior_acceptance`, `prior_weight`: the acceptance a depth starts from, worth that many observed rows."""
+    `prior_acceptance`, `prior_weight`: the acceptance a depth starts from, worth that many observed rows.
+    `min_gain`: drafting must be predicted this much faster than plain decoding (0.05: 5%) to be chosen."""
 
     max_drafts: int
     acceptance_memory: float = 0.98
@@ -48,6 +53,7 @@ class DraftPlanner:
     refresh_every: int = 32
     prior_acceptance: float = 0.5
     prior_weight: float = 1.0
+    min_gain: float = 0.05
     kept: list[float] = field(default_factory=list)  # per depth: rows that kept draft i, drafts 1..i-1 kept
     verified: list[float] = field(default_factory=list)  # per depth: rows whose draft i was verified, 1..i-1 kept
     round_seconds: dict = field(default_factory=dict)  # (bucket, k) -> running round time
@@ -60,6 +66,8 @@ class DraftPlanner:
         for name in ("acceptance_memory", "time_memory"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if not self.min_gain >= 0.0:
+            raise ValueError(f"min_gain must be >= 0, got {self.min_gain!r}")
         if self.refresh_every < 1:
             raise ValueError(f"refresh_every must be >= 1, got {self.refresh_every!r}")
         self.kept = self.kept or [0.0] * self.max_drafts
@@ -108,7 +116,10 @@ class DraftPlanner:
         unmeasured = [k for k, t in estimates.items() if t is None]
         if unmeasured:
             return unmeasured[-1]
-        best = max(choices, key=lambda k: self.expected_tokens(k) / estimates[k])
+        rate = {k: self.expected_tokens(k) / estimates[k] for k in choices}  # tokens per second per row
+        best = max(choices, key=rate.get)
+        if rate[best] < (1.0 + self.min_gain) * rate[0]:  # a near-tie: plain decoding
+            best = 0
         if self.rounds % self.refresh_every == self.refresh_every - 1:  # re-measure plain or a neighbour of the best
             candidates = [k for k in {0, best - 1, best + 1} if k in choices and k != best]
             return min(candidates, key=lambda k: self.measured_at.get((bucket, k), -1), default=best)

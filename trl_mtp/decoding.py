@@ -445,6 +445,77 @@ def select_rows(x, index: torch.Tensor):
     return x if x.size(0) == 1 else x[index]
 
 
+class SlotChunks:
+    """Per-slot values of the verified slots (name -> [B, n, ...] tensor or tuple of them: the trunk's hidden states,
+    per-position layer inputs), kept as one chunk per round and joined only when a drafter reads them, so a round
+    that drafts nothing stores references and copies nothing (no O(S) work). Chunks before the first slot any depth
+    may still read are forgotten (`forget`)."""
+
+    def __init__(self):
+        self.starts: list[int] = []  # first slot of each chunk
+        self.chunks: list[dict] = []
+
+    @staticmethod
+    def _map(value, fn):
+        """fn applied to a tensor, or to each tensor of a tuple."""
+        return tuple(fn(v) for v in value) if isinstance(value, (tuple, list)) else fn(value)
+
+    def append(self, update: SlotUpdate, values: dict) -> None:
+        """The slots update.new_start.. just verified, cut to the `update.keep` the cache keeps. A move of holes (a
+        sliding window) joins every chunk and moves it as the base's cache moves (slot 0 first: nothing forgotten)."""
+        if update.shift is None:
+            m = update.keep - update.new_start
+            self.starts.append(update.new_start)
+            self.chunks.append({name: self._map(v, lambda x: x[:, :m]) for name, v in values.items()})
+            return
+        old = self.read(0) if self.chunks else {}
+
+        def extend(previous, new):
+            full = new if previous is None else torch.cat([previous, new.expand(previous.size(0), *new.shape[1:])], 1)
+            return update.move(full)
+
+        moved = {}
+        for name, new in values.items():
+            if isinstance(new, (tuple, list)):
+                moved[name] = tuple(map(extend, old.get(name) or [None] * len(new), new))
+            else:
+                moved[name] = extend(old.get(name), new)
+        self.starts, self.chunks = [0], [moved]
+
+    def read(self, start: int) -> dict:
+        """The values of slots start.. (to the last verified one), joined; the joined chunk replaces its parts."""
+        i = max(j for j, first in enumerate(self.starts) if first <= start)
+        if len(self.chunks) - i > 1:
+            parts = self.chunks[i:]
+            rows = max(self._rows(part) for part in parts)
+
+            def join(name):
+                values = [part[name] for part in parts]
+                if isinstance(values[0], (tuple, list)):
+                    return tuple(self._cat([v[j] for v in values], rows) for j in range(len(values[0])))
+                return self._cat(values, rows)
+
+            self.starts, self.chunks = self.starts[: i + 1], self.chunks[:i] + [{name: join(name) for name in parts[0]}]
+        offset = start - self.starts[i]
+        return {name: self._map(v, lambda x: x[:, offset:]) for name, v in self.chunks[i].items()}
+
+    @staticmethod
+    def _rows(chunk: dict) -> int:
+        return max(v[0].size(0) if isinstance(v, (tuple, list)) else v.size(0) for v in chunk.values())
+
+    @staticmethod
+    def _cat(values: list, rows: int) -> torch.Tensor:
+        return torch.cat([v.expand(rows, *v.shape[1:]) for v in values], dim=1)
+
+    def forget(self, before: int) -> None:
+        """Drop the chunks that end at or before slot `before` (no depth reads them again)."""
+        keep = [j for j in range(len(self.starts)) if j + 1 == len(self.starts) or self.starts[j + 1] > before]
+        self.starts, self.chunks = [self.starts[j] for j in keep], [self.chunks[j] for j in keep]
+
+    def select_rows(self, index: torch.Tensor) -> None:
+        self.chunks = [{name: select_rows(v, index) for name, v in chunk.items()} for chunk in self.chunks]
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # the state of a batch between rounds
 # ----------------------------------------------------------------------------------------------------------------------
@@ -577,35 +648,91 @@ class Drafter:
 
 
 class PositionwiseDrafter(Drafter):
-    """blockwise / medusa: depth i at t is a function of h_t alone."""
+    """blockwise / medusa: depth i at t is a function of h_t alone (read at the rows' last kept slots when drafting)."""
 
     def observe(self, state, hidden, layer_kwargs, update):
-        rows = torch.arange(hidden.size(0), device=hidden.device)
-        self.h = hidden[rows, update.last_new][:, None]  # [B, 1, d]
+        self.hidden, self.last_new = hidden, update.last_new  # references: a round that drafts nothing reads nothing
 
     def select_rows(self, index):
-        self.h = self.h[index]
+        self.hidden, self.last_new = self.hidden[index], self.last_new[index]
 
     def propose(self, state, sampler, num_drafts):
-        dummy = torch.zeros(self.h.shape[:2], dtype=torch.long, device=self.h.device)
-        hiddens = [z[:, 0] for _, z in self.heads.iter_depth_hiddens(self.h, dummy, num_depths=num_drafts)]
+        h = self.hidden[torch.arange(self.hidden.size(0), device=self.hidden.device), self.last_new][:, None]
+        dummy = torch.zeros(h.shape[:2], dtype=torch.long, device=h.device)
+        hiddens = [z[:, 0] for _, z in self.heads.iter_depth_hiddens(h, dummy, num_depths=num_drafts)]
         return self._chain(state, self.project(hiddens), sampler, num_drafts)
 
 
-class ParallelDrafter(Drafter):
-    """parallel: depth i is a decoder layer over the trunk's hidden sequence. Its KV cache mirrors the base's slots:
-    each round it runs over the verified slots with the very kwargs the base's last layer got (mask with holes,
-    rotary embeddings), then is cropped with the base's cache."""
+class WindowDrafter(Drafter):
+    """A family whose depths are decoder layers with KV caches of their own that mirror the base's slots (parallel,
+    sequential). The verified slots' trunk hidden states and per-position layer inputs are kept (`SlotChunks`), and a
+    depth's layer runs only when the depth drafts, over the window of slots it has not computed since it last drafted
+    (`valid`: per depth, slots before it are final in its cache): a round that drafts nothing runs no head, and a
+    depth drafting after such rounds catches up over all of them in one call."""
+
+    PER_POSITION = ("position_ids", "position_embeddings")
+
+    def __init__(self, model, num_depths: int | None = None):
+        super().__init__(model, num_depths)
+        self.attn_implementation = model.base_model.config._attn_implementation
+        self.slots = SlotChunks()
+        self.valid = [0] * self.num_depths  # per depth: slots before it are final in its cache (the prefill: none)
+        self.window = None  # the base cache's sliding window (None: none), set at the first update
+
+    def observe(self, state, hidden, layer_kwargs, update):
+        self.window, self.layer_kwargs = state.window, layer_kwargs
+        values = {name: layer_kwargs[name] for name in self.PER_POSITION if layer_kwargs.get(name) is not None}
+        self.slots.append(update, {"hidden": hidden, **values})
+
+    def forget_read_slots(self) -> None:
+        """Drop the kept slots every depth has computed (with a sliding window, holes move through the whole
+        sequence: everything is kept)."""
+        if self.window is None:
+            self.slots.forget(min(self.valid, default=0))
+
+    def window_kwargs(self, state, start: int, values: dict) -> dict:
+        """The layer kwargs of a window of queries at slots start..S-1 over keys 0..S-1 (`values`: the per-slot
+        values from `start`), the same for every depth (its cache is set per depth)."""
+        S = state.mask.size(1)
+        kwargs = dict(self.layer_kwargs)
+        kwargs["attention_mask"] = window_attention_mask(state.mask, start, self.attn_implementation, self.dtype)
+        for name in self.PER_POSITION:
+            if name in values:
+                kwargs[name] = values[name]
+        if "cache_position" in kwargs or "cache_position" in self.trunk.layer_parameter_names:
+            kwargs["cache_position"] = torch.arange(start, S, device=state.mask.device)
+        return kwargs
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.slots.chunks[-1]["hidden"].dtype
+
+    def select_rows(self, index):
+        self.slots.select_rows(index)
+        for cache in self.caches:
+            cache.batch_select_indices(index)
+
+
+class ParallelDrafter(WindowDrafter):
+    """parallel: depth i is a decoder layer over the trunk's hidden sequence, z_i = Layer_i(h). Its KV cache mirrors
+    the base's slots; it runs over a window of kept slots when the depth drafts (`WindowDrafter`). With a sliding
+    window the holes move every round, so there the heads run every round over the kept slots, with the very kwargs
+    the base's last layer got, and are cropped with the base's cache."""
 
     def __init__(self, model, num_depths: int | None = None):
         super().__init__(model, num_depths)
         # laid out as the base's cache: the head layer (a copy of the last layer) gets that layer's mask
         self.caches = [new_cache(model.base_model.config) for _ in range(self.num_depths)]
+        self.z = [None] * self.num_depths  # per depth: its output at each row's last kept slot, once computed
 
     def observe(self, state, hidden, layer_kwargs, update):
         # the heads run over the slots some row kept only: the rest would be cropped unread
         m = update.keep - update.new_start
-        hidden, layer_kwargs = hidden[:, :m], first_queries(layer_kwargs, hidden.size(1), m)
+        self.last_round = (update.new_start, first_queries(layer_kwargs, hidden.size(1), m))
+        if state.window is None:
+            return super().observe(state, hidden, layer_kwargs, update)
+        self.window = state.window
+        hidden, layer_kwargs = hidden[:, :m], self.last_round[1]
         rows = torch.arange(hidden.size(0), device=hidden.device)
         self.z = []
         for depth, cache in enumerate(self.caches, start=1):
@@ -616,72 +743,67 @@ class ParallelDrafter(Drafter):
             self.z.append(z[rows, update.last_new])
 
     def propose(self, state, sampler, num_drafts):
+        if self.window is None:
+            self.catch_up(state, num_drafts)
         return self._chain(state, self.project(self.z[:num_drafts]), sampler, num_drafts)
 
+    def catch_up(self, state, num_drafts):
+        """Depths 1..num_drafts run over the slots each has not computed; z_i read at the rows' last kept slots."""
+        B, S = state.mask.shape
+        rows = torch.arange(B, device=state.mask.device)
+        last_start, last_kwargs = self.last_round
+        first = self.valid[num_drafts - 1]  # depths drafting together share `valid`; a later depth lags behind
+        read = self.slots.read(first)
+        windows = {}
+        for depth, start in enumerate(self.valid[:num_drafts], start=1):
+            if start == S:  # computed since the last verify
+                continue
+            if start not in windows:
+                values = {
+                    name: SlotChunks._map(v, lambda x, skip=start - first: x[:, skip:]) for name, v in read.items()
+                }
+                kwargs = last_kwargs if start == last_start else self.window_kwargs(state, start, values)
+                windows[start] = values["hidden"], kwargs
+            hidden, kwargs = windows[start]
+            cache = self.caches[depth - 1]
+            z = self.heads.depth_hidden(depth, hidden, layer_kwargs=self.trunk.layer_kwargs_with_cache(kwargs, cache))
+            self.z[depth - 1] = z[rows, state.last_slot - start]
+        self.valid[:num_drafts] = [S] * num_drafts
+        self.forget_read_slots()
+
     def select_rows(self, index):
-        for cache in self.caches:
-            cache.batch_select_indices(index)
-        self.z = [z[index] for z in self.z]
+        super().select_rows(index)
+        self.last_round = (None, None)  # the last verify's kwargs hold the rows that left: windows build their own
+        self.z = [None if z is None else z[index] for z in self.z]
 
 
-class SequentialDrafter(Drafter):
+class SequentialDrafter(WindowDrafter):
     """sequential (DeepSeek-V3): h_i(t) = Block_i(W_i [enorm(emb(x_{t+i})); hnorm(h_{i-1}(t))]), a causal chain.
 
     Depth i's cache entry at position t is final once computed with x_{t+i} committed (n = a row's valid slots; its
     token at position n is committed, not yet in the base's cache). Each round the drafting depths are
     recomputed over a window of slots [start, S): from the first slot any row may still need (position n - D), or
-    the first slot a drafting depth has not computed since (a round that drafts fewer depths leaves the others
-    behind: `valid` is kept per depth), to the end;
+    the first slot a drafting depth has not computed since (a round that drafts fewer depths, or none, leaves the
+    others behind: `valid` is kept per depth), to the end;
     inside the window a token x_{t+i} not yet known is the draft of an earlier depth at the drafting position n - 1,
     as in training's teacher forcing but with drafts. So the chain needs, per slot, the trunk's hidden state and the
-    per-position layer inputs (rotary embeddings, position ids), kept here in buffers aligned with the base's slots."""
-
-    PER_POSITION = ("position_ids", "position_embeddings")
+    per-position layer inputs (rotary embeddings, position ids), kept with the base's slots (`WindowDrafter`)."""
 
     def __init__(self, model, num_depths: int | None = None):
         super().__init__(model, num_depths)
         # full layers whatever the base's layout: each depth attends through its own window mask over every slot
         self.caches = [DynamicCache() for _ in range(self.num_depths)]
-        self.attn_implementation = model.base_model.config._attn_implementation
-        self.hidden = None  # [B, S, d] trunk hidden per slot
-        self.per_position: dict = {}  # name -> [B, S, ...] tensor or tuple of them
-        self.valid = [0] * self.num_depths  # per depth: slots before it are final in its cache (the prefill: none)
+        self.drafted = False  # whether this round drafted (only then may entries have read a draft)
 
     @property
     def start(self) -> int:
         """The first slot a round drafting with every depth recomputes."""
         return min(self.valid)
 
-    @staticmethod
-    def _extend(old, new, update: SlotUpdate):
-        """Buffer of per-slot tensors [B, S, ...] (or tuples of them): append the new slots, move them by `update`."""
-        if isinstance(new, (tuple, list)):
-            return tuple(
-                SequentialDrafter._extend(None if old is None else o, n, update)
-                for o, n in zip(old or [None] * len(new), new)
-            )
-        full = new if old is None else torch.cat([old, new.expand(old.size(0), *new.shape[1:])], dim=1)
-        return update.move(full)
-
     def observe(self, state, hidden, layer_kwargs, update):
-        self.layer_kwargs = layer_kwargs
-        self.hidden = self._extend(self.hidden, hidden, update)
-        for name in self.PER_POSITION:
-            if layer_kwargs.get(name) is not None:
-                self.per_position[name] = self._extend(self.per_position.get(name), layer_kwargs[name], update)
+        super().observe(state, hidden, layer_kwargs, update)
         for cache in self.caches:  # slots before `valid` stay final where they move; the rest is recomputed
             update.move_cache(cache, crop=False)
-
-    def _window_kwargs(self, state, start):
-        """The layer kwargs of this round's window, the same for every depth (its cache is set per depth)."""
-        S = state.mask.size(1)
-        kwargs = dict(self.layer_kwargs)
-        kwargs["attention_mask"] = window_attention_mask(state.mask, start, self.attn_implementation, self.hidden.dtype)
-        for name, value in self.per_position.items():
-            kwargs[name] = tuple(v[:, start:] for v in value) if isinstance(value, tuple) else value[:, start:]
-        if "cache_position" in kwargs or "cache_position" in self.trunk.layer_parameter_names:
-            kwargs["cache_position"] = torch.arange(start, S, device=state.mask.device)
-        return kwargs
 
     def propose(self, state, sampler, num_drafts):
         B, S = state.mask.shape
@@ -689,9 +811,10 @@ class SequentialDrafter(Drafter):
         positions = slot_positions(state.mask)[:, start:]  # [B, W]
         rows = torch.arange(B, device=positions.device)
         draft_col = state.column(state.n_valid)  # column of each row's token at position n (its last committed)
-        h0 = self.hidden[:, start:]
+        values = self.slots.read(start)
+        h0 = values["hidden"]
         prev = h0
-        window_kwargs = self._window_kwargs(state, start)  # one window mask per round, for every depth
+        window_kwargs = self.window_kwargs(state, start, values)  # one window mask per round, for every depth
 
         def logits_of_depth(depth, drafts):
             nonlocal prev
@@ -714,13 +837,8 @@ class SequentialDrafter(Drafter):
             return self.heads.depth_logits(depth, prev[rows, (state.last_slot - start).clamp(min=0)])
 
         self.valid[:num_drafts] = [S] * num_drafts  # the window's last entries are cut to `first_open` at the update
+        self.drafted = True
         return self._chain(state, logits_of_depth, sampler, num_drafts)
-
-    def select_rows(self, index):
-        self.hidden = self.hidden[index]
-        self.per_position = {name: select_rows(value, index) for name, value in self.per_position.items()}
-        for cache in self.caches:
-            cache.batch_select_indices(index)
 
     def plan_figure(self, mask, n_valid, done):
         """Per row, the first slot its next window needs. Depth i's entry at position t read x_{t+i} when it was
@@ -728,13 +846,19 @@ class SequentialDrafter(Drafter):
         the one that replaced a rejected draft, so entries with t + i >= n may have read a wrong token: positions
         <= n - D - 1 are final for every depth, the window starts past them (and so holds the drafting slot, n - 1).
         A finished row drafts no more and needs none (counting it would pin the window at the slot where it stopped,
-        and the window would grow every round)."""
+        and the window would grow every round). Only after a round that drafted: a round without drafts computed no
+        entry, and later rounds' first open slots only move right (unless a sliding window moves the slots)."""
+        if not self.drafted and self.window is None:
+            return None
         open_ = slot_positions(mask) > (n_valid - self.num_depths - 1)[:, None]
         return open_.float().argmax(1).long().masked_fill(done, mask.size(1))
 
     def settle_figure(self, state, first_open):
         # entries from the first open slot on were computed with drafts (or not at all): recomputed when next drafting
-        self.valid = [min(valid, min(first_open)) for valid in self.valid]
+        self.drafted = False
+        if first_open is not None:
+            self.valid = [min(valid, min(first_open)) for valid in self.valid]
+        self.forget_read_slots()
 
 
 DRAFTERS = {

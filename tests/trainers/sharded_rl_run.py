@@ -1,12 +1,14 @@
-"""Our PPO or MTP-GRPO under FSDP2 or DeepSpeed ZeRO-2 / ZeRO-3 as users launch them (accelerate config + the trainer), run by
-test_sharded_rl.py in 2 CPU processes (gloo).
+"""Our PPO or MTP-GRPO under FSDP2 or DeepSpeed ZeRO-2 / ZeRO-3 as users launch them (accelerate config + the trainer), run
+by test_sharded_rl.py in 2 CPU processes (gloo).
 
-argv: the initial model's folder, output_dir, trainer (ppo | grpo), engine (ddp | fsdp2 | zero2 | zero3), mode (coupled |
-decoupled), and optionally `no-unshard` (PPO's sampling without the FSDP2 root's parameters gathered, for the test)
-or `no-gather` (PPO's reference copied from ZeRO-3's empty partitions, for the test).
+argv: the initial model's folder, output_dir, trainer (ppo | wm-ppo | grpo), engine (ddp | fsdp2 | zero2 | zero3), mode
+(coupled | decoupled), and optionally `no-unshard` (PPO's sampling without the FSDP2 root's parameters gathered, for the test),
+`no-gather` (PPO's reference copied from ZeRO-3's empty partitions, for the test), `beta` (GRPO with a KL reference
+model, beta 0.04), `no-ref-engine` (that reference left out of DeepSpeed's engine, for the test), `lambda0` (the MTP
+loss off) and `no-clip` (max_grad_norm 0, for a DeepSpeed config without clipping).
 2 iterations of a tiny Llama with 2 sequential heads, then `save_model`. Reports, per rank: whether lm_head is still
 the input embedding, fingerprints (`two_process.fingerprint`) of every trained parameter before and after training
-and of the causal LM with its heads after it (what the saved folder must hold), the first logged MTP loss, and
+and of the causal LM with its heads after it (what the saved folder must hold) and without them, the first logged MTP loss, and
 the first head's eh_proj as this rank holds it and in full (ZeRO-3 partitions it).
 """
 
@@ -16,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the launch helpers
 from two_process import enable_cpu_fsdp, fingerprint, full_shape, local_shape, report_and_exit  # noqa: E402
 
-from trl_mtp import MTPGRPOConfig, MTPGRPOTrainer, MTPPPOConfig, MTPPPOTrainer  # noqa: E402
+import trl_mtp  # noqa: E402
 from trl_mtp.embedded.tasks.registry import get_task  # noqa: E402
 from trl_mtp.embedded.tokenizer import get_tokenizer  # noqa: E402
 
@@ -44,6 +46,11 @@ if "no-gather" in sys.argv[6:]:  # the broken reference a test must catch: copie
 
     Trunk.copy_module = copy_without_gathering
 
+if "no-ref-engine" in sys.argv[6:]:  # the broken reference a test must catch: ZeRO-3's partitions never gathered
+    import trl.trainer.grpo_trainer
+
+    trl.trainer.grpo_trainer.prepare_deepspeed = lambda model, accelerator: model
+
 
 def parity(prompts, completions, completion_ids, **kwargs):
     """A reward that varies between samples (an untrained policy writes no digits: a task reward would be 0
@@ -69,25 +76,31 @@ common = dict(
     head_type="sequential",
     num_mtp_heads=2,
     seed=0,
+    **({"mtp_lambda": 0.0} if "lambda0" in sys.argv[6:] else {}),
+    **({"max_grad_norm": 0.0} if "no-clip" in sys.argv[6:] else {}),
 )
 tokenizer = get_tokenizer()
 task = get_task("copy", length=2)
-if algorithm == "ppo":
-    args = MTPPPOConfig(**common, response_length=4, num_mini_batches=1, num_ppo_epochs=1)
-    trainer = MTPPPOTrainer(
-        model_dir, args, train_dataset=task.train(16), processing_class=tokenizer, reward_funcs=parity
-    )
-else:
-    args = MTPGRPOConfig(**common, num_generations=2, max_completion_length=4)
-    trainer = MTPGRPOTrainer(
-        model_dir, reward_funcs=parity, args=args, train_dataset=task.train(16), processing_class=tokenizer
-    )
+ppo_settings = dict(response_length=4, num_mini_batches=1, num_ppo_epochs=1)
+beta = {"beta": 0.04} if {"beta", "no-ref-engine"} & set(sys.argv[6:]) else {}
+config_class, trainer_class, settings = {  # wm-ppo: PPO with the world model
+    "ppo": (trl_mtp.MTPPPOConfig, trl_mtp.MTPPPOTrainer, ppo_settings),
+    "wm-ppo": (trl_mtp.WorldModelPPOConfig, trl_mtp.WorldModelPPOTrainer, {**ppo_settings, "world_model": True}),
+    "grpo": (trl_mtp.MTPGRPOConfig, trl_mtp.MTPGRPOTrainer, dict(num_generations=2, max_completion_length=4, **beta)),
+}[algorithm]
+trainer = trainer_class(
+    model_dir,
+    args=config_class(**common, **settings),
+    reward_funcs=parity,
+    train_dataset=task.train(16),
+    processing_class=tokenizer,
+)
 before = fingerprint(trainer.model)
 trainer.train()
 first = next(h for h in trainer.state.log_history if "mtp/loss" in h)
 eh_proj = next(p for name, p in trainer.model_wrapped.named_parameters() if name.endswith("0.eh_proj.weight"))
 trained = trainer.accelerator.unwrap_model(trainer.model_wrapped)
-policy = fingerprint(trained.policy if algorithm == "ppo" else trained)  # the causal LM with its heads attached
+policy = fingerprint(trained.policy if algorithm != "grpo" else trained)  # the causal LM with its heads attached
 trainer.save_model()
 base = trainer.mtp_model.base_model
 report_and_exit(
@@ -97,8 +110,11 @@ report_and_exit(
     before=before,
     after=fingerprint(trained),
     policy=policy,
+    # the policy without the heads (trunk, embeddings, LM head): what decoupled mode keeps from the MTP loss
+    trunk=fingerprint(trained.policy if algorithm != "grpo" else trained, exclude="mtp_heads."),
     mtp_loss=f"{first['mtp/loss']:.6f}",
     steps=trainer.state.global_step,
+    kl=",".join(f"{h['kl']:.3e}" for h in trainer.state.log_history if "kl" in h) or "none",
     eh_proj=local_shape(eh_proj),
     eh_proj_full=full_shape(eh_proj),
 )

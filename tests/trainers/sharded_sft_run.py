@@ -3,7 +3,7 @@ test_sharded_engines.py in 2 CPU processes (gloo), or in 1 process as the refere
 
 argv: the initial model's folder, output_dir, engine (fsdp2 | zero2 | zero3 | none), per-device batch size, optionally
 mode (coupled | decoupled) and max_grad_norm, then flags: `local-norms` / `no-gather` (a broken clipping / head
-construction, for the tests), `checkpointed` / `interrupt` / `resume` (4 steps with a checkpoint every 2; stopped
+construction, for the tests), `lambda0` (the MTP loss off: mtp_lambda 0), `checkpointed` / `interrupt` / `resume` (4 steps with a checkpoint every 2; stopped
 after the first checkpoint; resumed from it). The model is loaded from its folder as users load a checkpoint: under
 ZeRO-3 transformers partitions it on load, before the heads are built from its last layer. Reports, per rank: the
 losses, the local (this rank's) part and the full size of two head parameters, and whether lm_head is still the input
@@ -49,7 +49,14 @@ if "no-gather" in sys.argv[7:]:  # the broken construction a test must catch: he
 flags = set(sys.argv[7:])
 checkpointed = bool({"checkpointed", "interrupt", "resume", "resume-fresh-optimizer"} & flags)
 if "resume-fresh-optimizer" in flags:
-    Trainer._load_optimizer_and_scheduler = lambda self, checkpoint: None
+    import transformers.trainer
+
+    Trainer._load_optimizer_and_scheduler = lambda self, checkpoint: None  # the Trainer's path (FSDP)
+
+    def load_without_optimizer(engine, checkpoint, load_module_strict=True):  # DeepSpeed's: its engine checkpoint
+        engine.load_checkpoint(checkpoint, load_module_strict=load_module_strict, load_optimizer_states=False)
+
+    transformers.trainer.deepspeed_load_checkpoint = load_without_optimizer
 tokenizer = get_tokenizer()
 args = MTPSFTConfig(
     output_dir=out_dir,
@@ -68,6 +75,7 @@ args = MTPSFTConfig(
     else None,  # without GPUs accelerate finds no backend for DeepSpeed and would count 1 process
     ddp_find_unused_parameters=False,
     mode=mode,
+    **({"mtp_lambda": 0.0} if "lambda0" in flags else {}),
     max_grad_norm=max_grad_norm,
     head_type="sequential",
     num_mtp_heads=2,

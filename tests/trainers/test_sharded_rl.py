@@ -26,11 +26,12 @@ DEEPSPEED_ON_CPU = {"DS_ACCELERATOR": "cpu", "ACCELERATE_USE_CPU": None}
 PORTS = {("ppo", "ddp"): 29591, ("ppo", "fsdp2"): 29592, ("ppo", "zero2"): 29593, ("ppo", "zero3"): 29594}
 
 
-def run(initial_model, out_dir, algorithm, engine, mode, *extra):
-    port = PORTS[("ppo", engine)] + (10 if algorithm == "grpo" else 0) + (20 if extra else 0)
-    config = {"ddp": {}, "fsdp2": {"config_file": EXAMPLES / "fsdp.yaml"}}.get(engine)
+def run(initial_model, out_dir, algorithm, engine, mode, *extra, config_file=None, port_offset=0):
+    """`config_file`: an accelerate config in place of the example's."""
+    port = PORTS[("ppo", engine)] + {"ppo": 0, "wm-ppo": 5, "grpo": 10}[algorithm] + (20 if extra else 0) + port_offset
+    config = {"ddp": {}, "fsdp2": {"config_file": config_file or EXAMPLES / "fsdp.yaml"}}.get(engine)
     if config is None:  # zero2 | zero3
-        config = {"config_file": EXAMPLES / f"deepspeed_{engine}.yaml", "env": DEEPSPEED_ON_CPU}
+        config = {"config_file": config_file or EXAMPLES / f"deepspeed_{engine}.yaml", "env": DEEPSPEED_ON_CPU}
     return launch(RUN, initial_model, str(out_dir), algorithm, engine, mode, *extra, port=port, **config)
 
 
@@ -48,15 +49,33 @@ def assert_ranks_agree_moved_and_saved(reports, out_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+@pytest.mark.parametrize("algorithm", ["ppo", "wm-ppo", "grpo"])
 def test_fsdp2_rl_matches_ddp(tmp_path, initial_model, algorithm):
-    """FSDP2, decoupled (the RL default; each group clipped on its full norm), against DDP sampling the same."""
-    reports = run(initial_model, tmp_path / "fsdp2", algorithm, "fsdp2", "decoupled")
+    """FSDP2, decoupled (the RL default; each group clipped on its full norm), against DDP sampling the same.
+    World-model PPO (`wm-ppo`) runs with `fsdp_cpu_ram_efficient_loading: false`: with it on, accelerate's loading
+    takes every state-dict entry for a sharded parameter, and the world model's persistent counter buffer is not
+    one (`'Tensor' object has no attribute 'device_mesh'`). Its `world_model.safetensors` must hold the gathered full
+    tensors, equal to the DDP run's (it was written from the modules' own shards, and failed)."""
+    config_file = None
+    if algorithm == "wm-ppo":
+        config_file = tmp_path / "fsdp_without_ram_efficient_loading.yaml"
+        example = (EXAMPLES / "fsdp.yaml").read_text()
+        assert "fsdp_cpu_ram_efficient_loading: true" in example
+        config_file.write_text(example.replace("efficient_loading: true", "efficient_loading: false"))
+    reports = run(initial_model, tmp_path / "fsdp2", algorithm, "fsdp2", "decoupled", config_file=config_file)
     assert {r["mode"] for r in reports} == {"FSDP"}  # accelerate's FSDP2 path, not the MULTI_CPU fallback
     assert_ranks_agree_moved_and_saved(reports, tmp_path / "fsdp2")
     reference = run(initial_model, tmp_path / "ddp", algorithm, "ddp", "decoupled")
     assert reports[0]["mtp_loss"] == reference[0]["mtp_loss"]  # the same rollouts at the first step
     assert numbers(reports[0]["after"]) == pytest.approx(numbers(reference[0]["after"]), rel=1e-8)
+    if algorithm == "wm-ppo":
+        from safetensors.torch import load_file
+
+        got, want = (load_file(str(tmp_path / d / "world_model.safetensors")) for d in ("fsdp2", "ddp"))
+        assert got.keys() == want.keys()
+        worst = max((got[k].double() - want[k].double()).abs().max().item() for k in want)
+        assert worst < 1e-5, worst
+        print("world-model PPO, FSDP2 vs DDP world model, max |diff|:", worst)
 
 
 @pytest.mark.slow
@@ -70,6 +89,55 @@ def test_zero_rl_runs_and_ranks_agree(tmp_path, initial_model, algorithm, engine
     # ZeRO-3 partitions the parameters: each rank holds a flat half of eh_proj (128*256/2); ZeRO-2 holds them full
     assert [r["eh_proj"] for r in reports] == ["16384" if engine == "zero3" else "128x256"] * 2
     assert_ranks_agree_moved_and_saved(reports, tmp_path)
+
+
+@pytest.mark.slow
+def test_zero2_decoupled_ppo_leaves_the_policy_update_as_without_the_mtp_loss(tmp_path, initial_model):
+    """Our PPO, decoupled, under ZeRO-2 with the engine's clipping off (`gradient_clipping: 0`, max_grad_norm 0): the
+    policy without its heads ends where the run with the MTP loss off (mtp_lambda 0) ends (the same rollouts: the
+    policy samples them, with the same seeds), while the heads learn; the coupled run ends elsewhere."""
+    pytest.importorskip("deepspeed")
+    config = tmp_path / "deepspeed_zero2_no_clipping.yaml"
+    example = (EXAMPLES / "deepspeed_zero2.yaml").read_text()
+    assert "gradient_clipping: 1.0" in example
+    config.write_text(example.replace("gradient_clipping: 1.0", "gradient_clipping: 0.0"))
+    variants = [("without", "decoupled", ["lambda0"]), ("decoupled", "decoupled", []), ("coupled", "coupled", [])]
+    runs = {
+        name: run(
+            initial_model,
+            tmp_path / name,
+            "ppo",
+            "zero2",
+            mode,
+            "no-clip",
+            *flags,
+            config_file=config,
+            port_offset=offset,
+        )[0]
+        for offset, (name, mode, flags) in enumerate(variants)
+    }
+    trunk = {name: numbers(report["trunk"]) for name, report in runs.items()}
+    print("ZeRO-2 PPO trunk fingerprints:", trunk)
+    assert trunk["decoupled"] == pytest.approx(trunk["without"], rel=1e-6)
+    assert numbers(runs["decoupled"]["policy"]) != pytest.approx(numbers(runs["without"]["policy"]), rel=1e-6)
+    assert trunk["coupled"] != pytest.approx(trunk["without"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_zero3_grpo_with_a_reference_model(tmp_path, initial_model):
+    """MTP-GRPO with a KL reference (beta > 0) under ZeRO-3: TRL loads the reference (partitioned on load, like the
+    policy) and runs it as its own ZeRO-3 inference engine (`prepare_deepspeed`), which gathers its partitions around
+    each call. The run trains, ranks agree, the checkpoint loads, and the KL to the reference is logged: 0 at the
+    first step (policy = reference), above 0 once the policy moved. Left out of the engine, the reference's weights
+    stay empty partitions and its first pass fails ("'weight' must be 2-D")."""
+    pytest.importorskip("deepspeed")
+    reports = run(initial_model, tmp_path / "beta", "grpo", "zero3", "coupled", "beta")
+    assert_ranks_agree_moved_and_saved(reports, tmp_path / "beta")
+    kl = numbers(reports[0]["kl"])
+    assert len(kl) == 2 and kl[0] == pytest.approx(0.0, abs=1e-6) and kl[1] > 0, kl
+    assert reports[0]["kl"] == reports[1]["kl"]
+    with pytest.raises(AssertionError, match="must be 2-D"):  # the reference's first pass, on empty partitions
+        run(initial_model, tmp_path / "broken", "grpo", "zero3", "coupled", "no-ref-engine")
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import importlib
 BENCHMARKS: dict[str, str] = {
     "train-step": "trl_mtp.benchmarks.train_step",
     "decode": "trl_mtp.benchmarks.decode",
+    "rl-rollouts": "trl_mtp.benchmarks.rl_rollouts",
 }
 
 USAGE = "usage: trl-mtp bench {" + ",".join(BENCHMARKS) + "} [args...]  (`trl-mtp bench <name> --help` for args)"

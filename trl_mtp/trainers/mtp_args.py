@@ -156,8 +156,9 @@ class MTPArguments(_MTPFields):
 
 @dataclasses.dataclass
 class RLHeadArguments:
-    """What the heads learn from during RL and the alarms that watch them (`trl_mtp.trainers.mtp_targets`,
-    `trl_mtp.trainers.mtp_alarms`): fields of the RL configs (PPO, GRPO, RLOO), mixed in before `MTPArguments`."""
+    """What the heads learn from during RL, speculative rollouts, and the alarms that watch them
+    (`trl_mtp.trainers.mtp_targets`, `trl_mtp.trainers.speculative_rollouts`, `trl_mtp.trainers.mtp_alarms`): fields
+    of the RL configs (PPO, GRPO, RLOO), mixed in before `MTPArguments`."""
 
     mtp_sample_filter: str = dataclasses.field(
         default="all",
@@ -166,6 +167,27 @@ class RLHeadArguments:
             "(NeMo-RL's mtp_positive_only): only the tokens of samples whose advantage is > 0 (PPO: the mean of the "
             "sample's token advantages).",
             "choices": list(SAMPLE_FILTERS),
+        },
+    )
+    speculative_rollouts: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "Sample the rollouts with self-speculative decoding from the MTP heads "
+            "(`MTPForCausalLM.speculative_generate`, `trl_mtp.trainers.speculative_rollouts`): the heads draft, the "
+            "policy verifies; lossless (greedy: the same tokens, sampling: the same distribution, by speculative "
+            "rejection sampling), so the RL loss sees the rollouts plain sampling would give. Logs "
+            "`spec/mean_accepted_length`, `spec/acceptance_pos_{i}`, `spec/acceptance_depth_{i}` (draft i kept once "
+            "verified), `spec/draft_tokens` (drafts per round) and `spec/tokens_per_s`. GRPO / RLOO: the "
+            "transformers generation path only (not vLLM, continuous batching, a rollout_func or a vision model)."
+        },
+    )
+    adaptive_draft_tokens: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "With speculative_rollouts: each decoding round drafts 0..D tokens, as many as maximise expected "
+            "tokens per second from running per-depth acceptance and the measured round time at the current batch "
+            "size (`trl_mtp.adaptive_drafting`; 0 is plain decoding, chosen where speculation does not pay). One "
+            "planner for the whole run, so its estimates follow the policy as it drifts. Lossless for every choice."
         },
     )
     mtp_alarms: bool = dataclasses.field(
@@ -220,7 +242,12 @@ class RLHeadArguments:
             bad("alarm_action", f"choose one of {', '.join(ALARM_ACTIONS)}")
         if self.alarm_action == "decouple" and self.mode != "coupled":
             bad("alarm_action", f"decoupling needs mode='coupled' (mode={self.mode!r})")
-        if self.alarm_action == "stop_speculation" and not getattr(self, "speculative_rollouts", False):
+        for backend in ("use_vllm", "use_transformers_continuous_batching"):  # GRPO / RLOO generation backends
+            if self.speculative_rollouts and getattr(self, backend, False):
+                bad(backend, "speculative_rollouts replace TRL's transformers `generate` path only; turn one off")
+        if self.adaptive_draft_tokens and not self.speculative_rollouts:
+            bad("adaptive_draft_tokens", "drafting adapts only with speculative_rollouts=True")
+        if self.alarm_action == "stop_speculation" and not self.speculative_rollouts:
             bad("alarm_action", "stopping speculation needs speculative_rollouts=True")
         super().__post_init__()
 

@@ -147,7 +147,7 @@ class MTPTrainerMixin:
         """PEFT freezes every non-adapter parameter: the heads stay trainable."""
         for param in self.mtp_model.heads.parameters():
             param.requires_grad_(True)
-        self._refuse_engine_clipping()
+        self._refuse_unsupported_engine_modes()
         if getattr(self.args, "mtp_alarms", False):
             alarms = MTPAlarmCallback(
                 self.args.alarm_acceptance_drop,
@@ -292,18 +292,42 @@ class MTPTrainerMixin:
             self._clip_groups_cache = ([p for p in params if id(p) in aux], [p for p in params if id(p) not in aux])
         return self._clip_groups_cache
 
-    def _refuse_engine_clipping(self) -> None:
-        """DeepSpeed clips inside its engine, on one norm over every gradient: decoupled mode's guarantee (the heads
-        never rescale the policy's update) cannot hold there, so the combination is refused."""
+    def _refuse_unsupported_engine_modes(self) -> None:
+        """Combinations with DeepSpeed that would break a guarantee or fail later, refused at set-up:
+        - decoupled mode where the engine clips: it clips every gradient on one norm, so the heads would rescale the
+          policy's update (decoupled mode's guarantee);
+        - decoupled mode under ZeRO-3, whatever the clipping: the heads call the shared LM head and final norm with
+          detached parameters (`torch.func.functional_call`), and ZeRO-3's gathering hooks fail on those tensors;
+        - a frozen LM head (LoRA, `freeze_base`) under ZeRO-3: the MTP loss recomputes its checkpointed logit chunks in
+          backward, and there ZeRO-3 hands the frozen LM head's weight over as an empty partition (CheckpointError).
+        A run whose alarm response switches to decoupled mode mid-run is refused like decoupled mode."""
         from accelerate.utils import DistributedType
 
-        if self.args.mode != "decoupled" or self.accelerator.distributed_type != DistributedType.DEEPSPEED:
+        if self.accelerator.distributed_type != DistributedType.DEEPSPEED:
             return
-        clip = self.accelerator.state.deepspeed_plugin.deepspeed_config.get("gradient_clipping", 0.0)
+        config = self.accelerator.state.deepspeed_plugin.deepspeed_config
+        zero3 = config.get("zero_optimization", {}).get("stage") == 3
+        if zero3 and not all(p.requires_grad for p in self.mtp_model.trunk.lm_head.parameters()):
+            raise ValueError(
+                "DeepSpeed ZeRO-3 with a frozen LM head (LoRA or freeze_base): the MTP loss recomputes the LM head "
+                "in backward, where ZeRO-3 has released its frozen weight; use ZeRO-2 or FSDP"
+            )
+        if self.args.mode == "decoupled":
+            decoupled = "mode='decoupled'"
+        elif getattr(self.args, "mtp_alarms", False) and self.args.alarm_action == "decouple":
+            decoupled = "alarm_action='decouple'"
+        else:
+            return
+        if zero3:
+            raise ValueError(
+                f"{decoupled} with DeepSpeed ZeRO-3: the heads call the LM head with detached parameters, which "
+                "ZeRO-3 cannot gather; use ZeRO-2 (gradient_clipping 0), FSDP or DDP"
+            )
+        clip = config.get("gradient_clipping", 0.0)
         clip = self.args.max_grad_norm if clip == "auto" else clip
         if clip and clip > 0:
             raise ValueError(
-                f"mode='decoupled' with DeepSpeed gradient_clipping={clip}: DeepSpeed clips all gradients "
+                f"{decoupled} with DeepSpeed gradient_clipping={clip}: DeepSpeed clips all gradients "
                 "on one norm, so the heads would rescale the policy's update; use FSDP or DDP, or set "
                 "gradient_clipping / max_grad_norm to 0"
             )

@@ -22,7 +22,8 @@ class MTPPPOConfig(RLHeadArguments, MTPArguments, TrainingArguments):
     r"""
     Configuration of [`MTPPPOTrainer`]: every field of `transformers.TrainingArguments`, the PPO fields of TRL's former
     `PPOConfig` (same names and meanings), and the MTP fields of [`MTPSFTConfig`] (`head_type`, `num_mtp_heads`,
-    `mode`, `mtp_lambda`, the schedules, ...; their "steps" are PPO iterations here).
+    `mode`, `mtp_lambda`, the schedules, ...; their "steps" are PPO iterations here), and the RL fields shared with
+    GRPO and RLOO (`RLHeadArguments`: `speculative_rollouts`, `adaptive_draft_tokens`, `mtp_sample_filter`, alarms).
 
     Batch sizes, per process: one PPO iteration samples `per_device_train_batch_size * gradient_accumulation_steps *
     num_mini_batches` prompts, generates one response each, then makes `num_ppo_epochs * num_mini_batches` optimizer
@@ -49,17 +50,6 @@ class MTPPPOConfig(RLHeadArguments, MTPArguments, TrainingArguments):
         temperature (`float`, defaults to `0.7`):
             Sampling temperature of the rollouts; the log-probabilities of the policy and the reference are computed
             from logits divided by it, so they are those of the sampling distribution.
-        speculative_rollouts (`bool`, defaults to `False`):
-            Sample the rollouts with self-speculative decoding from the MTP heads
-            (`MTPForCausalLM.speculative_generate`): lossless in distribution (speculative rejection sampling), so
-            PPO sees the same rollout distribution; logs `spec/mean_accepted_length`, `spec/acceptance_pos_{i}`,
-            `spec/acceptance_depth_{i}` (draft i kept once verified), `spec/draft_tokens` (drafts per round) and
-            `spec/tokens_per_s`.
-        adaptive_draft_tokens (`bool`, defaults to `False`):
-            With `speculative_rollouts`, each decoding round drafts 0..D tokens, as many as maximise expected tokens
-            per second from running per-depth acceptance and the measured round time at the current batch size
-            (`trl_mtp.adaptive_drafting`; 0 is plain decoding, chosen where speculation does not pay). One planner
-            for the whole run: its estimates follow the policy as it drifts. Lossless for every choice.
         missing_eos_penalty (`float` or `None`, defaults to `None`):
             Subtracted from the score of each response that does not contain the stop token (the EOS when there is
             no stop token). `None`: no penalty.
@@ -135,19 +125,6 @@ class MTPPPOConfig(RLHeadArguments, MTPArguments, TrainingArguments):
         default=None, metadata={"help": "Token id that ends a response; overrides `stop_token`."}
     )
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of the rollouts."})
-    speculative_rollouts: bool = field(
-        default=False,
-        metadata={
-            "help": "Sample rollouts with self-speculative decoding from the MTP heads (lossless in distribution)."
-        },
-    )
-    adaptive_draft_tokens: bool = field(
-        default=False,
-        metadata={
-            "help": "With speculative_rollouts: choose each round's number of drafts (0..D) to maximise measured "
-            "tokens per second (lossless for every choice)."
-        },
-    )
     missing_eos_penalty: float | None = field(
         default=None,
         metadata={"help": "Subtracted from the score of responses without the stop token. None: no penalty."},

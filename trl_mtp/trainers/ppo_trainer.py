@@ -39,13 +39,13 @@ from transformers import GenerationConfig, TemperatureLogitsWarper, Trainer, Tra
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import get_last_checkpoint
 
-from trl_mtp.adaptive_drafting import DraftPlanner
 from trl_mtp.losses import IGNORE_INDEX
 from trl_mtp.trainers import ppo_core as core
 from trl_mtp.trainers.mtp_mixin import HEADS_MODULE, ModelSource, MTPTrainerMixin, split_heads
 from trl_mtp.trainers.mtp_targets import filter_mtp_labels
 from trl_mtp.trainers.ppo_config import MTPPPOConfig
 from trl_mtp.trainers.ppo_models import PolicyAndValue, disable_dropout, load_sequence_classifier, per_token_scores
+from trl_mtp.trainers.speculative_rollouts import SpeculativeRollouts
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 VALUE_MODEL_DIR = "value_model"
@@ -112,7 +112,7 @@ def sampling_only_from(model, generation_config: GenerationConfig):
         model.generation_config = saved
 
 
-class MTPPPOTrainer(MTPTrainerMixin, Trainer):
+class MTPPPOTrainer(SpeculativeRollouts, MTPTrainerMixin, Trainer):
     """PPO with a critic, TRL's former algorithm and metric names, plus MTP heads trained on the rollouts.
 
     Args:
@@ -350,7 +350,9 @@ class MTPPPOTrainer(MTPTrainerMixin, Trainer):
     @torch.no_grad()
     def generate_rollouts(self, queries: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
         """[B, <= response_length] sampled response tokens for left-padded `queries`; anything after a row's stop token
-        is ignored. The one place that samples: replace it to roll out with speculative decoding."""
+        is ignored. The one place that samples; with `speculative_rollouts`, the heads draft
+        (`SpeculativeRollouts.speculative_rollout`, given this path's `generation_config` under the same swap, so it
+        samples what this path does and stops where it does)."""
         generation_config = self.rollout_generation_config()
         unwrapped = self.accelerator.unwrap_model(self.model_wrapped)  # `generate` on the root: see `train`
         responses = []
@@ -366,32 +368,6 @@ class MTPPPOTrainer(MTPTrainerMixin, Trainer):
         width = max(r.size(1) for r in responses)  # chunks that all stopped early are shorter
         pad = self.processing_class.pad_token_id
         return torch.cat([torch.nn.functional.pad(r, (0, width - r.size(1)), value=pad) for r in responses])
-
-    def speculative_rollout(
-        self, queries: torch.Tensor, query_mask: torch.Tensor, generation_config: GenerationConfig
-    ) -> torch.Tensor:
-        """Sample with the heads drafting and the policy verifying (same distribution as plain sampling, fewer
-        policy forwards when the heads agree with it); logs the acceptance as `spec/*`. It gets the plain path's
-        `generation_config` (under the same swap), so it samples what that path does and stops where it does. With
-        `adaptive_draft_tokens`, one planner chooses every round's number of drafts for the whole run."""
-        if self.args.adaptive_draft_tokens and getattr(self, "draft_planner", None) is None:
-            self.draft_planner = DraftPlanner(self.mtp_model.heads.num_depths)
-        sequences, stats = self.mtp_model.speculative_generate(
-            queries,
-            query_mask,
-            max_new_tokens=generation_config.max_new_tokens,
-            generation_config=generation_config,
-            adaptive_draft_tokens=getattr(self, "draft_planner", None) or False,
-        )
-        metrics = self._metrics["train"]
-        metrics["spec/mean_accepted_length"].append(stats["mean_accepted_length"])
-        for i, rate in enumerate(stats["acceptance_by_position"], start=1):
-            metrics[f"spec/acceptance_pos_{i}"].append(rate)
-        for i, rate in enumerate(stats["acceptance_by_depth"], start=1):
-            metrics[f"spec/acceptance_depth_{i}"].append(rate)
-        metrics["spec/draft_tokens"].append(stats["draft_tokens"])
-        metrics["spec/tokens_per_s"].append(stats["tokens_per_s"])
-        return sequences
 
     @torch.no_grad()
     def make_rollouts(self, step: int) -> Rollouts:

@@ -19,7 +19,7 @@ import torch
 
 from trl_mtp.trainers import ppo_core as core
 from trl_mtp.trainers.ppo_models import PolicyAndValue
-from trl_mtp.trainers.ppo_trainer import MTPPPOTrainer, Rollouts, load_states, save_states
+from trl_mtp.trainers.ppo_trainer import MTPPPOTrainer, Rollouts, load_states, save_states, sub_state
 from trl_mtp.trainers.world_model_ppo_config import WorldModelPPOConfig
 from trl_mtp.world_model import PercentileNormalizer, TwoHotHead, TwoHotValueHead, WorldModel
 
@@ -106,7 +106,10 @@ class WorldModelPPOTrainer(MTPPPOTrainer):
         super()._save(output_dir, state_dict)
         if self.args.should_save:
             output_dir = output_dir if output_dir is not None else self.args.output_dir
-            save_states(os.path.join(output_dir, WORLD_MODEL_FILE), self._world_modules())
+            modules = self._world_modules()
+            # the gathered full tensors the Trainer passes under FSDP / ZeRO-3 (the modules hold only their shards)
+            states = None if state_dict is None else {name: sub_state(state_dict, f"{name}.") for name in modules}
+            save_states(os.path.join(output_dir, WORLD_MODEL_FILE), modules, states)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
