@@ -22,6 +22,7 @@ from decoding_models import (
     make_model,
     random_batch,
     reference,
+    wrap,
 )
 
 import trl_mtp.decoding as decoding
@@ -367,6 +368,45 @@ def test_parallel_heads_run_over_kept_slots_only(monkeypatch):
     with pytest.raises(Exception):  # noqa: B017 (an assertion or a shape error: either shows it) every verified slot run: the drafts differ, the stats or the slots seen too
         seen, stats = slots_seen()
         assert seen == [ids.size(1)] + [max(k for k in r if k >= 0) + 1 for r in stats["accepted_per_round"][:-1]]
+
+
+def test_parallel_heads_under_a_registered_attention(monkeypatch):
+    """With an attention `window_attention_mask` builds no mask for (here sdpa registered under another name, as a
+    custom kernel would be), the parallel heads run every round with the base's own layer kwargs: rows finishing at
+    different times leave the batch, and the output is still `generate`'s. Catching up with a window mask of their own
+    (as for sdpa) fails: the first drafting round after a row left raises."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    calls = []
+
+    def renamed_sdpa(module, *args, **kwargs):
+        calls.append(module)
+        return sdpa_attention_forward(module, *args, **kwargs)
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, "renamed_sdpa", renamed_sdpa)
+    monkeypatch.setitem(AttentionMaskInterface._global_mapping, "renamed_sdpa", sdpa_mask)
+    torch.manual_seed(0)  # the heads' initialisation
+    base = build_model("tiny-llama", VOCAB, num_hidden_layers=2)
+    base.set_attn_implementation("renamed_sdpa")  # before the heads copy the last layer (and its config)
+    model = wrap(base, "parallel", perturb=0.3)
+    ids, mask = random_batch(11, 5)
+    eos = int(reference(model, ids, mask, 24)[2, ids.size(1) + 3])  # row 2 ends at its 4th token at the latest
+    calls.clear()
+    stats = check_identity(model, ids, mask, 24, eos=eos)
+    assert min(sum(k >= 0 for k in round_) for round_ in stats["accepted_per_round"]) < 5  # rows left the batch
+    assert any(any(m is h for h in model.heads.modules()) for m in calls)  # the heads ran the registered attention
+    observe = decoding.ParallelDrafter.observe
+
+    def catching_up(self, state, hidden, layer_kwargs, update):  # the heads' upkeep chosen as for sdpa
+        attn_implementation, self.attn_implementation = self.attn_implementation, "sdpa"
+        observe(self, state, hidden, layer_kwargs, update)
+        self.attn_implementation = attn_implementation
+
+    monkeypatch.setattr(decoding.ParallelDrafter, "observe", catching_up)
+    with pytest.raises(NotImplementedError, match="parallel drafting supports sdpa and eager attention, not 'renamed"):
+        check_identity(model, ids, mask, 24, eos=eos)
 
 
 # -- finished rows leave the batch -----------------------------------------------------------------------------------
