@@ -644,7 +644,7 @@ def test_drafts_after_plain_rounds_are_those_of_a_fresh_decode(family, monkeypat
     """Runs of rounds drafting nothing, then 1..D drafts: output identical to `generate` (rows finishing at
     different times leave the batch), and each round's drafts equal those a fresh decode of the same committed tokens
     proposes, so the heads' catch-up over the skipped slots computes what drafting every round would. A catch-up that
-    skips the plain rounds' slots fails."""
+    reads zeros for the plain rounds' slots fails."""
     torch.manual_seed(0)
     model = make_model(family, depths=3, perturb=0.3)
     ids, mask = random_batch(11, 5)
@@ -663,12 +663,19 @@ def test_drafts_after_plain_rounds_are_those_of_a_fresh_decode(family, monkeypat
 
     assert mismatches() == 0
     if family in ("parallel", "sequential"):
-        observe = decoding.WindowDrafter.observe
+        drafter = decoding.DRAFTERS[family]
+        observe, propose = decoding.WindowDrafter.observe, drafter.propose
 
-        def no_catch_up(self, state, hidden, layer_kwargs, update):  # slots verified since a depth drafted: skipped
+        def skipped_zeroed(self, state, hidden, layer_kwargs, update):  # the catch-up reads zeros for the slots of a
+            if self.slots.chunks and not getattr(self, "proposed", True):  # round the next one did not draft after
+                self.slots.chunks[-1]["hidden"] = torch.zeros_like(self.slots.chunks[-1]["hidden"])
+            self.proposed = False
             observe(self, state, hidden, layer_kwargs, update)
-            self.valid = [update.keep] * len(self.valid)
 
-        monkeypatch.setattr(decoding.WindowDrafter, "observe", no_catch_up)
-        with pytest.raises((AssertionError, RuntimeError, TypeError)):  # other drafts, or a head state missing
-            assert mismatches() == 0
+        def proposing(self, *args):
+            self.proposed = True
+            return propose(self, *args)
+
+        monkeypatch.setattr(decoding.WindowDrafter, "observe", skipped_zeroed)
+        monkeypatch.setattr(drafter, "propose", proposing)
+        assert mismatches() > 0  # other drafts, computed without an error
