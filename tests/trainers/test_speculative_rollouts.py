@@ -6,12 +6,15 @@ samples through it and logs `spec/*`, and what it cannot honour is refused."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
+from accelerate.utils import DistributedType
 from small_runs import SMALL_RUN
 from trl import GRPOTrainer, RLOOTrainer
 
-from trl_mtp import MTPGRPOConfig, MTPGRPOTrainer, MTPRLOOConfig, MTPRLOOTrainer
+from trl_mtp import MTPGRPOConfig, MTPGRPOTrainer, MTPPPOTrainer, MTPRLOOConfig, MTPRLOOTrainer
 from trl_mtp.embedded.tasks.registry import get_task
 from trl_mtp.trainers import speculative_rollouts
 
@@ -141,3 +144,49 @@ def test_what_speculative_rollouts_cannot_honour_is_refused(tiny_model, tokenize
             tmp_path,
             trainer_kwargs={"rollout_func": lambda p, t: {}},
         )
+
+
+def fake_trainer(engine, stage: int = 2, **args):
+    """What the shared refusal reads: the engine, its ZeRO stage, the arguments."""
+    plugin = SimpleNamespace(deepspeed_config={"zero_optimization": {"stage": stage}})
+    accelerator = SimpleNamespace(distributed_type=engine, state=SimpleNamespace(deepspeed_plugin=plugin))
+    return SimpleNamespace(args=SimpleNamespace(**{"speculative_rollouts": True, **args}), accelerator=accelerator)
+
+
+def test_engines_gathering_around_every_forward_are_refused(tiny_model, tokenizer, tmp_path, ppo_args, monkeypatch):
+    """Under FSDP (v1, FSDP2) and ZeRO-3 without `ds3_gather_for_generation` (PPO has no such gather) ranks would run
+    different numbers of forwards, each with all-gathers: refused at set-up, one check for PPO, GRPO and RLOO. A GRPO
+    or RLOO set-up that skips the shared check fails."""
+    refuse = speculative_rollouts.SpeculativeRollouts._refuse_unsupported_speculation
+    with pytest.raises(ValueError, match="^speculative_rollouts=True under FSDP: ranks run different numbers"):
+        refuse(fake_trainer(DistributedType.FSDP))
+    for trainer in (
+        fake_trainer(DistributedType.DEEPSPEED, 3),
+        fake_trainer(DistributedType.DEEPSPEED, 3, ds3_gather_for_generation=False),
+    ):
+        with pytest.raises(ValueError, match="^speculative_rollouts=True under DeepSpeed ZeRO-3: ranks"):
+            refuse(trainer)
+    refuse(fake_trainer(DistributedType.DEEPSPEED, 3, ds3_gather_for_generation=True))  # gathered once per rollout
+    refuse(fake_trainer(DistributedType.DEEPSPEED, 2))
+    refuse(fake_trainer(DistributedType.MULTI_GPU))
+    refuse(fake_trainer(DistributedType.FSDP, speculative_rollouts=False))
+
+    def shared_check(self):
+        raise ValueError("the shared check ran")
+
+    monkeypatch.setattr(speculative_rollouts.SpeculativeRollouts, "_refuse_unsupported_speculation", shared_check)
+    task = get_task("copy", length=2, max_value=9)
+    for trainer_cls, config_cls in TRAINERS:
+        with pytest.raises(ValueError, match="the shared check ran"):
+            make_trainer(trainer_cls, config_cls, tiny_model(), tokenizer, tmp_path)
+    with pytest.raises(ValueError, match="the shared check ran"):
+        MTPPPOTrainer(
+            tiny_model(),
+            ppo_args(speculative_rollouts=True, head_type="blockwise", num_mtp_heads=3),
+            train_dataset=task.train(8),
+            processing_class=tokenizer,
+            reward_funcs=task.reward,
+        )
+    # a GRPO set-up that skips the shared check: built without a refusal, and the check above shows it
+    monkeypatch.setattr(speculative_rollouts.TRLSpeculativeSampling, "_refuse_unsupported_speculation", lambda _: None)
+    make_trainer(MTPGRPOTrainer, MTPGRPOConfig, tiny_model(), tokenizer, tmp_path)

@@ -213,6 +213,7 @@ class MTPPPOTrainer(SpeculativeRollouts, MTPTrainerMixin, Trainer):
             optimizers=optimizers,
         )
         self._after_parent_init()
+        self._refuse_unsupported_speculation()
         for frozen in (self.ref_model, self.reward_model):
             if frozen is not None:
                 frozen.to(self.accelerator.device).eval().requires_grad_(False)

@@ -11,6 +11,7 @@ TRL's) and returns what that path returns: each row's completion tokens up to an
 from __future__ import annotations
 
 import torch
+from accelerate.utils import DistributedType
 from transformers import GenerationConfig
 from trl.extras.profiling import profiling_context
 from trl.models import unwrap_model_for_generation
@@ -44,6 +45,28 @@ class SpeculativeRollouts:
     TRL's `_metrics[mode]` lists."""
 
     draft_planner: DraftPlanner | None = None
+
+    def _refuse_unsupported_speculation(self) -> None:
+        """One-line refusal, at set-up, of a sharded engine that gathers parameters around every forward (FSDP,
+        FSDP2; DeepSpeed ZeRO-3 unless `ds3_gather_for_generation` gathers them once for the whole rollout, GRPO and
+        RLOO only): rows accept different numbers of drafts, so ranks run different numbers of forwards, and
+        `speculative_generate` has no `synced_gpus`: a rank would wait in an all-gather the others never join."""
+        if not self.args.speculative_rollouts:
+            return
+        engine = self.accelerator.distributed_type
+        if engine == DistributedType.FSDP:
+            sharded = "FSDP"
+        elif engine == DistributedType.DEEPSPEED and not getattr(self.args, "ds3_gather_for_generation", False):
+            config = self.accelerator.state.deepspeed_plugin.deepspeed_config
+            sharded = "DeepSpeed ZeRO-3" if config.get("zero_optimization", {}).get("stage") == 3 else None
+        else:
+            sharded = None
+        if sharded:
+            raise ValueError(
+                f"speculative_rollouts=True under {sharded}: ranks run different numbers of forwards while drafting, "
+                "and the engine's per-forward all-gathers would hang; use DDP or ZeRO-2 (GRPO and RLOO: or ZeRO-3 "
+                "with ds3_gather_for_generation=True)"
+            )
 
     def speculative_rollout(
         self,
@@ -80,8 +103,9 @@ class TRLSpeculativeSampling(SpeculativeRollouts):
 
     def _refuse_unsupported_speculation(self) -> None:
         """One-line refusals, at set-up, of what speculative rollouts cannot honour (the config refuses vLLM and
-        continuous batching): a rollout_func (it bypasses the generation path, so nothing would speculate), a vision
-        model, and generation settings the verifier cannot apply position by position."""
+        continuous batching; the shared refusals first): a rollout_func (it bypasses the generation path, so nothing
+        would speculate), a vision model, and generation settings the verifier cannot apply position by position."""
+        super()._refuse_unsupported_speculation()
         if not self.args.speculative_rollouts:
             return
         if getattr(self, "rollout_func", None) is not None or self._is_vlm:
