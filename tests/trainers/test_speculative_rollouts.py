@@ -15,8 +15,9 @@ from small_runs import SMALL_RUN
 from trl import GRPOTrainer, RLOOTrainer
 
 from trl_mtp import MTPGRPOConfig, MTPGRPOTrainer, MTPPPOTrainer, MTPRLOOConfig, MTPRLOOTrainer
+from trl_mtp.embedded.presets import build_model
 from trl_mtp.embedded.tasks.registry import get_task
-from trl_mtp.trainers import speculative_rollouts
+from trl_mtp.trainers import ppo_models, speculative_rollouts
 
 TRAINERS = [(MTPGRPOTrainer, MTPGRPOConfig), (MTPRLOOTrainer, MTPRLOOConfig)]
 ON_POLICY = dict(
@@ -190,3 +191,29 @@ def test_engines_gathering_around_every_forward_are_refused(tiny_model, tokenize
     # a GRPO set-up that skips the shared check: built without a refusal, and the check above shows it
     monkeypatch.setattr(speculative_rollouts.TRLSpeculativeSampling, "_refuse_unsupported_speculation", lambda _: None)
     make_trainer(MTPGRPOTrainer, MTPGRPOConfig, tiny_model(), tokenizer, tmp_path)
+
+
+def test_dropout_in_the_policy_is_refused(tokenizer, tmp_path, monkeypatch):
+    """TRL samples in train mode (dropout on), speculative rollouts in eval mode: dropout left in the policy is
+    refused, naming `disable_dropout`. GPT-2's `nn.Dropout`s: refused with disable_dropout=False, built with True
+    (TRL turns them off). Llama's functional attention dropout, which TRL's `disable_dropout` leaves on: refused with
+    either; a check that looks for `nn.Dropout` modules only misses it."""
+
+    def trainer(preset, disable_dropout, **dropout):
+        model = build_model(preset, len(tokenizer), tokenizer=tokenizer, **dropout)
+        return make_trainer(MTPGRPOTrainer, MTPGRPOConfig, model, tokenizer, tmp_path, disable_dropout=disable_dropout)
+
+    gpt2_dropout = dict(resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)
+    with pytest.raises(ValueError, match=r"^speculative_rollouts=True with dropout in the policy \(.*p=0.1\): .* set "):
+        trainer("tiny-gpt2", False, **gpt2_dropout)
+    trainer("tiny-gpt2", True, **gpt2_dropout)
+    for disable_dropout, fix in ((False, "set disable_dropout=True"), (True, "set it to 0 in the model config")):
+        with pytest.raises(ValueError, match=rf"\(model\.layers\.0\.self_attn\.attention_dropout=0.1\).*; {fix}$"):
+            trainer("tiny-llama", disable_dropout, attention_dropout=0.1)
+    trainer("tiny-llama", False)  # no dropout: built
+    dropout_in = ppo_models.dropout_in
+    modules_only = lambda model: dropout_in(
+        torch.nn.Sequential(*[m for m in model.modules() if isinstance(m, torch.nn.Dropout)])
+    )  # noqa: E731
+    monkeypatch.setattr(speculative_rollouts, "dropout_in", modules_only)
+    trainer("tiny-llama", True, attention_dropout=0.1)  # built: the functional attention dropout went unseen

@@ -19,6 +19,7 @@ from trl.trainer.utils import pad
 
 from trl_mtp.adaptive_drafting import DraftPlanner
 from trl_mtp.decoding import generation_settings
+from trl_mtp.trainers.ppo_models import dropout_in
 
 
 def log_speculation(metrics: dict, stats: dict) -> None:
@@ -104,13 +105,23 @@ class TRLSpeculativeSampling(SpeculativeRollouts):
     def _refuse_unsupported_speculation(self) -> None:
         """One-line refusals, at set-up, of what speculative rollouts cannot honour (the config refuses vLLM and
         continuous batching; the shared refusals first): a rollout_func (it bypasses the generation path, so nothing
-        would speculate), a vision model, and generation settings the verifier cannot apply position by position."""
+        would speculate), a vision model, generation settings the verifier cannot apply position by position, and
+        dropout in the policy: TRL samples in train mode, with dropout, `speculative_generate` in eval mode, without,
+        so the rollouts' distribution would differ."""
         super()._refuse_unsupported_speculation()
         if not self.args.speculative_rollouts:
             return
-        if getattr(self, "rollout_func", None) is not None or self._is_vlm:
-            what = "a rollout_func" if getattr(self, "rollout_func", None) is not None else "a vision-language model"
+        rollout_func = getattr(self, "rollout_func", None) is not None
+        if rollout_func or self._is_vlm:
+            what = "a rollout_func" if rollout_func else "a vision-language model"
             raise ValueError(f"speculative_rollouts=True with {what}: only TRL's text `generate` path speculates")
+        dropout = dropout_in(self.mtp_model.base_model)
+        if dropout is not None:
+            fix = "set disable_dropout=True" if not self.args.disable_dropout else "set it to 0 in the model config"
+            raise ValueError(
+                f"speculative_rollouts=True with dropout in the policy ({dropout}): TRL samples in train mode, with "
+                f"dropout, speculative rollouts in eval mode, without; {fix}"
+            )
         ids = torch.zeros((1, 1), dtype=torch.long, device=self.accelerator.device)
         try:  # the checks speculative_generate makes, now instead of at the first rollout
             generation_settings(
