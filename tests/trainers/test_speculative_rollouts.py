@@ -102,7 +102,9 @@ def test_greedy_speculative_rollouts_are_trls_own(
 
 
 @pytest.mark.parametrize("trainer_cls, config_cls", TRAINERS)
-def test_a_step_with_speculative_rollouts_logs_spec(trainer_cls, config_cls, tiny_model, tokenizer, tmp_path):
+def test_a_step_with_speculative_rollouts_logs_spec(
+    trainer_cls, config_cls, tiny_model, tokenizer, tmp_path, monkeypatch
+):
     """One sampled (temperature 1) training step with adaptive drafting: the rollouts come from
     `speculative_generate` (counted), the step trains, and the log carries `spec/*` beside TRL's metrics."""
     trainer = make_trainer(trainer_cls, config_cls, tiny_model(), tokenizer, tmp_path, adaptive_draft_tokens=True)
@@ -116,12 +118,22 @@ def test_a_step_with_speculative_rollouts_logs_spec(trainer_cls, config_cls, tin
     for key in ("spec/draft_tokens", "spec/acceptance_depth_1", "spec/acceptance_depth_3", "spec/tokens_per_s"):
         assert key in log, key
     assert 0.0 <= log["spec/draft_tokens"] <= 3.0 and "mtp/loss" in log and "reward" in log
-    assert trainer.model.training  # the trained tree's mode is the one TRL left, not the MTP wrapper's
     # adaptive drafting turned off mid-run: every round drafts D again, though the run's planner is kept (a helper
     # that passed the planner whenever one existed went on adapting)
     trainer.args.adaptive_draft_tokens = False
     trainer.speculative_completions([[5, 6, 7]])
     assert calls[-1]["adaptive_draft_tokens"] is False and trainer.draft_planner is not None
+    # the trained tree keeps the mode TRL left, not the MTP wrapper's: with only the wrapper in eval, the rollout
+    # (speculative_generate restores the wrapper's flag, over the whole tree) leaves the trained tree training
+    trainer.mtp_model.eval()
+    trainer.model.train()
+    assert not trainer.mtp_model.training and trainer.model.training
+    trainer.speculative_completions([[5, 6, 7]])
+    assert trainer.model.training
+    base = trainer.mtp_model.base_model  # the rollout without its restore: the one base.train(True) is dropped
+    monkeypatch.setattr(base, "train", lambda mode=True: base if mode else torch.nn.Module.train(base, False))
+    trainer.speculative_completions([[5, 6, 7]])
+    assert not trainer.model.training
 
 
 def test_what_speculative_rollouts_cannot_honour_is_refused(tiny_model, tokenizer, tmp_path, monkeypatch):
@@ -212,8 +224,9 @@ def test_dropout_in_the_policy_is_refused(tokenizer, tmp_path, monkeypatch):
             trainer("tiny-llama", disable_dropout, attention_dropout=0.1)
     trainer("tiny-llama", False)  # no dropout: built
     dropout_in = ppo_models.dropout_in
-    modules_only = lambda model: dropout_in(
-        torch.nn.Sequential(*[m for m in model.modules() if isinstance(m, torch.nn.Dropout)])
-    )  # noqa: E731
+
+    def modules_only(model):  # the nn.Dropout modules only, as TRL's disable_dropout sees the model
+        return dropout_in(torch.nn.Sequential(*[m for m in model.modules() if isinstance(m, torch.nn.Dropout)]))
+
     monkeypatch.setattr(speculative_rollouts, "dropout_in", modules_only)
     trainer("tiny-llama", True, attention_dropout=0.1)  # built: the functional attention dropout went unseen
