@@ -668,8 +668,12 @@ PPOTrainer = MTPPPOTrainer  # the former name (TRL's own `PPOTrainer` lives in t
 
 def save_states(path: str, modules: dict[str, torch.nn.Module], states: dict[str, dict] | None = None) -> None:
     """The state dicts of `modules` in one safetensors file, each key prefixed with its module's name ("": none).
-    `states`: tensors to write instead of a module's own, by name (its gathered full tensors under FSDP / ZeRO-3)."""
+    `states`: tensors to write instead of a module's own, by name (its gathered full tensors under FSDP / ZeRO-3); an
+    empty one for a module with state (its prefix missing from the gathered dict) is refused, not written as nothing."""
     states = states or {}
+    for name, module in modules.items():
+        if name in states and not states[name] and module.state_dict():
+            raise ValueError(f"{path}: the gathered state dict has no tensors for {name or 'the module'!r}")
     state = {
         f"{name}.{k}" if name else k: v.detach().contiguous().cpu()
         for name, module in modules.items()
