@@ -78,7 +78,8 @@ class SpeculativeRollouts:
     ) -> torch.Tensor:
         """[B, T + longest completion] sequences for left-padded `queries` [B, T], laid out as `generate` lays them
         out, sampled from `generation_config` with the heads drafting; logs `spec/*` under `mode`. With
-        `adaptive_draft_tokens`, one planner chooses every round's number of drafts for the whole run."""
+        `adaptive_draft_tokens`, one planner per process (not saved in checkpoints) chooses every round's number of
+        drafts for the whole run."""
         if self.args.adaptive_draft_tokens and self.draft_planner is None:
             self.draft_planner = DraftPlanner(self.mtp_model.heads.num_depths)
         base = self.mtp_model.base_model
