@@ -12,3 +12,8 @@ SMALL_RUN = dict(
     seed=0,
     disable_tqdm=True,
 )
+
+# the smallest model of the from-scratch task runs' tests (preset fields): `run_*(..., model=SCRATCH_MODEL)`
+SCRATCH_MODEL = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2
+)

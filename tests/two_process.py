@@ -15,6 +15,17 @@ import sys
 from pathlib import Path
 
 REPORT = re.compile(r"^RANK (\d+) OF (\d+)((?: \S+=\S+)*)$", re.MULTILINE)
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "accelerate"  # the accelerate configs users launch with
+
+
+def zero2_config_without_clipping(folder: Path) -> Path:
+    """The ZeRO-2 example config with the engine's gradient clipping off (decoupled mode is refused where the engine
+    clips), written into `folder`."""
+    example = (EXAMPLES / "deepspeed_zero2.yaml").read_text()
+    assert "gradient_clipping: 1.0" in example
+    config = folder / "deepspeed_zero2_no_clipping.yaml"
+    config.write_text(example.replace("gradient_clipping: 1.0", "gradient_clipping: 0.0"))
+    return config
 
 
 def report_and_exit(accelerator, **fields) -> None:

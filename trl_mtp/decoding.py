@@ -404,6 +404,9 @@ def slot_positions(mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask.bool(), mask.long().cumsum(1) - 1, -1)
 
 
+WINDOW_MASK_ATTENTION = ("sdpa", "eager")  # the attention implementations `window_attention_mask` builds masks for
+
+
 def window_attention_mask(mask: torch.Tensor, start: int, attn_implementation: str, dtype: torch.dtype):
     """4-D mask [B, 1, S - start, S] for queries at slots start..S-1 over keys 0..S-1: causal and valid keys only.
     Every query may see itself, so padding and hole queries (whose outputs nobody reads) never get an empty row."""
@@ -414,9 +417,7 @@ def window_attention_mask(mask: torch.Tensor, start: int, attn_implementation: s
     allowed = allowed[:, None]
     if attn_implementation == "eager":  # eager attention adds the mask to the scores
         return torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill(~allowed, torch.finfo(dtype).min)
-    if attn_implementation != "sdpa":
-        raise NotImplementedError(f"sequential drafting supports sdpa and eager attention, not {attn_implementation!r}")
-    return allowed
+    return allowed  # sdpa: a boolean mask
 
 
 def first_queries(layer_kwargs: dict, n: int, m: int) -> dict:
@@ -693,6 +694,10 @@ class WindowDrafter(Drafter):
     def window_kwargs(self, state, start: int, values: dict) -> dict:
         """The layer kwargs of a window of queries at slots start..S-1 over keys 0..S-1 (`values`: the per-slot
         values from `start`), the same for every depth (its cache is set per depth)."""
+        if self.attn_implementation not in WINDOW_MASK_ATTENTION:
+            raise NotImplementedError(
+                f"{self.heads.head_type} drafting supports sdpa and eager attention, not {self.attn_implementation!r}"
+            )
         S = state.mask.size(1)
         kwargs = dict(self.layer_kwargs)
         kwargs["attention_mask"] = window_attention_mask(state.mask, start, self.attn_implementation, self.dtype)
@@ -716,20 +721,23 @@ class WindowDrafter(Drafter):
 class ParallelDrafter(WindowDrafter):
     """parallel: depth i is a decoder layer over the trunk's hidden sequence, z_i = Layer_i(h). Its KV cache mirrors
     the base's slots; it runs over a window of kept slots when the depth drafts (`WindowDrafter`). With a sliding
-    window the holes move every round, so there the heads run every round over the kept slots, with the very kwargs
-    the base's last layer got, and are cropped with the base's cache."""
+    window the holes move every round, and an attention other than sdpa or eager (flash, flex, a registered one) takes
+    a mask `window_attention_mask` cannot build, so there the heads run every round over the kept slots, with the very
+    kwargs the base's last layer got, and are cropped with the base's cache."""
 
     def __init__(self, model, num_depths: int | None = None):
         super().__init__(model, num_depths)
         # laid out as the base's cache: the head layer (a copy of the last layer) gets that layer's mask
         self.caches = [new_cache(model.base_model.config) for _ in range(self.num_depths)]
         self.z = [None] * self.num_depths  # per depth: its output at each row's last kept slot, once computed
+        self.every_round = False  # whether the heads run every round (set at the first update)
 
     def observe(self, state, hidden, layer_kwargs, update):
         # the heads run over the slots some row kept only: the rest would be cropped unread
         m = update.keep - update.new_start
         self.last_round = (update.new_start, first_queries(layer_kwargs, hidden.size(1), m))
-        if state.window is None:
+        self.every_round = state.window is not None or self.attn_implementation not in WINDOW_MASK_ATTENTION
+        if not self.every_round:
             return super().observe(state, hidden, layer_kwargs, update)
         self.window = state.window
         hidden, layer_kwargs = hidden[:, :m], self.last_round[1]
@@ -743,7 +751,7 @@ class ParallelDrafter(WindowDrafter):
             self.z.append(z[rows, update.last_new])
 
     def propose(self, state, sampler, num_drafts):
-        if self.window is None:
+        if not self.every_round:
             self.catch_up(state, num_drafts)
         return self._chain(state, self.project(self.z[:num_drafts]), sampler, num_drafts)
 

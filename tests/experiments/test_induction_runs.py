@@ -2,6 +2,7 @@
 first part in the model's greedy prediction."""
 
 import torch
+from small_runs import SCRATCH_MODEL
 
 from trl_mtp.embedded.tasks.induction import NamedStories
 from trl_mtp.experiments.induction_runs import name_completion, pad_stories, run_induction
@@ -37,20 +38,13 @@ def test_name_completion_scores_by_hand():
 
 
 def test_short_runs(tmp_path):
-    model = {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 2,
-    }
     for name, mtp in (("ntp", None), ("mtp", {"head_type": "parallel", "num_mtp_heads": 1})):
         result = run_induction(
             None,
             tmp_path / name,
             seed=0,
             task={"sentences": 3},
-            model=model,
+            model=SCRATCH_MODEL,
             steps=3,
             batch_size=4,
             eval_n=5,

@@ -78,3 +78,13 @@ def test_short_run_of_each_objective(tmp_path, objective):
 def test_mtp_and_teacherless_together_is_refused(tmp_path):
     with pytest.raises(ValueError, match="choose one objective"):
         star_graph_runs.run_star_graph(None, tmp_path, seed=0, task=TASK, model={}, steps=1, mtp={}, teacherless=True)
+
+
+def test_node_tokenizer_is_the_one_token_per_node_encoding():
+    task = get_task("star_graph", **TASK)
+    tokenizer = star_graph_runs.node_tokenizer(task)
+    assert tokenizer(PROBLEM.prompt, add_special_tokens=False)["input_ids"] == task.encode_prompt(PROBLEM.prompt)
+    assert tokenizer(PROBLEM.prompt)["input_ids"] == task.encode_prompt(PROBLEM.prompt)  # no BOS: none was trained
+    path = task.encode_path(PROBLEM.answer)
+    assert tokenizer.decode(path + [task.symbol_id("<eos>")], skip_special_tokens=True) == "0 3 4"
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id == task.symbol_id("<eos>")

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from two_process import launch, run_one
+from two_process import EXAMPLES, launch, run_one, zero2_config_without_clipping
 
 from trl_mtp import MTPForCausalLM
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "accelerate"
 RUN = Path(__file__).with_name("sharded_sft_run.py")
 TOLERANCE = 1e-4
 
@@ -165,10 +164,7 @@ def test_zero2_decoupled_leaves_the_policy_update_as_without_the_mtp_loss(tmp_pa
     LM head) ends where a run without the MTP loss (mtp_lambda 0) ends, while the heads learn. Coupled mode, where
     the MTP loss trains the trunk too, ends elsewhere (the check can fail)."""
     pytest.importorskip("deepspeed")
-    config = tmp_path / "deepspeed_zero2_no_clipping.yaml"
-    example = (EXAMPLES / "deepspeed_zero2.yaml").read_text()
-    assert "gradient_clipping: 1.0" in example
-    config.write_text(example.replace("gradient_clipping: 1.0", "gradient_clipping: 0.0"))
+    config = zero2_config_without_clipping(tmp_path)
 
     def run(name, mode, *flags, port):
         launch_deepspeed(initial_model, tmp_path / name, 2, mode, "0", *flags, port=port, config_file=config)

@@ -16,11 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from two_process import fingerprint, launch
+from two_process import EXAMPLES, fingerprint, launch, zero2_config_without_clipping
 
 from trl_mtp import MTPForCausalLM
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "accelerate"
 RUN = Path(__file__).with_name("sharded_rl_run.py")
 DEEPSPEED_ON_CPU = {"DS_ACCELERATOR": "cpu", "ACCELERATE_USE_CPU": None}
 PORTS = {("ppo", "ddp"): 29591, ("ppo", "fsdp2"): 29592, ("ppo", "zero2"): 29593, ("ppo", "zero3"): 29594}
@@ -97,10 +96,7 @@ def test_zero2_decoupled_ppo_leaves_the_policy_update_as_without_the_mtp_loss(tm
     policy without its heads ends where the run with the MTP loss off (mtp_lambda 0) ends (the same rollouts: the
     policy samples them, with the same seeds), while the heads learn; the coupled run ends elsewhere."""
     pytest.importorskip("deepspeed")
-    config = tmp_path / "deepspeed_zero2_no_clipping.yaml"
-    example = (EXAMPLES / "deepspeed_zero2.yaml").read_text()
-    assert "gradient_clipping: 1.0" in example
-    config.write_text(example.replace("gradient_clipping: 1.0", "gradient_clipping: 0.0"))
+    config = zero2_config_without_clipping(tmp_path)
     variants = [("without", "decoupled", ["lambda0"]), ("decoupled", "decoupled", []), ("coupled", "coupled", [])]
     runs = {
         name: run(

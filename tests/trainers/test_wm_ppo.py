@@ -428,3 +428,22 @@ def test_cli_world_model_every_part_on(tmp_path):
     assert (tmp_path / "out" / "world_model.safetensors").is_file()
     for metric in ("wm/latent_cos_depth_1", "wm/imagined_return", "wm/return_scale", "loss/wm_slow_critic"):
         assert metric in done.stdout + done.stderr, metric
+
+
+def test_a_module_missing_from_the_gathered_state_dict_is_refused_at_save(tmp_path):
+    """Under FSDP / ZeRO-3 `_save` writes each world-model module from the gathered state dict (`sub_state` of its
+    prefix): a module with state whose prefix is missing there is refused with a one-line error, not written as
+    nothing (the former save wrote a file without it); a module without state, and a gathered module, are written."""
+    from safetensors.torch import load_file
+
+    from trl_mtp.trainers.ppo_trainer import save_states, sub_state
+
+    modules = {"world_model": torch.nn.Linear(2, 2), "stateless": torch.nn.ReLU()}
+    path = str(tmp_path / "world_model.safetensors")
+    gathered = {"policy.weight": torch.zeros(1)}
+    with pytest.raises(ValueError, match=r"world_model.safetensors: .* no tensors for 'world_model'$"):
+        save_states(path, modules, {name: sub_state(gathered, f"{name}.") for name in modules})
+    assert not os.path.exists(path)
+    gathered = {f"world_model.{k}": v + 1 for k, v in modules["world_model"].state_dict().items()}
+    save_states(path, modules, {name: sub_state(gathered, f"{name}.") for name in modules})
+    assert torch.equal(load_file(path)["world_model.weight"], modules["world_model"].weight.detach() + 1)

@@ -10,24 +10,16 @@ greedy next token after its first part is its second part; `first_mention` the s
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from trl_mtp.experiments import resumable
-from trl_mtp.experiments.scratch_loop import train_rows
-from trl_mtp.losses import IGNORE_INDEX
+from trl_mtp.experiments.scratch_runs import pad_rows, scratch_lm, train_scratch
 
 
 def pad_stories(stories, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids [N, T], labels [N, T]): stories padded with `pad_id` on the right; padding is not a target."""
-    width = max(len(ids) for ids, _ in stories)
-    inputs = torch.full((len(stories), width), pad_id)
-    labels = torch.full((len(stories), width), IGNORE_INDEX)
-    for row, (ids, _) in enumerate(stories):
-        inputs[row, : len(ids)] = torch.tensor(ids)
-        labels[row, : len(ids)] = torch.tensor(ids)
-    return inputs, labels
+    """(input_ids [N, T], labels [N, T]): stories padded with `pad_id` on the right; every story token is a target,
+    padding is not."""
+    return pad_rows([(ids, ids) for ids, _ in stories], pad_id)
 
 
 @torch.no_grad()
@@ -68,27 +60,20 @@ def run_induction(
     """Train `preset` (fields overridden by `model`) from scratch on named stories (`task` parameters; training
     stories seeded by `seed`, as is the initialisation) for `steps` steps; score name completion on `eval_n`
     held-out stories (task seed 0, the same for every seed). `base_dir` is unused."""
-    from trl_mtp.config import MTPConfig
-    from trl_mtp.embedded.presets import build_model, count_parameters
     from trl_mtp.embedded.tasks.induction import NamedStories
-    from trl_mtp.model import MTPForCausalLM
 
     train_task, eval_task = NamedStories(seed=seed, **task), NamedStories(seed=0, **task)
     eos = train_task.token_vocab_size() - 1
-    net = build_model(
-        preset, train_task.token_vocab_size(), seed=seed, pad_token_id=eos, eos_token_id=eos, bos_token_id=None, **model
-    )
-    lm = MTPForCausalLM.from_base(net, MTPConfig(**mtp)) if mtp is not None else net
+    net, lm = scratch_lm(preset, train_task.token_vocab_size(), eos=eos, seed=seed, model=model, mtp=mtp)
     inputs, labels = pad_stories(train_task.stories("train", steps * batch_size), eos)
     eval_stories = eval_task.stories("eval", eval_n)
-    curve = []
 
-    def score_curve(step: int):
+    def score_curve() -> dict:
         scored = name_completion(net, eval_task, eval_stories[:100])
-        curve.append({"step": step, "induction": sum(scored["induction"]) / max(1, len(scored["induction"]))})
+        return {"induction": sum(scored["induction"]) / max(1, len(scored["induction"]))}
 
-    start = time.time()
-    trained = train_rows(
+    result = train_scratch(
+        net,
         lm,
         inputs,
         labels,
@@ -96,22 +81,9 @@ def run_induction(
         batch_size=batch_size,
         lr=lr,
         seed=seed,
-        every=curve_every,
-        callback=score_curve,
+        mtp=mtp,
+        curve_every=curve_every,
+        score=score_curve,
     )
-    train_seconds = time.time() - start
     scores = name_completion(net, eval_task, eval_stories)
-    losses = trained["losses"]
-    return {
-        "seed": seed,
-        "steps": steps,
-        "mtp": mtp,
-        "num_parameters": count_parameters(net),
-        "train_seconds": train_seconds,
-        "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])),
-        "losses": losses[:: max(1, steps // 100)],
-        "final_mtp_losses": trained["mtp_losses"],
-        "curve": curve,
-        "induction_accuracy": sum(scores["induction"]) / max(1, len(scores["induction"])),
-        **scores,
-    }
+    return {**result, "induction_accuracy": sum(scores["induction"]) / max(1, len(scores["induction"])), **scores}

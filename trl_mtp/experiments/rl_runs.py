@@ -109,6 +109,64 @@ def score(mtp_model, tokenizer, task, eval_n: int, max_new_tokens: int) -> dict:
     }
 
 
+def make_trainer(
+    algorithm: str, base_dir, out_dir, *, seed: int, steps: int, config_fields: dict, train_dataset, tokenizer, reward
+):
+    """The trainer of `algorithm` ("ppo": `MTPPPOTrainer`, or `WorldModelPPOTrainer` when `config_fields` hold
+    `world_model` or a `wm_*` field; "grpo": `MTPGRPOTrainer`) from the checkpoint in `base_dir`, for `steps`
+    iterations with `config_fields` over the defaults above, rewarded by the TRL reward function `reward`."""
+    from trl_mtp.trainers import (
+        MTPGRPOConfig,
+        MTPGRPOTrainer,
+        MTPPPOConfig,
+        MTPPPOTrainer,
+        WorldModelPPOConfig,
+        WorldModelPPOTrainer,
+    )
+    from trl_mtp.trainers.world_model_ppo_config import selects_world_model
+
+    if algorithm not in REWARD_KEYS:
+        raise ValueError(f"algorithm={algorithm!r}: choose from {sorted(REWARD_KEYS)}")
+    fields = {
+        **COMMON_RL,
+        **(PPO_DEFAULTS if algorithm == "ppo" else GRPO_DEFAULTS),
+        **config_fields,
+        "output_dir": str(out_dir),
+        "max_steps": steps,
+        "seed": seed,
+    }
+    if algorithm == "grpo":
+        return MTPGRPOTrainer(
+            str(base_dir),
+            reward_funcs=[reward],
+            args=MTPGRPOConfig(**fields),
+            train_dataset=train_dataset,
+            processing_class=tokenizer,
+        )
+    world_model = selects_world_model(config_fields)
+    config_cls, trainer_cls = (
+        (WorldModelPPOConfig, WorldModelPPOTrainer) if world_model else (MTPPPOConfig, MTPPPOTrainer)
+    )
+    return trainer_cls(
+        str(base_dir),
+        config_cls(**fields),
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        reward_funcs=[reward],
+    )
+
+
+def train_logged(trainer, algorithm: str, out_dir) -> tuple[float, list[dict]]:
+    """Train; save the log history in `out_dir/trainer_state.json` (for `trl-mtp report`). Returns the training
+    seconds and the logged steps that hold the reward."""
+    start = time.time()
+    trainer.train()
+    train_seconds = time.time() - start
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trainer.state.save_to_json(str(out_dir / "trainer_state.json"))
+    return train_seconds, [h for h in trainer.state.log_history if REWARD_KEYS[algorithm] in h]
+
+
 @resumable
 def run_rl(
     base_dir,
@@ -135,49 +193,23 @@ def run_rl(
 
     from trl_mtp.embedded.tasks.registry import get_task
     from trl_mtp.model import MTPForCausalLM
-    from trl_mtp.trainers import (
-        MTPGRPOConfig,
-        MTPGRPOTrainer,
-        MTPPPOConfig,
-        MTPPPOTrainer,
-        WorldModelPPOConfig,
-        WorldModelPPOTrainer,
-    )
-    from trl_mtp.trainers.world_model_ppo_config import selects_world_model
 
     if algorithm not in REWARD_KEYS:
         raise ValueError(f"algorithm={algorithm!r}: choose from {sorted(REWARD_KEYS)}")
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     task = get_task(task_name, **task_params)
     before = score(MTPForCausalLM.from_pretrained(base_dir), tokenizer, task, eval_n, max_new_tokens)
-    fields = {
-        **COMMON_RL,
-        **(PPO_DEFAULTS if algorithm == "ppo" else GRPO_DEFAULTS),
-        **config_fields,
-        "output_dir": str(out_dir),
-        "max_steps": steps,
-        "seed": seed,
-    }
-    if algorithm == "ppo":  # `world_model` or any `wm_*` field: world-model PPO
-        world_model = selects_world_model(config_fields)
-        config_cls, trainer_cls = (
-            (WorldModelPPOConfig, WorldModelPPOTrainer) if world_model else (MTPPPOConfig, MTPPPOTrainer)
-        )
-        trainer = trainer_cls(
-            str(base_dir),
-            config_cls(**fields),
-            train_dataset=task.train(n_train),
-            processing_class=tokenizer,
-            reward_funcs=[task.reward],
-        )
-    else:
-        trainer = MTPGRPOTrainer(
-            str(base_dir),
-            reward_funcs=[task.reward],
-            args=MTPGRPOConfig(**fields),
-            train_dataset=task.train(n_train),
-            processing_class=tokenizer,
-        )
+    trainer = make_trainer(
+        algorithm,
+        base_dir,
+        out_dir,
+        seed=seed,
+        steps=steps,
+        config_fields=config_fields,
+        train_dataset=task.train(n_train),
+        tokenizer=tokenizer,
+        reward=task.reward,
+    )
     if record_every:
         from trl_mtp.diagnostics.recorder import MTPRecorder, make_probe_batch
 
@@ -187,12 +219,7 @@ def run_rl(
             )
         )
     parameters = sum(p.numel() for p in trainer.model.parameters())
-    start = time.time()
-    trainer.train()
-    train_seconds = time.time() - start
-    out_dir.mkdir(parents=True, exist_ok=True)
-    trainer.state.save_to_json(str(out_dir / "trainer_state.json"))  # the log history, for `trl-mtp report`
-    history = [h for h in trainer.state.log_history if REWARD_KEYS[algorithm] in h]
+    train_seconds, history = train_logged(trainer, algorithm, out_dir)
     rewards = [h[REWARD_KEYS[algorithm]] for h in history]
     after = score(trainer.mtp_model, tokenizer, task, eval_n, max_new_tokens)
     last = history[-1] if history else {}

@@ -16,6 +16,8 @@ main + lambda * MTP loss. What differs between runs:
 
 Scores per eval item (the same items for every seed): exact match of the greedy path, the first step after the
 start right, and the path valid (a real arm from the start: the cheat's answer, right half the time at degree 2).
+`save_model=True` also saves the trained model with `node_tokenizer` (the same encoding as a Hugging Face
+tokenizer), so that RL trainers can start from it (`star_graph_rl`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,31 @@ from trl_mtp.experiments.scratch_loop import train_rows
 from trl_mtp.losses import IGNORE_INDEX
 
 TARGETS = ("path", "reversed")
+
+
+def node_tokenizer(task):
+    """`task`'s one-token-per-node encoding as a Hugging Face tokenizer, for trainers that tokenize prompt strings:
+    `encode_prompt` ("graph:" dropped, then each node and symbol one token) and the path's nodes decoded separated
+    by spaces. `<eos>` ends and pads (the models here never learnt a BOS)."""
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from trl_mtp.embedded.tasks.star_graph import SYMBOLS
+
+    vocab = {str(node): node for node in range(task.nodes)} | {s: task.symbol_id(s) for s in SYMBOLS}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<eos>"))
+    tokenizer.normalizer = normalizers.Replace("graph:", "")
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"\d+|[>,|=$]"), behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<eos>", pad_token="<eos>")
+
+
+def held_out(task: dict, eval_n: int):
+    """The star-graph task of `task` settings that holds the eval items, and its first `eval_n` eval problems: the
+    same for every seed and every run that scores on them."""
+    from trl_mtp.embedded.tasks.registry import get_task
+
+    eval_task = get_task("star_graph", seed=0, **task)
+    return eval_task, eval_task.problems("eval", eval_n)
 
 
 def encode_problems(task, problems, *, target: str = "path", teacherless: bool = False):
@@ -104,11 +131,13 @@ def run_star_graph(
     target: str = "path",
     curve_every: int = 0,
     preset: str = "tiny-llama",
+    save_model: bool = False,
 ) -> dict:
     """Train `preset` (config fields overridden by `model`) from scratch on star-graph `task` for `steps` steps of
     `batch_size` fresh training problems (seeded by `seed`, as is the model's initialisation) and score it on
     `eval_n` held-out problems (the same for every seed). `base_dir` is unused: nothing is pretrained.
-    `curve_every`: also score the first 200 eval items every that many steps (the learning curve)."""
+    `curve_every`: also score the first 200 eval items every that many steps (the learning curve).
+    `save_model`: also save the trained model (with its heads, if any) and `node_tokenizer` in `out_dir/model`."""
     from trl_mtp.config import MTPConfig
     from trl_mtp.embedded.presets import build_model, count_parameters
     from trl_mtp.embedded.tasks.registry import get_task
@@ -117,14 +146,13 @@ def run_star_graph(
     if mtp is not None and teacherless:
         raise ValueError("mtp and teacherless=True together: choose one objective")
     train_task = get_task("star_graph", seed=seed, **task)
-    eval_task = get_task("star_graph", seed=0, **task)
+    eval_task, eval_problems = held_out(task, eval_n)
     eos = train_task.symbol_id("<eos>")
     net = build_model(
         preset, train_task.token_vocab_size(), seed=seed, pad_token_id=eos, eos_token_id=eos, bos_token_id=None, **model
     )
     lm = MTPForCausalLM.from_base(net, MTPConfig(**mtp)) if mtp is not None else net
     train_problems = train_task.problems("train", steps * batch_size)
-    eval_problems = eval_task.problems("eval", eval_n)
     inputs, labels, _ = encode_problems(train_task, train_problems, target=target, teacherless=teacherless)
 
     curve = []
@@ -154,6 +182,9 @@ def run_star_graph(
     train_seconds = time.time() - start
     losses = trained["losses"]
     scores = evaluate(net, eval_task, eval_problems, target=target, teacherless=teacherless)
+    if save_model:
+        lm.save_pretrained(out_dir / "model")
+        node_tokenizer(train_task).save_pretrained(out_dir / "model")
     return {
         "seed": seed,
         "steps": steps,

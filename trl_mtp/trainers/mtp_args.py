@@ -187,7 +187,8 @@ class RLHeadArguments:
             "help": "With speculative_rollouts: each decoding round drafts 0..D tokens, as many as maximise expected "
             "tokens per second from running per-depth acceptance and the measured round time at the current batch "
             "size (`trl_mtp.adaptive_drafting`; 0 is plain decoding, chosen where speculation does not pay). One "
-            "planner for the whole run, so its estimates follow the policy as it drifts. Lossless for every choice."
+            "planner per process (not saved in checkpoints) for the whole run, so its estimates follow the policy as "
+            "it drifts. Lossless for every choice."
         },
     )
     mtp_alarms: bool = dataclasses.field(

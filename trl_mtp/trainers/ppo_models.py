@@ -42,6 +42,17 @@ def disable_dropout(model: nn.Module) -> None:
             module.attention_dropout = 0.0
 
 
+def dropout_in(model: nn.Module) -> str | None:
+    """The first dropout `disable_dropout` would turn off that is on in `model` ("name: p"), or None: an `nn.Dropout`
+    with p > 0, or a positive float `attention_dropout` (Llama-style attention, taken from the config)."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Dropout) and module.p > 0:
+            return f"{name}: p={module.p}"
+        if isinstance(getattr(module, "attention_dropout", None), float) and module.attention_dropout > 0:
+            return f"{name}.attention_dropout={module.attention_dropout}"
+    return None
+
+
 def classification_head(model: nn.Module) -> nn.Module:
     """The linear layer that maps hidden states to the labels of a sequence-classification model (`score` in Llama,
     Qwen and GPT-2 style models): the last `nn.Linear` with `num_labels` outputs."""

@@ -213,6 +213,7 @@ class MTPPPOTrainer(SpeculativeRollouts, MTPTrainerMixin, Trainer):
             optimizers=optimizers,
         )
         self._after_parent_init()
+        self._refuse_unsupported_speculation()
         for frozen in (self.ref_model, self.reward_model):
             if frozen is not None:
                 frozen.to(self.accelerator.device).eval().requires_grad_(False)
@@ -667,8 +668,12 @@ PPOTrainer = MTPPPOTrainer  # the former name (TRL's own `PPOTrainer` lives in t
 
 def save_states(path: str, modules: dict[str, torch.nn.Module], states: dict[str, dict] | None = None) -> None:
     """The state dicts of `modules` in one safetensors file, each key prefixed with its module's name ("": none).
-    `states`: tensors to write instead of a module's own, by name (its gathered full tensors under FSDP / ZeRO-3)."""
+    `states`: tensors to write instead of a module's own, by name (its gathered full tensors under FSDP / ZeRO-3); an
+    empty one for a module with state (its prefix missing from the gathered dict) is refused, not written as nothing."""
     states = states or {}
+    for name, module in modules.items():
+        if name in states and not states[name] and module.state_dict():
+            raise ValueError(f"{path}: the gathered state dict has no tensors for {name or 'the module'!r}")
     state = {
         f"{name}.{k}" if name else k: v.detach().contiguous().cpu()
         for name, module in modules.items()

@@ -11,6 +11,7 @@ TRL's) and returns what that path returns: each row's completion tokens up to an
 from __future__ import annotations
 
 import torch
+from accelerate.utils import DistributedType
 from transformers import GenerationConfig
 from trl.extras.profiling import profiling_context
 from trl.models import unwrap_model_for_generation
@@ -18,6 +19,7 @@ from trl.trainer.utils import pad
 
 from trl_mtp.adaptive_drafting import DraftPlanner
 from trl_mtp.decoding import generation_settings
+from trl_mtp.trainers.ppo_models import dropout_in
 
 
 def log_speculation(metrics: dict, stats: dict) -> None:
@@ -45,6 +47,28 @@ class SpeculativeRollouts:
 
     draft_planner: DraftPlanner | None = None
 
+    def _refuse_unsupported_speculation(self) -> None:
+        """One-line refusal, at set-up, of a sharded engine that gathers parameters around every forward (FSDP,
+        FSDP2; DeepSpeed ZeRO-3 unless `ds3_gather_for_generation` gathers them once for the whole rollout, GRPO and
+        RLOO only): rows accept different numbers of drafts, so ranks run different numbers of forwards, and
+        `speculative_generate` has no `synced_gpus`: a rank would wait in an all-gather the others never join."""
+        if not self.args.speculative_rollouts:
+            return
+        engine = self.accelerator.distributed_type
+        if engine == DistributedType.FSDP:
+            sharded = "FSDP"
+        elif engine == DistributedType.DEEPSPEED and not getattr(self.args, "ds3_gather_for_generation", False):
+            config = self.accelerator.state.deepspeed_plugin.deepspeed_config
+            sharded = "DeepSpeed ZeRO-3" if config.get("zero_optimization", {}).get("stage") == 3 else None
+        else:
+            sharded = None
+        if sharded:
+            raise ValueError(
+                f"speculative_rollouts=True under {sharded}: ranks run different numbers of forwards while drafting, "
+                "and the engine's per-forward all-gathers would hang; use DDP or ZeRO-2 (GRPO and RLOO: or ZeRO-3 "
+                "with ds3_gather_for_generation=True)"
+            )
+
     def speculative_rollout(
         self,
         queries: torch.Tensor,
@@ -54,7 +78,8 @@ class SpeculativeRollouts:
     ) -> torch.Tensor:
         """[B, T + longest completion] sequences for left-padded `queries` [B, T], laid out as `generate` lays them
         out, sampled from `generation_config` with the heads drafting; logs `spec/*` under `mode`. With
-        `adaptive_draft_tokens`, one planner chooses every round's number of drafts for the whole run."""
+        `adaptive_draft_tokens`, one planner per process (not saved in checkpoints) chooses every round's number of
+        drafts for the whole run."""
         if self.args.adaptive_draft_tokens and self.draft_planner is None:
             self.draft_planner = DraftPlanner(self.mtp_model.heads.num_depths)
         base = self.mtp_model.base_model
@@ -80,13 +105,24 @@ class TRLSpeculativeSampling(SpeculativeRollouts):
 
     def _refuse_unsupported_speculation(self) -> None:
         """One-line refusals, at set-up, of what speculative rollouts cannot honour (the config refuses vLLM and
-        continuous batching): a rollout_func (it bypasses the generation path, so nothing would speculate), a vision
-        model, and generation settings the verifier cannot apply position by position."""
+        continuous batching; the shared refusals first): a rollout_func (it bypasses the generation path, so nothing
+        would speculate), a vision model, generation settings the verifier cannot apply position by position, and
+        dropout in the policy: TRL samples in train mode, with dropout, `speculative_generate` in eval mode, without,
+        so the rollouts' distribution would differ."""
+        super()._refuse_unsupported_speculation()
         if not self.args.speculative_rollouts:
             return
-        if getattr(self, "rollout_func", None) is not None or self._is_vlm:
-            what = "a rollout_func" if getattr(self, "rollout_func", None) is not None else "a vision-language model"
+        rollout_func = getattr(self, "rollout_func", None) is not None
+        if rollout_func or self._is_vlm:
+            what = "a rollout_func" if rollout_func else "a vision-language model"
             raise ValueError(f"speculative_rollouts=True with {what}: only TRL's text `generate` path speculates")
+        dropout = dropout_in(self.mtp_model.base_model)
+        if dropout is not None:
+            fix = "set disable_dropout=True" if not self.args.disable_dropout else "set it to 0 in the model config"
+            raise ValueError(
+                f"speculative_rollouts=True with dropout in the policy ({dropout}): TRL samples in train mode, with "
+                f"dropout, speculative rollouts in eval mode, without; {fix}"
+            )
         ids = torch.zeros((1, 1), dtype=torch.long, device=self.accelerator.device)
         try:  # the checks speculative_generate makes, now instead of at the first rollout
             generation_settings(
