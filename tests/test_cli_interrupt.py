@@ -54,6 +54,9 @@ def trl_mtp(*args, cwd, environ, stdout=subprocess.PIPE) -> subprocess.Popen:
         text=True,
         stdout=stdout,
         stderr=subprocess.PIPE,
+        # a shell without job control starts background jobs with SIGINT ignored, and the ignore is inherited: give
+        # the child the disposition a terminal gives it, or Python installs no KeyboardInterrupt and Ctrl-C is lost
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
