@@ -4,9 +4,10 @@ from the MTP start, with and without MTP heads trained during RL.
 The start of a run (`start` = a variant of the regime's spec, `seed`) is that regime run's model: `base_dir` is the
 regime's run folder (e.g. runs/star_graph_regime), the model is trained again from the run's own `run_args.json`
 (the training is deterministic for a seed) and saved once under `starts_dir`, shared by every RL variant of that
-start and seed. Two checks that the start is the regime's model, or the run stops naming it: its first recorded
-training losses (`EARLY_LOSSES`, within `LOSS_TOLERANCE`) are the regime run's (another initialisation or other
-batches differ there at once, while float noise between machines has not grown yet), and its greedy per-item exact
+start and seed. Two checks that the start is the regime's model, or the run stops naming it: its first training
+loss (step 0, within `LOSS_TOLERANCE`) is the regime run's (another initialisation or other batches differ there at
+once; later losses are not compared, as Adam grows float noise, such as another thread count's summation order, to
+1e-3 within a few steps), and its greedy per-item exact
 match on the regime's held-out graphs agrees with the regime run's on at least `start_agreement` of the items.
 
 Scores: greedy exact match, first step and valid arm on the same held-out graphs as the regime (before and after
@@ -24,7 +25,7 @@ from trl_mtp.experiments.rl_runs import make_trainer, mean, run_rl, train_logged
 from trl_mtp.experiments.star_graph_runs import evaluate, held_out, run_star_graph
 
 REGIME_RUN = "trl_mtp.experiments.star_graph_runs:run_star_graph"
-EARLY_LOSSES, LOSS_TOLERANCE = 5, 1e-3  # the losses of steps 0, 16, .., 64 of 1600
+EARLY_LOSSES, LOSS_TOLERANCE = 1, 1e-3  # step 0's loss: the initialisation and the first batch, before any update
 
 
 def path_reward(task):
