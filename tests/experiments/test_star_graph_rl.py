@@ -66,7 +66,7 @@ def test_grpo_from_the_regime_start(tmp_path, monkeypatch, variant):
     assert result["mtp_config"]["head_type"] == "blockwise" and result["mtp_config"]["num_mtp_heads"] == 2  # kept
     assert result["mtp_config"]["mtp_lambda"] == variant["mtp_lambda"]
     # the start is trained once per start and seed: a second variant reads it back
-    monkeypatch.setattr("trl_mtp.experiments.star_graph_runs.train_rows", None)
+    monkeypatch.setattr("trl_mtp.experiments.scratch_runs.train_rows", None)
     again = run_star_graph_rl(
         tmp_path / "regime", tmp_path / "rl2", start="MTP", seed=0, starts_dir=str(tmp_path / "starts"), **GRPO
     )

@@ -1,4 +1,4 @@
-"""What the from-scratch task runs (named-story induction, polynomial arithmetic) share around
+"""What the from-scratch task runs (star-graph, named-story induction, polynomial arithmetic) share around
 `scratch_loop.train_rows`: right-padded token rows, the model built from a preset for the task's own vocabulary
 (with MTP heads or not), and one timed training whose losses and learning curve start the run's result.
 """

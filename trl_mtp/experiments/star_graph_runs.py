@@ -22,12 +22,10 @@ tokenizer), so that RL trainers can start from it (`star_graph_rl`).
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from trl_mtp.experiments import resumable
-from trl_mtp.experiments.scratch_loop import train_rows
+from trl_mtp.experiments.scratch_runs import scratch_lm, train_scratch
 from trl_mtp.losses import IGNORE_INDEX
 
 TARGETS = ("path", "reversed")
@@ -138,37 +136,26 @@ def run_star_graph(
     `eval_n` held-out problems (the same for every seed). `base_dir` is unused: nothing is pretrained.
     `curve_every`: also score the first 200 eval items every that many steps (the learning curve).
     `save_model`: also save the trained model (with its heads, if any) and `node_tokenizer` in `out_dir/model`."""
-    from trl_mtp.config import MTPConfig
-    from trl_mtp.embedded.presets import build_model, count_parameters
     from trl_mtp.embedded.tasks.registry import get_task
-    from trl_mtp.model import MTPForCausalLM
 
     if mtp is not None and teacherless:
         raise ValueError("mtp and teacherless=True together: choose one objective")
     train_task = get_task("star_graph", seed=seed, **task)
     eval_task, eval_problems = held_out(task, eval_n)
     eos = train_task.symbol_id("<eos>")
-    net = build_model(
-        preset, train_task.token_vocab_size(), seed=seed, pad_token_id=eos, eos_token_id=eos, bos_token_id=None, **model
-    )
-    lm = MTPForCausalLM.from_base(net, MTPConfig(**mtp)) if mtp is not None else net
+    net, lm = scratch_lm(preset, train_task.token_vocab_size(), eos=eos, seed=seed, model=model, mtp=mtp)
     train_problems = train_task.problems("train", steps * batch_size)
     inputs, labels, _ = encode_problems(train_task, train_problems, target=target, teacherless=teacherless)
 
-    curve = []
-
-    def score_curve(step: int):
+    def score_curve() -> dict:
         scored = evaluate(net, eval_task, eval_problems[:200], target=target, teacherless=teacherless)
-        curve.append(
-            {
-                "step": step,
-                "exact": sum(scored["correct"]) / len(scored["correct"]),
-                "first_step": sum(scored["first_step"]) / len(scored["first_step"]),
-            }
-        )
+        return {
+            "exact": sum(scored["correct"]) / len(scored["correct"]),
+            "first_step": sum(scored["first_step"]) / len(scored["first_step"]),
+        }
 
-    start = time.time()
-    trained = train_rows(
+    result = train_scratch(
+        net,
         lm,
         inputs,
         labels,
@@ -176,27 +163,18 @@ def run_star_graph(
         batch_size=batch_size,
         lr=lr,
         seed=seed,
-        every=curve_every,
-        callback=score_curve,
+        mtp=mtp,
+        curve_every=curve_every,
+        score=score_curve,
     )
-    train_seconds = time.time() - start
-    losses = trained["losses"]
     scores = evaluate(net, eval_task, eval_problems, target=target, teacherless=teacherless)
     if save_model:
         lm.save_pretrained(out_dir / "model")
         node_tokenizer(train_task).save_pretrained(out_dir / "model")
     return {
-        "seed": seed,
-        "steps": steps,
-        "mtp": mtp,
+        **result,
         "teacherless": teacherless,
         "target": target,
-        "num_parameters": count_parameters(net),
-        "train_seconds": train_seconds,
-        "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])),
-        "losses": losses[:: max(1, steps // 100)],
-        "final_mtp_losses": trained["mtp_losses"],
-        "curve": curve,
         "accuracy": sum(scores["correct"]) / len(scores["correct"]),
         "first_step_accuracy": sum(scores["first_step"]) / len(scores["first_step"]),
         "valid_rate": sum(scores["valid"]) / len(scores["valid"]),
