@@ -25,6 +25,22 @@ def test_scratch_lm_heads_only_when_asked():
     assert isinstance(lm, MTPForCausalLM) and lm.base_model is net
 
 
+def test_the_heads_are_drawn_from_the_seed():
+    """A run's seed fixes its heads as it fixes the base: two builds with the same seed, with random draws between
+    them, get the same heads (blockwise heads' shared projection is random while their output is zero at first, so
+    an unseeded draw changed the runs' gradients, not their first loss); another seed gets other heads."""
+    mtp = {"head_type": "blockwise", "num_mtp_heads": 2}
+
+    def heads(seed):
+        torch.rand(7)  # what ran before in the process
+        _, lm = scratch_lm("tiny-llama", 20, eos=19, seed=seed, model=SCRATCH_MODEL, mtp=mtp)
+        return torch.cat([p.detach().flatten() for p in lm.heads.parameters()])
+
+    first, again, other = heads(0), heads(0), heads(1)
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+
+
 def test_train_scratch_records_the_curve_and_the_run():
     net, lm = scratch_lm("tiny-llama", 20, eos=19, seed=0, model=SCRATCH_MODEL, mtp={"num_mtp_heads": 1})
     inputs = torch.randint(0, 19, (8, 6))

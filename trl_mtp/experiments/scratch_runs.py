@@ -35,7 +35,12 @@ def scratch_lm(preset: str, vocab_size: int, *, eos: int, seed: int, model: dict
     from trl_mtp.model import MTPForCausalLM
 
     net = build_model(preset, vocab_size, seed=seed, pad_token_id=eos, eos_token_id=eos, bos_token_id=None, **model)
-    return net, (MTPForCausalLM.from_base(net, MTPConfig(**mtp)) if mtp is not None else net)
+    if mtp is None:
+        return net, net
+    # the heads' new layers draw from the RNG: seeded here, or they depend on what the process ran before
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return net, MTPForCausalLM.from_base(net, MTPConfig(**mtp))
 
 
 def train_scratch(net, lm, inputs, labels, *, steps, batch_size, lr, seed, mtp, curve_every=0, score=None) -> dict:
