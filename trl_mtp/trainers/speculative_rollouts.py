@@ -149,8 +149,7 @@ class TRLSpeculativeSampling(SpeculativeRollouts):
                 gather_deepspeed3_params=self.args.ds3_gather_for_generation,
                 generation_kwargs=self.generation_kwargs,
                 gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
-            ),
-            self._dist.summon_full_params(self.model_wrapped, recurse=False),
+            ),  # no FSDP parameter summoning: speculative rollouts are refused under FSDP at set-up
         ):
             sequences = self.speculative_rollout(input_ids, mask, self.generation_config, mode=mode)
         return completions_through_eos(sequences[:, input_ids.size(1) :], self.eos_token_ids)
