@@ -5,10 +5,11 @@ Every run loads the same initial model from a folder (as users load a checkpoint
 it on load, before the heads copy its last layer). Each engine run must: shard the heads' parameters (every rank
 reports its local part and the full size), keep lm_head tied to the input embedding, save a gathered checkpoint that
 `MTPForCausalLM.from_pretrained` loads, and end equal to the 1-process run: logged losses within 1e-4, every weight
-within 1e-4 (seen: FSDP2 2.4e-6 after 3 Adam steps at lr 1e-3; the difference is float summation order across ranks).
+within 1e-4 (seen: FSDP2 and ZeRO-2 5.1e-6, ZeRO-3 3.5e-6 after 4 Adam steps at lr 1e-3; the difference is float
+summation order across ranks).
 
-Each 2-process launch costs ~15 s of start-up on a 2-core CPU, so one launch checks all it can: the per-engine run is
-both the 1-process comparison and the uninterrupted run its resume is compared with.
+A 2-process launch takes 12-18 s in CI (2 cores), so one launch checks all it can: the per-engine run is both the
+1-process comparison and the uninterrupted run its resume is compared with.
 """
 
 from __future__ import annotations
