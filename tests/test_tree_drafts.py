@@ -1,0 +1,226 @@
+"""Tree drafts (`trl_mtp.tree_drafts`): lossless under greedy decoding and sampling, one forward per round.
+
+Greedy: output identical to `generate` (float64, as tests/test_decoding.py), for every family that takes trees,
+accepting and rejecting heads, other architectures, the prompt-lookup hybrid, EOS; keeping the tree's first slots
+instead of the accepted path, or a mask that lets a node see its siblings, fails it. Sampling: the per-node rule
+(multi-draft rejection with point-mass proposals) and a two-level tree's law are exact by enumeration, where the rule
+without the residual update is not; end to end, chi-square of the first tokens against the law enumerated from the
+base (slow). The tree mask is checked on a hand-worked 4-node tree; bad input gets a one-line ValueError."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from decoding_models import PAD, make_model, random_batch, reference
+from test_decoding_sampling import exact_marginals, marginal_pvalues, random_conditionals, sampling_model
+
+import trl_mtp.tree_drafts as tree_drafts
+from trl_mtp.decoding import speculative_generate
+from trl_mtp.tree_drafts import Tree, TreeDraft, candidate_acceptance, lookup_path, tree_attention
+
+TREE_FAMILIES = ["blockwise", "medusa", "parallel"]
+
+
+def tree_decode(model, ids, mask=None, max_new_tokens=20, tree=None, eos=None, **settings):
+    return speculative_generate(
+        model,
+        ids,
+        mask,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=[] if eos is None else eos,
+        pad_token_id=PAD,
+        tree=TreeDraft() if tree is None else tree,
+        **settings,
+    )
+
+
+def mismatches(model, prompts=range(4), max_new_tokens=20, tree=None, eos=None) -> int:
+    """Prompts (random_batch seeds, batch 1) whose greedy tree decode differs from `generate`'s."""
+    bad = 0
+    for seed in prompts:
+        ids, mask = random_batch(seed, 1, max_len=8 + seed)
+        ref = reference(model, ids, mask, max_new_tokens, eos)
+        out, _ = tree_decode(model, ids, mask, max_new_tokens, tree, eos, do_sample=False)
+        bad += not torch.equal(out, ref)
+    return bad
+
+
+# -- (1) greedy: identical to generate ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("family", TREE_FAMILIES)
+def test_greedy_tree_identity(family):
+    for perturb in (0.0, 0.3):  # heads that mostly accept, heads that reject at varying depths
+        model = make_model(family, depths=4, perturb=perturb)
+        assert mismatches(model) == 0
+    _, stats = tree_decode(model, *random_batch(1, 1), do_sample=False)
+    assert stats["draft_tokens"] == 12  # the default tree's size at D = 4
+    assert max(k for (k,) in stats["accepted_per_round"]) >= 1
+
+
+@pytest.mark.parametrize("preset", ["tiny-qwen3", "tiny-gpt2"])
+def test_greedy_tree_identity_other_architectures(preset):
+    # GPT-2's learned positions: a node's position is n + its depth
+    assert mismatches(make_model("blockwise", preset, perturb=0.3, seed=1), prompts=range(2)) == 0
+
+
+def test_greedy_tree_identity_eager_eos_and_lookup():
+    model = make_model("blockwise", perturb=0.3, attn_implementation="eager")
+    assert model.base_model.config._attn_implementation == "eager"
+    assert mismatches(model, prompts=range(2)) == 0
+    model = make_model("medusa", perturb=0.3)
+    ids, mask = random_batch(0, 1)
+    eos = int(reference(model, ids, mask, 12)[0, -5])  # a token the decode emits: it stops inside a block
+    assert mismatches(model, prompts=[0], max_new_tokens=12, eos=[eos]) == 0
+    hybrid = TreeDraft(size=4, lookup_ngram=3)
+    assert mismatches(model, tree=hybrid) == 0
+
+
+def keeps_first_slots(cache, new_start, keep):
+    """Broken: keeps the tree's first len(keep) slots (the root and nodes 1..) instead of the accepted path."""
+    tree_drafts.crop_cache(cache, new_start + len(keep))
+
+
+def siblings_visible(self):
+    """Broken: every node sees every earlier node (a causal mask over the tree), siblings included."""
+    return torch.ones(len(self.tokens), len(self.tokens), dtype=torch.bool).tril()
+
+
+@pytest.mark.parametrize(
+    "broken", [(tree_drafts, "keep_path", keeps_first_slots), (Tree, "ancestors", siblings_visible)]
+)
+def test_broken_tree_verify_fails_the_identity(broken, monkeypatch):
+    # a base whose attention is sharp enough that one wrong key changes its argmax (the default init's barely does)
+    model = make_model("blockwise", depths=4, initializer_range=0.1)
+    siblings_first = TreeDraft(choices=((1,), (0,), (2,), (0, 1), (0, 0), (0, 0, 0)))  # the best path is not slot 1, 2
+    assert mismatches(model, prompts=range(6), tree=siblings_first) == 0
+    monkeypatch.setattr(*broken)
+    assert mismatches(model, prompts=range(6), tree=siblings_first) >= 2
+
+
+# -- (2) sampling: the law of what a tree round commits ----------------------------------------------------------------
+def no_residual_update(p, candidates):
+    """Broken (naive): accepts candidate i with probability p(c_i) under the original p, then draws from p."""
+    return p[candidates], p.clone()
+
+
+def emitted_law(p: torch.Tensor, candidates: list[int]) -> torch.Tensor:
+    """Exact law [V] of the token a node emits under `candidate_acceptance` (accepted candidate or residual draw)."""
+    accept, residual = tree_drafts.candidate_acceptance(p, candidates)
+    law = torch.zeros_like(p)
+    reach = 1.0  # P(candidates before i all rejected)
+    for token, a in zip(candidates, accept):
+        law[token] += reach * a
+        reach = reach * (1 - a)
+    return law + reach * residual
+
+
+def tree_law_error(V: int = 5, seed: int = 0) -> float:
+    """max |P(first 2 tokens) - p(y0) p(y1 | y0)| for a two-level tree: root children {c1, c2, c3}, depth-2
+    children under two of them, and plain sampling after a node without children or a residual draw."""
+    g = torch.Generator().manual_seed(seed)
+    p0, p1 = random_conditionals(g, 0, V), random_conditionals(g, 1, V)
+    children = {2: [1, 4, 0], 1: [3], 4: [0, 2]}  # root's candidates, then each depth-1 node's
+    law = torch.zeros(V, V, dtype=torch.float64)
+    first = emitted_law(p0, children.pop(2))
+    for y0 in range(V):
+        second = emitted_law(p1[y0], children[y0]) if y0 in children else p1[y0]
+        law[y0] = first[y0] * second
+    return float((law - p0[:, None] * p1).abs().max())
+
+
+def test_point_mass_rule_is_exact():
+    g = torch.Generator().manual_seed(0)
+    for V, m in [(4, 1), (4, 3), (6, 6), (8, 2)]:
+        p = random_conditionals(g, 0, V)
+        for candidates in itertools.permutations(range(V), m):
+            assert float((emitted_law(p, list(candidates)) - p).abs().max()) < 1e-12
+    p = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)  # a candidate with no mass, then a sure one
+    assert torch.allclose(emitted_law(p, [0, 1]), p)
+    for seed in range(3):
+        assert tree_law_error(seed=seed) < 1e-12
+
+
+def test_naive_rule_is_not_exact(monkeypatch):
+    monkeypatch.setattr(tree_drafts, "candidate_acceptance", no_residual_update)
+    assert tree_law_error() > 1e-3
+
+
+def test_candidate_acceptance_hand_worked():
+    p = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    accept, residual = candidate_acceptance(p, [1, 0])
+    # c1 = 1: kept with p(1) = 0.3; else r = (0.5, 0, 0.2) / 0.7, c2 = 0 kept with 5/7; else r = (0, 0, 1)
+    assert torch.allclose(accept, torch.tensor([0.3, 5 / 7], dtype=torch.float64))
+    assert torch.allclose(residual, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
+
+
+def tree_samples(model, prompt, n, seed=0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.tensor([prompt])
+    rows = [
+        tree_decode(model, ids, max_new_tokens=3, do_sample=True, generator=g)[0][0, len(prompt) :] for _ in range(n)
+    ]
+    return torch.stack(rows)
+
+
+@pytest.mark.slow  # batch 1: one call per sample (about 90 s here); the exact tests above show the rule in milliseconds
+def test_tree_sampling_matches_exact_marginals(monkeypatch):
+    model, prompt = sampling_model("blockwise"), [3, 7, 1, 9, 4, 2]
+    exact = exact_marginals(model.base_model, prompt, 3)
+    assert min(marginal_pvalues(tree_samples(model, prompt, 1200), exact)) > 1e-4
+    monkeypatch.setattr(tree_drafts, "candidate_acceptance", no_residual_update)
+    assert min(marginal_pvalues(tree_samples(model, prompt, 1200), exact)) < 1e-6
+
+
+# -- (3) the tree and its mask, by hand ---------------------------------------------------------------------------------
+def test_tree_mask_hand_worked():
+    tree = Tree()
+    for path in ([5, 6], [7], [5, 8]):
+        tree.add_path(path, limit=4)
+    assert (tree.tokens[1:], tree.parents[1:], tree.depths[1:]) == ([5, 6, 7, 8], [0, 1, 0, 1], [1, 2, 1, 2])
+    past = torch.tensor([[1, 0, 1]])  # a hole at slot 1
+    expected = torch.tensor(
+        [  # past slots | root, 5, 5-6, 7, 5-8
+            [1, 0, 1, 1, 0, 0, 0, 0],
+            [1, 0, 1, 1, 1, 0, 0, 0],
+            [1, 0, 1, 1, 1, 1, 0, 0],
+            [1, 0, 1, 1, 0, 0, 1, 0],
+            [1, 0, 1, 1, 1, 0, 0, 1],
+        ],
+        dtype=torch.bool,
+    )
+    sdpa = tree_attention(tree, past, "sdpa", torch.float32)
+    assert sdpa.shape == (1, 1, 5, 8) and torch.equal(sdpa[0, 0], expected)
+    eager = tree_attention(tree, past, "eager", torch.float32)
+    assert torch.equal(eager[0, 0] == 0, expected) and float(eager.min()) == torch.finfo(torch.float32).min
+    tree.add_path([9], limit=4)  # full: nothing added
+    assert tree.size == 4 and tree.path_to(4) == [1, 4]
+
+
+def test_head_and_lookup_paths():
+    logits = torch.tensor([[0.0, 3.0, 2.0, 1.0], [5.0, 0.0, 4.0, 0.0]])  # depth 1 ranks 1, 2, 3; depth 2 ranks 0, 2
+    choices = ((0,), (0, 0), (1,), (0, 1), (0, 0, 0))  # the depth-3 choice does not fit 2 depths
+    assert tree_drafts.head_paths(logits, choices) == [[1], [1, 0], [2], [1, 2]]
+    text = [4, 1, 2, 3, 9, 1, 2]
+    assert lookup_path(text, 3, 2) == [3, 9]  # "1 2" matched at its first occurrence
+    assert lookup_path([4, 5, 6], 2, 3) == []
+
+
+# -- (4) bad input ------------------------------------------------------------------------------------------------------
+def one_line_error(call, match):
+    with pytest.raises(ValueError, match=match) as error:
+        call()
+    assert "\n" not in str(error.value)
+
+
+def test_bad_input_one_line_errors():
+    model = make_model("blockwise")
+    ids, mask = random_batch(0, 2)
+    one_line_error(lambda: tree_decode(model, ids, mask), "batch of 2")
+    one_line_error(lambda: TreeDraft(size=0), "size must be an integer >= 1, got 0")
+    one_line_error(lambda: TreeDraft(choices=((0, 0),)), r"listed after their parents, got \(0, 0\)")
+    one_line_error(lambda: TreeDraft(lookup_ngram=-1), "lookup_ngram must be an integer >= 0, got -1")
+    one_line_error(lambda: tree_decode(make_model("sequential"), ids[:1]), "'sequential' family chains its depths")
+    one_line_error(lambda: tree_decode(model, ids[:1], adaptive_draft_tokens=True), "adaptive_draft_tokens")
+    model.base_model.config._attn_implementation = "flex_attention"
+    one_line_error(lambda: tree_decode(model, ids[:1]), "sdpa or eager attention")
