@@ -24,6 +24,7 @@ METHODS = {
     "chain": None,
     "tree-9": TreeDraft(size=9),
     "tree-15": TreeDraft(size=15),
+    "lookup": TreeDraft(size=1, choices=(), lookup_ngram=3),  # prompt lookup alone, as a chain up to D deep
     "hybrid-15": TreeDraft(size=15, lookup_ngram=3),
 }
 
