@@ -76,6 +76,15 @@ def test_greedy_tree_identity_eager_eos_and_lookup():
     assert mismatches(model, tree=hybrid) == 0
 
 
+def test_lookup_paths_deeper_than_the_heads():
+    model = make_model("blockwise", depths=2, perturb=0.3)
+    prompt = torch.tensor([[5, 9, 14, 3, 7, 22, 5, 9, 14, 3, 7, 22, 5, 9]])  # the base continues the repetition
+    ref = reference(model, prompt, torch.ones_like(prompt), 24)
+    out, stats = tree_decode(model, prompt, max_new_tokens=24, tree=TreeDraft(size=3, lookup_ngram=2, lookup_tokens=8))
+    assert torch.equal(out, ref)
+    assert max(k for (k,) in stats["accepted_per_round"]) > 2  # lookup nodes past the heads' depth D = 2 kept
+
+
 def keeps_first_slots(cache, new_start, keep):
     """Broken: keeps the tree's first len(keep) slots (the root and nodes 1..) instead of the accepted path."""
     tree_drafts.crop_cache(cache, new_start + len(keep))
@@ -220,6 +229,7 @@ def test_bad_input_one_line_errors():
     one_line_error(lambda: TreeDraft(size=0), "size must be an integer >= 1, got 0")
     one_line_error(lambda: TreeDraft(choices=((0, 0),)), r"listed after their parents, got \(0, 0\)")
     one_line_error(lambda: TreeDraft(lookup_ngram=-1), "lookup_ngram must be an integer >= 0, got -1")
+    one_line_error(lambda: TreeDraft(lookup_tokens=0), "lookup_tokens must be an integer >= 1 or None, got 0")
     one_line_error(lambda: tree_decode(make_model("sequential"), ids[:1]), "'sequential' family chains its depths")
     one_line_error(lambda: tree_decode(model, ids[:1], adaptive_draft_tokens=True), "adaptive_draft_tokens")
     model.base_model.config._attn_implementation = "flex_attention"

@@ -59,6 +59,7 @@ from trl_mtp.decoding import (
     Sampler,
     attention_mask_for,
     crop_cache,
+    drafts_that_fit,
     update_cache,
 )
 
@@ -257,17 +258,22 @@ class TreeDraft:
     """Tree drafts for `speculative_generate(..., tree=TreeDraft(...))`: each round at most `size` nodes from the
     heads' top-k per depth (`choices`: rank paths in priority order, parents first; default `DEFAULT_CHOICES`), plus,
     with `lookup_ngram` > 0, the prompt-lookup continuation (n-grams up to that size matched in the prompt and the
-    text so far; up to D more nodes)."""
+    text so far; up to `lookup_tokens` more nodes, default D: a lookup path may go deeper than the heads)."""
 
     size: int = 12
     choices: tuple = DEFAULT_CHOICES
     lookup_ngram: int = 0
+    lookup_tokens: int | None = None
 
     def __post_init__(self):
         if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
             raise ValueError(f"tree size must be an integer >= 1, got {self.size!r}")
         if isinstance(self.lookup_ngram, bool) or not isinstance(self.lookup_ngram, int) or self.lookup_ngram < 0:
             raise ValueError(f"lookup_ngram must be an integer >= 0, got {self.lookup_ngram!r}")
+        if self.lookup_tokens is not None and (
+            isinstance(self.lookup_tokens, bool) or not isinstance(self.lookup_tokens, int) or self.lookup_tokens < 1
+        ):
+            raise ValueError(f"lookup_tokens must be an integer >= 1 or None, got {self.lookup_tokens!r}")
         seen = {()}
         for choice in self.choices:
             if not choice or choice[:-1] not in seen or min(choice) < 0:
@@ -293,28 +299,32 @@ class TreeDraft:
         if planner is not None:
             raise ValueError("tree drafts do not combine with adaptive_draft_tokens")
 
-    def build(self, state: DecodeState, drafter: Drafter, depth: int) -> Tree:
-        """The round's tree, at most `depth` deep."""
+    def build(self, state: DecodeState, drafter: Drafter, depth: int, lookup_depth: int) -> Tree:
+        """The round's tree: the heads' nodes at most `depth` deep, the lookup path at most `lookup_depth`."""
         tree = Tree()
-        if depth == 0:
-            return tree
-        for path in head_paths(drafter.depth_logits(state, depth)[0], self.choices):
-            tree.add_path(path, self.size)
-        if self.lookup_ngram:
+        if depth:
+            for path in head_paths(drafter.depth_logits(state, depth)[0], self.choices):
+                tree.add_path(path, self.size)
+        if self.lookup_ngram and lookup_depth:
             start = int(state.pad_len[0])
             text = state.tokens[0, start : start + state.n_valid_host[0] + 1].tolist()  # the prompt and committed
-            tree.add_path(lookup_path(text, self.lookup_ngram, depth), self.size + depth)
+            tree.add_path(lookup_path(text, self.lookup_ngram, lookup_depth), tree.size + lookup_depth)
         return tree
 
     def round(self, model, state: DecodeState, drafter: Drafter, sampler: Sampler, depth: int, max_new_tokens, eos):
         """propose (build the tree) -> verify (one forward) -> accept (walk) -> update (keep the path); -> (accepted
         counts as Python ints, nodes verified)."""
-        tree = self.build(state, drafter, depth)
+        base = model.base_model
+        max_positions = getattr(base.config.get_text_config(decoder=True), "max_position_embeddings", None)
+        lookup_depth = depth
+        if self.lookup_tokens is not None:  # past the heads' depth: within the token budget (the scratch room is D)
+            lookup_depth = drafts_that_fit(state, self.lookup_tokens, max_positions)
+            lookup_depth = max(depth, min(lookup_depth, max_new_tokens - int(state.generated[0])))
+        tree = self.build(state, drafter, depth, lookup_depth)
         device = state.tokens.device
         last = state.tokens[0, state.column(state.n_valid)[0]]
         inputs = torch.cat([last[None], torch.tensor(tree.tokens[1:], device=device, dtype=last.dtype)])[None]
         new_start = state.mask.size(1)
-        base = model.base_model
         mask = tree_attention(tree, state.mask, base.config._attn_implementation, base.dtype)
         state.mask = torch.cat([state.mask, state.mask.new_ones(1, tree.size + 1)], dim=1)
         logits = base(

@@ -25,7 +25,9 @@ METHODS = {
     "tree-9": TreeDraft(size=9),
     "tree-15": TreeDraft(size=15),
     "lookup": TreeDraft(size=1, choices=(), lookup_ngram=3),  # prompt lookup alone, as a chain up to D deep
+    "lookup-10": TreeDraft(size=1, choices=(), lookup_ngram=3, lookup_tokens=10),  # as transformers' (10 tokens)
     "hybrid-15": TreeDraft(size=15, lookup_ngram=3),
+    "hybrid-15-10": TreeDraft(size=15, lookup_ngram=3, lookup_tokens=10),
 }
 
 
