@@ -36,13 +36,13 @@ def tree_decode(model, ids, mask=None, max_new_tokens=20, tree=None, eos=None, *
     )
 
 
-def mismatches(model, prompts=range(4), max_new_tokens=20, tree=None, eos=None) -> int:
-    """Prompts (random_batch seeds, batch 1) whose greedy tree decode differs from `generate`'s."""
+def mismatches(model, prompts=range(4), max_new_tokens=20, tree=None, eos=None, **settings) -> int:
+    """Prompts (random_batch seeds, batch 1) whose greedy tree decode differs from `generate`'s under `settings`."""
     bad = 0
     for seed in prompts:
         ids, mask = random_batch(seed, 1, max_len=8 + seed)
-        ref = reference(model, ids, mask, max_new_tokens, eos)
-        out, _ = tree_decode(model, ids, mask, max_new_tokens, tree, eos, do_sample=False)
+        ref = reference(model, ids, mask, max_new_tokens, eos, **settings)
+        out, _ = tree_decode(model, ids, mask, max_new_tokens, tree, eos, do_sample=False, **settings)
         bad += not torch.equal(out, ref)
     return bad
 
@@ -64,7 +64,7 @@ def test_greedy_tree_identity_other_architectures(preset):
     assert mismatches(make_model("blockwise", preset, perturb=0.3, seed=1), prompts=range(2)) == 0
 
 
-def test_greedy_tree_identity_eager_eos_and_lookup():
+def test_greedy_tree_identity_eager_eos_lookup_and_processors():
     model = make_model("blockwise", perturb=0.3, attn_implementation="eager")
     assert model.base_model.config._attn_implementation == "eager"
     assert mismatches(model, prompts=range(2)) == 0
@@ -74,6 +74,22 @@ def test_greedy_tree_identity_eager_eos_and_lookup():
     assert mismatches(model, prompts=[0], max_new_tokens=12, eos=[eos]) == 0
     hybrid = TreeDraft(size=4, lookup_ngram=3)
     assert mismatches(model, tree=hybrid) == 0
+    # a processor that reads the prefix: each node's scores after its own path
+    assert mismatches(model, prompts=range(2), repetition_penalty=1.5, no_repeat_ngram_size=2) == 0
+
+
+def prefix_blind_scores(sampler, state, logits, tree):
+    """Broken: every node's scores processed as if it followed the committed tokens only (not its path)."""
+    none = state.tokens.new_zeros(1, 0)
+    return torch.cat([sampler.scores(state, logits[:, i : i + 1], none) for i in range(logits.size(1))], dim=1)
+
+
+def test_prefix_blind_processing_fails_the_identity(monkeypatch):
+    model = make_model("blockwise", depths=4)
+    settings = dict(repetition_penalty=3.0, no_repeat_ngram_size=2)
+    assert mismatches(model, **settings) == 0
+    monkeypatch.setattr(tree_drafts, "node_scores", prefix_blind_scores)
+    assert mismatches(model, **settings) > 0
 
 
 def test_lookup_paths_deeper_than_the_heads():

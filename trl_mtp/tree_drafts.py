@@ -187,6 +187,19 @@ def candidate_acceptance(p: torch.Tensor, candidates: list[int]) -> tuple[torch.
     return torch.stack(accept) if accept else p.new_zeros(0), residual
 
 
+def node_scores(sampler: Sampler, state: DecodeState, logits: torch.Tensor, tree: Tree) -> torch.Tensor:
+    """Processed scores [1, N+1, V] at the tree's slots, each after its own path (prefix processors see the
+    committed tokens, then the path's tokens)."""
+    none = state.tokens.new_zeros(1, 0)
+    if all(type(p) in POSITION_FREE for p in sampler.processors):
+        return sampler.scores(state, logits, none)
+    per_slot = []
+    for slot in range(tree.size + 1):
+        path = none.new_tensor([tree.tokens[s] for s in tree.path_to(slot)])[None]
+        per_slot.append(sampler.scores(state, logits[:, slot : slot + 1], path, first=path.size(1)))
+    return torch.cat(per_slot, dim=1)
+
+
 def walk_greedy(tree: Tree, scores: torch.Tensor, sampler: Sampler) -> tuple[list[int], int]:
     """scores [N+1, V] at the tree's slots -> (accepted slots, next token): follow the argmax while it is a child."""
     target = scores.argmax(-1).tolist()
@@ -356,16 +369,3 @@ class TreeDraft:
             verified=(hidden, layer_kwargs),
         )
         return k, tree.size
-
-
-def node_scores(sampler: Sampler, state: DecodeState, logits: torch.Tensor, tree: Tree) -> torch.Tensor:
-    """Processed scores [1, N+1, V] at the tree's slots, each after its own path (prefix processors see the
-    committed tokens, then the path's tokens)."""
-    none = state.tokens.new_zeros(1, 0)
-    if all(type(p) in POSITION_FREE for p in sampler.processors):
-        return sampler.scores(state, logits, none)
-    per_slot = []
-    for slot in range(tree.size + 1):
-        path = torch.tensor([[tree.tokens[s] for s in tree.path_to(slot)]], device=logits.device).view(1, -1)
-        per_slot.append(sampler.scores(state, logits[:, slot : slot + 1], path, first=path.size(1)))
-    return torch.cat(per_slot, dim=1)
