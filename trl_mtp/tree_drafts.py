@@ -3,9 +3,10 @@
 A chain round verifies one guess per depth; a tree round verifies several. The heads of a positionwise family
 (blockwise, medusa, parallel) give, from the last verified position alone, a distribution per depth; a node's
 token is one of its depth's top-k, named by its ranks from the root, e.g. (0, 1) = depth 1's best, then depth 2's
-second (Medusa's sparse trees, Cai et al. 2024). With `lookup_ngram`, the continuation of the latest n-gram match
-in the text so far (prompt lookup) joins the tree too: the hybrid of heads and prompt lookup. Equal prefixes are
-one node (a trie), so each node is one token with one parent.
+second (Medusa's sparse trees, Cai et al. 2024). With `lookup_ngram`, the continuation of the text's last n-gram at
+its earliest occurrence in the prompt and the text so far (prompt lookup, `lookup_tokens` deep: deeper than the
+heads if asked) joins the tree too: the hybrid of heads and prompt lookup. Equal prefixes are one node (a trie), so
+each node is one token with one parent.
 
 Verify: one forward over [x, node_1 .. node_N] (x the last committed token, the root) with a 4-D attention mask
 in which each node sees the cache and its ancestors (and itself) only, and position ids n + depth, so a node's
@@ -31,6 +32,8 @@ Accept, walking from the root:
   all were rejected (probability 1 - sum_j p(c_j)): P(x) = p(x). So the emitted token is distributed as p,
   whatever the children; moving to the accepted child, the same holds at the next node with the base's p
   there (its logits, computed after that path), so the committed block is distributed as the base's samples.
+  (Equivalently: draw y ~ p at the node and descend when y is a child; a node keeps a child with probability
+  sum_i p(c_i), its children's mass under the base.)
   The rule for children drawn from q (accept with min(1, r(c)/q(c)), residual norm(max(r - q, 0))) is the
   general form; with deterministic children q is a point mass at each in turn, which gives the rule above.
   Typical acceptance (Medusa) is not lossless and is not used. Rules that skip the residual update (accept c_i
