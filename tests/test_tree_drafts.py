@@ -124,14 +124,14 @@ def test_broken_tree_verify_fails_the_identity(broken, monkeypatch):
 
 
 # -- (2) sampling: the law of what a tree round commits ----------------------------------------------------------------
-def no_residual_update(p, candidates):
+def no_residual_update(p, candidates, q=None, sampled=0):
     """Broken (naive): accepts candidate i with probability p(c_i) under the original p, then draws from p."""
     return p[candidates], p.clone()
 
 
-def emitted_law(p: torch.Tensor, candidates: list[int]) -> torch.Tensor:
+def emitted_law(p: torch.Tensor, candidates: list[int], q=None, sampled: int = 0) -> torch.Tensor:
     """Exact law [V] of the token a node emits under `candidate_acceptance` (accepted candidate or residual draw)."""
-    accept, residual = tree_drafts.candidate_acceptance(p, candidates)
+    accept, residual = tree_drafts.candidate_acceptance(p, candidates, q, sampled)
     law = torch.zeros_like(p)
     reach = 1.0  # P(candidates before i all rejected)
     for token, a in zip(candidates, accept):
@@ -166,6 +166,59 @@ def test_point_mass_rule_is_exact():
         assert tree_law_error(seed=seed) < 1e-12
 
 
+def sampled_law(p: torch.Tensor, q: torch.Tensor, m: int, extra: int | None = None) -> torch.Tensor:
+    """Exact law [V] of the emitted token when m children are drawn from q without replacement (every ordered draw
+    enumerated with its probability), then `extra` (a deterministic candidate, as a lookup token) unless drawn."""
+    law = torch.zeros_like(p)
+    for draw in itertools.permutations(range(p.numel()), m):
+        prob, taken = 1.0, 0.0
+        for c in draw:
+            prob, taken = prob * q[c] / (1 - taken), taken + q[c]
+        if prob > 0:
+            candidates = list(draw) + ([extra] if extra is not None and extra not in draw else [])
+            law += prob * emitted_law(p, candidates, q, m)
+    return law
+
+
+def test_sampled_children_rule_is_exact():
+    g = torch.Generator().manual_seed(1)
+    for V, m, extra in [(4, 1, None), (5, 2, None), (5, 3, None), (5, 2, 0), (4, 3, 3)]:
+        p, q = random_conditionals(g, 0, V), random_conditionals(g, 0, V)
+        assert float((sampled_law(p, q, m, extra) - p).abs().max()) < 1e-12
+    q = torch.tensor([0.5, 0.5, 0.0, 0.0], dtype=torch.float64)  # q without the mass p has: all from the residual
+    p = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
+    assert float((sampled_law(p, q, 2) - p).abs().max()) < 1e-12
+
+
+def residual_never_updated(p, candidates, q=None, sampled=0):
+    """Broken: each sampled candidate accepted with min(1, p(c) / q_i(c)) against p itself, the residual never
+    updated (after all rejections the token is drawn from p)."""
+    accept = []
+    for i, token in enumerate(candidates):
+        q_i = q.clone()
+        q_i[candidates[:i]] = 0
+        accept.append((p[token] / (q_i[token] / q_i.sum())).clamp(max=1))
+    return torch.stack(accept), p.clone()
+
+
+def test_sampled_children_broken_rule_is_not_exact(monkeypatch):
+    g = torch.Generator().manual_seed(1)
+    p, q = random_conditionals(g, 0, 5), random_conditionals(g, 0, 5)
+    monkeypatch.setattr(tree_drafts, "candidate_acceptance", residual_never_updated)
+    assert float((sampled_law(p, q, 3) - p).abs().max()) > 1e-3
+
+
+def test_sampled_children_tree_runs_and_greedy_ignores_it():
+    model = sampling_model("blockwise")
+    tree = TreeDraft(size=8, sample_children=(3, 1, 1))
+    g = torch.Generator().manual_seed(0)
+    ids = torch.tensor([[3, 7, 1, 9]])
+    out, stats = tree_decode(model, ids, max_new_tokens=12, tree=tree, do_sample=True, generator=g)
+    assert out.shape == (1, 16) and max(stats["draft_tokens_per_round"]) == 8  # 3 + 3 + 2: the size caps depth 3
+    ref = reference(model, ids, torch.ones_like(ids), 12)
+    assert torch.equal(tree_decode(model, ids, max_new_tokens=12, tree=tree, do_sample=False)[0], ref)
+
+
 def test_naive_rule_is_not_exact(monkeypatch):
     monkeypatch.setattr(tree_drafts, "candidate_acceptance", no_residual_update)
     assert tree_law_error() > 1e-3
@@ -179,11 +232,12 @@ def test_candidate_acceptance_hand_worked():
     assert torch.allclose(residual, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
 
 
-def tree_samples(model, prompt, n, seed=0) -> torch.Tensor:
+def tree_samples(model, prompt, n, seed=0, tree=None) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     ids = torch.tensor([prompt])
     rows = [
-        tree_decode(model, ids, max_new_tokens=3, do_sample=True, generator=g)[0][0, len(prompt) :] for _ in range(n)
+        tree_decode(model, ids, max_new_tokens=3, tree=tree, do_sample=True, generator=g)[0][0, len(prompt) :]
+        for _ in range(n)
     ]
     return torch.stack(rows)
 
@@ -195,6 +249,14 @@ def test_tree_sampling_matches_exact_marginals(monkeypatch):
     assert min(marginal_pvalues(tree_samples(model, prompt, 1200), exact)) > 1e-4
     monkeypatch.setattr(tree_drafts, "candidate_acceptance", no_residual_update)
     assert min(marginal_pvalues(tree_samples(model, prompt, 1200), exact)) < 1e-6
+
+
+@pytest.mark.slow  # as above, with children drawn from the heads' q
+def test_sampled_tree_matches_exact_marginals():
+    model, prompt = sampling_model("blockwise"), [3, 7, 1, 9, 4, 2]
+    exact = exact_marginals(model.base_model, prompt, 3)
+    samples = tree_samples(model, prompt, 1200, tree=TreeDraft(size=9, sample_children=(3, 1, 1), lookup_ngram=2))
+    assert min(marginal_pvalues(samples, exact)) > 1e-4
 
 
 # -- (3) the tree and its mask, by hand ---------------------------------------------------------------------------------
@@ -246,6 +308,7 @@ def test_bad_input_one_line_errors():
     one_line_error(lambda: TreeDraft(choices=((0, 0),)), r"listed after their parents, got \(0, 0\)")
     one_line_error(lambda: TreeDraft(lookup_ngram=-1), "lookup_ngram must be an integer >= 0, got -1")
     one_line_error(lambda: TreeDraft(lookup_tokens=0), "lookup_tokens must be an integer >= 1 or None, got 0")
+    one_line_error(lambda: TreeDraft(sample_children=(2, 0)), r"sample_children must be .*, got \(2, 0\)")
     one_line_error(lambda: tree_decode(make_model("sequential"), ids[:1]), "'sequential' family chains its depths")
     one_line_error(lambda: tree_decode(model, ids[:1], adaptive_draft_tokens=True), "adaptive_draft_tokens")
     model.base_model.config._attn_implementation = "flex_attention"

@@ -104,6 +104,10 @@ class Tree:
     parents: list[int] = field(default_factory=lambda: [-1])
     depths: list[int] = field(default_factory=lambda: [0])
     children: list[dict[int, int]] = field(default_factory=lambda: [{}])
+    # sampled children: per slot, the distribution q its first `sampled[s]` children were drawn from, without
+    # replacement and in that order (the rest are deterministic: point masses)
+    proposals: dict[int, torch.Tensor] = field(default_factory=dict)
+    sampled: dict[int, int] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -124,6 +128,12 @@ class Tree:
                 self.children.append({})
                 self.children[slot][token] = len(self.tokens) - 1
             slot = self.children[slot][token]
+
+    def add_sampled(self, slot: int, q: torch.Tensor, tokens: list[int]) -> None:
+        """Children `tokens` of a slot without children yet, drawn from q [V] without replacement in this order."""
+        for token in tokens:
+            self.add_path([*(self.tokens[s] for s in self.path_to(slot)), token], limit=len(self.tokens))
+        self.proposals[slot], self.sampled[slot] = q, len(tokens)
 
     def path_to(self, slot: int) -> list[int]:
         """Slots from depth 1 down to `slot` (empty for the root)."""
@@ -176,15 +186,25 @@ def tree_attention(tree: Tree, past: torch.Tensor, attn_implementation: str, dty
 # ----------------------------------------------------------------------------------------------------------------------
 # accept
 # ----------------------------------------------------------------------------------------------------------------------
-def candidate_acceptance(p: torch.Tensor, candidates: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Multi-draft rejection with point-mass proposals (see the module docstring): p [V], distinct candidates ->
-    (a [m]: probability of accepting candidate i once 1..i-1 were rejected, residual [V]: the law of the token
-    drawn when all were rejected)."""
+def candidate_acceptance(
+    p: torch.Tensor, candidates: list[int], q: torch.Tensor | None = None, sampled: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multi-draft rejection (see the module docstring): p [V], distinct candidates, the first `sampled` of them
+    drawn from q [V] without replacement, the rest deterministic -> (a [m]: probability of accepting candidate i
+    once 1..i-1 were rejected, residual [V]: the law of the token drawn when all were rejected). Candidate i's
+    proposal q_i is q without the sampled candidates before it, renormalised, or the point mass at c_i."""
     residual = p.clone()
     accept = []
-    for token in candidates:
-        accept.append(residual[token].clone())
-        residual[token] = 0  # norm(max(r - delta(c), 0)): c zeroed
+    for i, token in enumerate(candidates):
+        if i < sampled:
+            q_i = q.clone()
+            q_i[candidates[:i]] = 0
+            q_i = q_i / q_i.sum()
+        else:
+            q_i = torch.zeros_like(p)
+            q_i[token] = 1
+        accept.append((residual[token] / q_i[token]).clamp(max=1))
+        residual = (residual - q_i).clamp(min=0)  # norm(max(r - q_i, 0)); a point mass zeroes c_i
         mass = residual.sum()
         residual = residual / mass if mass > 0 else residual
     return torch.stack(accept) if accept else p.new_zeros(0), residual
@@ -219,7 +239,9 @@ def walk_sampled(tree: Tree, scores: torch.Tensor, sampler: Sampler) -> tuple[li
     slot, path = 0, []
     while True:
         candidates = list(tree.children[slot])
-        accept, residual = candidate_acceptance(probs[slot], candidates)
+        accept, residual = candidate_acceptance(
+            probs[slot], candidates, tree.proposals.get(slot), tree.sampled.get(slot, 0)
+        )
         u = torch.rand(len(candidates), generator=sampler.generator, dtype=probs.dtype, device=probs.device)
         kept = (u < accept).tolist()
         if True not in kept:
@@ -274,12 +296,16 @@ class TreeDraft:
     """Tree drafts for `speculative_generate(..., tree=TreeDraft(...))`: each round at most `size` nodes from the
     heads' top-k per depth (`choices`: rank paths in priority order, parents first; default `DEFAULT_CHOICES`), plus,
     with `lookup_ngram` > 0, the prompt-lookup continuation (n-grams up to that size matched in the prompt and the
-    text so far; up to `lookup_tokens` more nodes, default D: a lookup path may go deeper than the heads)."""
+    text so far; up to `lookup_tokens` more nodes, default D: a lookup path may go deeper than the heads). When
+    sampling with `sample_children` (e.g. (3, 1, 1, 1)), the heads' nodes are drawn instead: each node at depth d - 1
+    gets `sample_children[d - 1]` children drawn from the heads' processed q_d after its path, without replacement
+    (SpecInfer / recursive rejection sampling; the chain is (1, 1, ..., 1)), at most `size` nodes, breadth first."""
 
     size: int = 12
     choices: tuple = DEFAULT_CHOICES
     lookup_ngram: int = 0
     lookup_tokens: int | None = None
+    sample_children: tuple | None = None
 
     def __post_init__(self):
         if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
@@ -290,6 +316,10 @@ class TreeDraft:
             isinstance(self.lookup_tokens, bool) or not isinstance(self.lookup_tokens, int) or self.lookup_tokens < 1
         ):
             raise ValueError(f"lookup_tokens must be an integer >= 1 or None, got {self.lookup_tokens!r}")
+        if self.sample_children is not None and (
+            not self.sample_children or not all(isinstance(b, int) and b >= 1 for b in self.sample_children)
+        ):
+            raise ValueError(f"sample_children must be integers >= 1 per depth, got {self.sample_children!r}")
         seen = {()}
         for choice in self.choices:
             if not choice or choice[:-1] not in seen or min(choice) < 0:
@@ -315,17 +345,38 @@ class TreeDraft:
         if planner is not None:
             raise ValueError("tree drafts do not combine with adaptive_draft_tokens")
 
-    def build(self, state: DecodeState, drafter: Drafter, depth: int, lookup_depth: int) -> Tree:
+    def build(self, state: DecodeState, drafter: Drafter, sampler: Sampler, depth: int, lookup_depth: int) -> Tree:
         """The round's tree: the heads' nodes at most `depth` deep, the lookup path at most `lookup_depth`."""
         tree = Tree()
         if depth:
-            for path in head_paths(drafter.depth_logits(state, depth)[0], self.choices):
-                tree.add_path(path, self.size)
+            logits = drafter.depth_logits(state, depth)
+            if sampler.do_sample and self.sample_children:
+                self.sample_nodes(tree, state, sampler, logits)
+            else:
+                for path in head_paths(logits[0], self.choices):
+                    tree.add_path(path, self.size)
         if self.lookup_ngram and lookup_depth:
             start = int(state.pad_len[0])
             text = state.tokens[0, start : start + state.n_valid_host[0] + 1].tolist()  # the prompt and committed
             tree.add_path(lookup_path(text, self.lookup_ngram, lookup_depth), tree.size + lookup_depth)
         return tree
+
+    def sample_nodes(self, tree: Tree, state: DecodeState, sampler: Sampler, logits: torch.Tensor) -> None:
+        """Breadth first: each node's children drawn one by one from q_d after its path (processed as the chain's
+        drafts), each draw without the ones before; `logits` [1, depth, V] of the heads."""
+        frontier = [0]
+        for d in range(min(logits.size(1), len(self.sample_children))):
+            next_frontier = []
+            for slot in frontier:
+                path = state.tokens.new_tensor([tree.tokens[s] for s in tree.path_to(slot)])[None]
+                q = sampler.scores(state, logits[:, d : d + 1], path, first=path.size(1))[0, 0].softmax(-1)
+                remaining, tokens = q.clone(), []
+                for _ in range(min(self.sample_children[d], self.size - tree.size, int((q > 0).sum()))):
+                    tokens.append(int(sampler.sample((remaining / remaining.sum())[None])[0]))
+                    remaining[tokens[-1]] = 0
+                tree.add_sampled(slot, q, tokens)
+                next_frontier += [tree.children[slot][t] for t in tokens]
+            frontier = next_frontier
 
     def round(self, model, state: DecodeState, drafter: Drafter, sampler: Sampler, depth: int, max_new_tokens, eos):
         """propose (build the tree) -> verify (one forward) -> accept (walk) -> update (keep the path); -> (accepted
@@ -336,7 +387,7 @@ class TreeDraft:
         if self.lookup_tokens is not None:  # past the heads' depth: within the token budget (the scratch room is D)
             lookup_depth = drafts_that_fit(state, self.lookup_tokens, max_positions)
             lookup_depth = max(depth, min(lookup_depth, max_new_tokens - int(state.generated[0])))
-        tree = self.build(state, drafter, depth, lookup_depth)
+        tree = self.build(state, drafter, sampler, depth, lookup_depth)
         device = state.tokens.device
         last = state.tokens[0, state.column(state.n_valid)[0]]
         inputs = torch.cat([last[None], torch.tensor(tree.tokens[1:], device=device, dtype=last.dtype)])[None]
