@@ -28,6 +28,9 @@ METHODS = {
     "lookup-10": TreeDraft(size=1, choices=(), lookup_ngram=3, lookup_tokens=10),  # as transformers' (10 tokens)
     "hybrid-15": TreeDraft(size=15, lookup_ngram=3),
     "hybrid-15-10": TreeDraft(size=15, lookup_ngram=3, lookup_tokens=10),
+    # sampling only (greedy decoding ignores `sample_children`: the top-k tree of `size`)
+    "sampled-12": TreeDraft(size=12, sample_children=(3, 1, 1, 1)),
+    "sampled-12-hybrid-10": TreeDraft(size=12, sample_children=(3, 1, 1, 1), lookup_ngram=3, lookup_tokens=10),
 }
 
 
@@ -76,6 +79,7 @@ def main(argv=None) -> int:
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy; else sampling (top_k 50)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     args = parser.parse_args(argv)
     models = trained_models(
         families=args.families,
@@ -93,6 +97,7 @@ def main(argv=None) -> int:
         figures = {
             name: round_figures(model, prompts, args.max_new_tokens, tree, tokenizer.pad_token_id, args.temperature)
             for name, tree in METHODS.items()
+            if name in args.methods or name == "chain"
         }
         for name, f in figures.items():
             print(
