@@ -16,28 +16,34 @@ Accept, walking from the root:
 - greedy: move to the child whose token is the main head's argmax at the current node while there is one; the
   next token is the argmax at the last node reached. Each step is the base's own greedy choice: the output is
   `generate`'s, token for token.
-- sampling: at a node with children c_1..c_m (distinct tokens, chosen deterministically: not drawn from any q),
-  multi-draft rejection sampling (SpecInfer, Miao et al. 2024; EAGLE's multi-round speculative sampling) with the
-  proposal of candidate i a point mass q_i = delta(c_i):
+- sampling: at a node with children c_1..c_m (distinct tokens), multi-draft rejection sampling (SpecInfer, Miao
+  et al. 2024; EAGLE's multi-round speculative sampling; recursive rejection sampling without replacement, Jeon
+  et al. 2024), with q_i the distribution candidate i was drawn from given the candidates before it:
 
       r_1 = p                                       (p: the base's processed distribution at the node)
-      accept c_i with probability min(1, r_i(c_i) / q_i(c_i)) = r_i(c_i)
-      on rejection r_{i+1} = norm(max(r_i - q_i, 0)) = r_i with c_i zeroed, renormalised
+      accept c_i with probability min(1, r_i(c_i) / q_i(c_i))
+      on rejection r_{i+1} = norm(max(r_i - q_i, 0))
       all rejected: the token is drawn from r_{m+1}
 
-  Law (one node): P(c_1) = p(c_1). If c_1..c_{i-1} were rejected, which happens with probability
+  Step i alone is speculative sampling of target r_i from proposal q_i: it emits c_i with probability
+  q_i(x) min(1, r_i(x)/q_i(x)) = min(q_i(x), r_i(x)) and otherwise something distributed as r_{i+1}, which is
+  norm(r_i - min(q_i, r_i)), so in all r_i(x), whatever q_i, given that r_{i+1}'s own steps emit r_{i+1}
+  (induction from the last step, which draws r_{m+1} itself). So the node emits p.
+  Children drawn from the heads' q (`sample_children`), one by one without replacement: q_i = q without
+  c_1..c_{i-1}, renormalised. Deterministic children (top-k ranks, the lookup path): q_i = delta(c_i), so
+
+      accept c_i with probability r_i(c_i); on rejection r_{i+1} = r_i with c_i zeroed, renormalised.
+
+  Law (deterministic, directly): P(c_1) = p(c_1). If c_1..c_{i-1} were rejected, which happens with probability
   prod_{j<i} (1 - r_j(c_j)) = 1 - sum_{j<i} p(c_j) (induction: r_i = p restricted to the tokens not yet
   rejected, divided by their mass), then P(c_i) = (1 - sum_{j<i} p(c_j)) * p(c_i) / (1 - sum_{j<i} p(c_j))
   = p(c_i); and a token x outside the children comes from r_{m+1} = p / (1 - sum_j p(c_j)) on the rest, after
-  all were rejected (probability 1 - sum_j p(c_j)): P(x) = p(x). So the emitted token is distributed as p,
-  whatever the children; moving to the accepted child, the same holds at the next node with the base's p
-  there (its logits, computed after that path), so the committed block is distributed as the base's samples.
-  (Equivalently: draw y ~ p at the node and descend when y is a child; a node keeps a child with probability
-  sum_i p(c_i), its children's mass under the base.)
-  The rule for children drawn from q (accept with min(1, r(c)/q(c)), residual norm(max(r - q, 0))) is the
-  general form; with deterministic children q is a point mass at each in turn, which gives the rule above.
-  Typical acceptance (Medusa) is not lossless and is not used. Rules that skip the residual update (accept c_i
-  with probability p(c_i) under the original p, then draw from p) are not lossless either: tests show they fail.
+  all were rejected (probability 1 - sum_j p(c_j)): P(x) = p(x). (Equivalently: draw y ~ p at the node and
+  descend when y is a child; a node keeps a child with probability sum_i p(c_i), its children's mass under the
+  base, where a sampled chain keeps its draft with probability sum_x min(p(x), q(x)).) Moving to the accepted
+  child, the same holds at the next node with the base's p there (its logits, computed after that path), so the
+  committed block is distributed as the base's samples. Typical acceptance (Medusa) is not lossless and is not
+  used; rules that skip the residual update are not lossless either: tests show they fail.
 
 Update: the accepted path's key / value slots are gathered into place after the cache's past slots and the rest
 cropped (`keep_path`), the drafter sees the path's hidden states and layer inputs as a chain verify's, and
