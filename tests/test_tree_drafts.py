@@ -232,7 +232,11 @@ def test_candidate_acceptance_hand_worked():
     assert torch.allclose(residual, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
 
 
-def tree_samples(model, prompt, n, seed=0, tree=None) -> torch.Tensor:
+TOP_K_TREE = TreeDraft(sample_children=None)  # deterministic children also when sampling
+
+
+def tree_samples(model, prompt, n, seed=0, tree=TOP_K_TREE) -> torch.Tensor:
+    """n samples of 3 tokens after `prompt`, one call each (by default a top-k tree: deterministic children)."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.tensor([prompt])
     rows = [

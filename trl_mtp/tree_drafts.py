@@ -303,15 +303,16 @@ class TreeDraft:
     heads' top-k per depth (`choices`: rank paths in priority order, parents first; default `DEFAULT_CHOICES`), plus,
     with `lookup_ngram` > 0, the prompt-lookup continuation (n-grams up to that size matched in the prompt and the
     text so far; up to `lookup_tokens` more nodes, default D: a lookup path may go deeper than the heads). When
-    sampling with `sample_children` (e.g. (3, 1, 1, 1)), the heads' nodes are drawn instead: each node at depth d - 1
-    gets `sample_children[d - 1]` children drawn from the heads' processed q_d after its path, without replacement
-    (SpecInfer / recursive rejection sampling; the chain is (1, 1, ..., 1)), at most `size` nodes, breadth first."""
+    sampling, the heads' nodes are drawn instead (`sample_children`, default (3, 1, 1, 1); None: the top-k tree):
+    each node at depth d - 1 gets `sample_children[d - 1]` children drawn from the heads' processed q_d after its
+    path, without replacement (SpecInfer / recursive rejection sampling; the chain is (1, 1, ..., 1)), at most
+    `size` nodes, breadth first. Measured, sampled children keep more than top-k ones under sampling (the docs)."""
 
     size: int = 12
     choices: tuple = DEFAULT_CHOICES
     lookup_ngram: int = 0
     lookup_tokens: int | None = None
-    sample_children: tuple | None = None
+    sample_children: tuple | None = (3, 1, 1, 1)
 
     def __post_init__(self):
         if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:

@@ -22,13 +22,14 @@ from trl_mtp.tree_drafts import TreeDraft
 
 METHODS = {
     "chain": None,
-    "tree-9": TreeDraft(size=9),
-    "tree-15": TreeDraft(size=15),
+    # top-k trees (also when sampling: sample_children=None)
+    "tree-9": TreeDraft(size=9, sample_children=None),
+    "tree-15": TreeDraft(size=15, sample_children=None),
     "lookup": TreeDraft(size=1, choices=(), lookup_ngram=3),  # prompt lookup alone, as a chain up to D deep
     "lookup-10": TreeDraft(size=1, choices=(), lookup_ngram=3, lookup_tokens=10),  # as transformers' (10 tokens)
-    "hybrid-15": TreeDraft(size=15, lookup_ngram=3),
-    "hybrid-15-10": TreeDraft(size=15, lookup_ngram=3, lookup_tokens=10),
-    # sampling only (greedy decoding ignores `sample_children`: the top-k tree of `size`)
+    "hybrid-15": TreeDraft(size=15, lookup_ngram=3, sample_children=None),
+    "hybrid-15-10": TreeDraft(size=15, lookup_ngram=3, lookup_tokens=10, sample_children=None),
+    # children drawn from the heads' q when sampling (greedy decoding ignores `sample_children`: the top-k tree)
     "sampled-12": TreeDraft(size=12, sample_children=(3, 1, 1, 1)),
     "sampled-12-hybrid-10": TreeDraft(size=12, sample_children=(3, 1, 1, 1), lookup_ngram=3, lookup_tokens=10),
 }
