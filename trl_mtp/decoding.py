@@ -1061,9 +1061,9 @@ def speculative_generate(
     tokens per second from running per-depth acceptance and measured round times at the current batch size
     (`trl_mtp.adaptive_drafting`); True starts a fresh `DraftPlanner`, a planner passed in carries its estimates
     across calls. Lossless for every choice: the output is the same. `tree`: a `trl_mtp.tree_drafts.TreeDraft`:
-    each round verifies a tree of candidates (the heads' top-k per depth, optionally prompt-lookup n-grams) in one
-    forward instead of one chain (batch 1, blockwise / medusa / parallel heads); `draft_tokens` then counts tree
-    nodes.
+    each round verifies a tree of candidates (the heads' top-k per depth, or draws from their q when sampling;
+    optionally prompt-lookup n-grams) in one forward instead of one chain (batch 1, blockwise / medusa / parallel
+    heads); `draft_tokens` then counts tree nodes.
     Stats (None unless `return_stats`):
       - `forwards`: base forwards (the prefill counts: it yields the first token);
       - `mean_accepted_length`: tokens committed per base forward per active row (1.0 for plain decoding, at most
