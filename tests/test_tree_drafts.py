@@ -208,8 +208,9 @@ def test_sampled_children_broken_rule_is_not_exact(monkeypatch):
     assert float((sampled_law(p, q, 3) - p).abs().max()) > 1e-3
 
 
-def test_sampled_children_tree_runs_and_greedy_ignores_it():
-    model = sampling_model("blockwise")
+@pytest.mark.parametrize("family", TREE_FAMILIES)
+def test_sampled_children_tree_runs_and_greedy_ignores_it(family):
+    model = sampling_model(family)
     tree = TreeDraft(size=8, sample_children=(3, 1, 1))
     g = torch.Generator().manual_seed(0)
     ids = torch.tensor([[3, 7, 1, 9]])
