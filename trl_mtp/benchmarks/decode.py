@@ -23,12 +23,17 @@ runs until its longest row ends) are in it; `fraction_of_ceiling` = speed-up ove
     trl-mtp bench decode --quick          # tiny models, two prompts: a smoke test
     trl-mtp bench decode --native DIR     # a native-MTP checkpoint (`trl-mtp export --native`): greedy, prompt
                                           # lookup, transformers' generate(use_mtp=True), ours on the same layers
+    trl-mtp bench decode --record-trace T # the trained models' accepted length of every round (batch 1) -> T
+    trl-mtp bench decode --replay T       # T replayed by oracle drafts on a larger random-weight model: the engine
+                                          # at a realistic forward cost (`trl_mtp.benchmarks.replay`)
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import functools
 import json
 import os
 import random
@@ -38,7 +43,7 @@ import time
 import torch
 
 from trl_mtp.adaptive_drafting import DraftPlanner
-from trl_mtp.benchmarks import parse_families
+from trl_mtp.benchmarks import parse_families, replay
 from trl_mtp.benchmarks.decode_models import trained_models
 from trl_mtp.config import HEAD_TYPES
 from trl_mtp.decoding import left_pad
@@ -79,6 +84,21 @@ def parse_args(argv):
         help="a checkpoint with native MTP layers: compare "
         "transformers' generate(use_mtp=True) with our speculative_generate on them (batch 1)",
     )
+    parser.add_argument(
+        "--record-trace",
+        default=None,
+        metavar="FILE",
+        help="decode the prompts at batch 1 with each family's trained heads and write every round's accepted length "
+        "here (a replay trace), then stop",
+    )
+    parser.add_argument(
+        "--replay",
+        default=None,
+        metavar="FILE",
+        help="a trace from --record-trace: its families and prompts on a "
+        "random-weight --replay-preset model, drafting with an oracle that keeps the recorded lengths",
+    )
+    parser.add_argument("--replay-preset", default="small-llama", help="the replay's random-weight base preset")
     args = parser.parse_args(argv)
     args.families = parse_families(args.families)
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
@@ -90,6 +110,11 @@ def parse_args(argv):
         args.batch_sizes = [b for b in args.batch_sizes if b <= 2] or [1]
     if args.native:
         args.batch_sizes = [1]  # transformers' use_mtp decodes one sequence at a time
+    if args.replay and (args.native or args.record_trace or args.reference_engine or args.fixed_k or args.adaptive):
+        raise ValueError(
+            "--replay runs the trace's families only (no --native, --record-trace, --reference-engine, "
+            "--fixed-k or --adaptive)"
+        )
     return args
 
 
@@ -140,6 +165,7 @@ def held_out_prompts(tokenizer, n: int, length: int) -> list[list[int]]:
 REFERENCE = "@ref"
 ENGINES = {}  # "@ref": the module given by --reference-engine
 PLANNERS = {}  # adaptive method -> its planner (reset per batch size)
+DECODERS = {}  # method -> its own decode(ids, mask, max_new_tokens, pad) -> (output, stats): the replay's oracle runs
 
 
 def load_engine(path: str):
@@ -183,6 +209,8 @@ def decode(name, models, base, ids, mask, max_new_tokens, pad):
     engine, name = engine_of(name)
     settings = dict(attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
     with torch.no_grad():
+        if name in DECODERS:
+            return DECODERS[name](ids, mask, max_new_tokens, pad)
         if name == "greedy":
             return base.generate(ids, **settings), None
         if name == "prompt_lookup":
@@ -257,6 +285,58 @@ def in_loop_times(name, models, base, batches, max_new_tokens, pad) -> dict:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.replay:
+        models, prompts, pad, info = replay_setup(args)
+    else:
+        models, prompts, pad, info = trained_setup(args)
+    if args.record_trace:
+        source = {"model_dirs": info["model_dirs"], "pretrain_task": args.pretrain_task, "preset": args.preset}
+        replay.record_trace(models, prompts, args.max_new_tokens, pad, source).save(args.record_trace)
+        print(f"wrote {args.record_trace}: {len(models)} families x {len(prompts)} prompts, batch 1", flush=True)
+        return 0
+    base = next(iter(models.values())).base_model  # every head set sits on the same base weights
+    if args.reference_engine:
+        ENGINES[REFERENCE] = load_engine(args.reference_engine)
+    results = {
+        "config": dict(vars(args)),
+        "num_depths": next(iter(models.values())).heads.num_depths,
+        "load_average_start": os.getloadavg(),
+        **info,
+        "batches": {},
+    }
+    for batch_size in args.batch_sizes:
+        batches = [left_pad(prompts[i : i + batch_size], pad) for i in range(0, len(prompts), batch_size)]
+        methods = (
+            ["greedy", "loop-k0"]
+            + (["prompt_lookup"] if batch_size == 1 and not args.replay else [])
+            + (["transformers-use_mtp"] if args.native else [])
+            + list(models)
+            + [f"{m}-k{k}" for m in models for k in args.fixed_k]
+            + ([f"{m}-adaptive" for m in models] if args.adaptive else [])
+        )
+        PLANNERS.clear()  # a fresh planner per method at every batch size
+        if args.reference_engine:
+            methods += [m + REFERENCE for m in methods if m == "loop-k0" or m in models]
+        results["batches"][str(batch_size)] = bench_batch_size(methods, models, base, batches, args, pad)
+    results["load_average_end"] = os.getloadavg()
+    print_table(results)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    if args.replay:  # the lossless check, and the proof that the oracle followed the reference
+        differ = [
+            f"{m} at batch {b}"
+            for b, rows in results["batches"].items()
+            for m, r in rows.items()
+            if not r["identical_to_greedy"]
+        ]
+        if differ:
+            raise ValueError(f"replay: output differs from greedy decoding's for {', '.join(differ)}")
+    return 0
+
+
+def trained_setup(args) -> tuple[dict, list, int, dict]:
+    """(models, prompts, pad id, what to report) of the trained models (or a native checkpoint's) on held-out code."""
     from transformers import AutoTokenizer
 
     from trl_mtp.model import MTPForCausalLM
@@ -275,41 +355,40 @@ def main(argv: list[str]) -> int:
             args.preset, args.families, verbose=not args.quick, pretrain_task=args.pretrain_task, **train
         )
     tokenizer = AutoTokenizer.from_pretrained(next(iter(dirs.values())))
-    pad = tokenizer.pad_token_id
     models = {f"mtp-{f}": MTPForCausalLM.from_pretrained(d).eval() for f, d in dirs.items()}
-    base = next(iter(models.values())).base_model  # every head set sits on the same base weights
     if args.native:
-        allow_stock_mtp(base)  # stock transformers then finds the MTP tensors whatever the model's depth
+        allow_stock_mtp(next(iter(models.values())).base_model)  # stock transformers finds the MTP tensors then
     prompts = held_out_prompts(tokenizer, args.prompts, args.prompt_tokens)
-    if args.reference_engine:
-        ENGINES[REFERENCE] = load_engine(args.reference_engine)
-    results = {
-        "config": dict(vars(args)),
-        "num_depths": next(iter(models.values())).heads.num_depths,
-        "load_average_start": os.getloadavg(),
-        "model_dirs": {k: str(v) for k, v in dirs.items()},
-        "batches": {},
-    }
-    for batch_size in args.batch_sizes:
-        batches = [left_pad(prompts[i : i + batch_size], pad) for i in range(0, len(prompts), batch_size)]
-        methods = (
-            ["greedy", "loop-k0"]
-            + (["prompt_lookup"] if batch_size == 1 else [])
-            + (["transformers-use_mtp"] if args.native else [])
-            + list(models)
-            + [f"{m}-k{k}" for m in models for k in args.fixed_k]
-            + ([f"{m}-adaptive" for m in models] if args.adaptive else [])
+    return models, prompts, tokenizer.pad_token_id, {"model_dirs": {k: str(v) for k, v in dirs.items()}}
+
+
+def replay_setup(args) -> tuple[dict, list, int, dict]:
+    """(models, prompts, pad id, what to report) of a replay: the trace's families on random-weight
+    `--replay-preset` models, each registered in `DECODERS` to draft with the oracle."""
+    from trl_mtp.embedded.presets import count_parameters
+
+    trace = replay.Trace.load(args.replay)
+    families = [f for f in args.families if f in trace.rounds]
+    if not families:
+        raise ValueError(
+            f"--replay {args.replay}: no rounds for {', '.join(args.families)} (it has {', '.join(trace.rounds)})"
         )
-        PLANNERS.clear()  # a fresh planner per method at every batch size
-        if args.reference_engine:
-            methods += [m + REFERENCE for m in methods if m == "loop-k0" or m in models]
-        results["batches"][str(batch_size)] = bench_batch_size(methods, models, base, batches, args, pad)
-    results["load_average_end"] = os.getloadavg()
-    print_table(results)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
-    return 0
+    trace = dataclasses.replace(trace, head_configs={f: trace.head_configs[f] for f in families})
+    models = replay.replay_models(trace, args.replay_preset, seed=args.seed)
+    base = next(iter(models.values())).base_model
+    plan = replay.prepare_replay(trace, base, trace.pad_token_id, args.max_new_tokens, args.prompts)
+    DECODERS.clear()
+    DECODERS.update({m: functools.partial(replay.replay_decode, model, plan) for m, model in models.items()})
+    info = {
+        "replay": {
+            "trace": args.replay,
+            "preset": args.replay_preset,
+            "parameters": count_parameters(base),
+            "trace_num_draft_tokens": trace.num_draft_tokens,
+            "trace_source": trace.source,
+        }
+    }
+    return models, plan.trace.prompts, trace.pad_token_id, info
 
 
 def bench_batch_size(methods, models, base, batches, args, pad) -> dict:
