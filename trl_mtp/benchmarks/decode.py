@@ -290,7 +290,8 @@ def main(argv: list[str]) -> int:
     else:
         models, prompts, pad, info = trained_setup(args)
     if args.record_trace:
-        source = {"model_dirs": info["model_dirs"], "pretrain_task": args.pretrain_task, "preset": args.preset}
+        source = {name: vars(args)[name] for name in ("preset", "pretrain_task", "pretrain_steps", "head_steps")}
+        source.update(head_texts=args.head_texts, model_dirs=info["model_dirs"])
         replay.record_trace(models, prompts, args.max_new_tokens, pad, source).save(args.record_trace)
         print(f"wrote {args.record_trace}: {len(models)} families x {len(prompts)} prompts, batch 1", flush=True)
         return 0

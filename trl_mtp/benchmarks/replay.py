@@ -75,9 +75,8 @@ class Trace:
             raise ValueError(
                 f"replay trace {str(path)!r}: missing fields {missing}, unknown {sorted(set(data) - names)}"
             )
-        kinds = {f.name: f.type for f in dataclasses.fields(cls)}
         for name, value in data.items():
-            kind = {"int": int, "dict": dict}.get(kinds[name].split("[")[0], list)
+            kind = FIELD_TYPES[name]
             if not isinstance(value, kind) or isinstance(value, bool):
                 raise ValueError(f"replay trace {str(path)!r}: {name} = {str(value)[:40]}, not of type {kind.__name__}")
         trace = cls(**data)
@@ -123,6 +122,10 @@ class Trace:
         return self.rounds[family][prompt]
 
 
+FIELD_TYPES = {name: int for name in ("num_draft_tokens", "max_new_tokens", "vocab_size", "pad_token_id")}
+FIELD_TYPES.update(prompts=list, rounds=dict, head_configs=dict, source=dict)
+
+
 @contextlib.contextmanager
 def eos_off(model):
     """Inside, the model's generation config has no EOS token: a decode runs to max_new_tokens, so a replayed row
@@ -151,7 +154,16 @@ def record_trace(models: dict, prompts: list[list[int]], max_new_tokens: int, pa
     if len(depths) != 1:
         raise ValueError(f"record_trace needs heads of one draft count, got {sorted(depths)}")
     vocab = next(iter(models.values())).base_model.config.get_text_config(decoder=True).vocab_size
-    return Trace(depths.pop(), max_new_tokens, vocab, pad, [list(p) for p in prompts], rounds, configs, source or {})
+    return Trace(
+        num_draft_tokens=depths.pop(),
+        max_new_tokens=max_new_tokens,
+        vocab_size=vocab,
+        pad_token_id=pad,
+        prompts=[list(p) for p in prompts],
+        rounds=rounds,
+        head_configs=configs,
+        source=source or {},
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
