@@ -84,20 +84,12 @@ def parse_args(argv):
         help="a checkpoint with native MTP layers: compare "
         "transformers' generate(use_mtp=True) with our speculative_generate on them (batch 1)",
     )
-    parser.add_argument(
-        "--record-trace",
-        default=None,
-        metavar="FILE",
-        help="decode the prompts at batch 1 with each family's trained heads and write every round's accepted length "
-        "here (a replay trace), then stop",
-    )
-    parser.add_argument(
-        "--replay",
-        default=None,
-        metavar="FILE",
-        help="a trace from --record-trace: its families and prompts on a "
-        "random-weight --replay-preset model, drafting with an oracle that keeps the recorded lengths",
-    )
+    replay_help = {  # the replay benchmark (`trl_mtp.benchmarks.replay`)
+        "--record-trace": "write each round's accepted length of every family's heads (batch 1) here, then stop",
+        "--replay": "replay a --record-trace file by oracle drafts on a random-weight --replay-preset model",
+    }
+    for flag, text in replay_help.items():
+        parser.add_argument(flag, default=None, metavar="FILE", help=text)
     parser.add_argument("--replay-preset", default="small-llama", help="the replay's random-weight base preset")
     args = parser.parse_args(argv)
     args.families = parse_families(args.families)
@@ -275,7 +267,9 @@ def in_loop_times(name, models, base, batches, max_new_tokens, pad) -> dict:
     """Seconds one pass of a method spends inside base forwards (`forward_s`) and inside its drafter's propose and
     observe stages (`drafting_s`: the heads' own cost), on the real batches. CPU: calls are synchronous."""
     drafters = set(engine_of(name)[0].DRAFTERS.values())
-    targets = [("forward_s", base, "forward")]
+    # every head set has a base of its own (the same weights): time whichever the method runs
+    bases = {id(b): b for b in [base] + [model.base_model for model in models.values()]}
+    targets = [("forward_s", b, "forward") for b in bases.values()]
     targets += [("drafting_s", drafter, stage) for drafter in drafters for stage in ("propose", "observe")]
     with timed_calls(targets) as totals:
         run_method(name, models, base, batches, max_new_tokens, pad)
