@@ -265,14 +265,15 @@ def timed_calls(targets):
 
 def in_loop_times(name, models, base, batches, max_new_tokens, pad) -> dict:
     """Seconds one pass of a method spends inside base forwards (`forward_s`) and inside its drafter's propose and
-    observe stages (`drafting_s`: the heads' own cost), on the real batches. CPU: calls are synchronous."""
+    observe stages (`drafting_s`: the heads' own cost), on the real batches, and the pass's own time (`wall_s`: the
+    rest of it is the engine's work outside forwards and heads). CPU: calls are synchronous."""
     drafters = set(engine_of(name)[0].DRAFTERS.values())
     # every head set has a base of its own (the same weights): time whichever the method runs
     bases = {id(b): b for b in [base] + [model.base_model for model in models.values()]}
     targets = [("forward_s", b, "forward") for b in bases.values()]
     targets += [("drafting_s", drafter, stage) for drafter in drafters for stage in ("propose", "observe")]
     with timed_calls(targets) as totals:
-        run_method(name, models, base, batches, max_new_tokens, pad)
+        totals["wall_s"] = run_method(name, models, base, batches, max_new_tokens, pad)[0]
     return totals
 
 
@@ -409,6 +410,7 @@ def bench_batch_size(methods, models, base, batches, args, pad) -> dict:
         }
         if m in loop:
             row["in_loop"] = loop[m]
+            row["outside_share"] = 1 - (loop[m]["forward_s"] + loop[m]["drafting_s"]) / loop[m]["wall_s"]
         if m in speculative and engine_of(m)[1] != "loop-k0":
             row.update(engine_of(m)[0].pool_acceptance(stats[m]))
             rounds = [n for st in stats[m] for n in st.get("draft_tokens_per_round", [])]
@@ -424,11 +426,11 @@ def bench_batch_size(methods, models, base, batches, args, pad) -> dict:
 def print_table(results):
     print(
         f"D = {results['num_depths']}; speed-ups: median [IQR] of per-repetition ratios; ceiling: over the k = 0 "
-        "loop, from in-loop forward and drafting times"
+        "loop, from in-loop forward and drafting times; outside: share of that pass outside forwards and heads"
     )
     print(
         f"{'batch':>5} {'method':<26} {'tok/s':>7} {'vs generate':>18} {'vs k=0 loop':>18} {'acc.len':>7} "
-        f"{'drafts':>6} {'ceiling':>7} {'frac':>5} {'same':>5}  acceptance by position"
+        f"{'drafts':>6} {'ceiling':>7} {'frac':>5} {'outside':>7} {'same':>5}  acceptance by position"
     )
     for batch, rows in results["batches"].items():
         for m, r in rows.items():
@@ -441,8 +443,9 @@ def print_table(results):
             ceil = f"{r['ceiling_vs_loop_k0']:.2f}" if "ceiling_vs_loop_k0" in r else "-"
             frac = f"{r['fraction_of_ceiling']:.2f}" if "fraction_of_ceiling" in r else "-"
             drafts = f"{r['draft_tokens']:.2f}" if "draft_tokens" in r else "-"
+            outside = f"{r['outside_share']:.2f}" if "outside_share" in r else "-"
             print(
                 f"{batch:>5} {m:<26} {r['tokens_per_s']:>7.1f} {cell(r['speedup_vs_generate']):>18} "
-                f"{cell(r['speedup_vs_loop_k0']):>18} {mal:>7} {drafts:>6} {ceil:>7} {frac:>5} "
+                f"{cell(r['speedup_vs_loop_k0']):>18} {mal:>7} {drafts:>6} {ceil:>7} {frac:>5} {outside:>7} "
                 f"{str(r['identical_to_greedy']):>5}  {acc}"
             )
