@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -55,7 +56,9 @@ class Trace:
     source: dict = dataclasses.field(default_factory=dict)  # where it was recorded (free-form)
 
     def save(self, path) -> None:
-        Path(path).write_text(json.dumps({"format": TRACE_FORMAT, **dataclasses.asdict(self)}, indent=1))
+        text = json.dumps({"format": TRACE_FORMAT, **dataclasses.asdict(self)}, indent=1)
+        # a list of numbers (a prompt, a prompt's rounds) on one line, not a line per number
+        Path(path).write_text(re.sub(r"\[[\d,\s-]*\]", lambda m: json.dumps(json.loads(m.group())), text))
 
     @classmethod
     def load(cls, path) -> Trace:
