@@ -205,3 +205,21 @@ def test_replay_through_the_decode_benchmark(tmp_path, capsys):
     assert rows["mtp-parallel"]["ceiling_vs_loop_k0"] > 0 and results["replay"]["preset"] == "tiny-llama"
     with pytest.raises(ValueError, match="--replay runs the trace's families only"):
         bench.main([*argv, "--adaptive"])
+
+
+@pytest.mark.slow
+def test_record_and_replay_from_the_command_line(tmp_path):
+    """`--record-trace` on the (quick) trained models, then `--replay` of that file: both through `bench decode`."""
+    trace_path, out = tmp_path / "trace.json", tmp_path / "replay.json"
+    assert bench.main(["--quick", "--families", "blockwise,sequential", "--record-trace", str(trace_path)]) == 0
+    trace = replay.Trace.load(trace_path)
+    assert set(trace.rounds) == {"blockwise", "sequential"} and len(trace.prompts) == 2 and trace.max_new_tokens == 16
+    assert trace.source["pretrain_task"] == "stdlib" and trace.num_draft_tokens == 4
+    argv = ["--quick", "--replay", str(trace_path), "--replay-preset", "tiny-llama", "--json", str(out)]
+    assert bench.main(argv) == 0
+    rows = json.loads(out.read_text())["batches"]["1"]
+    assert all(r["identical_to_greedy"] for r in rows.values())
+    for family, per_prompt in trace.rounds.items():  # the replay ran every recorded round (the same 16 tokens)
+        prefill_and_rounds = len(per_prompt) + sum(map(len, per_prompt))
+        tokens = len(per_prompt) + sum(a + 1 for rounds in per_prompt for a in rounds)
+        assert rows[f"mtp-{family}"]["mean_accepted_length"] == pytest.approx(tokens / prefill_and_rounds)
