@@ -203,6 +203,7 @@ def test_replay_through_the_decode_benchmark(tmp_path, capsys):
     assert set(rows) == {"greedy", "loop-k0", "mtp-blockwise", "mtp-parallel"}
     assert all(r["identical_to_greedy"] and len(r["seconds"]) == 2 for r in rows.values())
     assert rows["mtp-parallel"]["ceiling_vs_loop_k0"] > 0 and results["replay"]["preset"] == "tiny-llama"
+    assert not bench.DECODERS  # the oracle's decoders end with the run: a later benchmark's methods are its own
     with pytest.raises(ValueError, match="--replay runs the trace's families only"):
         bench.main([*argv, "--adaptive"])
 

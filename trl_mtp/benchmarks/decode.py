@@ -280,6 +280,13 @@ def in_loop_times(name, models, base, batches, max_new_tokens, pad) -> dict:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    try:
+        return run_benchmark(args)
+    finally:
+        DECODERS.clear()  # a replay's decoders (its models, its oracle) end with its run
+
+
+def run_benchmark(args) -> int:
     if args.replay:
         models, prompts, pad, info = replay_setup(args)
     else:
@@ -373,7 +380,6 @@ def replay_setup(args) -> tuple[dict, list, int, dict]:
     models = replay.replay_models(trace, args.replay_preset, seed=args.seed)
     base = next(iter(models.values())).base_model
     plan = replay.prepare_replay(trace, base, trace.pad_token_id, args.max_new_tokens, args.prompts)
-    DECODERS.clear()
     DECODERS.update({m: functools.partial(replay.replay_decode, model, plan) for m, model in models.items()})
     info = {
         "replay": {
