@@ -34,6 +34,8 @@ import torch
 import trl_mtp.decoding as decoding
 from trl_mtp.config import MTPConfig
 from trl_mtp.decoding import Drafter, speculative_generate
+from trl_mtp.embedded.presets import build_model
+from trl_mtp.model import MTPForCausalLM
 
 TRACE_FORMAT = "trl-mtp decode trace"
 
@@ -323,9 +325,6 @@ REPLAY_INIT_RANGE = 0.3
 def replay_models(trace: Trace, preset: str, seed: int = 0, **overrides) -> dict:
     """{"mtp-<family>": MTPForCausalLM}: the trace's head families on random-weight `preset` bases (the same weights
     under every head set, as the benchmark's trained models; no EOS token), heads drawn from `seed`."""
-    from trl_mtp.embedded.presets import build_model
-    from trl_mtp.model import MTPForCausalLM
-
     models = {}
     overrides = {"initializer_range": REPLAY_INIT_RANGE, **overrides}
     for family, head_config in trace.head_configs.items():
