@@ -96,6 +96,20 @@ def test_an_oracle_off_by_one_position_fails_the_check(monkeypatch):
         replay.replay_decode(model, plan, ids, mask, 12, PAD)
 
 
+def test_an_oracle_that_keeps_fewer_drafts_runs_out_of_rounds(monkeypatch):
+    """A trace of exactly the rounds a decode needs: an oracle whose drafts are all wrong needs more, named."""
+    trace = _synthetic_trace()
+    trace.rounds = {f: [trace.rounds_for(f, i, 12) for i in range(len(PROMPTS))] for f in trace.rounds}
+    model, plan = _replay(trace, "medusa")
+    ids, mask = left_pad(PROMPTS[1:2], PAD)
+    replay.replay_decode(model, plan, ids, mask, 12, PAD)  # the right oracle passes
+    right = replay.oracle_drafts
+    monkeypatch.setattr(replay, "oracle_drafts", lambda ref, gen, acc, n, v: right(ref, gen, acc * 0, n, v))
+    rounds = len(trace.rounds["medusa"][1])
+    with pytest.raises(ValueError, match=rf"row 0 of the batch needs round {rounds + 1}, its trace has {rounds} "):
+        replay.replay_decode(model, plan, ids, mask, 12, PAD)
+
+
 def test_record_then_replay_on_another_model():
     """Recorded on one model (its heads' real acceptance), replayed on another: the same lengths, greedy's output."""
     recorded = {f: _model(f) for f in ("blockwise", "sequential")}

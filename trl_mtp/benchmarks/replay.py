@@ -192,6 +192,7 @@ class OracleDrafter(Drafter):
     as in a real decode), and the drafts it proposes are replaced by `oracle_drafts` for the row's recorded round."""
 
     def __init__(self, heads_drafter: Drafter, reference: torch.Tensor, rounds: list[list[int]], vocab_size: int):
+        # no Drafter.__init__: the heads, trunk and projection are the family's drafter's
         self.heads_drafter = heads_drafter
         self.num_depths = heads_drafter.num_depths
         self.reference, self.rounds, self.vocab_size = reference, rounds, vocab_size  # per row of the caller's batch
@@ -211,6 +212,12 @@ class OracleDrafter(Drafter):
 
     def propose(self, state, sampler, num_drafts):
         self.heads_drafter.propose(state, sampler, num_drafts)  # the heads' work; their drafts are not used
+        short = [row for row in state.rows if self.round >= len(self.rounds[row])]
+        if short:  # an earlier round kept fewer drafts than recorded
+            raise ValueError(
+                f"replay: row {short[0]} of the batch needs round {self.round + 1}, its trace has "
+                f"{len(self.rounds[short[0]])} (the verifier kept fewer drafts than recorded)"
+            )
         accepted = torch.tensor([self.rounds[row][self.round] for row in state.rows], device=state.generated.device)
         self.round += 1
         reference = self.reference[state.row_index]
