@@ -414,9 +414,16 @@ def window_attention_mask(mask: torch.Tensor, start: int, attn_implementation: s
     q = torch.arange(start, S, device=mask.device)[:, None]
     kv = torch.arange(S, device=mask.device)[None, :]
     allowed = ((kv <= q)[None] & mask.bool()[:, None, :]) | (kv == q)[None]
-    allowed = allowed[:, None]
+    return attention_mask_for(allowed[:, None], attn_implementation, dtype)
+
+
+def attention_mask_for(allowed: torch.Tensor, attn_implementation: str, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean 4-D mask [B, 1, queries, keys] (True: may attend) as the attention implementation takes it; a 4-D
+    mask passes through transformers' mask creation as it is."""
     if attn_implementation == "eager":  # eager attention adds the mask to the scores
-        return torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill(~allowed, torch.finfo(dtype).min)
+        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+            ~allowed, torch.finfo(dtype).min
+        )
     return allowed  # sdpa: a boolean mask
 
 
@@ -614,6 +621,11 @@ class Drafter:
         earlier rounds took."""
         raise NotImplementedError
 
+    def depth_logits(self, state: DecodeState, num_drafts: int) -> torch.Tensor:
+        """Logits [B, num_drafts, V] of depths 1..num_drafts at each row's last kept slot, for families whose depths
+        read that slot only (not the drafts of earlier depths): what tree drafts branch on."""
+        raise NotImplementedError(f"{self.heads.head_type} depths read the drafts of earlier depths")
+
     def plan_figure(self, mask: torch.Tensor, n_valid: torch.Tensor, done: torch.Tensor) -> torch.Tensor | None:
         """A per-row integer [B] the drafter needs on the host after the update (the slot mask, positions and finished
         rows as they will be), read back with the round's one host read; None: nothing."""
@@ -658,10 +670,13 @@ class PositionwiseDrafter(Drafter):
         self.hidden, self.last_new = self.hidden[index], self.last_new[index]
 
     def propose(self, state, sampler, num_drafts):
+        return self._chain(state, self.depth_logits(state, num_drafts), sampler, num_drafts)
+
+    def depth_logits(self, state, num_drafts):
         h = self.hidden[torch.arange(self.hidden.size(0), device=self.hidden.device), self.last_new][:, None]
         dummy = torch.zeros(h.shape[:2], dtype=torch.long, device=h.device)
         hiddens = [z[:, 0] for _, z in self.heads.iter_depth_hiddens(h, dummy, num_depths=num_drafts)]
-        return self._chain(state, self.project(hiddens), sampler, num_drafts)
+        return self.project(hiddens)
 
 
 class WindowDrafter(Drafter):
@@ -751,9 +766,12 @@ class ParallelDrafter(WindowDrafter):
             self.z.append(z[rows, update.last_new])
 
     def propose(self, state, sampler, num_drafts):
+        return self._chain(state, self.depth_logits(state, num_drafts), sampler, num_drafts)
+
+    def depth_logits(self, state, num_drafts):
         if not self.every_round:
             self.catch_up(state, num_drafts)
-        return self._chain(state, self.project(self.z[:num_drafts]), sampler, num_drafts)
+        return self.project(self.z[:num_drafts])
 
     def catch_up(self, state, num_drafts):
         """Depths 1..num_drafts run over the slots each has not computed; z_i read at the rows' last kept slots."""
@@ -916,12 +934,15 @@ def update_cache(
     drafts: torch.Tensor,
     max_new_tokens: int,
     eos: torch.Tensor | None,
+    verified: tuple[torch.Tensor, dict] | None = None,
 ):
     """Commit each active row's k drafts + next token (cut at EOS or max_new_tokens), crop the cache to the longest
     accepted row, turn the other rows' rejected slots into holes (moved before every later window when the cache has
     sliding-window layers), let the drafter follow. Everything is planned on the device and read back once (the
     round's one host read: accepted counts, kept slots, positions, finished rows, the drafter's own figure);
-    -> the accepted counts k as Python ints (0 for rows finished before the round)."""
+    -> the accepted counts k as Python ints (0 for rows finished before the round). `verified`: the new slots'
+    (hidden states, last-layer kwargs) for the drafter when they are not the trunk's capture as it stands (a tree
+    verify's accepted path, gathered into place)."""
     k = k.masked_fill(state.done, 0)  # finished rows keep nothing more
     # commit: block = d_1..d_k, next_token
     block = torch.cat([drafts, next_token[:, None]], dim=1).scatter(1, k[:, None], next_token[:, None])
@@ -958,7 +979,8 @@ def update_cache(
     # finished row's last committed token sits there: leave it
     col = state.column(state.n_valid)[:, None]
     state.tokens.scatter_(1, col, torch.where(state.done[:, None], state.tokens.gather(1, col), next_token[:, None]))
-    drafter.observe(state, model.trunk.hidden, model.trunk.layer_call_kwargs(), update)
+    hidden, layer_kwargs = verified or (model.trunk.hidden, model.trunk.layer_call_kwargs())
+    drafter.observe(state, hidden, layer_kwargs, update)
     state.done, state.done_host = done, [bool(d) for d in done_host]
     drafter.settle_figure(state, None if figure is None else read[4])
     return k_host
@@ -1020,6 +1042,7 @@ def speculative_generate(
     num_draft_tokens: int | None = None,
     generation_config=None,
     adaptive_draft_tokens: bool | DraftPlanner = False,
+    tree=None,
     **generation_kwargs,
 ):
     """Generate with the model's own MTP heads as drafters: output identical to `model.base_model.generate` with the
@@ -1037,7 +1060,10 @@ def speculative_generate(
     every value. `adaptive_draft_tokens`: each round drafts 0..num_draft_tokens tokens, as many as maximise expected
     tokens per second from running per-depth acceptance and measured round times at the current batch size
     (`trl_mtp.adaptive_drafting`); True starts a fresh `DraftPlanner`, a planner passed in carries its estimates
-    across calls. Lossless for every choice: the output is the same.
+    across calls. Lossless for every choice: the output is the same. `tree`: a `trl_mtp.tree_drafts.TreeDraft`:
+    each round verifies a tree of candidates (the heads' top-k per depth, or draws from their q when sampling;
+    optionally prompt-lookup n-grams) in one forward instead of one chain (batch 1, blockwise / medusa / parallel
+    heads); `draft_tokens` then counts tree nodes.
     Stats (None unless `return_stats`):
       - `forwards`: base forwards (the prefill counts: it yields the first token);
       - `mean_accepted_length`: tokens committed per base forward per active row (1.0 for plain decoding, at most
@@ -1112,6 +1138,8 @@ def speculative_generate(
         row_index=torch.arange(B, device=device),
     )
     drafter = make_drafter(model, D)
+    if tree is not None:
+        tree.check(model, state, drafter, planner)
     was_training = model.training
     model.eval()
     forwards, accepted_rounds = 0, []
@@ -1140,20 +1168,24 @@ def speculative_generate(
             b = len(state.rows)
             n = drafts_that_fit(state, D, max_positions)
             n = n if planner is None else planner.choose(b, n)  # choose
-            no_drafts = input_ids.new_zeros(b, 0)
-            drafts, draft_probs = drafter.propose(state, sampler, n) if n else (no_drafts, None)  # propose
-            last = state.tokens[torch.arange(b, device=device), state.column(state.n_valid)]
-            new_start = state.mask.size(1)
-            logits = verify(model, state, torch.cat([last[:, None], drafts], dim=1))  # verify
-            scores = sampler.scores(state, logits, drafts)  # process
-            k, next_token = accept(scores, drafts, sampler, draft_probs)  # accept
-            k = update_cache(
-                model, state, drafter, new_start, n + 1, k, next_token, drafts, max_new_tokens, eos
-            )  # update
+            if tree is None:
+                no_drafts = input_ids.new_zeros(b, 0)
+                drafts, draft_probs = drafter.propose(state, sampler, n) if n else (no_drafts, None)  # propose
+                last = state.tokens[torch.arange(b, device=device), state.column(state.n_valid)]
+                new_start = state.mask.size(1)
+                logits = verify(model, state, torch.cat([last[:, None], drafts], dim=1))  # verify
+                scores = sampler.scores(state, logits, drafts)  # process
+                k, next_token = accept(scores, drafts, sampler, draft_probs)  # accept
+                k = update_cache(
+                    model, state, drafter, new_start, n + 1, k, next_token, drafts, max_new_tokens, eos
+                )  # update
+                nodes = n
+            else:  # the same stages over a tree of candidates up to n deep
+                k, nodes = tree.round(model, state, drafter, sampler, n, max_new_tokens, eos)
             if planner is not None:
                 planner.observe(b, n, time.perf_counter() - round_start, k)  # observe
             forwards += 1
-            draft_tokens.append(n)
+            draft_tokens.append(nodes)
             accepted = [-1] * B
             for row, kr in zip(state.rows, k):
                 accepted[row] = kr
@@ -1161,7 +1193,7 @@ def speculative_generate(
             counts["row_rounds"] += b
             counts["verify_rounds"] += b
             counts["tokens_uncut"] += sum(k) + b
-            counts["drafted"] += n * b
+            counts["drafted"] += nodes * b
             for i in range(n):
                 counts["kept_by_position"][i] += sum(kr > i for kr in k)
                 counts["verified_by_position"][i] += sum(kr >= i for kr in k)

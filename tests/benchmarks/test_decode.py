@@ -71,6 +71,20 @@ def test_in_loop_times_cover_forwards_and_drafting_and_restore_the_methods():
     assert all("timed" not in getattr(d.propose, "__name__", "") for d in DRAFTERS.values())
 
 
+def test_in_loop_forward_time_of_every_head_set():
+    """Each family's model has a base of its own: a method's forward time is its own base's (the first base alone was
+    timed before, so every other family got 0 s of forwards and a ceiling of the k = 0 loop's forwards over its
+    drafting alone)."""
+    models = {"mtp-blockwise": _model("blockwise"), "mtp-medusa": _model("medusa")}
+    base = models["mtp-blockwise"].base_model
+    batches = [left_pad([[5, 6, 7, 8]], 0)]
+    assert models["mtp-medusa"].base_model is not base
+    totals = bench.in_loop_times("mtp-medusa", models, base, batches, 6, 0)
+    assert totals["forward_s"] > 0 and totals["drafting_s"] > 0
+    assert totals["wall_s"] > totals["forward_s"] + totals["drafting_s"]  # the pass's own time holds both
+    assert "forward" not in vars(base) and "forward" not in vars(models["mtp-medusa"].base_model)  # restored
+
+
 def test_loop_k0_is_plain_decoding_with_the_same_output():
     model = _model("blockwise")
     ids, mask = left_pad([[5, 6, 7, 8], [9, 10, 11]], 0)

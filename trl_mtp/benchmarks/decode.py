@@ -23,12 +23,17 @@ runs until its longest row ends) are in it; `fraction_of_ceiling` = speed-up ove
     trl-mtp bench decode --quick          # tiny models, two prompts: a smoke test
     trl-mtp bench decode --native DIR     # a native-MTP checkpoint (`trl-mtp export --native`): greedy, prompt
                                           # lookup, transformers' generate(use_mtp=True), ours on the same layers
+    trl-mtp bench decode --record-trace T # the trained models' accepted length of every round (batch 1) -> T
+    trl-mtp bench decode --replay T       # T replayed by oracle drafts on a larger random-weight model: the engine
+                                          # at a realistic forward cost (`trl_mtp.benchmarks.replay`)
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import functools
 import json
 import os
 import random
@@ -38,7 +43,7 @@ import time
 import torch
 
 from trl_mtp.adaptive_drafting import DraftPlanner
-from trl_mtp.benchmarks import parse_families
+from trl_mtp.benchmarks import parse_families, replay
 from trl_mtp.benchmarks.decode_models import trained_models
 from trl_mtp.config import HEAD_TYPES
 from trl_mtp.decoding import left_pad
@@ -79,6 +84,13 @@ def parse_args(argv):
         help="a checkpoint with native MTP layers: compare "
         "transformers' generate(use_mtp=True) with our speculative_generate on them (batch 1)",
     )
+    replay_help = {  # the replay benchmark (`trl_mtp.benchmarks.replay`)
+        "--record-trace": "write each round's accepted length of every family's heads (batch 1) here, then stop",
+        "--replay": "replay a --record-trace file by oracle drafts on a random-weight --replay-preset model",
+    }
+    for flag, text in replay_help.items():
+        parser.add_argument(flag, default=None, metavar="FILE", help=text)
+    parser.add_argument("--replay-preset", default="small-llama", help="the replay's random-weight base preset")
     args = parser.parse_args(argv)
     args.families = parse_families(args.families)
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
@@ -90,6 +102,11 @@ def parse_args(argv):
         args.batch_sizes = [b for b in args.batch_sizes if b <= 2] or [1]
     if args.native:
         args.batch_sizes = [1]  # transformers' use_mtp decodes one sequence at a time
+    if args.replay and (args.native or args.record_trace or args.reference_engine or args.fixed_k or args.adaptive):
+        raise ValueError(
+            "--replay runs the trace's families only (no --native, --record-trace, --reference-engine, "
+            "--fixed-k or --adaptive)"
+        )
     return args
 
 
@@ -140,6 +157,7 @@ def held_out_prompts(tokenizer, n: int, length: int) -> list[list[int]]:
 REFERENCE = "@ref"
 ENGINES = {}  # "@ref": the module given by --reference-engine
 PLANNERS = {}  # adaptive method -> its planner (reset per batch size)
+DECODERS = {}  # method -> its own decode(ids, mask, max_new_tokens, pad) -> (output, stats): the replay's oracle runs
 
 
 def load_engine(path: str):
@@ -183,6 +201,8 @@ def decode(name, models, base, ids, mask, max_new_tokens, pad):
     engine, name = engine_of(name)
     settings = dict(attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
     with torch.no_grad():
+        if name in DECODERS:
+            return DECODERS[name](ids, mask, max_new_tokens, pad)
         if name == "greedy":
             return base.generate(ids, **settings), None
         if name == "prompt_lookup":
@@ -245,18 +265,81 @@ def timed_calls(targets):
 
 def in_loop_times(name, models, base, batches, max_new_tokens, pad) -> dict:
     """Seconds one pass of a method spends inside base forwards (`forward_s`) and inside its drafter's propose and
-    observe stages (`drafting_s`: the heads' own cost), on the real batches. CPU: calls are synchronous."""
+    observe stages (`drafting_s`: the heads' own cost), on the real batches, and the pass's own time (`wall_s`: the
+    rest of it is the engine's work outside forwards and heads). CPU: calls are synchronous."""
     drafters = set(engine_of(name)[0].DRAFTERS.values())
-    targets = [("forward_s", base, "forward")]
+    # every head set has a base of its own (the same weights): time whichever the method runs
+    bases = {id(b): b for b in [base] + [model.base_model for model in models.values()]}
+    targets = [("forward_s", b, "forward") for b in bases.values()]
     targets += [("drafting_s", drafter, stage) for drafter in drafters for stage in ("propose", "observe")]
     with timed_calls(targets) as totals:
-        run_method(name, models, base, batches, max_new_tokens, pad)
+        totals["wall_s"] = run_method(name, models, base, batches, max_new_tokens, pad)[0]
     return totals
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    try:
+        return run_benchmark(args)
+    finally:
+        DECODERS.clear()  # a replay's decoders (its models, its oracle) end with its run
+
+
+def run_benchmark(args) -> int:
+    if args.replay:
+        models, prompts, pad, info = replay_setup(args)
+    else:
+        models, prompts, pad, info = trained_setup(args)
+    if args.record_trace:
+        source = {name: vars(args)[name] for name in ("preset", "pretrain_task", "pretrain_steps", "head_steps")}
+        source.update(head_texts=args.head_texts, model_dirs=info["model_dirs"])
+        replay.record_trace(models, prompts, args.max_new_tokens, pad, source).save(args.record_trace)
+        print(f"wrote {args.record_trace}: {len(models)} families x {len(prompts)} prompts, batch 1", flush=True)
+        return 0
+    base = next(iter(models.values())).base_model  # every head set sits on the same base weights
+    if args.reference_engine:
+        ENGINES[REFERENCE] = load_engine(args.reference_engine)
+    results = {
+        "config": dict(vars(args)),
+        "num_depths": next(iter(models.values())).heads.num_depths,
+        "load_average_start": os.getloadavg(),
+        **info,
+        "batches": {},
+    }
+    for batch_size in args.batch_sizes:
+        batches = [left_pad(prompts[i : i + batch_size], pad) for i in range(0, len(prompts), batch_size)]
+        methods = (
+            ["greedy", "loop-k0"]
+            + (["prompt_lookup"] if batch_size == 1 and not args.replay else [])
+            + (["transformers-use_mtp"] if args.native else [])
+            + list(models)
+            + [f"{m}-k{k}" for m in models for k in args.fixed_k]
+            + ([f"{m}-adaptive" for m in models] if args.adaptive else [])
+        )
+        PLANNERS.clear()  # a fresh planner per method at every batch size
+        if args.reference_engine:
+            methods += [m + REFERENCE for m in methods if m == "loop-k0" or m in models]
+        results["batches"][str(batch_size)] = bench_batch_size(methods, models, base, batches, args, pad)
+    results["load_average_end"] = os.getloadavg()
+    print_table(results)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    if args.replay:  # the lossless check, and the proof that the oracle followed the reference
+        differ = [
+            f"{m} at batch {b}"
+            for b, rows in results["batches"].items()
+            for m, r in rows.items()
+            if not r["identical_to_greedy"]
+        ]
+        if differ:
+            raise ValueError(f"replay: output differs from greedy decoding's for {', '.join(differ)}")
+    return 0
+
+
+def trained_setup(args) -> tuple[dict, list, int, dict]:
+    """(models, prompts, pad id, what to report) of the trained models (or a native checkpoint's) on held-out code."""
     from transformers import AutoTokenizer
 
     from trl_mtp.model import MTPForCausalLM
@@ -275,41 +358,39 @@ def main(argv: list[str]) -> int:
             args.preset, args.families, verbose=not args.quick, pretrain_task=args.pretrain_task, **train
         )
     tokenizer = AutoTokenizer.from_pretrained(next(iter(dirs.values())))
-    pad = tokenizer.pad_token_id
     models = {f"mtp-{f}": MTPForCausalLM.from_pretrained(d).eval() for f, d in dirs.items()}
-    base = next(iter(models.values())).base_model  # every head set sits on the same base weights
     if args.native:
-        allow_stock_mtp(base)  # stock transformers then finds the MTP tensors whatever the model's depth
+        allow_stock_mtp(next(iter(models.values())).base_model)  # stock transformers finds the MTP tensors then
     prompts = held_out_prompts(tokenizer, args.prompts, args.prompt_tokens)
-    if args.reference_engine:
-        ENGINES[REFERENCE] = load_engine(args.reference_engine)
-    results = {
-        "config": dict(vars(args)),
-        "num_depths": next(iter(models.values())).heads.num_depths,
-        "load_average_start": os.getloadavg(),
-        "model_dirs": {k: str(v) for k, v in dirs.items()},
-        "batches": {},
-    }
-    for batch_size in args.batch_sizes:
-        batches = [left_pad(prompts[i : i + batch_size], pad) for i in range(0, len(prompts), batch_size)]
-        methods = (
-            ["greedy", "loop-k0"]
-            + (["prompt_lookup"] if batch_size == 1 else [])
-            + (["transformers-use_mtp"] if args.native else [])
-            + list(models)
-            + [f"{m}-k{k}" for m in models for k in args.fixed_k]
-            + ([f"{m}-adaptive" for m in models] if args.adaptive else [])
+    return models, prompts, tokenizer.pad_token_id, {"model_dirs": {k: str(v) for k, v in dirs.items()}}
+
+
+def replay_setup(args) -> tuple[dict, list, int, dict]:
+    """(models, prompts, pad id, what to report) of a replay: the trace's families on random-weight
+    `--replay-preset` models, each registered in `DECODERS` to draft with the oracle."""
+    from trl_mtp.embedded.presets import count_parameters
+
+    trace = replay.Trace.load(args.replay)
+    families = [f for f in args.families if f in trace.rounds]
+    if not families:
+        raise ValueError(
+            f"--replay {args.replay}: no rounds for {', '.join(args.families)} (it has {', '.join(trace.rounds)})"
         )
-        PLANNERS.clear()  # a fresh planner per method at every batch size
-        if args.reference_engine:
-            methods += [m + REFERENCE for m in methods if m == "loop-k0" or m in models]
-        results["batches"][str(batch_size)] = bench_batch_size(methods, models, base, batches, args, pad)
-    results["load_average_end"] = os.getloadavg()
-    print_table(results)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
-    return 0
+    trace = dataclasses.replace(trace, head_configs={f: trace.head_configs[f] for f in families})
+    models = replay.replay_models(trace, args.replay_preset, seed=args.seed)
+    base = next(iter(models.values())).base_model
+    plan = replay.prepare_replay(trace, base, trace.pad_token_id, args.max_new_tokens, args.prompts)
+    DECODERS.update({m: functools.partial(replay.replay_decode, model, plan) for m, model in models.items()})
+    info = {
+        "replay": {
+            "trace": args.replay,
+            "preset": args.replay_preset,
+            "parameters": count_parameters(base),
+            "trace_num_draft_tokens": trace.num_draft_tokens,
+            "trace_source": trace.source,
+        }
+    }
+    return models, plan.trace.prompts, trace.pad_token_id, info
 
 
 def bench_batch_size(methods, models, base, batches, args, pad) -> dict:
@@ -335,6 +416,7 @@ def bench_batch_size(methods, models, base, batches, args, pad) -> dict:
         }
         if m in loop:
             row["in_loop"] = loop[m]
+            row["outside_share"] = 1 - (loop[m]["forward_s"] + loop[m]["drafting_s"]) / loop[m]["wall_s"]
         if m in speculative and engine_of(m)[1] != "loop-k0":
             row.update(engine_of(m)[0].pool_acceptance(stats[m]))
             rounds = [n for st in stats[m] for n in st.get("draft_tokens_per_round", [])]
@@ -350,11 +432,11 @@ def bench_batch_size(methods, models, base, batches, args, pad) -> dict:
 def print_table(results):
     print(
         f"D = {results['num_depths']}; speed-ups: median [IQR] of per-repetition ratios; ceiling: over the k = 0 "
-        "loop, from in-loop forward and drafting times"
+        "loop, from in-loop forward and drafting times; outside: share of that pass outside forwards and heads"
     )
     print(
         f"{'batch':>5} {'method':<26} {'tok/s':>7} {'vs generate':>18} {'vs k=0 loop':>18} {'acc.len':>7} "
-        f"{'drafts':>6} {'ceiling':>7} {'frac':>5} {'same':>5}  acceptance by position"
+        f"{'drafts':>6} {'ceiling':>7} {'frac':>5} {'outside':>7} {'same':>5}  acceptance by position"
     )
     for batch, rows in results["batches"].items():
         for m, r in rows.items():
@@ -367,8 +449,9 @@ def print_table(results):
             ceil = f"{r['ceiling_vs_loop_k0']:.2f}" if "ceiling_vs_loop_k0" in r else "-"
             frac = f"{r['fraction_of_ceiling']:.2f}" if "fraction_of_ceiling" in r else "-"
             drafts = f"{r['draft_tokens']:.2f}" if "draft_tokens" in r else "-"
+            outside = f"{r['outside_share']:.2f}" if "outside_share" in r else "-"
             print(
                 f"{batch:>5} {m:<26} {r['tokens_per_s']:>7.1f} {cell(r['speedup_vs_generate']):>18} "
-                f"{cell(r['speedup_vs_loop_k0']):>18} {mal:>7} {drafts:>6} {ceil:>7} {frac:>5} "
+                f"{cell(r['speedup_vs_loop_k0']):>18} {mal:>7} {drafts:>6} {ceil:>7} {frac:>5} {outside:>7} "
                 f"{str(r['identical_to_greedy']):>5}  {acc}"
             )
