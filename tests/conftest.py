@@ -17,6 +17,14 @@ except ImportError:
     pass
 
 
+def pytest_runtest_setup(item):
+    """Tell tests/two_process.py's `launch` the running test's xdist group: under pytest-xdist it refuses to start
+    2 processes from a test outside the 2-process group."""
+    marker = item.get_closest_marker("xdist_group")
+    group = marker and (marker.kwargs.get("name") or (marker.args and marker.args[0]))
+    os.environ["TRL_MTP_TEST_XDIST_GROUP"] = str(group or "")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def trl_mtp_cache(tmp_path_factory):
     """A fresh cache root for the session (subprocesses inherit it through the environment)."""

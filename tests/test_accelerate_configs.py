@@ -9,18 +9,24 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from two_process import launch
+from two_process import TWO_PROCESS_GROUP, launch
 
 from trl_mtp import MTPForCausalLM
 
+pytestmark = pytest.mark.xdist_group(TWO_PROCESS_GROUP)  # one after another on one xdist worker
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "accelerate"
-RUN = Path(__file__).resolve().parent / "trainers" / "ddp_sft_run.py"  # the 2-process SFT run of test_multiprocess
+RUN = Path(__file__).resolve().parent / "trainers" / "ddp_sft_run.py"
 
 
 @pytest.mark.slow
 def test_two_process_sft_with_the_ddp_config(tmp_path, tokenizer):
+    """MTP-SFT with DDP in 2 processes, launched with the example config: both ranks log the same all-reduced depth-1
+    loss, and the result loads. (The command-line launch form, `--multi_gpu --num_processes 2`, runs in
+    tests/trainers/test_ppo_trainer.py and the DDP references of tests/trainers/test_sharded_rl.py.)"""
     reports = launch(RUN, str(tmp_path / "run"), port=29571, config_file=EXAMPLES / "ddp.yaml")
     assert {report["mode"] for report in reports} == {"MULTI_CPU"}  # the config's MULTI_GPU DDP, on CPU (gloo)
+    assert len({report["loss_depth_1"] for report in reports}) == 1
     model = MTPForCausalLM.from_pretrained(str(tmp_path / "run"))
     assert torch.isfinite(model.mtp_logits(torch.tensor([[1, 2, 3]]))).all()
 

@@ -15,6 +15,10 @@ import sys
 from pathlib import Path
 
 REPORT = re.compile(r"^RANK (\d+) OF (\d+)((?: \S+=\S+)*)$", re.MULTILINE)
+# scripts/test.sh runs pytest in 2 xdist workers: every test that calls `launch` is marked
+# `pytest.mark.xdist_group(TWO_PROCESS_GROUP)`, so these runs go one after another on one worker while the other
+# worker runs the 1-process tests (two such runs at once would put 4 busy processes on 2 cores).
+TWO_PROCESS_GROUP = "two_processes"
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "accelerate"  # the accelerate configs users launch with
 
 
@@ -66,6 +70,17 @@ def enable_cpu_fsdp() -> None:
     AcceleratorState.__init__ = fsdp_on_cpu
 
 
+def without_deepspeed_shm_op() -> None:
+    """Start DeepSpeed's CPU runs without its shared-memory all-reduce op. DeepSpeed's CPU accelerator compiles it
+    (C++, with ninja) when its comm backend starts, once per install and again whenever the install's path changes
+    (a fresh clone's venv): seen 42 s, and minutes under load. It only serves `inference_all_reduce`
+    (DeepSpeed's inference and tensor-parallel layers); ZeRO training reduces through torch.distributed (gloo here,
+    NCCL on GPUs), with or without it."""
+    import deepspeed.comm.torch
+
+    deepspeed.comm.torch.build_shm_op = lambda: None
+
+
 def local_shape(param) -> str:
     """This rank's part of `param` as `AxB`: an FSDP2 DTensor's local shard, a ZeRO-3 parameter's flat partition
     (`ds_tensor`), or the whole tensor where it is not sharded."""
@@ -109,6 +124,9 @@ def launch(
 ) -> list[dict[str, str]]:
     """Run `script` in 2 CPU processes; return each rank's report (`rank`, `world` and its fields), by rank.
     `env`: extra environment variables; None removes one (DeepSpeed runs without ACCELERATE_USE_CPU)."""
+    group = os.environ.get("TRL_MTP_TEST_XDIST_GROUP")  # the running test's group, set by tests/conftest.py
+    if os.environ.get("PYTEST_XDIST_WORKER") and group != TWO_PROCESS_GROUP:
+        raise RuntimeError(f"a 2-process test in xdist group {group!r}: mark it xdist_group({TWO_PROCESS_GROUP!r})")
     accelerate = Path(sys.executable).with_name("accelerate")
     # `accelerate launch --cpu --num_processes 2` starts one process; these forms start two (STACK_NOTES)
     layout = (

@@ -1,4 +1,5 @@
-"""Run by test_multiprocess.py under `accelerate launch` (2 CPU processes, gloo): MTP-SFT with DDP through accelerate."""
+"""Run by tests/test_accelerate_configs.py under `accelerate launch` with the DDP example config (2 CPU processes,
+gloo): MTP-SFT with DDP through accelerate."""
 
 import sys
 from pathlib import Path

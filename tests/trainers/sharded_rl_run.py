@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the launch helpers
-from two_process import enable_cpu_fsdp, fingerprint, full_shape, local_shape, report_and_exit  # noqa: E402
+from two_process import enable_cpu_fsdp, fingerprint, full_shape, local_shape, report_and_exit, without_deepspeed_shm_op  # noqa: E402
 
 import trl_mtp  # noqa: E402
 from trl_mtp.embedded.tasks.registry import get_task  # noqa: E402
@@ -25,6 +25,8 @@ from trl_mtp.embedded.tokenizer import get_tokenizer  # noqa: E402
 model_dir, out_dir, algorithm, engine, mode = sys.argv[1:6]
 if engine == "fsdp2":
     enable_cpu_fsdp()
+if engine.startswith("zero"):
+    without_deepspeed_shm_op()
 if "no-unshard" in sys.argv[6:]:  # the broken rollout a test must catch: sampling without the root's parameters
     import trl_mtp.trainers.ppo_trainer
 

@@ -3,11 +3,11 @@ test_sharded_engines.py in 2 CPU processes (gloo), or in 1 process as the refere
 
 argv: the initial model's folder, output_dir, engine (fsdp2 | zero2 | zero3 | none), per-device batch size, optionally
 mode (coupled | decoupled) and max_grad_norm, then flags: `local-norms` / `no-gather` (a broken clipping / head
-construction, for the tests), `lambda0` (the MTP loss off: mtp_lambda 0), `checkpointed` / `interrupt` / `resume` (4 steps with a checkpoint every 2; stopped
-after the first checkpoint; resumed from it). The model is loaded from its folder as users load a checkpoint: under
-ZeRO-3 transformers partitions it on load, before the heads are built from its last layer. Reports, per rank: the
-losses, the local (this rank's) part and the full size of two head parameters, and whether lm_head is still the input
-embedding.
+construction, for the tests), `lambda0` (the MTP loss off: mtp_lambda 0), `checkpointed` / `resume` (4 steps with a
+checkpoint every 2; resumed from the last checkpoint in output_dir). The model is loaded from its folder as users load
+a checkpoint: under ZeRO-3 transformers partitions it on load, before the heads are built from its last layer. Reports,
+per rank: the losses, the local (this rank's) part and the full size of two head parameters, and whether lm_head is
+still the input embedding.
 """
 
 import resource
@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the launch helpers
-from two_process import enable_cpu_fsdp, full_shape, local_shape, report_and_exit  # noqa: E402
+from two_process import enable_cpu_fsdp, full_shape, local_shape, report_and_exit, without_deepspeed_shm_op  # noqa: E402
 
 from trl_mtp import MTPSFTConfig, MTPSFTTrainer  # noqa: E402
 from trl_mtp.embedded.tasks.registry import get_task  # noqa: E402
@@ -28,6 +28,8 @@ model_dir, out_dir, engine, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(s
 mode, max_grad_norm = (sys.argv[5], float(sys.argv[6])) if len(sys.argv) > 5 else ("coupled", 1.0)
 if engine == "fsdp2":
     enable_cpu_fsdp()
+if engine.startswith("zero"):
+    without_deepspeed_shm_op()
 if "local-norms" in sys.argv[7:]:  # the broken clipping a test must catch: each rank clips on its shard's norm
 
     def clip_on_local_norm(params, max_norm):
@@ -44,10 +46,10 @@ if "no-gather" in sys.argv[7:]:  # the broken construction a test must catch: he
     import trl_mtp.heads.trunk
 
     trl_mtp.heads.trunk.gathered = lambda params: contextlib.nullcontext()
-# resume: `checkpointed` runs 4 steps saving every 2; `interrupt` stops it after the step-2 checkpoint; `resume` goes on
-# from the last checkpoint in output_dir; `resume-fresh-optimizer` resumes without the optimizer state (broken, for the test)
+# resume: `checkpointed` runs 4 steps saving every 2; `resume` goes on from the last checkpoint in output_dir;
+# `resume-fresh-optimizer` resumes without the optimizer state (broken, for the test)
 flags = set(sys.argv[7:])
-checkpointed = bool({"checkpointed", "interrupt", "resume", "resume-fresh-optimizer"} & flags)
+checkpointed = bool({"checkpointed", "resume", "resume-fresh-optimizer"} & flags)
 if "resume-fresh-optimizer" in flags:
     import transformers.trainer
 
@@ -93,13 +95,6 @@ trainer = MTPSFTTrainer(
     processing_class=tokenizer,
     peft_config=peft_config,
 )
-if "interrupt" in sys.argv[7:]:
-
-    class StopAfterCheckpoint(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):
-            control.should_training_stop = True
-
-    trainer.add_callback(StopAfterCheckpoint())
 trainer.train(resume_from_checkpoint=bool(flags & {"resume", "resume-fresh-optimizer"}) or None)
 params = dict(trainer.model_wrapped.named_parameters())
 base = trainer.accelerator.unwrap_model(trainer.model_wrapped)
@@ -114,7 +109,7 @@ tied = base.get_output_embeddings().weight is base.get_input_embeddings().weight
 trainer.save_model()
 losses = ",".join(f"{h['loss']:.5f}" for h in trainer.state.log_history if "loss" in h)
 norms = ",".join(f"{h['grad_norm']:.5f}" for h in trainer.state.log_history if "grad_norm" in h)
-# for docs/scaling.md: the mean step time (this run's 3 steps) and this process's peak resident memory
+# for docs/scaling.md: the mean step time (over this run's steps) and this process's peak resident memory
 step_s = trainer.state.log_history[-1]["train_runtime"] / trainer.state.global_step
 peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 report_and_exit(

@@ -13,7 +13,7 @@ import pytest
 import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, GenerationConfig, LlamaForSequenceClassification
-from two_process import launch
+from two_process import TWO_PROCESS_GROUP, launch
 
 from trl_mtp import MTPForCausalLM, MTPPPOConfig, MTPPPOTrainer
 from trl_mtp.embedded.presets import build_config
@@ -672,6 +672,7 @@ def test_reward_goes_up_on_an_easy_task(tokenizer, ppo_args):
 
 # -- two processes ---------------------------------------------------------------------------------------------------
 @pytest.mark.slow
+@pytest.mark.xdist_group(TWO_PROCESS_GROUP)
 def test_two_process_ppo_with_accelerate(tmp_path, tokenizer):
     reports = launch(Path(__file__).with_name("ddp_ppo_run.py"), str(tmp_path / "run"), port=29544)
     assert all(report["episode"] == "16" for report in reports)  # 2 iterations x 2 processes x 4 rollouts

@@ -16,9 +16,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from two_process import EXAMPLES, fingerprint, launch, zero2_config_without_clipping
+from two_process import EXAMPLES, TWO_PROCESS_GROUP, fingerprint, launch, zero2_config_without_clipping
 
 from trl_mtp import MTPForCausalLM
+
+pytestmark = pytest.mark.xdist_group(TWO_PROCESS_GROUP)  # one after another on one xdist worker
 
 RUN = Path(__file__).with_name("sharded_rl_run.py")
 DEEPSPEED_ON_CPU = {"DS_ACCELERATOR": "cpu", "ACCELERATE_USE_CPU": None}
@@ -77,16 +79,23 @@ def test_fsdp2_rl_matches_ddp(tmp_path, initial_model, algorithm):
         print("world-model PPO, FSDP2 vs DDP world model, max |diff|:", worst)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("engine", ["zero2", "zero3"])
-@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
-def test_zero_rl_runs_and_ranks_agree(tmp_path, initial_model, algorithm, engine):
-    pytest.importorskip("deepspeed")  # the `.[deepspeed]` extra
-    reports = run(initial_model, tmp_path, algorithm, engine, "coupled")
+def assert_deepspeed_holds_the_heads(reports, engine):
     assert {r["mode"] for r in reports} == {"DEEPSPEED"}
     assert [r["eh_proj_full"] for r in reports] == ["128x256"] * 2
     # ZeRO-3 partitions the parameters: each rank holds a flat half of eh_proj (128*256/2); ZeRO-2 holds them full
     assert [r["eh_proj"] for r in reports] == ["16384" if engine == "zero3" else "128x256"] * 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("algorithm", "engine"),
+    # MTP-GRPO under ZeRO-3 runs in test_zero3_grpo_with_a_reference_model: the same run with a KL reference added
+    [("ppo", "zero2"), ("ppo", "zero3"), ("grpo", "zero2")],
+)
+def test_zero_rl_runs_and_ranks_agree(tmp_path, initial_model, algorithm, engine):
+    pytest.importorskip("deepspeed")  # the `.[deepspeed]` extra
+    reports = run(initial_model, tmp_path, algorithm, engine, "coupled")
+    assert_deepspeed_holds_the_heads(reports, engine)
     assert_ranks_agree_moved_and_saved(reports, tmp_path)
 
 
@@ -125,9 +134,14 @@ def test_zero3_grpo_with_a_reference_model(tmp_path, initial_model):
     policy) and runs it as its own ZeRO-3 inference engine (`prepare_deepspeed`), which gathers its partitions around
     each call. The run trains, ranks agree, the checkpoint loads, and the KL to the reference is logged: 0 at the
     first step (policy = reference), above 0 once the policy moved. Left out of the engine, the reference's weights
-    stay empty partitions and its first pass fails ("'weight' must be 2-D")."""
+    stay empty partitions and its first pass fails ("'weight' must be 2-D").
+
+    This is also MTP-GRPO's ZeRO-3 run of test_zero_rl_runs_and_ranks_agree (the heads partitioned, ranks agree, the
+    checkpoint loads): the reference only adds a second engine beside the policy's, so a separate run without it
+    would train the same policy through the same engine."""
     pytest.importorskip("deepspeed")
     reports = run(initial_model, tmp_path / "beta", "grpo", "zero3", "coupled", "beta")
+    assert_deepspeed_holds_the_heads(reports, "zero3")
     assert_ranks_agree_moved_and_saved(reports, tmp_path / "beta")
     kl = numbers(reports[0]["kl"])
     assert len(kl) == 2 and kl[0] == pytest.approx(0.0, abs=1e-6) and kl[1] > 0, kl
