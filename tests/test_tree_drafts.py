@@ -233,6 +233,19 @@ def test_candidate_acceptance_hand_worked():
     assert torch.allclose(residual, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
 
 
+def test_residual_without_mass_falls_back():
+    # float32 rounding: p(0) / q(0) = 0.99999994 < 1, yet max(p - q, 0) = 0 everywhere; a rejection then draws from
+    # p without the candidate, renormalised: (0, 1) (a zero residual makes the draw raise)
+    p, q = torch.tensor([0.49999997, 0.5]), torch.tensor([0.5, 0.5])
+    accept, residual = candidate_acceptance(p, [0], q, sampled=1)
+    assert accept.item() == pytest.approx(0.99999994, abs=1e-8) and accept.item() < 1
+    assert torch.equal(residual, torch.tensor([0.0, 1.0]))
+    sampler = tree_drafts.Sampler(do_sample=True, generator=torch.Generator().manual_seed(0))
+    assert int(sampler.sample(residual[None])[0]) == 1  # what walk_sampled draws after a rejection
+    with pytest.raises(RuntimeError):  # the unguarded residual, (p - q).clamp(min=0) = 0, cannot be drawn from
+        sampler.sample((p - q).clamp(min=0)[None])
+
+
 TOP_K_TREE = TreeDraft(sample_children=None)  # deterministic children also when sampling
 
 

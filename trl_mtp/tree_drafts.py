@@ -210,8 +210,16 @@ def candidate_acceptance(
             q_i = torch.zeros_like(p)
             q_i[token] = 1
         accept.append((residual[token] / q_i[token]).clamp(max=1))
-        residual = (residual - q_i).clamp(min=0)  # norm(max(r - q_i, 0)); a point mass zeroes c_i
+        previous, residual = residual, (residual - q_i).clamp(min=0)  # norm(max(r - q_i, 0)); a point mass zeroes c_i
         mass = residual.sum()
+        if mass == 0:
+            # r <= q_i everywhere, so r = q_i up to rounding and a rejection has probability 1 - sum min(r, q_i) = 0
+            # exactly: what it draws does not change the law. Draw r without c_i (c_i's mass r(c_i) was all emitted
+            # by accepting it), which spreads the rounding leftover in r's proportions and is the exact residual of
+            # a point-mass candidate; a zero residual would make the draw raise.
+            residual = previous.clone()
+            residual[token] = 0
+            mass = residual.sum()
         residual = residual / mass if mass > 0 else residual
     return torch.stack(accept) if accept else p.new_zeros(0), residual
 
