@@ -327,6 +327,13 @@ def test_bad_input_one_line_errors():
     one_line_error(lambda: TreeDraft(lookup_ngram=-1), "lookup_ngram must be an integer >= 0, got -1")
     one_line_error(lambda: TreeDraft(lookup_tokens=0), "lookup_tokens must be an integer >= 1 or None, got 0")
     one_line_error(lambda: TreeDraft(sample_children=(2, 0)), r"sample_children must be .*, got \(2, 0\)")
+    one_line_error(lambda: TreeDraft(sample_children=3), "sample_children must be .*, got 3")
+    one_line_error(lambda: TreeDraft(sample_children=(True,)), r"sample_children must be .*, got \(True,\)")
+    one_line_error(lambda: TreeDraft(choices=((0.5,),)), r"rank paths of integers >= 0 .*, got \(0.5,\)")
+    one_line_error(lambda: TreeDraft(choices=(0, 1)), r"sequence of rank paths .*, got \(0, 1\)")
+    assert TreeDraft(choices=[[0], [0, 0]]).choices == ((0,), (0, 0))  # lists are taken as tuples
+    one_line_error(lambda: tree_decode(model, ids[:1], tree=True), "tree must be a .*TreeDraft or None, got True")
+    one_line_error(lambda: tree_decode(model, ids[:1], tree={"size": 4}), r"TreeDraft or None, got \{'size': 4\}")
     one_line_error(lambda: tree_decode(make_model("sequential"), ids[:1]), "'sequential' family chains its depths")
     one_line_error(lambda: tree_decode(model, ids[:1], adaptive_draft_tokens=True), "adaptive_draft_tokens")
     model.base_model.config._attn_implementation = "flex_attention"

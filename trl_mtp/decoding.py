@@ -1080,6 +1080,9 @@ def speculative_generate(
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    # duck-typed: importing trl_mtp.tree_drafts here would be a cycle (it builds on this module)
+    if tree is not None and not (callable(getattr(tree, "check", None)) and callable(getattr(tree, "round", None))):
+        raise ValueError(f"tree must be a trl_mtp.tree_drafts.TreeDraft or None, got {tree!r}")
     base = model.base_model
     device = input_ids.device
     if attention_mask is None:

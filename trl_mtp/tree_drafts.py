@@ -302,6 +302,11 @@ def path_layer_kwargs(layer_kwargs: dict, keep: list[int]) -> dict:
     return kwargs
 
 
+def is_count(value, minimum: int = 1) -> bool:
+    """An int (not a bool) >= minimum."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # a round
 # ----------------------------------------------------------------------------------------------------------------------
@@ -332,16 +337,22 @@ class TreeDraft:
         ):
             raise ValueError(f"lookup_tokens must be an integer >= 1 or None, got {self.lookup_tokens!r}")
         if self.sample_children is not None and (
-            not self.sample_children or not all(isinstance(b, int) and b >= 1 for b in self.sample_children)
+            not isinstance(self.sample_children, (tuple, list))
+            or not self.sample_children
+            or not all(is_count(b) for b in self.sample_children)
         ):
             raise ValueError(f"sample_children must be integers >= 1 per depth, got {self.sample_children!r}")
+        if not isinstance(self.choices, (tuple, list)) or not all(isinstance(c, (tuple, list)) for c in self.choices):
+            raise ValueError(f"tree choices must be a sequence of rank paths (tuples of ints), got {self.choices!r}")
+        self.choices = tuple(tuple(choice) for choice in self.choices)  # lists accepted: the trie keys on tuples
         seen = {()}
         for choice in self.choices:
-            if not choice or choice[:-1] not in seen or min(choice) < 0:
+            if not choice or choice[:-1] not in seen or not all(is_count(r, minimum=0) for r in choice):
                 raise ValueError(
-                    f"tree choices must be non-empty rank paths listed after their parents, got {choice!r}"
+                    f"tree choices must be non-empty rank paths of integers >= 0 listed after their parents, "
+                    f"got {choice!r}"
                 )
-            seen.add(tuple(choice))
+            seen.add(choice)
 
     def check(self, model, state: DecodeState, drafter: Drafter, planner) -> None:
         """Refuse what a tree round cannot do (one line each)."""
