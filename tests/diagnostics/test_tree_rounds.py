@@ -4,6 +4,8 @@ prefill per prompt, then one per verify round) and the new tokens in the outputs
 
 from __future__ import annotations
 
+import json
+
 from decoding_models import PAD, make_model
 
 from trl_mtp.diagnostics.tree_rounds import METHODS, round_figures
@@ -41,3 +43,24 @@ def test_round_figures_chain_and_tree():
         assert not figures_agree(no_own_token, forwards[0])
     assert figures["tree-9"]["outputs"] == figures["chain"]["outputs"]  # greedy: the same text
     assert figures["chain"]["nodes_per_round"] <= DEPTHS and DEPTHS < figures["tree-9"]["nodes_per_round"] <= 9
+
+
+def test_sampling_passes_top_k_50(monkeypatch):
+    """--temperature's help says top_k 50: the decodes get it whatever the model's generation config holds."""
+    model = make_model("blockwise", depths=DEPTHS)
+    calls = []
+    decode = model.speculative_generate
+    monkeypatch.setattr(model, "speculative_generate", lambda *a, **kw: calls.append(kw) or decode(*a, **kw))
+    round_figures(model, PROMPTS[:1], 4, None, PAD, temperature=0.7)
+    assert calls and all(kw["top_k"] == 50 and kw["temperature"] == 0.7 and kw["do_sample"] for kw in calls)
+
+
+def test_json_output(monkeypatch, tmp_path):
+    import trl_mtp.benchmarks.decode_models as decode_models
+    import trl_mtp.diagnostics.tree_rounds as tree_rounds
+
+    calls = []
+    monkeypatch.setattr(decode_models, "trained_models", lambda **kw: calls.append(kw) or {})
+    assert tree_rounds.main(["--families", "medusa", "--json", str(tmp_path / "f.json")]) == 0
+    report = json.loads((tmp_path / "f.json").read_text())
+    assert report["arguments"]["families"] == ["medusa"] and report["figures"] == {}
