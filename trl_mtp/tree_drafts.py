@@ -432,6 +432,8 @@ class TreeDraft:
         keep = [0] + path
         keep_path(state.cache, new_start, keep)
         state.mask = state.mask[:, : new_start + len(keep)]
+        # the drafter reads the path as a chain verify's: its hidden states, and (parallel heads, which run the last
+        # layer over kept slots) its per-slot layer inputs and the mask of its first queries (`catch_up` reuses them)
         hidden = model.trunk.hidden.index_select(1, torch.tensor(keep, device=device))
         layer_kwargs = path_layer_kwargs(model.trunk.layer_call_kwargs(), keep)
         drafts = torch.tensor([[tree.tokens[s] for s in path]], device=device, dtype=state.tokens.dtype)
