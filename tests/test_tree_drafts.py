@@ -123,6 +123,16 @@ def test_broken_tree_verify_fails_the_identity(broken, monkeypatch):
     assert mismatches(model, prompts=range(6), tree=siblings_first) >= 2
 
 
+def test_parallel_heads_read_the_path_layer_kwargs(monkeypatch):
+    """The drafter of parallel heads runs the last layer over the kept slots with the verify's per-slot inputs and
+    mask: the tree round cuts them to the accepted path; uncut (the whole tree's), the next drafts break."""
+    model = make_model("parallel")
+    assert mismatches(model, prompts=range(2)) == 0
+    monkeypatch.setattr(tree_drafts, "path_layer_kwargs", lambda layer_kwargs, keep: layer_kwargs)
+    with pytest.raises(RuntimeError, match="must match the size"):
+        mismatches(model, prompts=range(2))
+
+
 # -- (2) sampling: the law of what a tree round commits ----------------------------------------------------------------
 def no_residual_update(p, candidates, q=None, sampled=0):
     """Broken (naive): accepts candidate i with probability p(c_i) under the original p, then draws from p."""
