@@ -123,6 +123,16 @@ def test_broken_tree_verify_fails_the_identity(broken, monkeypatch):
     assert mismatches(model, prompts=range(6), tree=siblings_first) >= 2
 
 
+def test_parallel_heads_read_the_path_layer_kwargs(monkeypatch):
+    """The drafter of parallel heads runs the last layer over the kept slots with the verify's per-slot inputs and
+    mask: the tree round cuts them to the accepted path; uncut (the whole tree's), the next drafts break."""
+    model = make_model("parallel")
+    assert mismatches(model, prompts=range(2)) == 0
+    monkeypatch.setattr(tree_drafts, "path_layer_kwargs", lambda layer_kwargs, keep: layer_kwargs)
+    with pytest.raises(RuntimeError, match="must match the size"):
+        mismatches(model, prompts=range(2))
+
+
 # -- (2) sampling: the law of what a tree round commits ----------------------------------------------------------------
 def no_residual_update(p, candidates, q=None, sampled=0):
     """Broken (naive): accepts candidate i with probability p(c_i) under the original p, then draws from p."""
@@ -233,6 +243,19 @@ def test_candidate_acceptance_hand_worked():
     assert torch.allclose(residual, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
 
 
+def test_residual_without_mass_falls_back():
+    # float32 rounding: p(0) / q(0) = 0.99999994 < 1, yet max(p - q, 0) = 0 everywhere; a rejection then draws from
+    # p without the candidate, renormalised: (0, 1) (a zero residual makes the draw raise)
+    p, q = torch.tensor([0.49999997, 0.5]), torch.tensor([0.5, 0.5])
+    accept, residual = candidate_acceptance(p, [0], q, sampled=1)
+    assert accept.item() == pytest.approx(0.99999994, abs=1e-8) and accept.item() < 1
+    assert torch.equal(residual, torch.tensor([0.0, 1.0]))
+    sampler = tree_drafts.Sampler(do_sample=True, generator=torch.Generator().manual_seed(0))
+    assert int(sampler.sample(residual[None])[0]) == 1  # what walk_sampled draws after a rejection
+    with pytest.raises(RuntimeError):  # the unguarded residual, (p - q).clamp(min=0) = 0, cannot be drawn from
+        sampler.sample((p - q).clamp(min=0)[None])
+
+
 TOP_K_TREE = TreeDraft(sample_children=None)  # deterministic children also when sampling
 
 
@@ -314,6 +337,13 @@ def test_bad_input_one_line_errors():
     one_line_error(lambda: TreeDraft(lookup_ngram=-1), "lookup_ngram must be an integer >= 0, got -1")
     one_line_error(lambda: TreeDraft(lookup_tokens=0), "lookup_tokens must be an integer >= 1 or None, got 0")
     one_line_error(lambda: TreeDraft(sample_children=(2, 0)), r"sample_children must be .*, got \(2, 0\)")
+    one_line_error(lambda: TreeDraft(sample_children=3), "sample_children must be .*, got 3")
+    one_line_error(lambda: TreeDraft(sample_children=(True,)), r"sample_children must be .*, got \(True,\)")
+    one_line_error(lambda: TreeDraft(choices=((0.5,),)), r"rank paths of integers >= 0 .*, got \(0.5,\)")
+    one_line_error(lambda: TreeDraft(choices=(0, 1)), r"sequence of rank paths .*, got \(0, 1\)")
+    assert TreeDraft(choices=[[0], [0, 0]]).choices == ((0,), (0, 0))  # lists are taken as tuples
+    one_line_error(lambda: tree_decode(model, ids[:1], tree=True), "tree must be a .*TreeDraft or None, got True")
+    one_line_error(lambda: tree_decode(model, ids[:1], tree={"size": 4}), r"TreeDraft or None, got \{'size': 4\}")
     one_line_error(lambda: tree_decode(make_model("sequential"), ids[:1]), "'sequential' family chains its depths")
     one_line_error(lambda: tree_decode(model, ids[:1], adaptive_draft_tokens=True), "adaptive_draft_tokens")
     model.base_model.config._attn_implementation = "flex_attention"

@@ -1043,6 +1043,7 @@ def speculative_generate(
     generation_config=None,
     adaptive_draft_tokens: bool | DraftPlanner = False,
     tree=None,
+    drafter_factory=None,
     **generation_kwargs,
 ):
     """Generate with the model's own MTP heads as drafters: output identical to `model.base_model.generate` with the
@@ -1063,7 +1064,8 @@ def speculative_generate(
     across calls. Lossless for every choice: the output is the same. `tree`: a `trl_mtp.tree_drafts.TreeDraft`:
     each round verifies a tree of candidates (the heads' top-k per depth, or draws from their q when sampling;
     optionally prompt-lookup n-grams) in one forward instead of one chain (batch 1, blockwise / medusa / parallel
-    heads); `draft_tokens` then counts tree nodes.
+    heads); `draft_tokens` then counts tree nodes. `drafter_factory` (benchmarks): build the drafter with this
+    `(model, num_depths) -> Drafter` instead of `make_drafter`.
     Stats (None unless `return_stats`):
       - `forwards`: base forwards (the prefill counts: it yields the first token);
       - `mean_accepted_length`: tokens committed per base forward per active row (1.0 for plain decoding, at most
@@ -1080,6 +1082,9 @@ def speculative_generate(
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    # duck-typed: importing trl_mtp.tree_drafts here would be a cycle (it builds on this module)
+    if tree is not None and not (callable(getattr(tree, "check", None)) and callable(getattr(tree, "round", None))):
+        raise ValueError(f"tree must be a trl_mtp.tree_drafts.TreeDraft or None, got {tree!r}")
     base = model.base_model
     device = input_ids.device
     if attention_mask is None:
@@ -1137,7 +1142,7 @@ def speculative_generate(
         rows=list(range(B)),
         row_index=torch.arange(B, device=device),
     )
-    drafter = make_drafter(model, D)
+    drafter = (drafter_factory or make_drafter)(model, D)
     if tree is not None:
         tree.check(model, state, drafter, planner)
     was_training = model.training

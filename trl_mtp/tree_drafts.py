@@ -210,8 +210,16 @@ def candidate_acceptance(
             q_i = torch.zeros_like(p)
             q_i[token] = 1
         accept.append((residual[token] / q_i[token]).clamp(max=1))
-        residual = (residual - q_i).clamp(min=0)  # norm(max(r - q_i, 0)); a point mass zeroes c_i
+        previous, residual = residual, (residual - q_i).clamp(min=0)  # norm(max(r - q_i, 0)); a point mass zeroes c_i
         mass = residual.sum()
+        if mass == 0:
+            # r <= q_i everywhere, so r = q_i up to rounding and a rejection has probability 1 - sum min(r, q_i) = 0
+            # exactly: what it draws does not change the law. Draw r without c_i (c_i's mass r(c_i) was all emitted
+            # by accepting it), which spreads the rounding leftover in r's proportions and is the exact residual of
+            # a point-mass candidate; a zero residual would make the draw raise.
+            residual = previous.clone()
+            residual[token] = 0
+            mass = residual.sum()
         residual = residual / mass if mass > 0 else residual
     return torch.stack(accept) if accept else p.new_zeros(0), residual
 
@@ -294,6 +302,11 @@ def path_layer_kwargs(layer_kwargs: dict, keep: list[int]) -> dict:
     return kwargs
 
 
+def is_count(value, minimum: int = 1) -> bool:
+    """An int (not a bool) >= minimum."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # a round
 # ----------------------------------------------------------------------------------------------------------------------
@@ -324,16 +337,22 @@ class TreeDraft:
         ):
             raise ValueError(f"lookup_tokens must be an integer >= 1 or None, got {self.lookup_tokens!r}")
         if self.sample_children is not None and (
-            not self.sample_children or not all(isinstance(b, int) and b >= 1 for b in self.sample_children)
+            not isinstance(self.sample_children, (tuple, list))
+            or not self.sample_children
+            or not all(is_count(b) for b in self.sample_children)
         ):
             raise ValueError(f"sample_children must be integers >= 1 per depth, got {self.sample_children!r}")
+        if not isinstance(self.choices, (tuple, list)) or not all(isinstance(c, (tuple, list)) for c in self.choices):
+            raise ValueError(f"tree choices must be a sequence of rank paths (tuples of ints), got {self.choices!r}")
+        self.choices = tuple(tuple(choice) for choice in self.choices)  # lists accepted: the trie keys on tuples
         seen = {()}
         for choice in self.choices:
-            if not choice or choice[:-1] not in seen or min(choice) < 0:
+            if not choice or choice[:-1] not in seen or not all(is_count(r, minimum=0) for r in choice):
                 raise ValueError(
-                    f"tree choices must be non-empty rank paths listed after their parents, got {choice!r}"
+                    f"tree choices must be non-empty rank paths of integers >= 0 listed after their parents, "
+                    f"got {choice!r}"
                 )
-            seen.add(tuple(choice))
+            seen.add(choice)
 
     def check(self, model, state: DecodeState, drafter: Drafter, planner) -> None:
         """Refuse what a tree round cannot do (one line each)."""
@@ -413,6 +432,8 @@ class TreeDraft:
         keep = [0] + path
         keep_path(state.cache, new_start, keep)
         state.mask = state.mask[:, : new_start + len(keep)]
+        # the drafter reads the path as a chain verify's: its hidden states, and (parallel heads, which run the last
+        # layer over kept slots) its per-slot layer inputs and the mask of its first queries (`catch_up` reuses them)
         hidden = model.trunk.hidden.index_select(1, torch.tensor(keep, device=device))
         layer_kwargs = path_layer_kwargs(model.trunk.layer_call_kwargs(), keep)
         drafts = torch.tensor([[tree.tokens[s] for s in path]], device=device, dtype=state.tokens.dtype)

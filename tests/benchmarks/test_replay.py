@@ -16,6 +16,7 @@ import torch
 
 import trl_mtp.benchmarks.decode as bench
 import trl_mtp.benchmarks.replay as replay
+import trl_mtp.decoding as decoding
 from trl_mtp.config import HEAD_TYPES, MTPConfig
 from trl_mtp.decoding import left_pad
 from trl_mtp.embedded.presets import build_model
@@ -94,6 +95,24 @@ def test_an_oracle_off_by_one_position_fails_the_check(monkeypatch):
     monkeypatch.setattr(replay, "oracle_drafts", one_back)
     with pytest.raises(ValueError, match=r"replay of blockwise: prompt 0 kept \[.*\] drafts per round, the trace has"):
         replay.replay_decode(model, plan, ids, mask, 12, PAD)
+
+
+def test_replay_passes_its_drafter_and_patches_no_global(monkeypatch):
+    """The oracle reaches the engine through `drafter_factory`: while a replay runs, `decoding.make_drafter` is still
+    the engine's own (a replay patching that global would change every other decode running meanwhile)."""
+    trace = _synthetic_trace()
+    model, plan = _replay(trace, "medusa")
+    ids, mask = left_pad(PROMPTS[:1], PAD)
+    own, seen = decoding.make_drafter, []
+    propose = replay.OracleDrafter.propose
+
+    def recording(self, *args):
+        seen.append(decoding.make_drafter is own)
+        return propose(self, *args)
+
+    monkeypatch.setattr(replay.OracleDrafter, "propose", recording)
+    replay.replay_decode(model, plan, ids, mask, 12, PAD)
+    assert seen and all(seen)
 
 
 def test_an_oracle_that_keeps_fewer_drafts_runs_out_of_rounds(monkeypatch):

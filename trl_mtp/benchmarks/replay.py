@@ -224,23 +224,17 @@ class OracleDrafter(Drafter):
         return oracle_drafts(reference, state.generated, accepted, num_drafts, self.vocab_size), None
 
 
-@contextlib.contextmanager
-def oracle_drafting(reference: torch.Tensor, rounds: list[list[int]], vocab_size: int):
-    """Inside, `speculative_generate` drafts with an `OracleDrafter` around its family's drafter (the engine builds
-    its drafter with `decoding.make_drafter`; nothing else of the engine changes)."""
-    make_drafter = decoding.make_drafter
+def oracle_factory(reference: torch.Tensor, rounds: list[list[int]], vocab_size: int):
+    """A `drafter_factory` for `speculative_generate`: an `OracleDrafter` around the family's own drafter (nothing
+    else of the engine changes)."""
 
     def make_oracle(model, num_depths=None):
-        heads_drafter = make_drafter(model, num_depths)
+        heads_drafter = decoding.make_drafter(model, num_depths)
         return (
             OracleDrafter(heads_drafter, reference, rounds, vocab_size) if heads_drafter.num_depths else heads_drafter
         )
 
-    decoding.make_drafter = make_oracle
-    try:
-        yield
-    finally:
-        decoding.make_drafter = make_drafter
+    return make_oracle
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -315,10 +309,15 @@ def replay_decode(model, replay: Replay, ids: torch.Tensor, mask: torch.Tensor, 
         raise ValueError(f"replay: max_new_tokens = {max_new_tokens} exceeds the reference's {replay.max_new_tokens}")
     index = replay.prompt_index(ids, mask)
     rounds = [replay.trace.rounds[family][i] for i in index]
-    with oracle_drafting(replay.reference[index], rounds, replay.trace.vocab_size):
-        out, stats = speculative_generate(
-            model, ids, mask, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad
-        )
+    out, stats = speculative_generate(
+        model,
+        ids,
+        mask,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=pad,
+        drafter_factory=oracle_factory(replay.reference[index], rounds, replay.trace.vocab_size),
+    )
     check_replay(replay, family, index, stats, max_new_tokens)
     return out, stats
 

@@ -6,15 +6,18 @@ runs the cached `trl-mtp bench decode` models (`trained_models`: one base, one h
 stdlib prompts, chain drafts (every head, one guess per depth) and each tree (`trl_mtp.tree_drafts.TreeDraft`), and
 prints per family and method: tokens per verify round (accepted drafts + 1, the prefill excluded), the accepted
 depth's distribution, nodes per round, seconds per call (median; at 1.1M parameters mostly Python, not the
-algorithm) and whether every output equals the chain's (greedy: it must). `--temperature T` samples instead.
+algorithm) and whether every output equals the chain's (greedy: it must). `--temperature T` samples instead (top_k 50);
+`--json PATH` also writes the figures, with the arguments, to a file.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from collections import Counter
+from pathlib import Path
 
 import torch
 
@@ -37,9 +40,10 @@ METHODS = {
 
 def round_figures(model, prompts: list[list[int]], max_new_tokens: int, tree, pad: int, temperature: float = 0.0):
     """Decodes of each prompt (batch 1; greedy, or sampling at `temperature` from a seeded generator) -> tokens per
-    verify round, accepted depths, nodes per round, seconds per call, and the outputs."""
+    verify round, accepted depths, nodes per round, seconds per call, and the outputs. Sampling keeps top_k 50
+    (transformers' default) explicitly, whatever the model's generation config says."""
     accepted, nodes, seconds, outputs = [], [], [], []
-    sampling = dict(do_sample=True, temperature=temperature, generator=torch.Generator().manual_seed(0))
+    sampling = dict(do_sample=True, temperature=temperature, top_k=50, generator=torch.Generator().manual_seed(0))
     for prompt in prompts:
         ids = torch.tensor([prompt])
         start = time.perf_counter()
@@ -81,7 +85,9 @@ def main(argv=None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy; else sampling (top_k 50)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--json", type=Path, help="also write the figures (and these arguments) to this file")
     args = parser.parse_args(argv)
+    report = {"arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "figures": {}}
     models = trained_models(
         families=args.families,
         pretrain_task=args.pretrain_task,
@@ -100,12 +106,17 @@ def main(argv=None) -> int:
             for name, tree in METHODS.items()
             if name in args.methods or name == "chain"
         }
+        report["figures"][family] = {
+            name: {k: v for k, v in f.items() if k != "outputs"} for name, f in figures.items()
+        }
         for name, f in figures.items():
             print(
                 f"| {family} | {name} | {f['tokens_per_round']:.2f} | {f['accepted_depth']} | "
                 f"{f['nodes_per_round']:.1f} | {f['seconds_per_call']:.3f} | "
                 f"{'-' if args.temperature else 'yes' if f['outputs'] == figures['chain']['outputs'] else 'NO'} |"
             )
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
     return 0
 
 
