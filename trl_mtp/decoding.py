@@ -1186,7 +1186,7 @@ def speculative_generate(
                 )  # update
                 nodes = n
             else:  # the same stages over a tree of candidates up to n deep
-                k, nodes = tree.round(model, state, drafter, sampler, n, max_new_tokens, eos)
+                k, nodes = tree.round(model, state, drafter, sampler, n, max_new_tokens, eos, max_positions)
             if planner is not None:
                 planner.observe(b, n, time.perf_counter() - round_start, k)  # observe
             forwards += 1

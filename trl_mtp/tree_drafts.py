@@ -328,13 +328,11 @@ class TreeDraft:
     sample_children: tuple | None = (3, 1, 1, 1)
 
     def __post_init__(self):
-        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
+        if not is_count(self.size):
             raise ValueError(f"tree size must be an integer >= 1, got {self.size!r}")
-        if isinstance(self.lookup_ngram, bool) or not isinstance(self.lookup_ngram, int) or self.lookup_ngram < 0:
+        if not is_count(self.lookup_ngram, minimum=0):
             raise ValueError(f"lookup_ngram must be an integer >= 0, got {self.lookup_ngram!r}")
-        if self.lookup_tokens is not None and (
-            isinstance(self.lookup_tokens, bool) or not isinstance(self.lookup_tokens, int) or self.lookup_tokens < 1
-        ):
+        if self.lookup_tokens is not None and not is_count(self.lookup_tokens):
             raise ValueError(f"lookup_tokens must be an integer >= 1 or None, got {self.lookup_tokens!r}")
         if self.sample_children is not None and (
             not isinstance(self.sample_children, (tuple, list))
@@ -404,11 +402,21 @@ class TreeDraft:
                 next_frontier += [tree.children[slot][t] for t in tokens]
             frontier = next_frontier
 
-    def round(self, model, state: DecodeState, drafter: Drafter, sampler: Sampler, depth: int, max_new_tokens, eos):
+    def round(
+        self,
+        model,
+        state: DecodeState,
+        drafter: Drafter,
+        sampler: Sampler,
+        depth: int,
+        max_new_tokens,
+        eos,
+        max_positions,
+    ):
         """propose (build the tree) -> verify (one forward) -> accept (walk) -> update (keep the path); -> (accepted
-        counts as Python ints, nodes verified)."""
+        counts as Python ints, nodes verified). `max_positions`: the base's position limit (None: none), read once
+        by `speculative_generate`."""
         base = model.base_model
-        max_positions = getattr(base.config.get_text_config(decoder=True), "max_position_embeddings", None)
         lookup_depth = depth
         if self.lookup_tokens is not None:  # past the heads' depth: within the token budget (the scratch room is D)
             lookup_depth = drafts_that_fit(state, self.lookup_tokens, max_positions)
